@@ -1,0 +1,185 @@
+//! The librdkafka side of a consumer: its context (rebalance, commit and error
+//! callbacks) and the thread that polls its main queue.
+//!
+//! Rebalance callbacks run on the polling thread. A revoke hands the work to the
+//! GroupMember (drain, emit count windows, store) and waits for it, then commits
+//! synchronously before librdkafka lets the partitions go. An assign splits each new
+//! partition's queue right away, before fetched events can land on the main queue.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, OnceLock, Weak};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use ractor::ActorRef;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use super::group_member::{AssignedPartition, GroupMemberMsg};
+use crate::telemetry::metrics::{COMMIT_FAILURES, OFFSETS_COMMITTED, REBALANCES};
+
+pub type KafkaConsumer = BaseConsumer<EventdContext>;
+pub type KafkaPartitionQueue = rdkafka::consumer::base_consumer::PartitionQueue<EventdContext>;
+
+/// Callbacks of one consumer client.
+pub struct EventdContext {
+    consumer_name: Arc<str>,
+    /// Group members only: where rebalances are handed over.
+    member: Option<ActorRef<GroupMemberMsg>>,
+    /// How long a revoke may take (drain timeout plus time to commit).
+    revoke_wait: Duration,
+    /// The consumer itself, to split partition queues inside the assign callback.
+    consumer: OnceLock<Weak<KafkaConsumer>>,
+    /// Set once shutdown has drained and committed; later revokes are the close's own.
+    closing: Arc<AtomicBool>,
+}
+
+impl EventdContext {
+    pub fn new(
+        consumer_name: Arc<str>,
+        member: Option<ActorRef<GroupMemberMsg>>,
+        revoke_wait: Duration,
+        closing: Arc<AtomicBool>,
+    ) -> Self {
+        Self {
+            consumer_name,
+            member,
+            revoke_wait,
+            consumer: OnceLock::new(),
+            closing,
+        }
+    }
+
+    /// Lets the context split queues of `consumer`; call right after creating it.
+    pub fn attach(consumer: &Arc<KafkaConsumer>) {
+        let _ = consumer.context().consumer.set(Arc::downgrade(consumer));
+    }
+
+    fn count(&self, kind: &'static str) {
+        metrics::counter!(REBALANCES, "consumer" => self.consumer_name.to_string(), "kind" => kind)
+            .increment(1);
+    }
+}
+
+fn partitions_of(list: &TopicPartitionList) -> Vec<(String, i32)> {
+    list.elements()
+        .iter()
+        .map(|e| (e.topic().to_owned(), e.partition()))
+        .collect()
+}
+
+impl ClientContext for EventdContext {}
+
+impl ConsumerContext for EventdContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(list) = rebalance else {
+            return;
+        };
+        self.count("revoke");
+        let partitions = partitions_of(list);
+        tracing::info!(consumer = %self.consumer_name, ?partitions, "partitions revoked");
+        if self.closing.load(Ordering::Acquire) {
+            return;
+        }
+        let Some(member) = &self.member else {
+            return;
+        };
+        let (done, wait) = mpsc::channel();
+        if member
+            .send_message(GroupMemberMsg::Revoke { partitions, done })
+            .is_ok()
+            && wait.recv_timeout(self.revoke_wait).is_err()
+        {
+            tracing::warn!(consumer = %self.consumer_name, "revoke did not finish in time; uncommitted events will be redelivered");
+        }
+        match consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(error) => {
+                tracing::warn!(consumer = %self.consumer_name, %error, "commit on revoke failed")
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(list) => {
+                self.count("assign");
+                let Some(consumer) = self.consumer.get().and_then(Weak::upgrade) else {
+                    return;
+                };
+                let partitions: Vec<AssignedPartition> = partitions_of(list)
+                    .into_iter()
+                    .filter_map(|(topic, partition)| {
+                        let queue = consumer.split_partition_queue(&topic, partition)?;
+                        Some(AssignedPartition { topic, partition, queue })
+                    })
+                    .collect();
+                tracing::info!(consumer = %self.consumer_name,
+                    partitions = ?partitions.iter().map(|p| (p.topic.as_str(), p.partition)).collect::<Vec<_>>(),
+                    "partitions assigned");
+                if let Some(member) = &self.member {
+                    let _ = member.send_message(GroupMemberMsg::Assigned(partitions));
+                }
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(error) => {
+                self.count("error");
+                tracing::warn!(consumer = %self.consumer_name, %error, "rebalance error");
+            }
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) => {
+                let committed = offsets
+                    .elements()
+                    .iter()
+                    .filter(|e| matches!(e.offset(), Offset::Offset(_)))
+                    .count();
+                metrics::counter!(OFFSETS_COMMITTED, "consumer" => self.consumer_name.to_string())
+                    .increment(committed as u64);
+            }
+            // Nothing new was stored since the last commit.
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(error) => {
+                metrics::counter!(COMMIT_FAILURES, "consumer" => self.consumer_name.to_string())
+                    .increment(1);
+                tracing::warn!(consumer = %self.consumer_name, %error, "offset commit failed");
+            }
+        }
+    }
+}
+
+/// The thread that serves a consumer's main queue (rebalances, commits, errors) until
+/// `stop` is set, then drops its reference, which closes the consumer when it is the
+/// last one. Events that reach the main queue go to `stray`.
+pub fn spawn_poll_loop(
+    name: String,
+    consumer: Arc<KafkaConsumer>,
+    stop: Arc<AtomicBool>,
+    stray: impl Fn(OwnedMessage) + Send + 'static,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new().name(name).spawn(move || {
+        while !stop.load(Ordering::Acquire) {
+            match consumer.poll(Duration::from_millis(100)) {
+                None => {}
+                Some(Ok(message)) => {
+                    tracing::debug!(topic = message.topic(), partition = message.partition(),
+                        offset = message.offset(), "event on the main queue");
+                    stray(message.detach());
+                }
+                Some(Err(error)) => tracing::warn!(%error, "consumer error"),
+            }
+        }
+        // Wait for partition queues (which hold the consumer too) to be gone, so the
+        // close, which may block, happens here and not on the async runtime.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while Arc::strong_count(&consumer) > 1 && std::time::Instant::now() < deadline {
+            consumer.poll(Duration::from_millis(20));
+        }
+        drop(consumer);
+    })
+}

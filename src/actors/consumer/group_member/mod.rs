@@ -1,0 +1,268 @@
+//! A GroupMember: one librdkafka consumer in the consumer group of a `mode = "group"`
+//! entry. It runs one PartitionWorker per assigned partition and hands partitions back
+//! through `handback` when the group revokes them or the daemon stops.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Message, OwnedMessage};
+
+use super::context::{spawn_poll_loop, EventdContext, KafkaConsumer, KafkaPartitionQueue};
+use super::handback::{hand_back, OwnedPartition};
+use super::partition_worker::{PartitionWorker, PartitionWorkerArgs, PartitionWorkerMsg};
+use super::ConsumerShared;
+use crate::config::ConsumerConfig;
+use crate::kafka::consumer_config;
+
+pub struct GroupMember;
+
+pub struct GroupMemberArgs {
+    pub shared: ConsumerShared,
+    pub consumer: ConsumerConfig,
+    pub index: usize,
+}
+
+/// A partition the group just gave this member, with its split-off queue.
+pub struct AssignedPartition {
+    pub topic: String,
+    pub partition: i32,
+    pub queue: KafkaPartitionQueue,
+}
+
+/// Messages of a GroupMember.
+pub enum GroupMemberMsg {
+    /// The group assigned these partitions; start a worker for each.
+    Assigned(Vec<AssignedPartition>),
+    /// The group revokes these partitions; hand them back, then signal `done`
+    /// (the rebalance callback waits on it).
+    Revoke {
+        partitions: Vec<(String, i32)>,
+        done: mpsc::Sender<()>,
+    },
+    /// An event that arrived on the main queue; its worker takes it.
+    Stray(OwnedMessage),
+    /// Hand every partition back, commit, leave the group and close.
+    Shutdown(RpcReplyPort<()>),
+}
+
+pub struct GroupMemberState {
+    shared: ConsumerShared,
+    consumer: ConsumerConfig,
+    name: String,
+    client: Option<Arc<KafkaConsumer>>,
+    workers: HashMap<(String, i32), ActorRef<PartitionWorkerMsg>>,
+    poll_thread: Option<JoinHandle<()>>,
+    stop_polling: Arc<AtomicBool>,
+    closing: Arc<AtomicBool>,
+}
+
+impl GroupMemberState {
+    fn take_workers(&mut self, partitions: &[(String, i32)]) -> Vec<OwnedPartition> {
+        partitions
+            .iter()
+            .filter_map(|(topic, partition)| {
+                self.workers
+                    .remove(&(topic.clone(), *partition))
+                    .map(|worker| OwnedPartition {
+                        topic: topic.clone(),
+                        partition: *partition,
+                        worker,
+                    })
+            })
+            .collect()
+    }
+}
+
+impl Actor for GroupMember {
+    type Msg = GroupMemberMsg;
+    type State = GroupMemberState;
+    type Arguments = GroupMemberArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<GroupMemberMsg>,
+        args: GroupMemberArgs,
+    ) -> Result<GroupMemberState, ActorProcessingErr> {
+        let consumer = args.consumer;
+        let shared = args.shared;
+        let name = format!("{}/{}", consumer.name, args.index);
+        let group_id = consumer.group_id();
+        let instance_id = consumer
+            .static_membership
+            .then(|| format!("{}-{}-{}", shared.config.kafka.client_id, consumer.name, args.index));
+        let closing = Arc::new(AtomicBool::new(false));
+        let context = EventdContext::new(
+            Arc::from(consumer.name.as_str()),
+            Some(myself.clone()),
+            consumer.drain_timeout + Duration::from_secs(2),
+            closing.clone(),
+        );
+        let client: KafkaConsumer = consumer_config(
+            &shared.config,
+            &shared.brokers,
+            &consumer,
+            Some(&group_id),
+            instance_id.as_deref(),
+        )
+        .create_with_context(context)?;
+        let client = Arc::new(client);
+        EventdContext::attach(&client);
+        let topics: Vec<&str> = consumer.topics.iter().map(String::as_str).collect();
+        client.subscribe(&topics)?;
+        let stop_polling = Arc::new(AtomicBool::new(false));
+        let stray_to = myself.clone();
+        let poll_thread = spawn_poll_loop(
+            format!("poll-{name}"),
+            client.clone(),
+            stop_polling.clone(),
+            move |message| {
+                let _ = stray_to.send_message(GroupMemberMsg::Stray(message));
+            },
+        )?;
+        tracing::info!(member = %name, group_id, ?topics, "group member started");
+        Ok(GroupMemberState {
+            shared,
+            consumer,
+            name,
+            client: Some(client),
+            workers: HashMap::new(),
+            poll_thread: Some(poll_thread),
+            stop_polling,
+            closing,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<GroupMemberMsg>,
+        message: GroupMemberMsg,
+        state: &mut GroupMemberState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            GroupMemberMsg::Assigned(partitions) => {
+                let Some(client) = state.client.clone() else {
+                    return Ok(());
+                };
+                for assigned in partitions {
+                    let key = (assigned.topic.clone(), assigned.partition);
+                    // A new worker starts only once the old one for the partition is gone.
+                    if let Some(old) = state.workers.remove(&key) {
+                        old.stop_and_wait(None, Some(Duration::from_secs(2))).await?;
+                    }
+                    let (worker, _) = Actor::spawn_linked(
+                        None,
+                        PartitionWorker,
+                        PartitionWorkerArgs {
+                            consumer_name: Arc::from(state.consumer.name.as_str()),
+                            topic: Arc::from(assigned.topic.as_str()),
+                            partition: assigned.partition,
+                            queue: assigned.queue,
+                            client: client.clone(),
+                            router: state.shared.router.clone(),
+                            producer: state.shared.producer.clone(),
+                            dead_letter: state.shared.config.dead_letter.topic.clone(),
+                            max_in_flight: state.consumer.max_in_flight,
+                            store_offsets: true,
+                        },
+                        myself.get_cell(),
+                    )
+                    .await?;
+                    state.workers.insert(key, worker);
+                }
+            }
+            GroupMemberMsg::Revoke { partitions, done } => {
+                let owned = state.take_workers(&partitions);
+                hand_back(&state.name, owned, &state.shared.router, state.consumer.drain_timeout).await;
+                let _ = done.send(());
+            }
+            GroupMemberMsg::Stray(message) => {
+                let key = (message.topic().to_owned(), message.partition());
+                if let Some(worker) = state.workers.get(&key) {
+                    let _ = worker.send_message(PartitionWorkerMsg::Stray(message));
+                }
+            }
+            GroupMemberMsg::Shutdown(reply) => {
+                let all: Vec<(String, i32)> = state.workers.keys().cloned().collect();
+                let owned = state.take_workers(&all);
+                hand_back(&state.name, owned, &state.shared.router, state.consumer.drain_timeout).await;
+                close(state).await;
+                let _ = reply.send(());
+                myself.stop(Some("shutdown".to_owned()));
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<GroupMemberMsg>,
+        event: SupervisionEvent,
+        state: &mut GroupMemberState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ActorFailed(cell, error) = event {
+            state.workers.retain(|_, worker| worker.get_id() != cell.get_id());
+            // The member restarts as a whole: it rejoins and resumes from committed offsets.
+            return Err(format!("partition worker of {} failed: {error}", state.name).into());
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<GroupMemberMsg>,
+        state: &mut GroupMemberState,
+    ) -> Result<(), ActorProcessingErr> {
+        // After a failure: let the poll thread close the client off the runtime.
+        state.closing.store(true, Ordering::Release);
+        state.stop_polling.store(true, Ordering::Release);
+        state.client = None;
+        Ok(())
+    }
+}
+
+/// Commits what was stored, then closes the client on its polling thread.
+pub(super) async fn close_client(
+    name: &str,
+    client: Option<Arc<KafkaConsumer>>,
+    commit: bool,
+    closing: &AtomicBool,
+    stop_polling: &AtomicBool,
+    poll_thread: Option<JoinHandle<()>>,
+) {
+    if let Some(client) = client {
+        if commit {
+            let committed = tokio::task::spawn_blocking(move || client.commit_consumer_state(CommitMode::Sync)).await;
+            match committed {
+                Ok(Ok(())) | Ok(Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset))) => {
+                    tracing::info!(consumer = name, "offsets committed")
+                }
+                Ok(Err(error)) => tracing::warn!(consumer = name, %error, "final commit failed"),
+                Err(error) => tracing::warn!(consumer = name, %error, "final commit did not run"),
+            }
+        }
+    }
+    closing.store(true, Ordering::Release);
+    stop_polling.store(true, Ordering::Release);
+    if let Some(thread) = poll_thread {
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    }
+    tracing::info!(consumer = name, "consumer closed");
+}
+
+async fn close(state: &mut GroupMemberState) {
+    close_client(
+        &state.name,
+        state.client.take(),
+        true,
+        &state.closing,
+        &state.stop_polling,
+        state.poll_thread.take(),
+    )
+    .await;
+}

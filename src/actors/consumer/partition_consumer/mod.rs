@@ -1,0 +1,210 @@
+//! A PartitionConsumer: one per topic partition of a `mode = "partitions"` entry. It
+//! assigns its partition by hand (no group balancing, so every instance of eventd sees
+//! every event) from the configured start, or from the position committed under
+//! `commit_group` when there is one, and runs one PartitionWorker for it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use rdkafka::consumer::Consumer;
+use rdkafka::message::OwnedMessage;
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::context::{spawn_poll_loop, EventdContext, KafkaConsumer};
+use super::group_member::close_client;
+use super::handback::{hand_back, OwnedPartition};
+use super::partition_worker::{PartitionWorker, PartitionWorkerArgs, PartitionWorkerMsg};
+use super::ConsumerShared;
+use crate::config::{ConsumerConfig, NamedStart, StartPosition};
+use crate::kafka::consumer_config;
+
+pub struct PartitionConsumer;
+
+pub struct PartitionConsumerArgs {
+    pub shared: ConsumerShared,
+    pub consumer: ConsumerConfig,
+    pub topic: String,
+    pub partition: i32,
+}
+
+/// Messages of a PartitionConsumer.
+pub enum PartitionConsumerMsg {
+    /// An event that arrived on the main queue; the worker takes it.
+    Stray(OwnedMessage),
+    /// Hand the partition back, commit when committing, close.
+    Shutdown(RpcReplyPort<()>),
+}
+
+pub struct PartitionConsumerState {
+    shared: ConsumerShared,
+    consumer: ConsumerConfig,
+    name: String,
+    topic: String,
+    partition: i32,
+    client: Option<Arc<KafkaConsumer>>,
+    worker: Option<ActorRef<PartitionWorkerMsg>>,
+    poll_thread: Option<JoinHandle<()>>,
+    stop_polling: Arc<AtomicBool>,
+    closing: Arc<AtomicBool>,
+}
+
+/// The offset to start from: the committed one when there is one, else `start`.
+fn start_offset(client: &KafkaConsumer, consumer: &ConsumerConfig, topic: &str, partition: i32) -> Result<Offset, ActorProcessingErr> {
+    let timeout = Duration::from_secs(10);
+    if consumer.commit_group.is_some() {
+        let mut list = TopicPartitionList::new();
+        list.add_partition(topic, partition);
+        let committed = client.committed_offsets(list, timeout)?;
+        if let Some(Offset::Offset(offset)) = committed.find_partition(topic, partition).map(|e| e.offset()) {
+            return Ok(Offset::Offset(offset));
+        }
+    }
+    Ok(match &consumer.start {
+        StartPosition::Named(NamedStart::Earliest) => Offset::Beginning,
+        StartPosition::Named(NamedStart::Latest) => Offset::End,
+        StartPosition::Offset { offset } => Offset::Offset(*offset),
+        StartPosition::Timestamp { timestamp } => {
+            let millis = chrono::DateTime::parse_from_rfc3339(timestamp)?.timestamp_millis();
+            let mut list = TopicPartitionList::new();
+            list.add_partition_offset(topic, partition, Offset::Offset(millis))?;
+            let found = client.offsets_for_times(list, timeout)?;
+            match found.find_partition(topic, partition).map(|e| e.offset()) {
+                Some(Offset::Offset(offset)) => Offset::Offset(offset),
+                // No event at or after the time yet: start with the next one written.
+                _ => Offset::End,
+            }
+        }
+    })
+}
+
+impl Actor for PartitionConsumer {
+    type Msg = PartitionConsumerMsg;
+    type State = PartitionConsumerState;
+    type Arguments = PartitionConsumerArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<PartitionConsumerMsg>,
+        args: PartitionConsumerArgs,
+    ) -> Result<PartitionConsumerState, ActorProcessingErr> {
+        let PartitionConsumerArgs { shared, consumer, topic, partition } = args;
+        let name = format!("{}/{topic}/{partition}", consumer.name);
+        let closing = Arc::new(AtomicBool::new(false));
+        let context = EventdContext::new(Arc::from(consumer.name.as_str()), None, Duration::ZERO, closing.clone());
+        let mut settings = consumer_config(&shared.config, &shared.brokers, &consumer, consumer.commit_group.as_deref(), None);
+        if consumer.commit_group.is_none() {
+            settings.set("enable.auto.commit", "false");
+        }
+        let client: KafkaConsumer = settings.create_with_context(context)?;
+        let client = Arc::new(client);
+        let start = {
+            let (client, consumer, topic) = (client.clone(), consumer.clone(), topic.clone());
+            tokio::task::spawn_blocking(move || start_offset(&client, &consumer, &topic, partition)).await??
+        };
+        let mut assignment = TopicPartitionList::new();
+        assignment.add_partition_offset(&topic, partition, start)?;
+        client.assign(&assignment)?;
+        let queue = client
+            .split_partition_queue(&topic, partition)
+            .ok_or_else(|| format!("cannot read {topic}/{partition}"))?;
+        let (worker, _) = Actor::spawn_linked(
+            None,
+            PartitionWorker,
+            PartitionWorkerArgs {
+                consumer_name: Arc::from(consumer.name.as_str()),
+                topic: Arc::from(topic.as_str()),
+                partition,
+                queue,
+                client: client.clone(),
+                router: shared.router.clone(),
+                producer: shared.producer.clone(),
+                dead_letter: shared.config.dead_letter.topic.clone(),
+                max_in_flight: consumer.max_in_flight,
+                store_offsets: consumer.commit_group.is_some(),
+            },
+            myself.get_cell(),
+        )
+        .await?;
+        let stop_polling = Arc::new(AtomicBool::new(false));
+        let stray_to = myself.clone();
+        let poll_thread = spawn_poll_loop(format!("poll-{name}"), client.clone(), stop_polling.clone(), move |message| {
+            let _ = stray_to.send_message(PartitionConsumerMsg::Stray(message));
+        })?;
+        tracing::info!(consumer = %consumer.name, %topic, partition, ?start, "partition consumer started");
+        Ok(PartitionConsumerState {
+            shared,
+            consumer,
+            name,
+            topic,
+            partition,
+            client: Some(client),
+            worker: Some(worker),
+            poll_thread: Some(poll_thread),
+            stop_polling,
+            closing,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<PartitionConsumerMsg>,
+        message: PartitionConsumerMsg,
+        state: &mut PartitionConsumerState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            PartitionConsumerMsg::Stray(message) => {
+                if let Some(worker) = &state.worker {
+                    let _ = worker.send_message(PartitionWorkerMsg::Stray(message));
+                }
+            }
+            PartitionConsumerMsg::Shutdown(reply) => {
+                let owned: Vec<OwnedPartition> = state
+                    .worker
+                    .take()
+                    .map(|worker| OwnedPartition { topic: state.topic.clone(), partition: state.partition, worker })
+                    .into_iter()
+                    .collect();
+                hand_back(&state.name, owned, &state.shared.router, state.consumer.drain_timeout).await;
+                close_client(
+                    &state.name,
+                    state.client.take(),
+                    state.consumer.commit_group.is_some(),
+                    &state.closing,
+                    &state.stop_polling,
+                    state.poll_thread.take(),
+                )
+                .await;
+                let _ = reply.send(());
+                myself.stop(Some("shutdown".to_owned()));
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<PartitionConsumerMsg>,
+        event: SupervisionEvent,
+        state: &mut PartitionConsumerState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ActorFailed(_, error) = event {
+            state.worker = None;
+            return Err(format!("partition worker of {} failed: {error}", state.name).into());
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<PartitionConsumerMsg>,
+        state: &mut PartitionConsumerState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.closing.store(true, Ordering::Release);
+        state.stop_polling.store(true, Ordering::Release);
+        state.client = None;
+        Ok(())
+    }
+}

@@ -1,0 +1,140 @@
+//! Offset bookkeeping of one partition: which dispatched offsets are unfinished, which
+//! offsets count windows still hold, and from that the offset safe to store (the next
+//! offset to read after a restart).
+
+use std::collections::{BTreeMap, HashMap};
+
+/// A count window holding offsets: (handler, slot, window start).
+pub type HoldKey = (usize, usize, i64);
+
+#[derive(Debug, Default)]
+pub struct InFlight {
+    /// Dispatched offsets with the number of handlers still working on each.
+    pending: BTreeMap<i64, u32>,
+    /// One past the highest offset dispatched so far.
+    next: Option<i64>,
+    /// First offset each unemitted count window counted from this partition.
+    holds: HashMap<HoldKey, i64>,
+}
+
+impl InFlight {
+    /// True unless `offset` was already dispatched (a redelivery after reordering).
+    pub fn is_new(&self, offset: i64) -> bool {
+        self.next.is_none_or(|next| offset >= next)
+    }
+
+    /// Records a dispatched offset that `handlers` handlers must finish.
+    pub fn dispatched(&mut self, offset: i64, handlers: u32) {
+        debug_assert!(self.is_new(offset));
+        if handlers > 0 {
+            self.pending.insert(offset, handlers);
+        }
+        self.next = Some(offset + 1);
+    }
+
+    /// One handler finished `offset`.
+    pub fn finished(&mut self, offset: i64) {
+        if let Some(left) = self.pending.get_mut(&offset) {
+            *left -= 1;
+            if *left == 0 {
+                self.pending.remove(&offset);
+            }
+        }
+    }
+
+    pub fn hold(&mut self, key: HoldKey, offset: i64) {
+        self.holds
+            .entry(key)
+            .and_modify(|held| *held = (*held).min(offset))
+            .or_insert(offset);
+    }
+
+    pub fn release(&mut self, key: HoldKey) {
+        self.holds.remove(&key);
+    }
+
+    /// Offsets dispatched and not yet finished by every handler.
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    pub fn holds(&self) -> usize {
+        self.holds.len()
+    }
+
+    /// The offset to store: the lowest unfinished or held offset, else one past the
+    /// last dispatched. `None` before anything was dispatched.
+    pub fn committable(&self) -> Option<i64> {
+        let next = self.next?;
+        let lowest_pending = self.pending.keys().next().copied().unwrap_or(next);
+        let lowest_held = self.holds.values().min().copied().unwrap_or(next);
+        Some(lowest_pending.min(lowest_held))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nothing_dispatched_stores_nothing() {
+        assert_eq!(InFlight::default().committable(), None);
+    }
+
+    #[test]
+    fn stores_the_lowest_unfinished_offset() {
+        let mut inflight = InFlight::default();
+        for offset in 10..15 {
+            inflight.dispatched(offset, 1);
+        }
+        inflight.finished(11);
+        inflight.finished(12);
+        assert_eq!(inflight.committable(), Some(10));
+        inflight.finished(10);
+        assert_eq!(inflight.committable(), Some(13));
+        inflight.finished(13);
+        inflight.finished(14);
+        // Committed offset is the next one to read, one past the last finished.
+        assert_eq!(inflight.committable(), Some(15));
+        assert!(inflight.is_empty());
+    }
+
+    #[test]
+    fn an_offset_waits_for_every_handler() {
+        let mut inflight = InFlight::default();
+        inflight.dispatched(0, 2);
+        inflight.finished(0);
+        assert_eq!(inflight.committable(), Some(0));
+        inflight.finished(0);
+        assert_eq!(inflight.committable(), Some(1));
+    }
+
+    #[test]
+    fn offsets_no_handler_wants_pass_at_once_and_gaps_are_skipped() {
+        let mut inflight = InFlight::default();
+        inflight.dispatched(5, 0);
+        inflight.dispatched(9, 0);
+        assert_eq!(inflight.committable(), Some(10));
+        assert!(!inflight.is_new(7));
+        assert!(inflight.is_new(10));
+    }
+
+    #[test]
+    fn a_count_window_holds_the_offset_until_released() {
+        let mut inflight = InFlight::default();
+        inflight.dispatched(3, 1);
+        inflight.dispatched(4, 1);
+        inflight.hold((0, 0, 1000), 3);
+        inflight.finished(3);
+        inflight.hold((0, 0, 1000), 4);
+        inflight.finished(4);
+        assert_eq!(inflight.len(), 0);
+        assert_eq!(inflight.committable(), Some(3));
+        inflight.release((0, 0, 1000));
+        assert_eq!(inflight.committable(), Some(5));
+    }
+}

@@ -1,0 +1,538 @@
+//! The PartitionWorker: one per assigned partition. It reads the partition's own queue
+//! (split from the consumer), decodes events, hands them to handler actors in batches,
+//! and stores the offset below which every event is finished.
+//!
+//! - Backpressure: with `max_in_flight` unfinished events it stops reading its queue;
+//!   the consumer keeps polling its main queue, so the member stays in the group.
+//! - Order: events leave in offset order, and a pool sends one key to one actor.
+//! - Redelivery: each batch stays here until its actor reports it finished. When a
+//!   slot has a new actor (its generation moved), everything still held for that slot
+//!   is resent first, in offset order, then newer events follow.
+//! - Undecodable events are counted, logged and written to the dead-letter topic; the
+//!   offset moves past them only once the broker acknowledged that write.
+
+mod inflight;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics::{Counter, Gauge};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use rdkafka::consumer::Consumer;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use super::context::{KafkaConsumer, KafkaPartitionQueue};
+use crate::actors::handler::{Batch, HandlerMsg, Router};
+use crate::actors::producer::{Outgoing, ProducerHandle};
+use crate::event::{headers, DecodeError, Event, Source};
+use crate::telemetry::metrics::{
+    EVENTS_CONSUMED, EVENTS_DEAD_LETTERED, EVENTS_INVALID, PARTITION_IN_FLIGHT,
+};
+
+pub use inflight::InFlight;
+
+/// Handler id of dead-letter writes in finished reports.
+const DEAD_LETTER: usize = usize::MAX;
+/// Most events read per `Poll`, so acknowledgements interleave with reading.
+const MAX_READ: usize = 512;
+/// Wake-up when librdkafka's non-empty signal is missed, and for resends.
+const IDLE_WAKE: Duration = Duration::from_millis(200);
+
+pub struct PartitionWorker;
+
+pub struct PartitionWorkerArgs {
+    pub consumer_name: Arc<str>,
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub queue: KafkaPartitionQueue,
+    pub client: Arc<KafkaConsumer>,
+    pub router: Router,
+    pub producer: ProducerHandle,
+    pub dead_letter: Option<String>,
+    pub max_in_flight: usize,
+    /// False when nothing is committed (a `partitions` consumer without commit_group).
+    pub store_offsets: bool,
+}
+
+/// Messages of a PartitionWorker.
+pub enum PartitionWorkerMsg {
+    /// Read what the partition queue has, within the in-flight budget.
+    Poll,
+    /// An event of this partition that arrived on the consumer's main queue.
+    Stray(OwnedMessage),
+    /// A handler actor finished these offsets of one batch; `holds` lists count
+    /// windows that now hold offsets of this partition (window start, first offset).
+    Finished {
+        handler: usize,
+        slot: usize,
+        offsets: Vec<i64>,
+        holds: Vec<(i64, i64)>,
+    },
+    /// A count window was emitted and acknowledged; its offsets may be stored.
+    Released { handler: usize, slot: usize, window: i64 },
+    /// Stop reading; reply once nothing is in flight.
+    Drain(RpcReplyPort<()>),
+    /// Store the final offset and reply with it, with the number of events unfinished.
+    StoreFinal(RpcReplyPort<FinalPosition>),
+}
+
+/// Where a partition stands when it is handed back.
+#[derive(Debug, Clone, Copy)]
+pub struct FinalPosition {
+    pub stored: Option<i64>,
+    pub in_flight: usize,
+    pub held_windows: usize,
+}
+
+/// Events sent to one handler slot and not yet reported finished.
+#[derive(Default)]
+struct Outstanding {
+    /// Slot generation the events were sent to; a different one means resend.
+    generation: u64,
+    events: std::collections::BTreeMap<i64, Arc<Event>>,
+}
+
+/// One decoded (or undecodable) message, detached from librdkafka's buffer.
+struct Taken {
+    offset: i64,
+    key: Option<Vec<u8>>,
+    headers: Vec<(String, Vec<u8>)>,
+    timestamp: Option<i64>,
+    body: Result<serde_json::Map<String, serde_json::Value>, (DecodeError, Option<Vec<u8>>)>,
+}
+
+impl Taken {
+    fn from_message<M: Message>(message: &M) -> Taken {
+        let headers = message
+            .headers()
+            .map(|headers| {
+                headers
+                    .iter()
+                    .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec).unwrap_or_default()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Taken {
+            offset: message.offset(),
+            key: message.key().map(<[u8]>::to_vec),
+            headers,
+            timestamp: message.timestamp().to_millis(),
+            body: Event::decode(message.payload())
+                .map_err(|error| (error, message.payload().map(<[u8]>::to_vec))),
+        }
+    }
+}
+
+pub struct PartitionWorkerState {
+    consumer_name: Arc<str>,
+    topic: Arc<str>,
+    partition: i32,
+    /// The partition's queue and its consumer; released in `post_stop`, because ractor
+    /// hands a stopped actor's state to its supervisor, and the consumer can close
+    /// only once every reference to it is gone.
+    source: Option<(KafkaPartitionQueue, Arc<KafkaConsumer>)>,
+    router: Router,
+    producer: ProducerHandle,
+    dead_letter: Option<String>,
+    max_in_flight: usize,
+    store_offsets: bool,
+    inflight: InFlight,
+    outstanding: HashMap<(usize, usize), Outstanding>,
+    /// Last offset handed to librdkafka's store.
+    stored: Option<i64>,
+    /// Set by `Drain`: no more reading.
+    draining: bool,
+    drained: Option<RpcReplyPort<()>>,
+    /// A `Poll` is queued; the waker does not queue another.
+    poll_queued: Arc<AtomicBool>,
+    waker: JoinHandle<()>,
+    consumed: Counter,
+    invalid: Counter,
+    in_flight_gauge: Gauge,
+}
+
+impl PartitionWorkerState {
+    fn read(&mut self, myself: &ActorRef<PartitionWorkerMsg>) {
+        let budget = self
+            .max_in_flight
+            .saturating_sub(self.inflight.len())
+            .min(MAX_READ);
+        let Some((queue, _)) = &self.source else {
+            return;
+        };
+        let mut taken = Vec::with_capacity(budget.min(64));
+        while taken.len() < budget {
+            match queue.poll(Duration::ZERO) {
+                None => break,
+                Some(Ok(message)) => taken.push(Taken::from_message(&message)),
+                Some(Err(error)) => {
+                    tracing::warn!(consumer = %self.consumer_name, topic = %self.topic,
+                        partition = self.partition, %error, "consume error");
+                    break;
+                }
+            }
+        }
+        let full = taken.len() == MAX_READ;
+        self.dispatch(myself, taken);
+        if full {
+            self.queue_poll(myself);
+        }
+    }
+
+    fn dispatch(&mut self, myself: &ActorRef<PartitionWorkerMsg>, taken: Vec<Taken>) {
+        if taken.is_empty() {
+            return;
+        }
+        let settings = self.router.snapshot();
+        let mut batches: HashMap<(usize, usize), Vec<Arc<Event>>> = HashMap::new();
+        for message in taken {
+            if !self.inflight.is_new(message.offset) {
+                continue;
+            }
+            self.consumed.increment(1);
+            let body = match message.body {
+                Ok(body) => body,
+                Err((error, payload)) => {
+                    self.invalid_event(myself, message.offset, message.key, message.headers, payload, error);
+                    continue;
+                }
+            };
+            let event = Arc::new(Event {
+                source: Source {
+                    topic: self.topic.clone(),
+                    partition: self.partition,
+                    offset: message.offset,
+                },
+                key: message.key,
+                headers: message.headers,
+                timestamp: message.timestamp,
+                body,
+            });
+            let mut handlers = 0;
+            self.router.route(&settings, &event, |route, slot| {
+                let handler = self.router.routes[route].pool.index;
+                batches.entry((handler, slot)).or_default().push(event.clone());
+                handlers += 1;
+            });
+            self.inflight.dispatched(message.offset, handlers);
+        }
+        for ((handler, slot), events) in batches {
+            self.send(myself, handler, slot, events);
+        }
+        self.in_flight_gauge.set(self.inflight.len() as f64);
+        self.store_if_moved();
+    }
+
+    /// Sends `fresh` to a slot, preceded by everything the slot's previous actor held.
+    fn send(&mut self, myself: &ActorRef<PartitionWorkerMsg>, handler: usize, slot: usize, fresh: Vec<Arc<Event>>) {
+        let Some(route) = self.router.routes.iter().find(|r| r.pool.index == handler) else {
+            return;
+        };
+        let target = &route.pool.slots[slot];
+        let generation = target.generation();
+        let outstanding = self.outstanding.entry((handler, slot)).or_default();
+        let mut events: Vec<Arc<Event>> = if outstanding.generation != generation {
+            outstanding.events.values().cloned().collect()
+        } else {
+            Vec::with_capacity(fresh.len())
+        };
+        if !events.is_empty() {
+            tracing::info!(consumer = %self.consumer_name, topic = %self.topic, partition = self.partition,
+                handler = %route.pool.name, slot, events = events.len(), "redelivering to restarted handler");
+        }
+        for event in fresh {
+            outstanding.events.insert(event.source.offset, event.clone());
+            events.push(event);
+        }
+        outstanding.generation = generation;
+        if events.is_empty() {
+            return;
+        }
+        let delivered = target.actor().is_some_and(|actor| {
+            actor
+                .send_message(HandlerMsg::Batch(Batch {
+                    events,
+                    reply_to: myself.clone(),
+                    handler,
+                    slot,
+                }))
+                .is_ok()
+        });
+        if !delivered {
+            // The actor is down; its replacement gets a new generation and everything.
+            outstanding.generation = u64::MAX;
+        }
+    }
+
+    /// Resends to slots whose actor was replaced since the events were sent.
+    fn resend_to_restarted(&mut self, myself: &ActorRef<PartitionWorkerMsg>) {
+        let stale: Vec<(usize, usize)> = self
+            .outstanding
+            .iter()
+            .filter(|(_, o)| !o.events.is_empty())
+            .filter(|((handler, slot), o)| {
+                self.router
+                    .routes
+                    .iter()
+                    .find(|r| r.pool.index == *handler)
+                    .is_some_and(|r| r.pool.slots[*slot].generation() != o.generation)
+            })
+            .map(|(key, _)| *key)
+            .collect();
+        for (handler, slot) in stale {
+            self.send(myself, handler, slot, Vec::new());
+        }
+    }
+
+    fn invalid_event(
+        &mut self,
+        myself: &ActorRef<PartitionWorkerMsg>,
+        offset: i64,
+        key: Option<Vec<u8>>,
+        mut kafka_headers: Vec<(String, Vec<u8>)>,
+        payload: Option<Vec<u8>>,
+        error: DecodeError,
+    ) {
+        self.invalid.increment(1);
+        tracing::warn!(consumer = %self.consumer_name, topic = %self.topic, partition = self.partition,
+            offset, %error, dead_letter = self.dead_letter.as_deref().unwrap_or("none"), "invalid event");
+        let Some(topic) = self.dead_letter.clone() else {
+            self.inflight.dispatched(offset, 0);
+            return;
+        };
+        self.inflight.dispatched(offset, 1);
+        let source = Source {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            offset,
+        };
+        kafka_headers.extend(headers::source(&source));
+        kafka_headers.push((headers::ERROR.to_owned(), error.to_string().into_bytes()));
+        let outgoing = Outgoing {
+            topic,
+            key,
+            payload: payload.unwrap_or_default(),
+            headers: kafka_headers,
+        };
+        let producer = self.producer.clone();
+        let worker = myself.clone();
+        let counter = metrics::counter!(EVENTS_DEAD_LETTERED, "topic" => self.topic.to_string());
+        tokio::spawn(async move {
+            // The offset stays unstored until the dead-letter write is acknowledged.
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                match producer.send(outgoing.clone()).await {
+                    Ok(_) => break,
+                    Err(error) => {
+                        tracing::error!(%error, offset, "dead-letter write failed, retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                        if worker.get_status() != ractor::ActorStatus::Running {
+                            return;
+                        }
+                    }
+                }
+            }
+            counter.increment(1);
+            let _ = worker.send_message(PartitionWorkerMsg::Finished {
+                handler: DEAD_LETTER,
+                slot: 0,
+                offsets: vec![offset],
+                holds: Vec::new(),
+            });
+        });
+    }
+
+    fn finished(&mut self, myself: &ActorRef<PartitionWorkerMsg>, handler: usize, slot: usize, offsets: Vec<i64>, holds: Vec<(i64, i64)>) {
+        let was_full = self.inflight.len() >= self.max_in_flight;
+        for (window, offset) in holds {
+            self.inflight.hold((handler, slot, window), offset);
+        }
+        if handler == DEAD_LETTER {
+            offsets.into_iter().for_each(|offset| self.inflight.finished(offset));
+        } else if let Some(outstanding) = self.outstanding.get_mut(&(handler, slot)) {
+            for offset in offsets {
+                // A repeat report (after a resend) must not finish an offset twice.
+                if outstanding.events.remove(&offset).is_some() {
+                    self.inflight.finished(offset);
+                }
+            }
+        }
+        self.in_flight_gauge.set(self.inflight.len() as f64);
+        self.store_if_moved();
+        if self.inflight.is_empty() {
+            if let Some(reply) = self.drained.take() {
+                let _ = reply.send(());
+            }
+        }
+        if was_full && !self.draining {
+            self.queue_poll(myself);
+        }
+    }
+
+    fn queue_poll(&self, myself: &ActorRef<PartitionWorkerMsg>) {
+        if !self.poll_queued.swap(true, Ordering::AcqRel) {
+            let _ = myself.send_message(PartitionWorkerMsg::Poll);
+        }
+    }
+
+    fn store_if_moved(&mut self) {
+        let Some(offset) = self.inflight.committable() else {
+            return;
+        };
+        if self.stored == Some(offset) {
+            return;
+        }
+        if !self.store_offsets {
+            self.stored = Some(offset);
+            return;
+        }
+        let mut list = TopicPartitionList::with_capacity(1);
+        if list
+            .add_partition_offset(&self.topic, self.partition, Offset::Offset(offset))
+            .is_err()
+        {
+            return;
+        }
+        let Some((_, client)) = &self.source else {
+            return;
+        };
+        // `store_offsets` stores exactly what it is given: the next offset to read.
+        match client.store_offsets(&list) {
+            Ok(()) => self.stored = Some(offset),
+            Err(KafkaError::StoreOffset(RDKafkaErrorCode::State)) => {
+                tracing::debug!(topic = %self.topic, partition = self.partition, "partition no longer assigned, offset not stored");
+            }
+            Err(error) => {
+                tracing::warn!(topic = %self.topic, partition = self.partition, offset, %error, "cannot store offset");
+            }
+        }
+    }
+}
+
+impl Actor for PartitionWorker {
+    type Msg = PartitionWorkerMsg;
+    type State = PartitionWorkerState;
+    type Arguments = PartitionWorkerArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<PartitionWorkerMsg>,
+        mut args: PartitionWorkerArgs,
+    ) -> Result<PartitionWorkerState, ActorProcessingErr> {
+        let notify = Arc::new(Notify::new());
+        let signal = notify.clone();
+        args.queue.set_nonempty_callback(move || signal.notify_one());
+        let poll_queued = Arc::new(AtomicBool::new(false));
+        let waker = {
+            let poll_queued = poll_queued.clone();
+            let myself = myself.clone();
+            tokio::spawn(async move {
+                loop {
+                    if !poll_queued.swap(true, Ordering::AcqRel)
+                        && myself.send_message(PartitionWorkerMsg::Poll).is_err()
+                    {
+                        return;
+                    }
+                    let _ = tokio::time::timeout(IDLE_WAKE, notify.notified()).await;
+                }
+            })
+        };
+        let labels = [
+            ("consumer", args.consumer_name.to_string()),
+            ("topic", args.topic.to_string()),
+        ];
+        let in_flight_gauge = metrics::gauge!(PARTITION_IN_FLIGHT,
+            "consumer" => args.consumer_name.to_string(),
+            "topic" => args.topic.to_string(),
+            "partition" => args.partition.to_string());
+        tracing::info!(consumer = %args.consumer_name, topic = %args.topic, partition = args.partition, "partition worker started");
+        Ok(PartitionWorkerState {
+            consumed: metrics::counter!(EVENTS_CONSUMED, &labels),
+            invalid: metrics::counter!(EVENTS_INVALID, &labels),
+            in_flight_gauge,
+            consumer_name: args.consumer_name,
+            topic: args.topic,
+            partition: args.partition,
+            source: Some((args.queue, args.client)),
+            router: args.router,
+            producer: args.producer,
+            dead_letter: args.dead_letter,
+            max_in_flight: args.max_in_flight,
+            store_offsets: args.store_offsets,
+            inflight: InFlight::default(),
+            outstanding: HashMap::new(),
+            stored: None,
+            draining: false,
+            drained: None,
+            poll_queued,
+            waker,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<PartitionWorkerMsg>,
+        message: PartitionWorkerMsg,
+        state: &mut PartitionWorkerState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            PartitionWorkerMsg::Poll => {
+                state.poll_queued.store(false, Ordering::Release);
+                state.resend_to_restarted(&myself);
+                if !state.draining {
+                    state.read(&myself);
+                }
+            }
+            PartitionWorkerMsg::Stray(message) => {
+                if !state.draining {
+                    let taken = Taken::from_message(&message);
+                    state.dispatch(&myself, vec![taken]);
+                }
+            }
+            PartitionWorkerMsg::Finished { handler, slot, offsets, holds } => {
+                state.finished(&myself, handler, slot, offsets, holds);
+            }
+            PartitionWorkerMsg::Released { handler, slot, window } => {
+                state.inflight.release((handler, slot, window));
+                state.store_if_moved();
+            }
+            PartitionWorkerMsg::Drain(reply) => {
+                state.draining = true;
+                if state.inflight.is_empty() {
+                    let _ = reply.send(());
+                } else {
+                    state.drained = Some(reply);
+                }
+            }
+            PartitionWorkerMsg::StoreFinal(reply) => {
+                state.store_if_moved();
+                let _ = reply.send(FinalPosition {
+                    stored: state.stored,
+                    in_flight: state.inflight.len(),
+                    held_windows: state.inflight.holds(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<PartitionWorkerMsg>,
+        state: &mut PartitionWorkerState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.waker.abort();
+        state.source = None;
+        state.in_flight_gauge.set(0.0);
+        tracing::info!(consumer = %state.consumer_name, topic = %state.topic, partition = state.partition,
+            stored = state.stored, in_flight = state.inflight.len(), "partition worker stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,181 @@
+//! `count`: processing-time tumbling windows, aligned to the wall clock, counting events
+//! per value of `group_by`. At window close one JSON record per value goes to `output`.
+//!
+//! Counting finishes an event for `max_in_flight`, but the partition's stored offset is
+//! held at the first offset of the oldest window not yet emitted and acknowledged, so a
+//! crash recounts rather than loses. Windows live outside the actor and survive its
+//! restarts. Counts are per process: with several processes (or an early emit on
+//! revoke and shutdown) one (value, window) may appear in several records, which sum.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use parking_lot::Mutex;
+use ractor::{ActorId, ActorProcessingErr, ActorRef};
+use serde_json::json;
+
+use super::super::actor::BatchOutcome;
+use super::super::{Batch, HandlerPool};
+use crate::actors::consumer::partition_worker::PartitionWorkerMsg;
+use crate::actors::producer::{Outgoing, ProducerHandle};
+use crate::config::HandlerConfig;
+use crate::telemetry::metrics::COUNT_WINDOWS_EMITTED;
+
+/// Open windows of one slot, by start time in epoch milliseconds.
+#[derive(Default)]
+pub struct CountWindows {
+    windows: BTreeMap<i64, Window>,
+}
+
+#[derive(Default)]
+struct Window {
+    counts: HashMap<String, u64>,
+    topics: BTreeSet<String>,
+    /// Workers whose offsets this window holds; told when it is emitted.
+    contributors: HashMap<ActorId, ActorRef<PartitionWorkerMsg>>,
+}
+
+pub struct Count {
+    group_by: String,
+    window: Duration,
+    output: String,
+    producer: ProducerHandle,
+    windows: Arc<Mutex<CountWindows>>,
+}
+
+impl Count {
+    pub fn new(config: &HandlerConfig, producer: ProducerHandle, windows: Arc<Mutex<CountWindows>>) -> Self {
+        Self {
+            group_by: config.group_by.clone().unwrap_or_default(),
+            window: config.window.unwrap_or(Duration::from_secs(60)),
+            output: config.output.clone().unwrap_or_default(),
+            producer,
+            windows,
+        }
+    }
+
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
+    fn window_ms(&self) -> i64 {
+        self.window.as_millis().max(1) as i64
+    }
+
+    pub fn handle(&mut self, batch: &Batch) -> Result<BatchOutcome, ActorProcessingErr> {
+        let now = Utc::now().timestamp_millis();
+        let start = now - now.rem_euclid(self.window_ms());
+        let mut outcome = BatchOutcome::default();
+        let mut first_offset: Option<i64> = None;
+        let mut store = self.windows.lock();
+        let window = store.windows.entry(start).or_default();
+        for event in &batch.events {
+            let Some(value) = event.field_text(&self.group_by) else {
+                outcome.skipped += 1;
+                continue;
+            };
+            *window.counts.entry(value).or_default() += 1;
+            if !window.topics.contains(&*event.source.topic) {
+                window.topics.insert(event.source.topic.to_string());
+            }
+            first_offset.get_or_insert(event.source.offset);
+        }
+        if let Some(offset) = first_offset {
+            window
+                .contributors
+                .entry(batch.reply_to.get_id())
+                .or_insert_with(|| batch.reply_to.clone());
+            outcome.holds.push((start, offset));
+        }
+        Ok(outcome)
+    }
+
+    /// Emits closed windows, or all of them with `early`, and waits for the broker;
+    /// then tells contributing workers their offsets are free. A failed emit keeps the
+    /// window for the next try.
+    pub async fn emit(&mut self, pool: &HandlerPool, slot: usize, early: bool) -> Result<(), ActorProcessingErr> {
+        let now = Utc::now().timestamp_millis();
+        let window_ms = self.window_ms();
+        let due: Vec<(i64, Window)> = {
+            let mut store = self.windows.lock();
+            let starts: Vec<i64> = store
+                .windows
+                .keys()
+                .copied()
+                .filter(|start| early || start + window_ms <= now)
+                .collect();
+            starts
+                .into_iter()
+                .filter_map(|start| store.windows.remove(&start).map(|w| (start, w)))
+                .collect()
+        };
+        for (start, window) in due {
+            let partial = start + window_ms > now;
+            if let Err(error) = self.emit_window(start, &window, partial).await {
+                self.windows.lock().windows.entry(start).or_default().merge(window);
+                return Err(error);
+            }
+            metrics::counter!(COUNT_WINDOWS_EMITTED, "handler" => pool.name.to_string(),
+                "partial" => if partial { "true" } else { "false" })
+            .increment(1);
+            tracing::debug!(handler = %pool.name, slot, window_start = start, values = window.counts.len(), partial, "count window emitted");
+            for worker in window.contributors.values() {
+                let _ = worker.send_message(PartitionWorkerMsg::Released {
+                    handler: pool.index,
+                    slot,
+                    window: start,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn emit_window(&self, start: i64, window: &Window, partial: bool) -> Result<(), ActorProcessingErr> {
+        let end = start + self.window_ms();
+        let topics: Vec<&String> = window.topics.iter().collect();
+        let mut pending = Vec::with_capacity(window.counts.len());
+        for (value, count) in &window.counts {
+            let record = json!({
+                "group_by": self.group_by,
+                "value": value,
+                "window_start": rfc3339(start),
+                "window_end": rfc3339(end),
+                "count": count,
+                "topics": topics,
+                "partial": partial,
+            });
+            pending.push(
+                self.producer
+                    .enqueue(Outgoing {
+                        topic: self.output.clone(),
+                        key: Some(value.as_bytes().to_vec()),
+                        payload: record.to_string().into_bytes(),
+                        headers: Vec::new(),
+                    })
+                    .await?,
+            );
+        }
+        for delivery in pending {
+            delivery.wait().await?;
+        }
+        Ok(())
+    }
+}
+
+impl Window {
+    fn merge(&mut self, other: Window) {
+        for (value, count) in other.counts {
+            *self.counts.entry(value).or_default() += count;
+        }
+        self.topics.extend(other.topics);
+        self.contributors.extend(other.contributors);
+    }
+}
+
+fn rfc3339(epoch_ms: i64) -> String {
+    DateTime::<Utc>::from_timestamp_millis(epoch_ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(SecondsFormat::Millis, true)
+}

@@ -1,0 +1,93 @@
+//! `fault` (builds with the `fault-injection` feature only): fails, panics or sleeps on
+//! chosen events so tests drive failures through config. With `output` it then forwards
+//! the events it let through, which shows tests what was handled and in which order.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use ractor::ActorProcessingErr;
+
+use super::super::actor::BatchOutcome;
+use super::super::{Batch, HandlerPool};
+use super::forward::Forward;
+use crate::config::{FaultAction, HandlerConfig};
+use crate::event::Event;
+
+/// Pool-wide memory that survives restarts, so `once` holds across them.
+#[derive(Default)]
+pub struct FaultMemory {
+    seen: AtomicU64,
+    fired: Mutex<HashSet<(String, i32, i64)>>,
+}
+
+pub struct Fault {
+    action: FaultAction,
+    every: Option<u64>,
+    offsets: HashSet<i64>,
+    once: bool,
+    sleep: Duration,
+    memory: Arc<FaultMemory>,
+    rng: fastrand::Rng,
+    forward: Option<Forward>,
+}
+
+impl Fault {
+    pub fn new(config: &HandlerConfig, slot: usize, memory: Arc<FaultMemory>, forward: Forward) -> Self {
+        Self {
+            action: config.action.unwrap_or(FaultAction::Fail),
+            every: config.every,
+            offsets: config.offsets.iter().flatten().copied().collect(),
+            once: config.once,
+            sleep: config.sleep.unwrap_or_default(),
+            memory,
+            rng: fastrand::Rng::with_seed(0x5eed + slot as u64),
+            forward: config.output.is_some().then_some(forward),
+        }
+    }
+
+    fn chosen(&self, event: &Event) -> bool {
+        let nth = self.memory.seen.fetch_add(1, Ordering::Relaxed) + 1;
+        let chosen = self.every.is_some_and(|every| nth % every == 0)
+            || self.offsets.contains(&event.source.offset);
+        if !chosen || !self.once {
+            return chosen;
+        }
+        let id = (
+            event.source.topic.to_string(),
+            event.source.partition,
+            event.source.offset,
+        );
+        self.memory.fired.lock().insert(id)
+    }
+
+    pub async fn handle(
+        &mut self,
+        pool: &HandlerPool,
+        batch: &Batch,
+    ) -> Result<BatchOutcome, ActorProcessingErr> {
+        for event in &batch.events {
+            if !self.chosen(event) {
+                continue;
+            }
+            let at = format!(
+                "{}/{}@{}",
+                event.source.topic, event.source.partition, event.source.offset
+            );
+            match self.action {
+                FaultAction::Fail => return Err(format!("injected failure at {at}").into()),
+                FaultAction::Panic => panic!("injected panic at {at}"),
+                FaultAction::Sleep => {
+                    let micros = self.rng.u64(0..=self.sleep.as_micros() as u64);
+                    tokio::time::sleep(Duration::from_micros(micros)).await;
+                }
+            }
+        }
+        if let Some(forward) = &self.forward {
+            forward.forward(&pool.name, &batch.events, None).await?;
+        }
+        Ok(BatchOutcome::default())
+    }
+}

@@ -1,0 +1,119 @@
+//! What each handler kind does with a batch. Kinds are a closed set chosen by config,
+//! so they are an enum rather than trait objects.
+
+mod count;
+#[cfg(feature = "fault-injection")]
+mod fault;
+mod forward;
+mod log;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::ActorProcessingErr;
+
+use super::actor::{tick_period_for, BatchOutcome, HandlerArgs};
+use super::{Batch, HandlerPool};
+use crate::config::HandlerKind;
+
+pub use count::CountWindows;
+#[cfg(feature = "fault-injection")]
+pub use fault::FaultMemory;
+
+/// State of a slot that must survive its actor's restarts.
+#[derive(Clone)]
+pub enum SlotMemory {
+    None,
+    Count(Arc<parking_lot::Mutex<CountWindows>>),
+    #[cfg(feature = "fault-injection")]
+    Fault(Arc<FaultMemory>),
+}
+
+impl SlotMemory {
+    /// Memory for a new slot; `shared` is the pool-wide memory handed to every slot.
+    pub fn for_slot(kind: HandlerKind, shared: &SlotMemory) -> SlotMemory {
+        match kind {
+            HandlerKind::Count => SlotMemory::Count(Arc::default()),
+            _ => shared.clone(),
+        }
+    }
+
+    /// Memory shared by every slot of a pool.
+    pub fn for_pool(kind: HandlerKind) -> SlotMemory {
+        match kind {
+            #[cfg(feature = "fault-injection")]
+            HandlerKind::Fault => SlotMemory::Fault(Arc::default()),
+            _ => SlotMemory::None,
+        }
+    }
+}
+
+pub enum Behaviour {
+    Log(log::Log),
+    Forward(forward::Forward),
+    Count(count::Count),
+    #[cfg(feature = "fault-injection")]
+    Fault(fault::Fault),
+}
+
+impl Behaviour {
+    pub fn new(args: &HandlerArgs) -> Behaviour {
+        let config = &args.pool.config;
+        match (config.kind, &args.memory) {
+            (HandlerKind::Count, SlotMemory::Count(windows)) => Behaviour::Count(count::Count::new(
+                config,
+                args.producer.clone(),
+                windows.clone(),
+            )),
+            #[cfg(feature = "fault-injection")]
+            (HandlerKind::Fault, SlotMemory::Fault(memory)) => Behaviour::Fault(fault::Fault::new(
+                config,
+                args.slot,
+                memory.clone(),
+                forward::Forward::new(config, args.producer.clone(), args.dead_letter.clone()),
+            )),
+            (HandlerKind::Forward, _) => Behaviour::Forward(forward::Forward::new(
+                config,
+                args.producer.clone(),
+                args.dead_letter.clone(),
+            )),
+            // Validation refuses `fault` in builds without fault injection.
+            _ => Behaviour::Log(log::Log::new(args.slot)),
+        }
+    }
+
+    pub fn tick_period(&self) -> Option<Duration> {
+        match self {
+            Behaviour::Count(count) => Some(tick_period_for(count.window())),
+            _ => None,
+        }
+    }
+
+    pub async fn handle(
+        &mut self,
+        pool: &HandlerPool,
+        batch: &Batch,
+    ) -> Result<BatchOutcome, ActorProcessingErr> {
+        match self {
+            Behaviour::Log(log) => Ok(log.handle(pool, batch)),
+            Behaviour::Forward(forward) => forward.handle(pool, batch).await,
+            Behaviour::Count(count) => count.handle(batch),
+            #[cfg(feature = "fault-injection")]
+            Behaviour::Fault(fault) => fault.handle(pool, batch).await,
+        }
+    }
+
+    pub async fn tick(&mut self, pool: &HandlerPool, slot: usize) -> Result<(), ActorProcessingErr> {
+        match self {
+            Behaviour::Count(count) => count.emit(pool, slot, false).await,
+            _ => Ok(()),
+        }
+    }
+
+    pub async fn flush(&mut self, pool: &HandlerPool, slot: usize) -> Result<(), ActorProcessingErr> {
+        match self {
+            Behaviour::Count(count) => count.emit(pool, slot, true).await,
+            _ => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,254 @@
+//! The HandlerSupervisor: builds one pool per `[[handlers]]` entry, spawns an actor per
+//! slot, restarts failed actors with backoff and ends the daemon on a meltdown.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+
+use super::kinds::SlotMemory;
+use super::{HandlerActor, HandlerArgs, HandlerPool, HandlerSettings};
+use crate::actors::producer::ProducerHandle;
+use crate::actors::supervision::{FailureHistory, RestartPolicy, Verdict};
+use crate::actors::{Fatal, FatalSender};
+use crate::config::Config;
+use crate::telemetry::metrics::ACTOR_RESTARTS;
+
+pub struct HandlerSupervisor;
+
+pub struct HandlerSupervisorArgs {
+    pub config: Arc<Config>,
+    pub producer: ProducerHandle,
+    pub fatal: FatalSender,
+    /// Pools built by the caller so consumers can route to them from the start.
+    pub pools: Vec<Arc<HandlerPool>>,
+}
+
+/// Position of a child: pool index and slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Role {
+    handler: usize,
+    slot: usize,
+}
+
+pub struct HandlerSupervisorState {
+    pools: Vec<Arc<HandlerPool>>,
+    memories: HashMap<Role, SlotMemory>,
+    producer: ProducerHandle,
+    dead_letter: Option<String>,
+    children: HashMap<ActorId, Role>,
+    history: HashMap<Role, FailureHistory>,
+    policy: RestartPolicy,
+    fatal: FatalSender,
+    stopping: bool,
+}
+
+/// Messages of the HandlerSupervisor.
+pub enum HandlerSupervisorMsg {
+    /// Start a new actor in a slot whose actor failed; sent after the backoff.
+    Restart { handler: usize, slot: usize },
+    /// Apply the reloadable settings (topics, filter, sample, fields) of `config`;
+    /// replies with what could not be applied without a restart.
+    Reload(Arc<Config>, RpcReplyPort<Vec<String>>),
+    /// Stop every handler actor and reply; failures from now on are not restarted.
+    Shutdown(RpcReplyPort<()>),
+}
+
+/// Builds the pools of `config`, one per `[[handlers]]` entry.
+pub fn build_pools(config: &Config) -> Vec<Arc<HandlerPool>> {
+    config
+        .handlers
+        .iter()
+        .enumerate()
+        .map(|(index, handler)| Arc::new(HandlerPool::new(index, config, handler)))
+        .collect()
+}
+
+impl HandlerSupervisor {
+    async fn spawn_slot(
+        myself: &ActorRef<HandlerSupervisorMsg>,
+        state: &mut HandlerSupervisorState,
+        role: Role,
+    ) -> Result<(), ActorProcessingErr> {
+        let pool = state.pools[role.handler].clone();
+        let memory = state.memories.get(&role).cloned().unwrap_or(SlotMemory::None);
+        let (actor, _) = Actor::spawn_linked(
+            Some(format!("handler/{}/{}", pool.name, role.slot)),
+            HandlerActor,
+            HandlerArgs {
+                pool: pool.clone(),
+                slot: role.slot,
+                producer: state.producer.clone(),
+                memory,
+                dead_letter: state.dead_letter.clone(),
+            },
+            myself.get_cell(),
+        )
+        .await?;
+        state.children.insert(actor.get_id(), role);
+        pool.slots[role.slot].install(actor);
+        Ok(())
+    }
+
+    fn on_child_down(
+        myself: &ActorRef<HandlerSupervisorMsg>,
+        state: &mut HandlerSupervisorState,
+        cell: &ActorCell,
+        reason: &str,
+    ) {
+        let Some(role) = state.children.remove(&cell.get_id()) else {
+            return;
+        };
+        if state.stopping {
+            return;
+        }
+        let name = state.pools[role.handler].name.clone();
+        let actor = format!("handler/{name}/{}", role.slot);
+        let verdict = state
+            .history
+            .entry(role)
+            .or_default()
+            .fail(&mut state.policy, Instant::now());
+        match verdict {
+            Verdict::RestartAfter(delay) => {
+                tracing::warn!(handler = %name, slot = role.slot, reason, delay_ms = delay.as_millis() as u64,
+                    "handler actor failed, restarting");
+                metrics::counter!(ACTOR_RESTARTS, "actor" => format!("handler/{name}")).increment(1);
+                myself.send_after(delay, move || HandlerSupervisorMsg::Restart {
+                    handler: role.handler,
+                    slot: role.slot,
+                });
+            }
+            Verdict::Meltdown => {
+                tracing::error!(handler = %name, slot = role.slot, reason,
+                    "handler actors failed too often, giving up");
+                let _ = state.fatal.send(Fatal::Meltdown {
+                    supervisor: "handlers".to_owned(),
+                    actor,
+                });
+            }
+        }
+    }
+}
+
+impl Actor for HandlerSupervisor {
+    type Msg = HandlerSupervisorMsg;
+    type State = HandlerSupervisorState;
+    type Arguments = HandlerSupervisorArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<HandlerSupervisorMsg>,
+        args: HandlerSupervisorArgs,
+    ) -> Result<HandlerSupervisorState, ActorProcessingErr> {
+        let mut memories = HashMap::new();
+        for pool in &args.pools {
+            let shared = SlotMemory::for_pool(pool.kind);
+            for slot in 0..pool.slots.len() {
+                memories.insert(
+                    Role { handler: pool.index, slot },
+                    SlotMemory::for_slot(pool.kind, &shared),
+                );
+            }
+        }
+        let mut state = HandlerSupervisorState {
+            pools: args.pools,
+            memories,
+            producer: args.producer,
+            dead_letter: args.config.dead_letter.topic.clone(),
+            children: HashMap::new(),
+            history: HashMap::new(),
+            policy: RestartPolicy::new(args.config.supervision.clone()),
+            fatal: args.fatal,
+            stopping: false,
+        };
+        let roles: Vec<Role> = state
+            .pools
+            .iter()
+            .flat_map(|pool| (0..pool.slots.len()).map(|slot| Role { handler: pool.index, slot }))
+            .collect();
+        for role in roles {
+            Self::spawn_slot(&myself, &mut state, role).await?;
+        }
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<HandlerSupervisorMsg>,
+        message: HandlerSupervisorMsg,
+        state: &mut HandlerSupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            HandlerSupervisorMsg::Restart { handler, slot } => {
+                if !state.stopping {
+                    let role = Role { handler, slot };
+                    if let Err(error) = Self::spawn_slot(&myself, state, role).await {
+                        tracing::error!(%error, handler, slot, "cannot restart handler actor");
+                        myself.send_after(Duration::from_secs(1), move || HandlerSupervisorMsg::Restart {
+                            handler,
+                            slot,
+                        });
+                    }
+                }
+            }
+            HandlerSupervisorMsg::Reload(config, reply) => {
+                let _ = reply.send(apply_reload(&state.pools, &config));
+            }
+            HandlerSupervisorMsg::Shutdown(reply) => {
+                state.stopping = true;
+                myself.stop_children_and_wait(None, Some(Duration::from_secs(5))).await;
+                let _ = reply.send(());
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<HandlerSupervisorMsg>,
+        event: SupervisionEvent,
+        state: &mut HandlerSupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match event {
+            SupervisionEvent::ActorFailed(cell, error) => {
+                Self::on_child_down(&myself, state, &cell, &error.to_string());
+            }
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                let reason = reason.unwrap_or_else(|| "stopped".to_owned());
+                Self::on_child_down(&myself, state, &cell, &reason);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// Applies what can change while running; returns what needs a restart.
+fn apply_reload(pools: &[Arc<HandlerPool>], config: &Config) -> Vec<String> {
+    let mut needs_restart = Vec::new();
+    for pool in pools {
+        match config.handlers.iter().find(|h| *h.name == *pool.name) {
+            Some(handler) if handler.kind == pool.kind && handler.consumer == pool.consumer
+                && handler.concurrency == pool.slots.len()
+                && handler.output == pool.config.output
+                && handler.group_by == pool.config.group_by
+                && handler.window == pool.config.window =>
+            {
+                pool.settings.store(Arc::new(HandlerSettings::from_config(config, handler)));
+            }
+            Some(_) => needs_restart.push(format!(
+                "handler {:?}: kind, consumer, concurrency, output, group_by or window changed",
+                pool.name
+            )),
+            None => needs_restart.push(format!("handler {:?} was removed", pool.name)),
+        }
+    }
+    for handler in &config.handlers {
+        if !pools.iter().any(|p| *p.name == *handler.name) {
+            needs_restart.push(format!("handler {:?} is new", handler.name));
+        }
+    }
+    needs_restart
+}

@@ -1,0 +1,194 @@
+//! The RootSupervisor owns the whole tree and runs shutdown in order: consumers first
+//! (drain, emit count windows, commit, close), then handlers, then the producer's flush.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+
+use crate::actors::consumer::{ConsumerSupervisor, ConsumerSupervisorArgs, ConsumerSupervisorMsg};
+use crate::actors::handler::{build_pools, HandlerSupervisor, HandlerSupervisorArgs, HandlerSupervisorMsg};
+use crate::actors::producer::{ProducerActor, ProducerArgs, ProducerHandle, ProducerMsg};
+use crate::actors::supervision::{FailureHistory, RestartPolicy, Verdict};
+use crate::actors::{Fatal, FatalSender};
+use crate::config::Config;
+use crate::kafka::Brokers;
+use crate::telemetry::metrics::ACTOR_RESTARTS;
+
+pub struct RootSupervisor;
+
+pub struct RootArgs {
+    pub config: Arc<Config>,
+    pub brokers: Brokers,
+    pub producer: ProducerHandle,
+    pub fatal: FatalSender,
+    /// What shutdown is doing now, for the log line when the grace expires.
+    pub progress: Arc<Mutex<&'static str>>,
+}
+
+pub struct RootState {
+    config: Arc<Config>,
+    brokers: Brokers,
+    producer_handle: ProducerHandle,
+    producer: Option<ActorRef<ProducerMsg>>,
+    handlers: ActorRef<HandlerSupervisorMsg>,
+    consumers: ActorRef<ConsumerSupervisorMsg>,
+    fatal: FatalSender,
+    policy: RestartPolicy,
+    producer_history: FailureHistory,
+    progress: Arc<Mutex<&'static str>>,
+    stopping: bool,
+}
+
+/// Messages of the RootSupervisor.
+pub enum RootMsg {
+    /// Stop everything in order; reply when done.
+    Shutdown(RpcReplyPort<()>),
+    /// Apply a new, validated config; reply with what needs a restart to apply.
+    Reload(Arc<Config>, RpcReplyPort<Vec<String>>),
+    /// Start the producer again after its backoff.
+    RestartProducer,
+}
+
+async fn spawn_producer(myself: &ActorRef<RootMsg>, config: &Arc<Config>, brokers: &Brokers, handle: &ProducerHandle) -> Result<ActorRef<ProducerMsg>, ActorProcessingErr> {
+    let (producer, _) = Actor::spawn_linked(
+        Some("producer".to_owned()),
+        ProducerActor,
+        ProducerArgs { config: config.clone(), brokers: brokers.clone(), handle: handle.clone() },
+        myself.get_cell(),
+    )
+    .await?;
+    Ok(producer)
+}
+
+impl Actor for RootSupervisor {
+    type Msg = RootMsg;
+    type State = RootState;
+    type Arguments = RootArgs;
+
+    async fn pre_start(&self, myself: ActorRef<RootMsg>, args: RootArgs) -> Result<RootState, ActorProcessingErr> {
+        let producer = spawn_producer(&myself, &args.config, &args.brokers, &args.producer).await?;
+        let pools = build_pools(&args.config);
+        let (handlers, _) = Actor::spawn_linked(
+            Some("handlers".to_owned()),
+            HandlerSupervisor,
+            HandlerSupervisorArgs {
+                config: args.config.clone(),
+                producer: args.producer.clone(),
+                fatal: args.fatal.clone(),
+                pools: pools.clone(),
+            },
+            myself.get_cell(),
+        )
+        .await?;
+        let (consumers, _) = Actor::spawn_linked(
+            Some("consumers".to_owned()),
+            ConsumerSupervisor,
+            ConsumerSupervisorArgs {
+                config: args.config.clone(),
+                brokers: args.brokers.clone(),
+                pools,
+                producer: args.producer.clone(),
+                fatal: args.fatal.clone(),
+            },
+            myself.get_cell(),
+        )
+        .await?;
+        Ok(RootState {
+            policy: RestartPolicy::new(args.config.supervision.clone()),
+            config: args.config,
+            brokers: args.brokers,
+            producer_handle: args.producer,
+            producer: Some(producer),
+            handlers,
+            consumers,
+            fatal: args.fatal,
+            producer_history: FailureHistory::default(),
+            progress: args.progress,
+            stopping: false,
+        })
+    }
+
+    async fn handle(&self, myself: ActorRef<RootMsg>, message: RootMsg, state: &mut RootState) -> Result<(), ActorProcessingErr> {
+        match message {
+            RootMsg::Shutdown(reply) => {
+                state.stopping = true;
+                *state.progress.lock() = "draining and committing consumers";
+                if let Err(error) = state.consumers.call(ConsumerSupervisorMsg::Shutdown, None).await {
+                    tracing::warn!(%error, "consumer supervisor did not shut down cleanly");
+                }
+                *state.progress.lock() = "stopping handlers";
+                let _ = state.handlers.call(HandlerSupervisorMsg::Shutdown, None).await;
+                *state.progress.lock() = "flushing the producer";
+                if let Some(producer) = &state.producer {
+                    if let Ok(ractor::rpc::CallResult::Success(left)) =
+                        producer.call(|reply| ProducerMsg::Flush(Duration::from_secs(10), reply), None).await
+                    {
+                        if left == 0 {
+                            tracing::info!("producer flushed");
+                        } else {
+                            tracing::warn!(unacknowledged = left, "producer flush left events unacknowledged");
+                        }
+                    }
+                }
+                *state.progress.lock() = "done";
+                let _ = reply.send(());
+            }
+            RootMsg::Reload(config, reply) => {
+                let needs_restart = match state.handlers.call(|port| HandlerSupervisorMsg::Reload(config, port), Some(Duration::from_secs(5))).await {
+                    Ok(ractor::rpc::CallResult::Success(list)) => list,
+                    _ => vec!["handler supervisor did not answer".to_owned()],
+                };
+                let _ = reply.send(needs_restart);
+            }
+            RootMsg::RestartProducer => {
+                if !state.stopping {
+                    match spawn_producer(&myself, &state.config, &state.brokers, &state.producer_handle).await {
+                        Ok(producer) => state.producer = Some(producer),
+                        Err(error) => {
+                            tracing::error!(%error, "cannot restart the producer");
+                            self.producer_down(&myself, state, &error.to_string());
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(&self, myself: ActorRef<RootMsg>, event: SupervisionEvent, state: &mut RootState) -> Result<(), ActorProcessingErr> {
+        let (cell, reason) = match event {
+            SupervisionEvent::ActorFailed(cell, error) => (cell, error.to_string()),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, reason.unwrap_or_else(|| "stopped".to_owned())),
+            _ => return Ok(()),
+        };
+        if state.stopping {
+            return Ok(());
+        }
+        if state.producer.as_ref().is_some_and(|p| p.get_id() == cell.get_id()) {
+            state.producer = None;
+            self.producer_down(&myself, state, &reason);
+        } else {
+            let actor = cell.get_name().unwrap_or_else(|| "supervisor".to_owned());
+            tracing::error!(actor, reason, "a supervisor stopped");
+            let _ = state.fatal.send(Fatal::Meltdown { supervisor: "root".to_owned(), actor });
+        }
+        Ok(())
+    }
+}
+
+impl RootSupervisor {
+    fn producer_down(&self, myself: &ActorRef<RootMsg>, state: &mut RootState, reason: &str) {
+        match state.producer_history.fail(&mut state.policy, Instant::now()) {
+            Verdict::RestartAfter(delay) => {
+                tracing::warn!(reason, delay_ms = delay.as_millis() as u64, "producer failed, restarting");
+                metrics::counter!(ACTOR_RESTARTS, "actor" => "producer").increment(1);
+                myself.send_after(delay, || RootMsg::RestartProducer);
+            }
+            Verdict::Meltdown => {
+                let _ = state.fatal.send(Fatal::Meltdown { supervisor: "root".to_owned(), actor: "producer".to_owned() });
+            }
+        }
+    }
+}

@@ -1,0 +1,605 @@
+//! The configuration users write: serde structs with their defaults, the layered loader
+//! (built-in defaults, then the `--config` file, then `EVENTD__*` environment variables)
+//! and one `validate()` for the rules that span several keys.
+//!
+//! Every error names the file and the key at fault, so an operator can fix a config
+//! without reading the code.
+
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use validate::ConfigIssue;
+
+/// Exit code for a configuration the daemon refuses (sysexits' EX_CONFIG).
+pub const EXIT_CONFIG: i32 = 78;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{source_name}: cannot read: {message}")]
+    Read {
+        source_name: String,
+        message: String,
+    },
+    #[error("{source_name}: {key}: {message}")]
+    Parse {
+        source_name: String,
+        key: String,
+        message: String,
+    },
+    #[error("{}", format_issues(.source_name, .issues))]
+    Invalid {
+        source_name: String,
+        issues: Vec<ConfigIssue>,
+    },
+}
+
+impl ConfigError {
+    /// One line per problem, each naming the file and the key.
+    pub fn lines(&self) -> Vec<String> {
+        match self {
+            ConfigError::Invalid {
+                source_name,
+                issues,
+            } => issues
+                .iter()
+                .map(|issue| format!("{source_name}: {issue}"))
+                .collect(),
+            other => vec![other.to_string()],
+        }
+    }
+}
+
+fn format_issues(source_name: &str, issues: &[ConfigIssue]) -> String {
+    issues
+        .iter()
+        .map(|issue| format!("{source_name}: {issue}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The whole daemon configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub embedded: EmbeddedConfig,
+    pub demo: DemoConfig,
+    pub producer: ProducerConfig,
+    pub consumers: Vec<ConsumerConfig>,
+    pub handlers: Vec<HandlerConfig>,
+    pub dead_letter: DeadLetterConfig,
+    pub supervision: SupervisionConfig,
+    pub metrics: MetricsConfig,
+    pub shutdown: ShutdownConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers; unset runs the embedded broker.
+    pub brokers: Option<String>,
+    pub client_id: String,
+    /// librdkafka's `session.timeout.ms` (its default is 45s).
+    #[serde(with = "humantime_serde")]
+    pub session_timeout: Duration,
+    /// Raw librdkafka properties applied to every client.
+    pub options: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: None,
+            client_id: "eventd".to_owned(),
+            session_timeout: Duration::from_secs(45),
+            options: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmbeddedConfig {
+    /// Partitions of every topic the embedded broker creates.
+    pub partitions: i32,
+}
+
+impl Default for EmbeddedConfig {
+    fn default() -> Self {
+        Self { partitions: 4 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DemoConfig {
+    pub enabled: bool,
+    /// Events per second over all four demo topics.
+    pub rate: u32,
+    /// Distinct item ids.
+    pub keys: u32,
+    /// Topics the demo writes to, in the order browse, like, favorite, comment.
+    pub topics: DemoTopics,
+}
+
+impl Default for DemoConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            rate: 200,
+            keys: 1000,
+            topics: DemoTopics::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DemoTopics {
+    pub browse: String,
+    pub like: String,
+    pub favorite: String,
+    pub comment: String,
+}
+
+impl Default for DemoTopics {
+    fn default() -> Self {
+        Self {
+            browse: "browse".to_owned(),
+            like: "like".to_owned(),
+            favorite: "favorite".to_owned(),
+            comment: "comment".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Acks {
+    #[serde(rename = "0")]
+    None,
+    #[serde(rename = "1")]
+    Leader,
+    All,
+}
+
+impl Acks {
+    pub fn as_librdkafka(self) -> &'static str {
+        match self {
+            Acks::None => "0",
+            Acks::Leader => "1",
+            Acks::All => "all",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+    Zstd,
+}
+
+impl Compression {
+    pub fn as_librdkafka(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProducerConfig {
+    pub acks: Acks,
+    pub idempotence: bool,
+    /// librdkafka's `linger.ms` (its default is 5ms).
+    #[serde(with = "humantime_serde")]
+    pub linger: Duration,
+    pub compression: Compression,
+    /// librdkafka's `message.max.bytes`.
+    pub max_message_bytes: u32,
+    /// How long librdkafka keeps trying to deliver one event (`message.timeout.ms`).
+    #[serde(with = "humantime_serde")]
+    pub message_timeout: Duration,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        Self {
+            acks: Acks::All,
+            idempotence: true,
+            linger: Duration::from_millis(5),
+            compression: Compression::Lz4,
+            max_message_bytes: 1_048_576,
+            message_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsumerMode {
+    Group,
+    Partitions,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum Assignment {
+    #[serde(rename = "range")]
+    Range,
+    #[serde(rename = "roundrobin")]
+    RoundRobin,
+    #[serde(rename = "cooperative-sticky")]
+    CooperativeSticky,
+}
+
+impl Assignment {
+    pub fn as_librdkafka(self) -> &'static str {
+        match self {
+            Assignment::Range => "range",
+            Assignment::RoundRobin => "roundrobin",
+            Assignment::CooperativeSticky => "cooperative-sticky",
+        }
+    }
+}
+
+/// Where a consumer starts when it has no committed position.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum StartPosition {
+    Named(NamedStart),
+    Offset { offset: i64 },
+    Timestamp { timestamp: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NamedStart {
+    Earliest,
+    Latest,
+}
+
+impl Default for StartPosition {
+    fn default() -> Self {
+        StartPosition::Named(NamedStart::Earliest)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerConfig {
+    pub name: String,
+    #[serde(default = "default_consumer_mode")]
+    pub mode: ConsumerMode,
+    /// Consumer group of `mode = "group"`; defaults to `eventd-<name>`.
+    pub group_id: Option<String>,
+    pub topics: Vec<String>,
+    /// Group members this process runs for this consumer.
+    #[serde(default = "default_members")]
+    pub members: usize,
+    #[serde(default = "default_assignment")]
+    pub assignment: Assignment,
+    #[serde(default)]
+    pub start: StartPosition,
+    /// Unfinished events per partition; a full partition is not read until some finish.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// How long a revoke or shutdown waits for in-flight events.
+    #[serde(default = "default_drain_timeout", with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// `group.instance.id = <client_id>-<name>-<member index>`.
+    #[serde(default)]
+    pub static_membership: bool,
+    /// `mode = "partitions"`: commit positions under this group id and resume from them.
+    pub commit_group: Option<String>,
+}
+
+const fn default_consumer_mode() -> ConsumerMode {
+    ConsumerMode::Group
+}
+const fn default_members() -> usize {
+    1
+}
+const fn default_assignment() -> Assignment {
+    Assignment::CooperativeSticky
+}
+const fn default_max_in_flight() -> usize {
+    1000
+}
+const fn default_drain_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl ConsumerConfig {
+    pub fn group_id(&self) -> String {
+        self.group_id
+            .clone()
+            .unwrap_or_else(|| format!("eventd-{}", self.name))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HandlerKind {
+    Log,
+    Forward,
+    Count,
+    Fault,
+}
+
+impl HandlerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HandlerKind::Log => "log",
+            HandlerKind::Forward => "forward",
+            HandlerKind::Count => "count",
+            HandlerKind::Fault => "fault",
+        }
+    }
+}
+
+/// One condition on an event field, e.g. `action = { equals = "add" }`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum FieldCondition {
+    Equals(serde_json::Value),
+    In(Vec<serde_json::Value>),
+    Exists(bool),
+}
+
+impl FieldCondition {
+    pub fn matches(&self, value: Option<&serde_json::Value>) -> bool {
+        match self {
+            FieldCondition::Equals(expected) => value == Some(expected),
+            FieldCondition::In(allowed) => value.is_some_and(|v| allowed.contains(v)),
+            FieldCondition::Exists(wanted) => value.is_some() == *wanted,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultAction {
+    Fail,
+    Panic,
+    Sleep,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandlerConfig {
+    pub name: String,
+    pub kind: HandlerKind,
+    /// The `[[consumers]]` entry whose events this handler takes.
+    pub consumer: String,
+    /// Topics taken; defaults to every topic of the consumer.
+    #[serde(default)]
+    pub topics: Vec<String>,
+    /// Every condition must hold for an event to reach the handler.
+    #[serde(default)]
+    pub filter: BTreeMap<String, FieldCondition>,
+    /// Handler actors in the pool; events with the same key go to the same actor.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// `log`: share of events logged, 0.0 to 1.0.
+    pub sample: Option<f64>,
+    /// `forward`, `count`, `fault`: topic written to.
+    pub output: Option<String>,
+    /// `forward`: keep only these fields.
+    pub fields: Option<Vec<String>>,
+    /// `count`: the field whose values are counted.
+    pub group_by: Option<String>,
+    /// `count`: tumbling window length, aligned to the wall clock.
+    #[serde(default, with = "humantime_serde")]
+    pub window: Option<Duration>,
+    /// `fault`: what to do.
+    pub action: Option<FaultAction>,
+    /// `fault`: act on every Nth event the pool sees.
+    pub every: Option<u64>,
+    /// `fault`: act on events at these offsets.
+    pub offsets: Option<Vec<i64>>,
+    /// `fault`: act at most once per chosen event, even across restarts.
+    #[serde(default)]
+    pub once: bool,
+    /// `fault` with `action = "sleep"`: sleep a random time up to this.
+    #[serde(default, with = "humantime_serde")]
+    pub sleep: Option<Duration>,
+}
+
+const fn default_concurrency() -> usize {
+    1
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeadLetterConfig {
+    /// Where events that cannot be decoded are written; unset logs and counts them only.
+    pub topic: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupervisionConfig {
+    /// More restarts than this within `restart_window` ends the daemon (exit 70).
+    pub max_restarts: usize,
+    #[serde(with = "humantime_serde")]
+    pub restart_window: Duration,
+    /// First restart delay; doubles with each consecutive failure of the same actor.
+    #[serde(with = "humantime_serde")]
+    pub backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+}
+
+impl Default for SupervisionConfig {
+    fn default() -> Self {
+        Self {
+            max_restarts: 10,
+            restart_window: Duration::from_secs(60),
+            backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address of /metrics, /healthz and /readyz.
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9464".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// Everything after SIGTERM must finish within this, or the daemon exits 1.
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            grace: Duration::from_secs(25),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// JSON when stdout is not a terminal, pretty otherwise.
+    Auto,
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `eventd=debug,rdkafka=warn`; `RUST_LOG` wins.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Auto,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads defaults, then `path`, then `EVENTD__*` variables, and validates the result.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let source_name = path
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "built-in defaults".to_owned());
+        let mut builder = config::Config::builder();
+        if let Some(path) = path {
+            if !path.exists() {
+                return Err(ConfigError::Read {
+                    source_name,
+                    message: "no such file".to_owned(),
+                });
+            }
+            builder = builder.add_source(config::File::from(PathBuf::from(path)));
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("EVENTD")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        );
+        let layered = builder.build().map_err(|err| ConfigError::Read {
+            source_name: source_name.clone(),
+            message: err.to_string(),
+        })?;
+        let config: Config =
+            serde_path_to_error::deserialize(layered).map_err(|err| ConfigError::Parse {
+                source_name: source_name.clone(),
+                key: err.path().to_string(),
+                message: err.inner().to_string(),
+            })?;
+        config
+            .validate()
+            .map_err(|issues| ConfigError::Invalid {
+                source_name,
+                issues,
+            })?;
+        Ok(config)
+    }
+
+    pub fn consumer(&self, name: &str) -> Option<&ConsumerConfig> {
+        self.consumers.iter().find(|c| c.name == name)
+    }
+
+    /// Topics of `handler`, falling back to every topic of its consumer.
+    pub fn handler_topics(&self, handler: &HandlerConfig) -> Vec<String> {
+        if !handler.topics.is_empty() {
+            return handler.topics.clone();
+        }
+        self.consumer(&handler.consumer)
+            .map(|c| c.topics.clone())
+            .unwrap_or_default()
+    }
+
+    /// Every topic the config names: consumed, written and dead-letter topics.
+    pub fn all_topics(&self) -> Vec<String> {
+        let mut topics: Vec<String> = Vec::new();
+        let mut add = |topic: &str| {
+            if !topics.iter().any(|t| t == topic) {
+                topics.push(topic.to_owned());
+            }
+        };
+        for consumer in &self.consumers {
+            consumer.topics.iter().for_each(|t| add(t));
+        }
+        for handler in &self.handlers {
+            if let Some(output) = &handler.output {
+                add(output);
+            }
+        }
+        if let Some(topic) = &self.dead_letter.topic {
+            add(topic);
+        }
+        if self.demo.enabled {
+            let t = &self.demo.topics;
+            [&t.browse, &t.like, &t.favorite, &t.comment]
+                .into_iter()
+                .for_each(|topic| add(topic));
+        }
+        topics
+    }
+}
+
+impl fmt::Display for HandlerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

@@ -1,0 +1,401 @@
+//! Rules that span several keys. Each broken rule becomes one `ConfigIssue` naming the
+//! key, and all of them are reported at once so a config is fixed in one pass.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use super::{
+    Acks, Config, ConsumerMode, FaultAction, HandlerConfig, HandlerKind, NamedStart,
+    StartPosition,
+};
+
+/// One broken rule: the key at fault and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+struct Issues(Vec<ConfigIssue>);
+
+impl Issues {
+    fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigIssue {
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+}
+
+impl Config {
+    /// Checks every cross-field rule; returns all broken ones.
+    pub fn validate(&self) -> Result<(), Vec<ConfigIssue>> {
+        let mut issues = Issues(Vec::new());
+        self.validate_kafka(&mut issues);
+        self.validate_consumers(&mut issues);
+        self.validate_handlers(&mut issues);
+        if issues.0.is_empty() {
+            Ok(())
+        } else {
+            Err(issues.0)
+        }
+    }
+
+    fn validate_kafka(&self, issues: &mut Issues) {
+        if let Some(brokers) = &self.kafka.brokers {
+            if brokers.trim().is_empty() {
+                issues.push(
+                    "kafka.brokers",
+                    "is empty; remove it to run the embedded broker",
+                );
+            }
+        }
+        if self.kafka.session_timeout.is_zero() {
+            issues.push("kafka.session_timeout", "must be above zero");
+        }
+        if !(1..=1000).contains(&self.embedded.partitions) {
+            issues.push("embedded.partitions", "must be between 1 and 1000");
+        }
+        if self.producer.idempotence && self.producer.acks != Acks::All {
+            issues.push(
+                "producer.idempotence",
+                "requires producer.acks = \"all\" (set producer.idempotence = false to use fewer acks)",
+            );
+        }
+        if self.producer.max_message_bytes < 1000 {
+            issues.push("producer.max_message_bytes", "must be at least 1000");
+        }
+        if self.demo.enabled && self.demo.keys == 0 {
+            issues.push("demo.keys", "must be at least 1");
+        }
+        if self.supervision.restart_window.is_zero() {
+            issues.push("supervision.restart_window", "must be above zero");
+        }
+        if self.supervision.backoff > self.supervision.max_backoff {
+            issues.push(
+                "supervision.backoff",
+                "must not exceed supervision.max_backoff",
+            );
+        }
+        if self.shutdown.grace.is_zero() {
+            issues.push("shutdown.grace", "must be above zero");
+        }
+        if self.metrics.listen.parse::<std::net::SocketAddr>().is_err() {
+            issues.push(
+                "metrics.listen",
+                format!(
+                    "{:?} is not an address such as 127.0.0.1:9464",
+                    self.metrics.listen
+                ),
+            );
+        }
+    }
+
+    fn validate_consumers(&self, issues: &mut Issues) {
+        if self.consumers.is_empty() {
+            issues.push("consumers", "at least one [[consumers]] entry is required");
+        }
+        let mut names = HashSet::new();
+        for (i, consumer) in self.consumers.iter().enumerate() {
+            let key = |field: &str| format!("consumers[{i}].{field}");
+            if consumer.name.trim().is_empty() {
+                issues.push(key("name"), "must not be empty");
+            } else if !names.insert(consumer.name.as_str()) {
+                issues.push(
+                    key("name"),
+                    format!("{:?} is used by another consumer", consumer.name),
+                );
+            }
+            if consumer.topics.is_empty() {
+                issues.push(key("topics"), "at least one topic is required");
+            }
+            if consumer.topics.iter().any(|t| t.trim().is_empty()) {
+                issues.push(key("topics"), "topic names must not be empty");
+            }
+            if consumer.max_in_flight == 0 {
+                issues.push(key("max_in_flight"), "must be at least 1");
+            }
+            if consumer.drain_timeout >= self.kafka.session_timeout {
+                issues.push(
+                    key("drain_timeout"),
+                    format!(
+                        "{} must be below kafka.session_timeout ({}), or the group evicts the member while it drains",
+                        humantime::format_duration(consumer.drain_timeout),
+                        humantime::format_duration(self.kafka.session_timeout)
+                    ),
+                );
+            }
+            match consumer.mode {
+                ConsumerMode::Group => {
+                    if consumer.members == 0 {
+                        issues.push(key("members"), "must be at least 1");
+                    }
+                    if !matches!(consumer.start, StartPosition::Named(_)) {
+                        issues.push(
+                            key("start"),
+                            "a group starts at \"earliest\" or \"latest\"; offsets and timestamps are for mode = \"partitions\"",
+                        );
+                    }
+                    if consumer.commit_group.is_some() {
+                        issues.push(
+                            key("commit_group"),
+                            "only for mode = \"partitions\"; a group commits under group_id",
+                        );
+                    }
+                }
+                ConsumerMode::Partitions => {
+                    if consumer.group_id.is_some() {
+                        issues.push(
+                            key("group_id"),
+                            "only for mode = \"group\"; use commit_group to keep positions",
+                        );
+                    }
+                    if let StartPosition::Timestamp { timestamp } = &consumer.start {
+                        if chrono::DateTime::parse_from_rfc3339(timestamp).is_err() {
+                            issues.push(
+                                key("start.timestamp"),
+                                format!("{timestamp:?} is not an RFC 3339 time"),
+                            );
+                        }
+                    }
+                    if let StartPosition::Offset { offset } = consumer.start {
+                        if offset < 0 {
+                            issues.push(key("start.offset"), "must not be negative");
+                        }
+                    }
+                }
+            }
+            let _ = NamedStart::Earliest;
+        }
+    }
+
+    fn validate_handlers(&self, issues: &mut Issues) {
+        let mut names = HashSet::new();
+        for (i, handler) in self.handlers.iter().enumerate() {
+            let key = |field: &str| format!("handlers[{i}].{field}");
+            if handler.name.trim().is_empty() {
+                issues.push(key("name"), "must not be empty");
+            } else if !names.insert(handler.name.as_str()) {
+                issues.push(
+                    key("name"),
+                    format!("{:?} is used by another handler", handler.name),
+                );
+            }
+            match self.consumer(&handler.consumer) {
+                None => issues.push(
+                    key("consumer"),
+                    format!("{:?} names no [[consumers]] entry", handler.consumer),
+                ),
+                Some(consumer) => {
+                    for topic in &handler.topics {
+                        if !consumer.topics.contains(topic) {
+                            issues.push(
+                                key("topics"),
+                                format!(
+                                    "{topic:?} is not read by consumer {:?} (it reads {:?})",
+                                    consumer.name, consumer.topics
+                                ),
+                            );
+                        }
+                    }
+                }
+            }
+            if handler.concurrency == 0 {
+                issues.push(key("concurrency"), "must be at least 1");
+            }
+            validate_kind_fields(handler, &key, issues);
+        }
+    }
+}
+
+/// Each kind has its own keys: the ones it needs must be set, the others must not be,
+/// so a key that would be silently ignored is reported instead.
+fn validate_kind_fields(
+    handler: &HandlerConfig,
+    key: &dyn Fn(&str) -> String,
+    issues: &mut Issues,
+) {
+    let kind = handler.kind;
+    let set = [
+        ("sample", handler.sample.is_some()),
+        ("output", handler.output.is_some()),
+        ("fields", handler.fields.is_some()),
+        ("group_by", handler.group_by.is_some()),
+        ("window", handler.window.is_some()),
+        ("action", handler.action.is_some()),
+        ("every", handler.every.is_some()),
+        ("offsets", handler.offsets.is_some()),
+        ("once", handler.once),
+        ("sleep", handler.sleep.is_some()),
+    ];
+    let (required, allowed): (&[&str], &[&str]) = match kind {
+        HandlerKind::Log => (&[], &["sample"]),
+        HandlerKind::Forward => (&["output"], &["output", "fields"]),
+        HandlerKind::Count => (
+            &["output", "group_by", "window"],
+            &["output", "group_by", "window"],
+        ),
+        HandlerKind::Fault => (
+            &["action"],
+            &["action", "every", "offsets", "once", "sleep", "output"],
+        ),
+    };
+    for (field, is_set) in set {
+        if is_set && !allowed.contains(&field) {
+            issues.push(key(field), format!("is not a key of kind = \"{kind}\""));
+        }
+    }
+    for field in required {
+        if !set.iter().any(|(name, is_set)| name == field && *is_set) {
+            issues.push(key(field), format!("is required for kind = \"{kind}\""));
+        }
+    }
+    if let Some(sample) = handler.sample {
+        if !(0.0..=1.0).contains(&sample) {
+            issues.push(key("sample"), "must be between 0.0 and 1.0");
+        }
+    }
+    if let Some(output) = &handler.output {
+        if output.trim().is_empty() {
+            issues.push(key("output"), "must not be empty");
+        }
+    }
+    if let Some(window) = handler.window {
+        if window.as_millis() < 10 {
+            issues.push(key("window"), "must be at least 10ms");
+        }
+    }
+    if kind == HandlerKind::Fault {
+        if !cfg!(feature = "fault-injection") {
+            issues.push(
+                key("kind"),
+                "\"fault\" needs a build with the fault-injection feature",
+            );
+        }
+        if handler.every.is_none() && handler.offsets.is_none() {
+            issues.push(key("every"), "kind = \"fault\" needs every or offsets");
+        }
+        if handler.every == Some(0) {
+            issues.push(key("every"), "must be at least 1");
+        }
+        if handler.action == Some(FaultAction::Sleep) && handler.sleep.is_none() {
+            issues.push(key("sleep"), "is required for action = \"sleep\"");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn parse(toml: &str) -> Config {
+        let layered = config::Config::builder()
+            .add_source(config::File::from_str(toml, config::FileFormat::Toml))
+            .build()
+            .unwrap();
+        serde_path_to_error::deserialize(layered).unwrap()
+    }
+
+    fn keys(config: &Config) -> Vec<String> {
+        config
+            .validate()
+            .err()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|issue| issue.key)
+            .collect()
+    }
+
+    const BASE: &str = r#"
+        [[consumers]]
+        name = "analytics"
+        topics = ["like", "comment"]
+
+        [[handlers]]
+        name = "log-all"
+        kind = "log"
+        consumer = "analytics"
+    "#;
+
+    #[test]
+    fn minimal_config_is_valid() {
+        assert!(parse(BASE).validate().is_ok());
+    }
+
+    #[test]
+    fn drain_timeout_must_be_below_session_timeout() {
+        let mut config = parse(BASE);
+        config.consumers[0].drain_timeout = Duration::from_secs(45);
+        assert_eq!(keys(&config), vec!["consumers[0].drain_timeout"]);
+    }
+
+    #[test]
+    fn handler_must_name_an_existing_consumer_and_its_topics() {
+        let config = parse(&format!(
+            "{BASE}\n[[handlers]]\nname = \"x\"\nkind = \"log\"\nconsumer = \"nobody\"\n\
+             [[handlers]]\nname = \"y\"\nkind = \"log\"\nconsumer = \"analytics\"\ntopics = [\"browse\"]\n"
+        ));
+        assert_eq!(
+            keys(&config),
+            vec!["handlers[1].consumer", "handlers[2].topics"]
+        );
+    }
+
+    #[test]
+    fn names_must_be_unique() {
+        let config = parse(&format!(
+            "{BASE}\n[[handlers]]\nname = \"log-all\"\nkind = \"log\"\nconsumer = \"analytics\"\n"
+        ));
+        assert_eq!(keys(&config), vec!["handlers[1].name"]);
+    }
+
+    #[test]
+    fn kind_specific_keys_are_required_and_foreign_ones_refused() {
+        let config = parse(&format!(
+            "{BASE}\n[[handlers]]\nname = \"c\"\nkind = \"count\"\nconsumer = \"analytics\"\nsample = 0.5\n"
+        ));
+        assert_eq!(
+            keys(&config),
+            vec![
+                "handlers[1].sample",
+                "handlers[1].output",
+                "handlers[1].group_by",
+                "handlers[1].window"
+            ]
+        );
+    }
+
+    #[test]
+    fn idempotence_needs_acks_all() {
+        let config = parse(&format!("[producer]\nacks = \"1\"\n{BASE}"));
+        assert_eq!(keys(&config), vec!["producer.idempotence"]);
+    }
+
+    #[test]
+    fn filter_conditions_match_fields() {
+        let config = parse(&format!(
+            "{BASE}\n[handlers.filter]\naction = {{ equals = \"add\" }}\nkind = {{ in = [\"a\", \"b\"] }}\n"
+        ));
+        let filter = &config.handlers[0].filter;
+        let add = serde_json::json!("add");
+        assert!(filter["action"].matches(Some(&add)));
+        assert!(!filter["action"].matches(None));
+        assert!(filter["kind"].matches(Some(&serde_json::json!("b"))));
+    }
+
+    #[test]
+    fn group_start_cannot_be_an_offset() {
+        let config = parse(&BASE.replace(
+            "topics = [\"like\", \"comment\"]",
+            "topics = [\"like\"]\nstart = { offset = 3 }",
+        ));
+        assert_eq!(keys(&config), vec!["consumers[0].start"]);
+    }
+}

@@ -1,0 +1,187 @@
+//! `eventd run`: start the tree, wait for signals, shut down within the grace.
+//!
+//! Exit codes: 0 clean shutdown, 1 grace expired (or startup failed), 70 supervision
+//! meltdown, 78 bad configuration, 130 second signal during shutdown.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use parking_lot::Mutex;
+use ractor::Actor;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook_tokio::Signals;
+use tokio::sync::{mpsc, watch};
+
+use crate::actors::producer::ProducerActor;
+use crate::actors::root::{RootArgs, RootMsg, RootSupervisor};
+use crate::actors::Fatal;
+use crate::config::{Config, EXIT_CONFIG};
+use crate::embedded::EmbeddedBroker;
+use crate::kafka::Brokers;
+use crate::telemetry::{self, Health};
+
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_GRACE_EXPIRED: i32 = 1;
+pub const EXIT_MELTDOWN: i32 = 70;
+pub const EXIT_SECOND_SIGNAL: i32 = 130;
+
+/// Runs the daemon until it should exit; returns the exit code.
+pub async fn run(config: Config, config_path: Option<PathBuf>) -> i32 {
+    let config = Arc::new(config);
+    let prometheus = match telemetry::metrics::install() {
+        Ok(handle) => handle,
+        Err(error) => {
+            tracing::error!(%error, "cannot install the metrics recorder");
+            return EXIT_GRACE_EXPIRED;
+        }
+    };
+    let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
+        Ok(signals) => signals,
+        Err(error) => {
+            tracing::error!(%error, "cannot install signal handlers");
+            return EXIT_GRACE_EXPIRED;
+        }
+    };
+
+    // Kept alive for the whole run: the embedded broker dies with this value.
+    let mut _embedded = None;
+    let brokers = match &config.kafka.brokers {
+        Some(brokers) => Brokers { bootstrap: brokers.clone(), embedded: false },
+        None => match EmbeddedBroker::start(config.embedded.partitions, &config.all_topics()) {
+            Ok(broker) => {
+                tracing::warn!(bootstrap = broker.bootstrap_servers(), topics = ?config.all_topics(),
+                    "no kafka.brokers set: running on the embedded broker; its data is NOT persisted and is lost on exit");
+                let brokers = Brokers { bootstrap: broker.bootstrap_servers().to_owned(), embedded: true };
+                _embedded = Some(broker);
+                brokers
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot start the embedded broker");
+                return EXIT_GRACE_EXPIRED;
+            }
+        },
+    };
+
+    let health = Arc::new(Health::default());
+    let listen = match config.metrics.listen.parse() {
+        Ok(addr) => addr,
+        Err(_) => return EXIT_CONFIG,
+    };
+    match telemetry::serve(listen, prometheus, health.clone()).await {
+        Ok(bound) => tracing::info!(listen = %bound, "serving /metrics, /healthz and /readyz"),
+        Err(error) => {
+            tracing::error!(listen = %config.metrics.listen, %error, "cannot listen (metrics.listen)");
+            return EXIT_GRACE_EXPIRED;
+        }
+    }
+
+    let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel();
+    let producer = ProducerActor::handle(&config);
+    let progress = Arc::new(Mutex::new("starting"));
+    let started = Actor::spawn(
+        Some("root".to_owned()),
+        RootSupervisor,
+        RootArgs {
+            config: config.clone(),
+            brokers: brokers.clone(),
+            producer: producer.clone(),
+            fatal: fatal_tx,
+            progress: progress.clone(),
+        },
+    )
+    .await;
+    let (root, root_done) = match started {
+        Ok(started) => started,
+        Err(error) => {
+            tracing::error!(%error, "cannot start the actor tree");
+            return EXIT_GRACE_EXPIRED;
+        }
+    };
+    let mut root_done = Some(root_done);
+    health.set_alive(true);
+    health.set_ready(true);
+    tracing::info!(consumers = config.consumers.len(), handlers = config.handlers.len(), "eventd running");
+
+    let (stop_demo, demo_stopped) = watch::channel(false);
+    let demo = config.demo.enabled.then(|| crate::demo::spawn(config.demo.clone(), producer.clone(), demo_stopped));
+
+    loop {
+        tokio::select! {
+            signal = signals.next() => match signal {
+                Some(SIGHUP) => reload(&root, config_path.as_deref()).await,
+                Some(signal) => {
+                    tracing::info!(signal, "shutdown requested");
+                    break;
+                }
+                None => break,
+            },
+            Some(Fatal::Meltdown { supervisor, actor }) = fatal_rx.recv() => {
+                tracing::error!(supervisor, actor, "supervision meltdown: restarts exceeded supervision.max_restarts within supervision.restart_window");
+                health.set_alive(false);
+                return EXIT_MELTDOWN;
+            }
+            _ = async { if let Some(done) = root_done.as_mut() { let _ = done.await; } }, if root_done.is_some() => {
+                tracing::error!("the actor tree stopped on its own");
+                health.set_alive(false);
+                return EXIT_MELTDOWN;
+            }
+        }
+    }
+
+    health.set_ready(false);
+    let _ = stop_demo.send(true);
+    if let Some(demo) = demo {
+        let _ = demo.await;
+    }
+    let grace = config.shutdown.grace;
+    tracing::info!(grace = %humantime::format_duration(grace), "draining");
+    let shutdown = root.call(RootMsg::Shutdown, None);
+    // The process exits right after; stopping the embedded broker before that would
+    // only make the remaining clients log connection errors.
+    std::mem::forget(_embedded);
+    tokio::select! {
+        finished = tokio::time::timeout(grace, shutdown) => match finished {
+            Ok(_) => {
+                tracing::info!("shutdown complete");
+                EXIT_OK
+            }
+            Err(_) => {
+                tracing::error!(pending = *progress.lock(), producer_queue = producer.queue_depth(),
+                    "shutdown grace expired; exiting with work pending");
+                EXIT_GRACE_EXPIRED
+            }
+        },
+        _ = signals.next() => {
+            tracing::warn!("second signal: exiting now");
+            EXIT_SECOND_SIGNAL
+        }
+        Some(Fatal::Meltdown { supervisor, actor }) = fatal_rx.recv() => {
+            tracing::error!(supervisor, actor, "supervision meltdown during shutdown");
+            EXIT_MELTDOWN
+        }
+    }
+}
+
+/// SIGHUP: a valid config is applied where it can be; an invalid one is refused.
+async fn reload(root: &ractor::ActorRef<RootMsg>, path: Option<&std::path::Path>) {
+    match Config::load(path) {
+        Err(error) => {
+            for line in error.lines() {
+                tracing::error!(error = %line, "reload refused; keeping the running config");
+            }
+        }
+        Ok(config) => {
+            let config = Arc::new(config);
+            match root.call(|reply| RootMsg::Reload(config, reply), Some(std::time::Duration::from_secs(10))).await {
+                Ok(ractor::rpc::CallResult::Success(needs_restart)) => {
+                    for change in &needs_restart {
+                        tracing::warn!(change = %change, "config change needs a restart; not applied");
+                    }
+                    tracing::info!("config reloaded");
+                }
+                _ => tracing::error!("reload not applied: the actor tree did not answer"),
+            }
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! The embedded broker: librdkafka's in-process mock cluster, so `eventd run` with no
+//! `kafka.brokers` shows the whole pipeline on one machine. Nothing it holds survives
+//! the process, and it keeps only about 5 MiB per partition.
+
+use std::ffi::{CStr, CString};
+
+use rdkafka::producer::{BaseProducer, Producer};
+use rdkafka::{bindings, ClientConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EmbeddedError {
+    #[error("cannot start the embedded broker: {0}")]
+    Start(String),
+    #[error("cannot create topic {topic:?} on the embedded broker")]
+    Topic { topic: String },
+}
+
+/// A running mock cluster; it lives as long as this value.
+pub struct EmbeddedBroker {
+    /// The mock cluster belongs to this client handle and dies with it.
+    owner: BaseProducer,
+    bootstrap: String,
+}
+
+impl EmbeddedBroker {
+    /// Starts a one-broker cluster and creates `topics` with `partitions` each.
+    pub fn start(partitions: i32, topics: &[String]) -> Result<Self, EmbeddedError> {
+        let owner: BaseProducer = ClientConfig::new()
+            .set("test.mock.num.brokers", "1")
+            .set("log_level", "3")
+            .create()
+            .map_err(|e| EmbeddedError::Start(e.to_string()))?;
+        let cluster = Self::cluster_ptr(&owner)?;
+        // SAFETY: `cluster` belongs to `owner`, which outlives every call here; the
+        // returned string is copied before anything can free it.
+        let bootstrap = unsafe {
+            // A fresh group otherwise waits 3s before its first assignment.
+            bindings::rd_kafka_mock_group_initial_rebalance_delay_ms(cluster, 100);
+            let raw = bindings::rd_kafka_mock_cluster_bootstraps(cluster);
+            if raw.is_null() {
+                return Err(EmbeddedError::Start("no bootstrap address".to_owned()));
+            }
+            CStr::from_ptr(raw).to_string_lossy().into_owned()
+        };
+        let broker = EmbeddedBroker { owner, bootstrap };
+        for topic in topics {
+            broker.create_topic(topic, partitions)?;
+        }
+        Ok(broker)
+    }
+
+    fn cluster_ptr(
+        owner: &BaseProducer,
+    ) -> Result<*mut bindings::rd_kafka_mock_cluster_t, EmbeddedError> {
+        // SAFETY: the native handle is valid while `owner` lives.
+        let cluster = unsafe { bindings::rd_kafka_handle_mock_cluster(owner.client().native_ptr()) };
+        if cluster.is_null() {
+            return Err(EmbeddedError::Start(
+                "librdkafka created no mock cluster".to_owned(),
+            ));
+        }
+        Ok(cluster)
+    }
+
+    pub fn create_topic(&self, topic: &str, partitions: i32) -> Result<(), EmbeddedError> {
+        let cluster = Self::cluster_ptr(&self.owner)?;
+        let name = CString::new(topic).map_err(|_| EmbeddedError::Topic {
+            topic: topic.to_owned(),
+        })?;
+        // SAFETY: `cluster` is alive (owned by `self.owner`) and `name` outlives the call.
+        let err = unsafe { bindings::rd_kafka_mock_topic_create(cluster, name.as_ptr(), partitions, 1) };
+        if err != bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+            return Err(EmbeddedError::Topic {
+                topic: topic.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn bootstrap_servers(&self) -> &str {
+        &self.bootstrap
+    }
+}

@@ -1,0 +1,29 @@
+//! eventd consumes user-engagement events (browse, like, favorite, comment) from Kafka,
+//! routes them through a supervised tree of actors to configured handlers, and writes
+//! derived events back to Kafka, at least once and in order per key.
+//!
+//! ```text
+//! RootSupervisor                        actors::root: owns everything, shuts down in order
+//! ├── ProducerActor                     actors::producer: the one librdkafka producer
+//! ├── HandlerSupervisor                 actors::handler: one pool per [[handlers]] entry,
+//! │   └── HandlerActor × concurrency    restarts failed actors with backoff
+//! └── ConsumerSupervisor                actors::consumer: one child per [[consumers]] entry
+//!     ├── GroupMember × members         mode = "group": one consumer in the group
+//!     │   └── PartitionWorker × assigned partitions (split partition queues)
+//!     └── PartitionConsumer × partitions  mode = "partitions": manual assignment
+//!         └── PartitionWorker
+//! telemetry                             /metrics, /healthz, /readyz
+//! ```
+//!
+//! An offset is stored only after every handler routed an event has finished it (and
+//! whatever it wrote was acknowledged by the broker); auto-commit sends stored offsets.
+
+pub mod actors;
+pub mod config;
+pub mod daemon;
+pub mod demo;
+pub mod embedded;
+pub mod event;
+pub mod kafka;
+pub mod logging;
+pub mod telemetry;

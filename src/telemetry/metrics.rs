@@ -1,0 +1,88 @@
+//! Every metric eventd exports: names, descriptions and histogram buckets in one place.
+//! Labels come only from bounded sets (consumer, topic, partition, handler, outcome,
+//! kind, actor, version), never from event contents.
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const EVENTS_CONSUMED: &str = "eventd_events_consumed_total";
+pub const EVENTS_HANDLED: &str = "eventd_events_handled_total";
+pub const EVENTS_INVALID: &str = "eventd_events_invalid_total";
+pub const EVENTS_DEAD_LETTERED: &str = "eventd_events_dead_lettered_total";
+pub const HANDLER_DURATION: &str = "eventd_handler_duration_seconds";
+pub const PARTITION_IN_FLIGHT: &str = "eventd_partition_in_flight";
+pub const REBALANCES: &str = "eventd_rebalances_total";
+pub const OFFSETS_COMMITTED: &str = "eventd_offsets_committed_total";
+pub const COMMIT_FAILURES: &str = "eventd_commit_failures_total";
+pub const PRODUCER_MESSAGES: &str = "eventd_producer_messages_total";
+pub const ACTOR_RESTARTS: &str = "eventd_actor_restarts_total";
+pub const COUNT_WINDOWS_EMITTED: &str = "eventd_count_windows_emitted_total";
+pub const BUILD_INFO: &str = "eventd_build_info";
+
+/// Handler latency buckets: sub-millisecond log lines up to multi-second broker waits.
+const DURATION_BUCKETS: &[f64] = &[
+    0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Installs the global Prometheus recorder and describes every metric.
+pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(HANDLER_DURATION.to_owned()),
+            DURATION_BUCKETS,
+        )?
+        .install_recorder()?;
+    describe();
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    Ok(handle)
+}
+
+fn describe() {
+    describe_counter!(
+        EVENTS_CONSUMED,
+        "Events read from Kafka, valid or not, per consumer and topic"
+    );
+    describe_counter!(
+        EVENTS_HANDLED,
+        "Events a handler finished, by outcome (ok, skipped)"
+    );
+    describe_counter!(
+        EVENTS_INVALID,
+        "Events that could not be decoded; logged and sent to the dead-letter topic when one is set"
+    );
+    describe_counter!(
+        EVENTS_DEAD_LETTERED,
+        "Events written to the dead-letter topic, per topic"
+    );
+    describe_histogram!(
+        HANDLER_DURATION,
+        Unit::Seconds,
+        "Time a handler actor spent on one event, averaged over its batch"
+    );
+    describe_gauge!(
+        PARTITION_IN_FLIGHT,
+        "Events of a partition dispatched but not yet finished by every handler"
+    );
+    describe_counter!(
+        REBALANCES,
+        "Consumer group rebalances seen by a member, by kind (assign, revoke, error)"
+    );
+    describe_counter!(
+        OFFSETS_COMMITTED,
+        "Partition offsets the broker confirmed as committed"
+    );
+    describe_counter!(COMMIT_FAILURES, "Offset commits the broker refused");
+    describe_counter!(
+        PRODUCER_MESSAGES,
+        "Events produced, by topic and outcome (delivered, failed)"
+    );
+    describe_counter!(
+        ACTOR_RESTARTS,
+        "Actors restarted by their supervisor after a failure"
+    );
+    describe_counter!(
+        COUNT_WINDOWS_EMITTED,
+        "Count windows emitted, by handler and whether they closed early (partial)"
+    );
+    describe_gauge!(BUILD_INFO, "Always 1; the version label says which build runs");
+}

@@ -1,0 +1,6 @@
+//! What operators see from outside: Prometheus metrics and the health endpoints.
+
+pub mod http;
+pub mod metrics;
+
+pub use http::{serve, Health};
