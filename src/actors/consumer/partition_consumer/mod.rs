@@ -94,7 +94,13 @@ impl Actor for PartitionConsumer {
         let name = format!("{}/{topic}/{partition}", consumer.name);
         let closing = Arc::new(AtomicBool::new(false));
         let context = EventdContext::new(Arc::from(consumer.name.as_str()), None, Duration::ZERO, closing.clone());
-        let mut settings = consumer_config(&shared.config, &shared.brokers, &consumer, consumer.commit_group.as_deref(), None);
+        // librdkafka assigns only with a group id; without commit_group it names no
+        // group anyone joins, and nothing is committed under it.
+        let group_id = consumer
+            .commit_group
+            .clone()
+            .unwrap_or_else(|| format!("{}-{}-uncommitted", shared.config.kafka.client_id, consumer.name));
+        let mut settings = consumer_config(&shared.config, &shared.brokers, &consumer, Some(&group_id), None);
         if consumer.commit_group.is_none() {
             settings.set("enable.auto.commit", "false");
         }

@@ -1,0 +1,312 @@
+//! Black-box harness: an embedded broker per test, the real `eventd` binary run against
+//! it with a config the test writes, and Kafka clients to feed and read topics.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use eventd::embedded::EmbeddedBroker;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+pub struct Broker {
+    pub embedded: EmbeddedBroker,
+    pub partitions: i32,
+}
+
+impl Broker {
+    pub fn start(partitions: i32, topics: &[&str]) -> Broker {
+        let topics: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
+        let embedded = EmbeddedBroker::start(partitions, &topics).expect("embedded broker starts");
+        Broker { embedded, partitions }
+    }
+
+    pub fn bootstrap(&self) -> String {
+        self.embedded.bootstrap_servers().to_owned()
+    }
+
+    pub fn producer(&self) -> BaseProducer {
+        ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap())
+            .set("linger.ms", "5")
+            .create()
+            .expect("producer")
+    }
+
+    /// Produces `(key, payload)` pairs to `topic` in order and waits for all of them.
+    pub fn produce(&self, topic: &str, events: &[(String, String)]) {
+        let producer = self.producer();
+        for (key, payload) in events {
+            let mut record = BaseRecord::to(topic).key(key.as_str()).payload(payload.as_str());
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((_, back)) => {
+                        record = back;
+                        producer.poll(Duration::from_millis(10));
+                    }
+                }
+            }
+            producer.poll(Duration::ZERO);
+        }
+        producer.flush(Duration::from_secs(30)).expect("flush");
+    }
+
+    /// Produces raw bytes (for malformed events).
+    pub fn produce_raw(&self, topic: &str, key: &str, payload: &[u8]) {
+        let producer = self.producer();
+        producer
+            .send(BaseRecord::to(topic).key(key).payload(payload).headers(OwnedHeaders::new().insert(Header {
+                key: "origin",
+                value: Some("test"),
+            })))
+            .map_err(|(e, _)| e)
+            .expect("send");
+        producer.flush(Duration::from_secs(10)).expect("flush");
+    }
+
+    /// Every record of `topic` from the beginning, in order per partition.
+    pub fn read_all(&self, topic: &str) -> Vec<Record> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap())
+            .set("fetch.wait.max.ms", "10")
+            .set("enable.partition.eof", "true")
+            .set("group.id", "eventd-test-reader")
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        let mut list = TopicPartitionList::new();
+        for partition in 0..self.partitions {
+            list.add_partition_offset(topic, partition, Offset::Beginning).expect("tpl");
+        }
+        consumer.assign(&list).expect("assign");
+        let mut records = Vec::new();
+        let mut at_end = std::collections::HashSet::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while at_end.len() < self.partitions as usize && Instant::now() < deadline {
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(message)) => records.push(Record::from(&message)),
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                    at_end.insert(p);
+                }
+                _ => {}
+            }
+        }
+        records
+    }
+
+    /// Polls `read_all(topic)` until `done` holds or `timeout` passes; returns the last read.
+    pub fn wait_for(&self, topic: &str, timeout: Duration, done: impl Fn(&[Record]) -> bool) -> Vec<Record> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let records = self.read_all(topic);
+            if done(&records) || Instant::now() >= deadline {
+                return records;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<String>,
+    pub payload: Vec<u8>,
+    pub headers: HashMap<String, String>,
+}
+
+impl Record {
+    fn from<M: Message>(message: &M) -> Record {
+        let headers = message
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Record {
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+            payload: message.payload().unwrap_or_default().to_vec(),
+            headers,
+        }
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.payload).unwrap_or(serde_json::Value::Null)
+    }
+
+    pub fn field(&self, name: &str) -> Option<String> {
+        match self.json().get(name)? {
+            serde_json::Value::String(s) => Some(s.clone()),
+            other => Some(other.to_string()),
+        }
+    }
+}
+
+/// A valid event JSON with a unique id.
+pub fn event(id: usize, item: &str) -> String {
+    serde_json::json!({
+        "event_id": format!("e-{id}"),
+        "user_id": format!("user-{}", id % 97),
+        "item_id": item,
+        "ts": 1_764_000_000_000i64 + id as i64,
+        "action": "add",
+    })
+    .to_string()
+}
+
+/// `count` events with ids 0..count over `keys` distinct item ids; key = item id.
+pub fn events(count: usize, keys: usize) -> Vec<(String, String)> {
+    (0..count)
+        .map(|id| {
+            let item = format!("item-{}", id % keys);
+            (item.clone(), event(id, &item))
+        })
+        .collect()
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// A running `eventd` process.
+pub struct Eventd {
+    pub child: Child,
+    pub metrics_port: u16,
+    pub log: PathBuf,
+    pub config: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// Writes `config_body` (TOML without [kafka] and [metrics]) next to broker and metrics
+/// settings and starts `eventd run` on it.
+pub fn start_eventd(broker: &Broker, config_body: &str) -> Eventd {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let config = dir.path().join("eventd.toml");
+    let text = format!(
+        "[kafka]\nbrokers = \"{}\"\nsession_timeout = \"12s\"\n\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n\n[log]\nformat = \"json\"\nlevel = \"info\"\n\n{config_body}",
+        broker.bootstrap()
+    );
+    std::fs::write(&config, text).expect("write config");
+    start_with(dir, config, port, &[])
+}
+
+pub fn start_with(dir: tempfile::TempDir, config: PathBuf, metrics_port: u16, env: &[(&str, String)]) -> Eventd {
+    let log = dir.path().join(format!("eventd-{}.log", Instant::now().elapsed().as_nanos()));
+    let log = unique(log);
+    let out = std::fs::File::create(&log).expect("log file");
+    let err = out.try_clone().expect("log file");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_eventd"));
+    command.arg("run").arg("--config").arg(&config).stdout(Stdio::from(out)).stderr(Stdio::from(err));
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let child = command.spawn().expect("eventd starts");
+    Eventd { child, metrics_port, log, config, _dir: dir }
+}
+
+fn unique(path: PathBuf) -> PathBuf {
+    let mut n = 0;
+    let mut candidate = path.clone();
+    while candidate.exists() {
+        n += 1;
+        candidate = path.with_extension(format!("{n}.log"));
+    }
+    candidate
+}
+
+impl Eventd {
+    /// Starts the same config again (a restart), logging to a new file.
+    pub fn restart(mut self) -> Eventd {
+        let _ = self.child.wait();
+        let dir = std::mem::replace(&mut self._dir, tempfile::tempdir().expect("tempdir"));
+        start_with(dir, self.config.clone(), self.metrics_port, &[])
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status().expect("kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Waits for the process to exit, at most `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// GET `path` on the metrics port: (status code, body).
+    pub fn http_get(&self, path: &str) -> Option<(u16, String)> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.metrics_port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        let status = response.split_whitespace().nth(1)?.parse().ok()?;
+        let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        Some((status, body))
+    }
+
+    /// Sum of every sample of `metric` whose labels contain all of `labels`.
+    pub fn metric(&self, metric: &str, labels: &[(&str, &str)]) -> f64 {
+        let Some((200, body)) = self.http_get("/metrics") else {
+            return 0.0;
+        };
+        body.lines()
+            .filter(|line| line.starts_with(metric) && !line.starts_with('#'))
+            .filter(|line| {
+                let name_end = line.find(['{', ' ']).unwrap_or(line.len());
+                &line[..name_end] == metric
+            })
+            .filter(|line| labels.iter().all(|(k, v)| line.contains(&format!("{k}=\"{v}\""))))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Polls `condition` every 100ms until it holds or `timeout` passes.
+    pub fn wait_until(&self, timeout: Duration, mut condition: impl FnMut(&Eventd) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if condition(self) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        condition(self)
+    }
+}
+
+impl Drop for Eventd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Ids (`event_id`) found in records.
+pub fn ids(records: &[Record]) -> std::collections::HashSet<String> {
+    records.iter().filter_map(|r| r.field("event_id")).collect()
+}

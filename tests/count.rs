@@ -1,0 +1,224 @@
+//! The `count` handler end to end: tumbling windows emitted to an output topic with the
+//! right totals, offsets held at a window's first offset so a crash recounts instead of
+//! losing, and open windows flushed as partial on a clean shutdown.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const INPUT: &str = "like";
+const OUTPUT: &str = "item_stats";
+const HANDLER: &str = "likes-per-item";
+
+/// item-a ×30, item-b ×20, item-c ×5, interleaved, unique event ids, key = item id.
+fn known_input() -> (Vec<(String, String)>, BTreeMap<String, u64>) {
+    let mut plan: Vec<&str> = Vec::new();
+    for i in 0..30 {
+        plan.push("item-a");
+        if i < 20 {
+            plan.push("item-b");
+        }
+        if i < 5 {
+            plan.push("item-c");
+        }
+    }
+    let mut expected = BTreeMap::new();
+    let events = plan
+        .iter()
+        .enumerate()
+        .map(|(id, item)| {
+            *expected.entry(item.to_string()).or_insert(0u64) += 1;
+            (item.to_string(), event(id, item))
+        })
+        .collect();
+    (events, expected)
+}
+
+fn config(window: &str) -> String {
+    format!(
+        r#"
+[[consumers]]
+name = "analytics"
+mode = "group"
+group_id = "eventd-count-test"
+topics = ["{INPUT}"]
+members = 1
+drain_timeout = "5s"
+
+[[handlers]]
+name = "{HANDLER}"
+kind = "count"
+consumer = "analytics"
+group_by = "item_id"
+window = "{window}"
+output = "{OUTPUT}"
+"#
+    )
+}
+
+/// Sum of `count` per `value` over every record of the output topic.
+fn sums(records: &[Record]) -> BTreeMap<String, u64> {
+    let mut sums = BTreeMap::new();
+    for record in records {
+        let json = record.json();
+        let value = json["value"].as_str().unwrap_or_else(|| panic!("record without a string value: {json}"));
+        let count = json["count"].as_u64().unwrap_or_else(|| panic!("record without a numeric count: {json}"));
+        *sums.entry(value.to_owned()).or_insert(0) += count;
+    }
+    sums
+}
+
+fn covers(sums: &BTreeMap<String, u64>, expected: &BTreeMap<String, u64>) -> bool {
+    expected.iter().all(|(value, n)| sums.get(value).copied().unwrap_or(0) >= *n)
+}
+
+fn millis(rfc3339: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(rfc3339)
+        .unwrap_or_else(|e| panic!("{rfc3339:?} is not RFC 3339: {e}"))
+        .timestamp_millis()
+}
+
+/// Every output record has the documented shape, its key is its value and its window
+/// is `window_ms` long and aligned to the wall clock.
+fn check_shape(records: &[Record], window_ms: i64) {
+    for record in records {
+        let json = record.json();
+        assert_eq!(json["group_by"], "item_id", "group_by of {json}");
+        let value = json["value"].as_str().expect("value");
+        assert_eq!(record.key.as_deref(), Some(value), "record key must be the counted value: {json}");
+        let topics: Vec<&str> = json["topics"]
+            .as_array()
+            .unwrap_or_else(|| panic!("topics is not an array: {json}"))
+            .iter()
+            .filter_map(|t| t.as_str())
+            .collect();
+        assert!(topics.contains(&INPUT), "topics of {json} must contain {INPUT:?}");
+        let start = millis(json["window_start"].as_str().expect("window_start"));
+        let end = millis(json["window_end"].as_str().expect("window_end"));
+        assert_eq!(end - start, window_ms, "window length of {json}");
+        assert_eq!(start.rem_euclid(window_ms), 0, "window not aligned to the clock: {json}");
+        assert!(json["partial"].is_boolean(), "partial must be a boolean: {json}");
+    }
+}
+
+fn wait_handled(eventd: &Eventd, n: usize) {
+    let consumed = eventd.wait_until(Duration::from_secs(20), |e| {
+        e.metric("eventd_events_consumed_total", &[("consumer", "analytics")]) >= n as f64
+    });
+    assert!(
+        consumed,
+        "eventd consumed {} of {n} events within 20s; logs:\n{}",
+        eventd.metric("eventd_events_consumed_total", &[("consumer", "analytics")]),
+        eventd.logs()
+    );
+    let handled = eventd.wait_until(Duration::from_secs(10), |e| {
+        e.metric("eventd_events_handled_total", &[("handler", HANDLER)]) >= n as f64
+    });
+    assert!(
+        handled,
+        "handler {HANDLER} finished {} of {n} events within 10s; logs:\n{}",
+        eventd.metric("eventd_events_handled_total", &[("handler", HANDLER)]),
+        eventd.logs()
+    );
+}
+
+fn terminate(eventd: &mut Eventd, within: Duration) {
+    eventd.signal("TERM");
+    let status = eventd.wait_exit(within);
+    let logs = eventd.logs();
+    let status = status.unwrap_or_else(|| panic!("eventd did not exit within {within:?} of SIGTERM; logs:\n{logs}"));
+    assert_eq!(status.code(), Some(0), "exit status after SIGTERM; logs:\n{logs}");
+}
+
+#[test]
+fn count_emits_correct_totals_per_value() {
+    let broker = Broker::start(4, &[INPUT, OUTPUT]);
+    let (input, expected) = known_input();
+    broker.produce(INPUT, &input);
+    let mut eventd = start_eventd(&broker, &config("2s"));
+
+    let records = broker.wait_for(OUTPUT, Duration::from_secs(25), |records| covers(&sums(records), &expected));
+    let got = sums(&records);
+    assert_eq!(got, expected, "counts per value emitted to {OUTPUT}; logs:\n{}", eventd.logs());
+    check_shape(&records, 2000);
+    assert!(eventd.child.try_wait().expect("try_wait").is_none(), "eventd exited while counting");
+
+    terminate(&mut eventd, Duration::from_secs(30));
+    // Nothing is counted twice by the shutdown flush either.
+    let after = sums(&broker.read_all(OUTPUT));
+    assert_eq!(after, expected, "counts per value after shutdown");
+}
+
+#[test]
+fn count_recounts_after_sigkill_and_never_loses() {
+    let broker = Broker::start(4, &[INPUT, OUTPUT]);
+    let (input, expected) = known_input();
+    broker.produce(INPUT, &input);
+
+    // A 1h window: nothing closes (nor is emitted) before the crash.
+    let eventd = start_eventd(&broker, &config("1h"));
+    wait_handled(&eventd, input.len());
+    // auto.commit.interval.ms is 1000: let at least one commit of the stored offsets happen.
+    let committed = eventd.wait_until(Duration::from_secs(10), |e| {
+        e.metric("eventd_offsets_committed_total", &[("consumer", "analytics")]) > 0.0
+    });
+    assert!(committed, "no offset commit within 10s; logs:\n{}", eventd.logs());
+    let commits = eventd.metric("eventd_offsets_committed_total", &[("consumer", "analytics")]);
+    let _ = eventd.wait_until(Duration::from_secs(3), |e| {
+        e.metric("eventd_offsets_committed_total", &[("consumer", "analytics")]) > commits
+    });
+    eventd.signal("KILL");
+    let mut eventd = eventd;
+    assert!(eventd.wait_exit(Duration::from_secs(5)).is_some(), "eventd survived SIGKILL");
+    let emitted_before = broker.read_all(OUTPUT);
+    drop(eventd);
+
+    // Same broker, same group, a short window: whatever was not emitted is counted again.
+    let started = Instant::now();
+    let eventd = start_eventd(&broker, &config("2s"));
+    let records = broker.wait_for(OUTPUT, Duration::from_secs(35), |records| covers(&sums(records), &expected));
+    let got = sums(&records);
+    for (value, n) in &expected {
+        let sum = got.get(value).copied().unwrap_or(0);
+        assert!(
+            sum >= *n,
+            "{value}: {sum} counted after the crash and restart, {n} produced (lost {}); \
+             records before restart: {}; waited {:?}; logs of the second run:\n{}",
+            n - sum,
+            emitted_before.len(),
+            started.elapsed(),
+            eventd.logs()
+        );
+    }
+}
+
+#[test]
+fn partial_windows_are_emitted_on_shutdown() {
+    let broker = Broker::start(4, &[INPUT, OUTPUT]);
+    let (input, expected) = known_input();
+    broker.produce(INPUT, &input);
+    let mut eventd = start_eventd(&broker, &config("1h"));
+    wait_handled(&eventd, input.len());
+
+    terminate(&mut eventd, Duration::from_secs(30));
+    let records = broker.read_all(OUTPUT);
+    assert!(!records.is_empty(), "no count record emitted on shutdown; logs:\n{}", eventd.logs());
+    check_shape(&records, 3_600_000);
+    // Unless an hour boundary passed during the test, every record is an early (partial) emit.
+    let now = chrono::Utc::now().timestamp_millis();
+    for record in &records {
+        let json = record.json();
+        let end = millis(json["window_end"].as_str().expect("window_end"));
+        if end > now {
+            assert_eq!(json["partial"], true, "window still open at shutdown must be partial: {json}");
+        }
+    }
+    assert!(
+        records.iter().any(|r| r.json()["partial"] == true),
+        "no partial record emitted on shutdown: {records:?}"
+    );
+    assert_eq!(sums(&records), expected, "counts per value flushed on shutdown; logs:\n{}", eventd.logs());
+}

@@ -1,0 +1,71 @@
+//! Handler failures: restart with backoff, redelivery of what the failed actor held,
+//! and meltdown (exit 70) when restarts never end. Failures come from the `fault`
+//! handler kind, configured like any other handler.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn a_panicking_handler_is_restarted_and_gets_its_events_again() {
+    let broker = Broker::start(2, &["like", "out"]);
+    let total = 2_000;
+    broker.produce("like", &events(total, 40));
+    let eventd = start_eventd(
+        &broker,
+        r#"
+[[consumers]]
+name = "main"
+topics = ["like"]
+
+[[handlers]]
+name = "flaky"
+kind = "fault"
+consumer = "main"
+action = "panic"
+offsets = [10, 400]
+once = true
+output = "out"
+concurrency = 2
+"#,
+    );
+    let out = broker.wait_for("out", Duration::from_secs(40), |records| ids(records).len() >= total);
+    let seen = ids(&out);
+    let missing: Vec<usize> = (0..total).filter(|id| !seen.contains(&format!("e-{id}"))).collect();
+    assert!(missing.is_empty(), "{} ids missing after restarts, e.g. {:?}", missing.len(), &missing[..missing.len().min(10)]);
+    let restarts = eventd.metric("eventd_actor_restarts_total", &[("actor", "handler/flaky")]);
+    // Offsets 10 and 400 exist in both partitions: four panics, four restarts.
+    assert_eq!(restarts, 4.0, "restart counter; logs: {}", eventd.logs());
+    assert!(eventd.logs().contains("redelivering to restarted handler"));
+}
+
+#[test]
+fn a_handler_that_always_fails_ends_the_daemon_with_70() {
+    let broker = Broker::start(1, &["like"]);
+    broker.produce("like", &events(50, 5));
+    let mut eventd = start_eventd(
+        &broker,
+        r#"
+[supervision]
+max_restarts = 3
+restart_window = "60s"
+backoff = "50ms"
+
+[[consumers]]
+name = "main"
+topics = ["like"]
+
+[[handlers]]
+name = "broken"
+kind = "fault"
+consumer = "main"
+action = "panic"
+every = 1
+"#,
+    );
+    let status = eventd.wait_exit(Duration::from_secs(30)).expect("the daemon gives up");
+    assert_eq!(status.code(), Some(70), "{}", eventd.logs());
+    assert!(eventd.logs().contains("supervision meltdown"));
+}
