@@ -47,12 +47,18 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> i32 {
     // Kept alive for the whole run: the embedded broker dies with this value.
     let mut _embedded = None;
     let brokers = match &config.kafka.brokers {
-        Some(brokers) => Brokers { bootstrap: brokers.clone(), embedded: false },
+        Some(brokers) => Brokers {
+            bootstrap: brokers.clone(),
+            embedded: false,
+        },
         None => match EmbeddedBroker::start(config.embedded.partitions, &config.all_topics()) {
             Ok(broker) => {
                 tracing::warn!(bootstrap = broker.bootstrap_servers(), topics = ?config.all_topics(),
                     "no kafka.brokers set: running on the embedded broker; its data is NOT persisted and is lost on exit");
-                let brokers = Brokers { bootstrap: broker.bootstrap_servers().to_owned(), embedded: true };
+                let brokers = Brokers {
+                    bootstrap: broker.bootstrap_servers().to_owned(),
+                    embedded: true,
+                };
                 _embedded = Some(broker);
                 brokers
             }
@@ -101,10 +107,17 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> i32 {
     let mut root_done = Some(root_done);
     health.set_alive(true);
     health.set_ready(true);
-    tracing::info!(consumers = config.consumers.len(), handlers = config.handlers.len(), "eventd running");
+    tracing::info!(
+        consumers = config.consumers.len(),
+        handlers = config.handlers.len(),
+        "eventd running"
+    );
 
     let (stop_demo, demo_stopped) = watch::channel(false);
-    let demo = config.demo.enabled.then(|| crate::demo::spawn(config.demo.clone(), producer.clone(), demo_stopped));
+    let demo = config
+        .demo
+        .enabled
+        .then(|| crate::demo::spawn(config.demo.clone(), producer.clone(), demo_stopped));
 
     loop {
         tokio::select! {
@@ -173,7 +186,13 @@ async fn reload(root: &ractor::ActorRef<RootMsg>, path: Option<&std::path::Path>
         }
         Ok(config) => {
             let config = Arc::new(config);
-            match root.call(|reply| RootMsg::Reload(config, reply), Some(std::time::Duration::from_secs(10))).await {
+            match root
+                .call(
+                    |reply| RootMsg::Reload(config, reply),
+                    Some(std::time::Duration::from_secs(10)),
+                )
+                .await
+            {
                 Ok(ractor::rpc::CallResult::Success(needs_restart)) => {
                     for change in &needs_restart {
                         tracing::warn!(change = %change, "config change needs a restart; not applied");

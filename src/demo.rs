@@ -19,11 +19,18 @@ pub fn synthetic_event(config: &DemoConfig, rng: &mut fastrand::Rng, n: u64) -> 
     let ts = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
     let (topic, body) = match n % 4 {
         0 => (&topics.browse, json!({"dwell_ms": rng.u32(100..60_000)})),
-        1 => (&topics.like, json!({"action": if rng.u8(0..10) < 8 { "add" } else { "remove" }})),
-        2 => (&topics.favorite, json!({"action": if rng.u8(0..10) < 8 { "add" } else { "remove" }})),
+        1 => (
+            &topics.like,
+            json!({"action": if rng.u8(0..10) < 8 { "add" } else { "remove" }}),
+        ),
+        2 => (
+            &topics.favorite,
+            json!({"action": if rng.u8(0..10) < 8 { "add" } else { "remove" }}),
+        ),
         _ => (&topics.comment, json!({"text": format!("comment {n}")})),
     };
-    let mut event = json!({"event_id": format!("demo-{n}"), "user_id": user, "item_id": item, "ts": ts});
+    let mut event =
+        json!({"event_id": format!("demo-{n}"), "user_id": user, "item_id": item, "ts": ts});
     if let (Some(event), Some(extra)) = (event.as_object_mut(), body.as_object()) {
         event.extend(extra.clone());
     }
@@ -36,7 +43,11 @@ pub fn synthetic_event(config: &DemoConfig, rng: &mut fastrand::Rng, n: u64) -> 
 }
 
 /// Produces until `stop` turns true.
-pub fn spawn(config: DemoConfig, producer: ProducerHandle, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
+pub fn spawn(
+    config: DemoConfig,
+    producer: ProducerHandle,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let tick = Duration::from_millis(10);
         let per_tick = f64::from(config.rate) * tick.as_secs_f64();
@@ -45,7 +56,11 @@ pub fn spawn(config: DemoConfig, producer: ProducerHandle, mut stop: watch::Rece
         let mut rng = fastrand::Rng::with_seed(7);
         let mut owed = 0.0;
         let mut n: u64 = 0;
-        tracing::info!(rate = config.rate, keys = config.keys, "demo producer started");
+        tracing::info!(
+            rate = config.rate,
+            keys = config.keys,
+            "demo producer started"
+        );
         loop {
             tokio::select! {
                 _ = interval.tick() => {}

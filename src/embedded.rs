@@ -53,7 +53,8 @@ impl EmbeddedBroker {
         owner: &BaseProducer,
     ) -> Result<*mut bindings::rd_kafka_mock_cluster_t, EmbeddedError> {
         // SAFETY: the native handle is valid while `owner` lives.
-        let cluster = unsafe { bindings::rd_kafka_handle_mock_cluster(owner.client().native_ptr()) };
+        let cluster =
+            unsafe { bindings::rd_kafka_handle_mock_cluster(owner.client().native_ptr()) };
         if cluster.is_null() {
             return Err(EmbeddedError::Start(
                 "librdkafka created no mock cluster".to_owned(),
@@ -68,7 +69,8 @@ impl EmbeddedBroker {
             topic: topic.to_owned(),
         })?;
         // SAFETY: `cluster` is alive (owned by `self.owner`) and `name` outlives the call.
-        let err = unsafe { bindings::rd_kafka_mock_topic_create(cluster, name.as_ptr(), partitions, 1) };
+        let err =
+            unsafe { bindings::rd_kafka_mock_topic_create(cluster, name.as_ptr(), partitions, 1) };
         if err != bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
             return Err(EmbeddedError::Topic {
                 topic: topic.to_owned(),

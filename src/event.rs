@@ -44,7 +44,9 @@ pub enum DecodeError {
 impl Event {
     /// Decodes a payload, enforcing the required fields `user_id`, `item_id` and `ts`.
     pub fn decode(payload: Option<&[u8]>) -> Result<Map<String, Value>, DecodeError> {
-        let payload = payload.filter(|p| !p.is_empty()).ok_or(DecodeError::Empty)?;
+        let payload = payload
+            .filter(|p| !p.is_empty())
+            .ok_or(DecodeError::Empty)?;
         let value: Value =
             serde_json::from_slice(payload).map_err(|e| DecodeError::NotJson(e.to_string()))?;
         let Value::Object(body) = value else {

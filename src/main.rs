@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use eventd::config::{Config, EXIT_CONFIG};
 
 #[derive(Parser)]
-#[command(name = "eventd", version, about = "Kafka engagement-event daemon: consume, route to handlers, produce")]
+#[command(
+    name = "eventd",
+    version,
+    about = "Kafka engagement-event daemon: consume, route to handlers, produce"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -22,9 +26,7 @@ enum Command {
         config: Option<PathBuf>,
     },
     /// Validate a config file: print `ok`, or every error with its key (exit 78).
-    CheckConfig {
-        file: PathBuf,
-    },
+    CheckConfig { file: PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -53,7 +55,10 @@ fn main() -> ExitCode {
                 }
             };
             eventd::logging::init(&config.log);
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(runtime) => runtime,
                 Err(error) => {
                     eprintln!("eventd: cannot start the async runtime: {error}");

@@ -64,15 +64,21 @@ fn sums(records: &[Record]) -> BTreeMap<String, u64> {
     let mut sums = BTreeMap::new();
     for record in records {
         let json = record.json();
-        let value = json["value"].as_str().unwrap_or_else(|| panic!("record without a string value: {json}"));
-        let count = json["count"].as_u64().unwrap_or_else(|| panic!("record without a numeric count: {json}"));
+        let value = json["value"]
+            .as_str()
+            .unwrap_or_else(|| panic!("record without a string value: {json}"));
+        let count = json["count"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("record without a numeric count: {json}"));
         *sums.entry(value.to_owned()).or_insert(0) += count;
     }
     sums
 }
 
 fn covers(sums: &BTreeMap<String, u64>, expected: &BTreeMap<String, u64>) -> bool {
-    expected.iter().all(|(value, n)| sums.get(value).copied().unwrap_or(0) >= *n)
+    expected
+        .iter()
+        .all(|(value, n)| sums.get(value).copied().unwrap_or(0) >= *n)
 }
 
 fn millis(rfc3339: &str) -> i64 {
@@ -88,19 +94,33 @@ fn check_shape(records: &[Record], window_ms: i64) {
         let json = record.json();
         assert_eq!(json["group_by"], "item_id", "group_by of {json}");
         let value = json["value"].as_str().expect("value");
-        assert_eq!(record.key.as_deref(), Some(value), "record key must be the counted value: {json}");
+        assert_eq!(
+            record.key.as_deref(),
+            Some(value),
+            "record key must be the counted value: {json}"
+        );
         let topics: Vec<&str> = json["topics"]
             .as_array()
             .unwrap_or_else(|| panic!("topics is not an array: {json}"))
             .iter()
             .filter_map(|t| t.as_str())
             .collect();
-        assert!(topics.contains(&INPUT), "topics of {json} must contain {INPUT:?}");
+        assert!(
+            topics.contains(&INPUT),
+            "topics of {json} must contain {INPUT:?}"
+        );
         let start = millis(json["window_start"].as_str().expect("window_start"));
         let end = millis(json["window_end"].as_str().expect("window_end"));
         assert_eq!(end - start, window_ms, "window length of {json}");
-        assert_eq!(start.rem_euclid(window_ms), 0, "window not aligned to the clock: {json}");
-        assert!(json["partial"].is_boolean(), "partial must be a boolean: {json}");
+        assert_eq!(
+            start.rem_euclid(window_ms),
+            0,
+            "window not aligned to the clock: {json}"
+        );
+        assert!(
+            json["partial"].is_boolean(),
+            "partial must be a boolean: {json}"
+        );
     }
 }
 
@@ -129,8 +149,14 @@ fn terminate(eventd: &mut Eventd, within: Duration) {
     eventd.signal("TERM");
     let status = eventd.wait_exit(within);
     let logs = eventd.logs();
-    let status = status.unwrap_or_else(|| panic!("eventd did not exit within {within:?} of SIGTERM; logs:\n{logs}"));
-    assert_eq!(status.code(), Some(0), "exit status after SIGTERM; logs:\n{logs}");
+    let status = status.unwrap_or_else(|| {
+        panic!("eventd did not exit within {within:?} of SIGTERM; logs:\n{logs}")
+    });
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status after SIGTERM; logs:\n{logs}"
+    );
 }
 
 #[test]
@@ -140,11 +166,21 @@ fn count_emits_correct_totals_per_value() {
     broker.produce(INPUT, &input);
     let mut eventd = start_eventd(&broker, &config("2s"));
 
-    let records = broker.wait_for(OUTPUT, Duration::from_secs(25), |records| covers(&sums(records), &expected));
+    let records = broker.wait_for(OUTPUT, Duration::from_secs(25), |records| {
+        covers(&sums(records), &expected)
+    });
     let got = sums(&records);
-    assert_eq!(got, expected, "counts per value emitted to {OUTPUT}; logs:\n{}", eventd.logs());
+    assert_eq!(
+        got,
+        expected,
+        "counts per value emitted to {OUTPUT}; logs:\n{}",
+        eventd.logs()
+    );
     check_shape(&records, 2000);
-    assert!(eventd.child.try_wait().expect("try_wait").is_none(), "eventd exited while counting");
+    assert!(
+        eventd.child.try_wait().expect("try_wait").is_none(),
+        "eventd exited while counting"
+    );
 
     terminate(&mut eventd, Duration::from_secs(30));
     // Nothing is counted twice by the shutdown flush either.
@@ -163,23 +199,41 @@ fn count_recounts_after_sigkill_and_never_loses() {
     wait_handled(&eventd, input.len());
     // auto.commit.interval.ms is 1000: let at least one commit of the stored offsets happen.
     let committed = eventd.wait_until(Duration::from_secs(10), |e| {
-        e.metric("eventd_offsets_committed_total", &[("consumer", "analytics")]) > 0.0
+        e.metric(
+            "eventd_offsets_committed_total",
+            &[("consumer", "analytics")],
+        ) > 0.0
     });
-    assert!(committed, "no offset commit within 10s; logs:\n{}", eventd.logs());
-    let commits = eventd.metric("eventd_offsets_committed_total", &[("consumer", "analytics")]);
+    assert!(
+        committed,
+        "no offset commit within 10s; logs:\n{}",
+        eventd.logs()
+    );
+    let commits = eventd.metric(
+        "eventd_offsets_committed_total",
+        &[("consumer", "analytics")],
+    );
     let _ = eventd.wait_until(Duration::from_secs(3), |e| {
-        e.metric("eventd_offsets_committed_total", &[("consumer", "analytics")]) > commits
+        e.metric(
+            "eventd_offsets_committed_total",
+            &[("consumer", "analytics")],
+        ) > commits
     });
     eventd.signal("KILL");
     let mut eventd = eventd;
-    assert!(eventd.wait_exit(Duration::from_secs(5)).is_some(), "eventd survived SIGKILL");
+    assert!(
+        eventd.wait_exit(Duration::from_secs(5)).is_some(),
+        "eventd survived SIGKILL"
+    );
     let emitted_before = broker.read_all(OUTPUT);
     drop(eventd);
 
     // Same broker, same group, a short window: whatever was not emitted is counted again.
     let started = Instant::now();
     let eventd = start_eventd(&broker, &config("2s"));
-    let records = broker.wait_for(OUTPUT, Duration::from_secs(35), |records| covers(&sums(records), &expected));
+    let records = broker.wait_for(OUTPUT, Duration::from_secs(35), |records| {
+        covers(&sums(records), &expected)
+    });
     let got = sums(&records);
     for (value, n) in &expected {
         let sum = got.get(value).copied().unwrap_or(0);
@@ -205,7 +259,11 @@ fn partial_windows_are_emitted_on_shutdown() {
 
     terminate(&mut eventd, Duration::from_secs(30));
     let records = broker.read_all(OUTPUT);
-    assert!(!records.is_empty(), "no count record emitted on shutdown; logs:\n{}", eventd.logs());
+    assert!(
+        !records.is_empty(),
+        "no count record emitted on shutdown; logs:\n{}",
+        eventd.logs()
+    );
     check_shape(&records, 3_600_000);
     // Unless an hour boundary passed during the test, every record is an early (partial) emit.
     let now = chrono::Utc::now().timestamp_millis();
@@ -213,12 +271,20 @@ fn partial_windows_are_emitted_on_shutdown() {
         let json = record.json();
         let end = millis(json["window_end"].as_str().expect("window_end"));
         if end > now {
-            assert_eq!(json["partial"], true, "window still open at shutdown must be partial: {json}");
+            assert_eq!(
+                json["partial"], true,
+                "window still open at shutdown must be partial: {json}"
+            );
         }
     }
     assert!(
         records.iter().any(|r| r.json()["partial"] == true),
         "no partial record emitted on shutdown: {records:?}"
     );
-    assert_eq!(sums(&records), expected, "counts per value flushed on shutdown; logs:\n{}", eventd.logs());
+    assert_eq!(
+        sums(&records),
+        expected,
+        "counts per value flushed on shutdown; logs:\n{}",
+        eventd.logs()
+    );
 }

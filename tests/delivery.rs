@@ -31,24 +31,46 @@ output = "out"
 "#,
     );
     assert!(
-        eventd.wait_until(Duration::from_secs(30), |e| e.metric("eventd_events_handled_total", &[("handler", "copy")]) >= 500.0),
+        eventd.wait_until(Duration::from_secs(30), |e| e
+            .metric("eventd_events_handled_total", &[("handler", "copy")])
+            >= 500.0),
         "first run handled nothing: {}",
         eventd.logs()
     );
     eventd.signal("TERM");
-    let status = eventd.wait_exit(Duration::from_secs(25)).expect("exits within the grace");
+    let status = eventd
+        .wait_exit(Duration::from_secs(25))
+        .expect("exits within the grace");
     assert_eq!(status.code(), Some(0), "{}", eventd.logs());
     assert!(eventd.logs().contains("offsets committed"));
     let first_run = ids(&broker.read_all("out"));
-    assert!(!first_run.is_empty() && first_run.len() < total, "first run handled {} of {total}", first_run.len());
+    assert!(
+        !first_run.is_empty() && first_run.len() < total,
+        "first run handled {} of {total}",
+        first_run.len()
+    );
 
     let eventd = eventd.restart();
-    let out = broker.wait_for("out", Duration::from_secs(60), |records| ids(records).len() >= total);
+    let out = broker.wait_for("out", Duration::from_secs(60), |records| {
+        ids(records).len() >= total
+    });
     let seen = ids(&out);
-    let missing: Vec<usize> = (0..total).filter(|id| !seen.contains(&format!("e-{id}"))).collect();
-    assert!(missing.is_empty(), "{} ids missing, e.g. {:?}; logs: {}", missing.len(), &missing[..missing.len().min(10)], eventd.logs());
+    let missing: Vec<usize> = (0..total)
+        .filter(|id| !seen.contains(&format!("e-{id}")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} ids missing, e.g. {:?}; logs: {}",
+        missing.len(),
+        &missing[..missing.len().min(10)],
+        eventd.logs()
+    );
     // The second run resumed from the commit rather than from the beginning.
-    assert!(out.len() < 2 * total, "{} records for {total} events: the restart re-read everything", out.len());
+    assert!(
+        out.len() < 2 * total,
+        "{} records for {total} events: the restart re-read everything",
+        out.len()
+    );
 }
 
 #[test]
@@ -98,24 +120,44 @@ fields = ["event_id", "item_id"]
 "#,
     );
     for topic in ["out-a", "out-b", "out-audit"] {
-        let out = broker.wait_for(topic, Duration::from_secs(40), |records| ids(records).len() >= total);
-        assert_eq!(ids(&out).len(), total, "{topic} lacks events; logs: {}", eventd.logs());
+        let out = broker.wait_for(topic, Duration::from_secs(40), |records| {
+            ids(records).len() >= total
+        });
+        assert_eq!(
+            ids(&out).len(),
+            total,
+            "{topic} lacks events; logs: {}",
+            eventd.logs()
+        );
     }
     // `fields` reduced what the audit copy carries.
     let audit = broker.read_all("out-audit");
-    assert!(audit.iter().all(|r| r.json().as_object().is_some_and(|o| o.len() == 2)));
+    assert!(audit
+        .iter()
+        .all(|r| r.json().as_object().is_some_and(|o| o.len() == 2)));
     // Forwarded copies name their source for de-duplication downstream.
     let a = broker.read_all("out-a");
-    assert!(a.iter().all(|r| r.headers.get("eventd.source.topic").map(String::as_str) == Some("comment")
-        && r.headers.contains_key("eventd.source.partition")
-        && r.headers.contains_key("eventd.source.offset")));
+    assert!(a
+        .iter()
+        .all(
+            |r| r.headers.get("eventd.source.topic").map(String::as_str) == Some("comment")
+                && r.headers.contains_key("eventd.source.partition")
+                && r.headers.contains_key("eventd.source.offset")
+        ));
 }
 
 #[test]
 fn malformed_events_go_to_the_dead_letter_topic_and_do_not_stop_the_partition() {
     let broker = Broker::start(1, &["like", "out", "dlq"]);
     let good_before = events(100, 10);
-    let good_after: Vec<(String, String)> = (100..200).map(|id| (format!("item-{}", id % 10), event(id, &format!("item-{}", id % 10)))).collect();
+    let good_after: Vec<(String, String)> = (100..200)
+        .map(|id| {
+            (
+                format!("item-{}", id % 10),
+                event(id, &format!("item-{}", id % 10)),
+            )
+        })
+        .collect();
     broker.produce("like", &good_before);
     broker.produce_raw("like", "bad-1", b"{not json");
     broker.produce_raw("like", "bad-2", br#"{"user_id":"u1","ts":1}"#);
@@ -137,18 +179,53 @@ output = "out"
 topic = "dlq"
 "#,
     );
-    let out = broker.wait_for("out", Duration::from_secs(30), |records| ids(records).len() >= 200);
-    assert_eq!(ids(&out).len(), 200, "events after the malformed ones were not handled: {}", eventd.logs());
+    let out = broker.wait_for("out", Duration::from_secs(30), |records| {
+        ids(records).len() >= 200
+    });
+    assert_eq!(
+        ids(&out).len(),
+        200,
+        "events after the malformed ones were not handled: {}",
+        eventd.logs()
+    );
     let dlq = broker.wait_for("dlq", Duration::from_secs(10), |records| records.len() >= 2);
     let keys: HashSet<String> = dlq.iter().filter_map(|r| r.key.clone()).collect();
-    assert_eq!(keys, HashSet::from(["bad-1".to_owned(), "bad-2".to_owned()]));
-    let bad = dlq.iter().find(|r| r.key.as_deref() == Some("bad-1")).expect("bad-1 dead-lettered");
-    assert_eq!(bad.payload, b"{not json", "the dead-letter copy keeps the original bytes");
-    assert!(bad.headers.get("eventd.error").is_some_and(|e| e.contains("not JSON")));
-    assert_eq!(bad.headers.get("eventd.source.offset").map(String::as_str), Some("100"));
-    assert_eq!(bad.headers.get("origin").map(String::as_str), Some("test"), "original headers are kept");
-    assert!(dlq.iter().any(|r| r.headers.get("eventd.error").is_some_and(|e| e.contains("item_id"))));
-    assert!(eventd.wait_until(Duration::from_secs(5), |e| e.metric("eventd_events_invalid_total", &[("consumer", "main"), ("topic", "like")]) == 2.0));
+    assert_eq!(
+        keys,
+        HashSet::from(["bad-1".to_owned(), "bad-2".to_owned()])
+    );
+    let bad = dlq
+        .iter()
+        .find(|r| r.key.as_deref() == Some("bad-1"))
+        .expect("bad-1 dead-lettered");
+    assert_eq!(
+        bad.payload, b"{not json",
+        "the dead-letter copy keeps the original bytes"
+    );
+    assert!(bad
+        .headers
+        .get("eventd.error")
+        .is_some_and(|e| e.contains("not JSON")));
+    assert_eq!(
+        bad.headers.get("eventd.source.offset").map(String::as_str),
+        Some("100")
+    );
+    assert_eq!(
+        bad.headers.get("origin").map(String::as_str),
+        Some("test"),
+        "original headers are kept"
+    );
+    assert!(dlq.iter().any(|r| r
+        .headers
+        .get("eventd.error")
+        .is_some_and(|e| e.contains("item_id"))));
+    assert!(eventd.wait_until(Duration::from_secs(5), |e| e.metric(
+        "eventd_events_invalid_total",
+        &[("consumer", "main"), ("topic", "like")]
+    ) == 2.0));
     let logs = eventd.logs();
-    assert!(logs.contains("invalid event") && logs.contains("\"offset\":101"), "the log names the offset: {logs}");
+    assert!(
+        logs.contains("invalid event") && logs.contains("\"offset\":101"),
+        "the log names the offset: {logs}"
+    );
 }

@@ -1,5 +1,7 @@
 //! Per-key order with concurrent handler actors and random handler delays.
 
+#![cfg(feature = "fault-injection")]
+
 mod common;
 
 use std::collections::HashMap;
@@ -32,8 +34,15 @@ concurrency = 4
 output = "ordered"
 "#,
     );
-    let out = broker.wait_for("ordered", Duration::from_secs(90), |records| ids(records).len() >= total);
-    assert_eq!(ids(&out).len(), total, "not every event was handled: {}", eventd.logs());
+    let out = broker.wait_for("ordered", Duration::from_secs(90), |records| {
+        ids(records).len() >= total
+    });
+    assert_eq!(
+        ids(&out).len(),
+        total,
+        "not every event was handled: {}",
+        eventd.logs()
+    );
 
     // Per output partition the records are in the order the handlers finished them.
     let mut last_offset: HashMap<(String, String), i64> = HashMap::new();
@@ -44,9 +53,15 @@ output = "ordered"
     for record in &out {
         let key = record.key.clone().expect("key kept");
         let source_partition = record.headers["eventd.source.partition"].clone();
-        let offset: i64 = record.headers["eventd.source.offset"].parse().expect("offset header");
-        if let Some(previous) = last_offset.insert((key.clone(), source_partition.clone()), offset) {
-            assert!(offset > previous, "key {key}: offset {offset} handled after {previous}");
+        let offset: i64 = record.headers["eventd.source.offset"]
+            .parse()
+            .expect("offset header");
+        if let Some(previous) = last_offset.insert((key.clone(), source_partition.clone()), offset)
+        {
+            assert!(
+                offset > previous,
+                "key {key}: offset {offset} handled after {previous}"
+            );
         }
         // Different keys of one source partition finishing out of offset order shows
         // that they ran concurrently.
@@ -55,5 +70,8 @@ output = "ordered"
             interleaved |= offset < previous;
         }
     }
-    assert!(interleaved, "keys never interleaved: handlers did not run concurrently");
+    assert!(
+        interleaved,
+        "keys never interleaved: handlers did not run concurrently"
+    );
 }

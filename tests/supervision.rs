@@ -2,6 +2,8 @@
 //! and meltdown (exit 70) when restarts never end. Failures come from the `fault`
 //! handler kind, configured like any other handler.
 
+#![cfg(feature = "fault-injection")]
+
 mod common;
 
 use std::time::Duration;
@@ -31,10 +33,19 @@ output = "out"
 concurrency = 2
 "#,
     );
-    let out = broker.wait_for("out", Duration::from_secs(40), |records| ids(records).len() >= total);
+    let out = broker.wait_for("out", Duration::from_secs(40), |records| {
+        ids(records).len() >= total
+    });
     let seen = ids(&out);
-    let missing: Vec<usize> = (0..total).filter(|id| !seen.contains(&format!("e-{id}"))).collect();
-    assert!(missing.is_empty(), "{} ids missing after restarts, e.g. {:?}", missing.len(), &missing[..missing.len().min(10)]);
+    let missing: Vec<usize> = (0..total)
+        .filter(|id| !seen.contains(&format!("e-{id}")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} ids missing after restarts, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
     let restarts = eventd.metric("eventd_actor_restarts_total", &[("actor", "handler/flaky")]);
     // Offsets 10 and 400 exist in both partitions: four panics, four restarts.
     assert_eq!(restarts, 4.0, "restart counter; logs: {}", eventd.logs());
@@ -65,7 +76,9 @@ action = "panic"
 every = 1
 "#,
     );
-    let status = eventd.wait_exit(Duration::from_secs(30)).expect("the daemon gives up");
+    let status = eventd
+        .wait_exit(Duration::from_secs(30))
+        .expect("the daemon gives up");
     assert_eq!(status.code(), Some(70), "{}", eventd.logs());
     assert!(eventd.logs().contains("supervision meltdown"));
 }

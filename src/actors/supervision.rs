@@ -57,7 +57,12 @@ impl RestartPolicy {
 
     /// A child that ran longer than the window without failing starts over at the
     /// shortest backoff.
-    pub fn consecutive_after(&self, last_failure: Option<Instant>, now: Instant, previous: u32) -> u32 {
+    pub fn consecutive_after(
+        &self,
+        last_failure: Option<Instant>,
+        now: Instant,
+        previous: u32,
+    ) -> u32 {
         match last_failure {
             Some(at) if now.duration_since(at) <= self.settings.restart_window => previous + 1,
             _ => 0,
@@ -119,7 +124,10 @@ mod tests {
                 Verdict::RestartAfter(_)
             ));
         }
-        assert_eq!(policy.on_failure(start + Duration::from_secs(3), 0), Verdict::Meltdown);
+        assert_eq!(
+            policy.on_failure(start + Duration::from_secs(3), 0),
+            Verdict::Meltdown
+        );
         // Outside the window the old restarts no longer count.
         assert!(matches!(
             policy.on_failure(start + Duration::from_secs(200), 0),

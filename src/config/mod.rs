@@ -546,12 +546,10 @@ impl Config {
                 key: err.path().to_string(),
                 message: err.inner().to_string(),
             })?;
-        config
-            .validate()
-            .map_err(|issues| ConfigError::Invalid {
-                source_name,
-                issues,
-            })?;
+        config.validate().map_err(|issues| ConfigError::Invalid {
+            source_name,
+            issues,
+        })?;
         Ok(config)
     }
 

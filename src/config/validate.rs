@@ -4,10 +4,7 @@
 use std::collections::HashSet;
 use std::fmt;
 
-use super::{
-    Acks, Config, ConsumerMode, FaultAction, HandlerConfig, HandlerKind, NamedStart,
-    StartPosition,
-};
+use super::{Acks, Config, ConsumerMode, FaultAction, HandlerConfig, HandlerKind, StartPosition};
 
 /// One broken rule: the key at fault and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,7 +168,6 @@ impl Config {
                     }
                 }
             }
-            let _ = NamedStart::Earliest;
         }
     }
 

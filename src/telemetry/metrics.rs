@@ -27,10 +27,7 @@ const DURATION_BUCKETS: &[f64] = &[
 /// Installs the global Prometheus recorder and describes every metric.
 pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
     let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Full(HANDLER_DURATION.to_owned()),
-            DURATION_BUCKETS,
-        )?
+        .set_buckets_for_metric(Matcher::Full(HANDLER_DURATION.to_owned()), DURATION_BUCKETS)?
         .install_recorder()?;
     describe();
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
@@ -84,5 +81,8 @@ fn describe() {
         COUNT_WINDOWS_EMITTED,
         "Count windows emitted, by handler and whether they closed early (partial)"
     );
-    describe_gauge!(BUILD_INFO, "Always 1; the version label says which build runs");
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1; the version label says which build runs"
+    );
 }

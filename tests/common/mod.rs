@@ -24,7 +24,10 @@ impl Broker {
     pub fn start(partitions: i32, topics: &[&str]) -> Broker {
         let topics: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
         let embedded = EmbeddedBroker::start(partitions, &topics).expect("embedded broker starts");
-        Broker { embedded, partitions }
+        Broker {
+            embedded,
+            partitions,
+        }
     }
 
     pub fn bootstrap(&self) -> String {
@@ -43,7 +46,9 @@ impl Broker {
     pub fn produce(&self, topic: &str, events: &[(String, String)]) {
         let producer = self.producer();
         for (key, payload) in events {
-            let mut record = BaseRecord::to(topic).key(key.as_str()).payload(payload.as_str());
+            let mut record = BaseRecord::to(topic)
+                .key(key.as_str())
+                .payload(payload.as_str());
             loop {
                 match producer.send(record) {
                     Ok(()) => break,
@@ -62,10 +67,12 @@ impl Broker {
     pub fn produce_raw(&self, topic: &str, key: &str, payload: &[u8]) {
         let producer = self.producer();
         producer
-            .send(BaseRecord::to(topic).key(key).payload(payload).headers(OwnedHeaders::new().insert(Header {
-                key: "origin",
-                value: Some("test"),
-            })))
+            .send(BaseRecord::to(topic).key(key).payload(payload).headers(
+                OwnedHeaders::new().insert(Header {
+                    key: "origin",
+                    value: Some("test"),
+                }),
+            ))
             .map_err(|(e, _)| e)
             .expect("send");
         producer.flush(Duration::from_secs(10)).expect("flush");
@@ -83,7 +90,8 @@ impl Broker {
             .expect("consumer");
         let mut list = TopicPartitionList::new();
         for partition in 0..self.partitions {
-            list.add_partition_offset(topic, partition, Offset::Beginning).expect("tpl");
+            list.add_partition_offset(topic, partition, Offset::Beginning)
+                .expect("tpl");
         }
         consumer.assign(&list).expect("assign");
         let mut records = Vec::new();
@@ -102,7 +110,12 @@ impl Broker {
     }
 
     /// Polls `read_all(topic)` until `done` holds or `timeout` passes; returns the last read.
-    pub fn wait_for(&self, topic: &str, timeout: Duration, done: impl Fn(&[Record]) -> bool) -> Vec<Record> {
+    pub fn wait_for(
+        &self,
+        topic: &str,
+        timeout: Duration,
+        done: impl Fn(&[Record]) -> bool,
+    ) -> Vec<Record> {
         let deadline = Instant::now() + timeout;
         loop {
             let records = self.read_all(topic);
@@ -129,14 +142,21 @@ impl Record {
             .headers()
             .map(|h| {
                 h.iter()
-                    .map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                    .map(|h| {
+                        (
+                            h.key.to_owned(),
+                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                        )
+                    })
                     .collect()
             })
             .unwrap_or_default();
         Record {
             partition: message.partition(),
             offset: message.offset(),
-            key: message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+            key: message
+                .key()
+                .map(|k| String::from_utf8_lossy(k).into_owned()),
             payload: message.payload().unwrap_or_default().to_vec(),
             headers,
         }
@@ -177,7 +197,11 @@ pub fn events(count: usize, keys: usize) -> Vec<(String, String)> {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 /// A running `eventd` process.
@@ -203,18 +227,37 @@ pub fn start_eventd(broker: &Broker, config_body: &str) -> Eventd {
     start_with(dir, config, port, &[])
 }
 
-pub fn start_with(dir: tempfile::TempDir, config: PathBuf, metrics_port: u16, env: &[(&str, String)]) -> Eventd {
-    let log = dir.path().join(format!("eventd-{}.log", Instant::now().elapsed().as_nanos()));
+pub fn start_with(
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    metrics_port: u16,
+    env: &[(&str, String)],
+) -> Eventd {
+    let log = dir.path().join(format!(
+        "eventd-{}.log",
+        Instant::now().elapsed().as_nanos()
+    ));
     let log = unique(log);
     let out = std::fs::File::create(&log).expect("log file");
     let err = out.try_clone().expect("log file");
     let mut command = Command::new(env!("CARGO_BIN_EXE_eventd"));
-    command.arg("run").arg("--config").arg(&config).stdout(Stdio::from(out)).stderr(Stdio::from(err));
+    command
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err));
     for (key, value) in env {
         command.env(key, value);
     }
     let child = command.spawn().expect("eventd starts");
-    Eventd { child, metrics_port, log, config, _dir: dir }
+    Eventd {
+        child,
+        metrics_port,
+        log,
+        config,
+        _dir: dir,
+    }
 }
 
 fn unique(path: PathBuf) -> PathBuf {
@@ -236,7 +279,11 @@ impl Eventd {
     }
 
     pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status().expect("kill");
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill");
         assert!(status.success(), "kill -{signal} failed");
     }
 
@@ -262,11 +309,18 @@ impl Eventd {
     pub fn http_get(&self, path: &str) -> Option<(u16, String)> {
         let mut stream = TcpStream::connect(("127.0.0.1", self.metrics_port)).ok()?;
         stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
         let mut response = String::new();
         stream.read_to_string(&mut response).ok()?;
         let status = response.split_whitespace().nth(1)?.parse().ok()?;
-        let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
         Some((status, body))
     }
 
@@ -281,13 +335,21 @@ impl Eventd {
                 let name_end = line.find(['{', ' ']).unwrap_or(line.len());
                 &line[..name_end] == metric
             })
-            .filter(|line| labels.iter().all(|(k, v)| line.contains(&format!("{k}=\"{v}\""))))
+            .filter(|line| {
+                labels
+                    .iter()
+                    .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
+            })
             .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     }
 
     /// Polls `condition` every 100ms until it holds or `timeout` passes.
-    pub fn wait_until(&self, timeout: Duration, mut condition: impl FnMut(&Eventd) -> bool) -> bool {
+    pub fn wait_until(
+        &self,
+        timeout: Duration,
+        mut condition: impl FnMut(&Eventd) -> bool,
+    ) -> bool {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if condition(self) {

@@ -113,7 +113,11 @@ impl ConsumerContext for EventdContext {
                     .into_iter()
                     .filter_map(|(topic, partition)| {
                         let queue = consumer.split_partition_queue(&topic, partition)?;
-                        Some(AssignedPartition { topic, partition, queue })
+                        Some(AssignedPartition {
+                            topic,
+                            partition,
+                            queue,
+                        })
                     })
                     .collect();
                 tracing::info!(consumer = %self.consumer_name,
@@ -167,8 +171,12 @@ pub fn spawn_poll_loop(
             match consumer.poll(Duration::from_millis(100)) {
                 None => {}
                 Some(Ok(message)) => {
-                    tracing::debug!(topic = message.topic(), partition = message.partition(),
-                        offset = message.offset(), "event on the main queue");
+                    tracing::debug!(
+                        topic = message.topic(),
+                        partition = message.partition(),
+                        offset = message.offset(),
+                        "event on the main queue"
+                    );
                     stray(message.detach());
                 }
                 Some(Err(error)) => tracing::warn!(%error, "consumer error"),

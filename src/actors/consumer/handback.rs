@@ -19,15 +19,25 @@ pub struct OwnedPartition {
 
 /// Hands `partitions` back within `timeout`; what is unfinished then is redelivered
 /// after the rebalance or restart, because its offset was not stored.
-pub async fn hand_back(consumer: &str, partitions: Vec<OwnedPartition>, router: &Router, timeout: Duration) {
+pub async fn hand_back(
+    consumer: &str,
+    partitions: Vec<OwnedPartition>,
+    router: &Router,
+    timeout: Duration,
+) {
     if partitions.is_empty() {
         return;
     }
     let deadline = Instant::now() + timeout;
     let left = || deadline.saturating_duration_since(Instant::now());
 
-    let drains = partitions.iter().map(|p| p.worker.call(PartitionWorkerMsg::Drain, Some(left())));
-    for (p, result) in partitions.iter().zip(futures::future::join_all(drains).await) {
+    let drains = partitions
+        .iter()
+        .map(|p| p.worker.call(PartitionWorkerMsg::Drain, Some(left())));
+    for (p, result) in partitions
+        .iter()
+        .zip(futures::future::join_all(drains).await)
+    {
         if !matches!(result, Ok(CallResult::Success(()))) {
             tracing::warn!(consumer, topic = %p.topic, partition = p.partition, "partition did not drain in time");
         }
@@ -35,10 +45,22 @@ pub async fn hand_back(consumer: &str, partitions: Vec<OwnedPartition>, router: 
     if let Err(error) = router.flush(left().max(Duration::from_millis(100))).await {
         tracing::warn!(consumer, %error, "count windows not emitted; their events will be recounted");
     }
-    let finals = partitions.iter().map(|p| p.worker.call(PartitionWorkerMsg::StoreFinal, Some(left().max(Duration::from_millis(100)))));
-    for (p, result) in partitions.iter().zip(futures::future::join_all(finals).await) {
+    let finals = partitions.iter().map(|p| {
+        p.worker.call(
+            PartitionWorkerMsg::StoreFinal,
+            Some(left().max(Duration::from_millis(100))),
+        )
+    });
+    for (p, result) in partitions
+        .iter()
+        .zip(futures::future::join_all(finals).await)
+    {
         match result {
-            Ok(CallResult::Success(FinalPosition { stored, in_flight, held_windows })) => {
+            Ok(CallResult::Success(FinalPosition {
+                stored,
+                in_flight,
+                held_windows,
+            })) => {
                 if in_flight > 0 || held_windows > 0 {
                     tracing::warn!(consumer, topic = %p.topic, partition = p.partition, ?stored, in_flight, held_windows,
                         "partition handed back unfinished; events from the stored offset on will be redelivered");
@@ -46,9 +68,13 @@ pub async fn hand_back(consumer: &str, partitions: Vec<OwnedPartition>, router: 
                     tracing::debug!(consumer, topic = %p.topic, partition = p.partition, ?stored, "partition handed back");
                 }
             }
-            _ => tracing::warn!(consumer, topic = %p.topic, partition = p.partition, "final offset not stored"),
+            _ => {
+                tracing::warn!(consumer, topic = %p.topic, partition = p.partition, "final offset not stored")
+            }
         }
     }
-    let stops = partitions.iter().map(|p| p.worker.stop_and_wait(None, Some(Duration::from_secs(2))));
+    let stops = partitions
+        .iter()
+        .map(|p| p.worker.stop_and_wait(None, Some(Duration::from_secs(2))));
     futures::future::join_all(stops).await;
 }

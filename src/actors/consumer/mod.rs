@@ -12,7 +12,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{
+    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent,
+};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use self::group_member::{GroupMember, GroupMemberArgs, GroupMemberMsg};
@@ -47,8 +49,15 @@ pub struct ConsumerSupervisorArgs {
 /// What a child is, so a failed one can be started again the same way.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Role {
-    Member { consumer: usize, index: usize },
-    Partition { consumer: usize, topic: String, partition: i32 },
+    Member {
+        consumer: usize,
+        index: usize,
+    },
+    Partition {
+        consumer: usize,
+        topic: String,
+        partition: i32,
+    },
 }
 
 enum Child {
@@ -80,7 +89,11 @@ pub enum ConsumerSupervisorMsg {
 pub struct RoleToken(Role);
 
 impl ConsumerSupervisor {
-    async fn spawn(myself: &ActorRef<ConsumerSupervisorMsg>, state: &mut ConsumerSupervisorState, role: Role) -> Result<(), ActorProcessingErr> {
+    async fn spawn(
+        myself: &ActorRef<ConsumerSupervisorMsg>,
+        state: &mut ConsumerSupervisorState,
+        role: Role,
+    ) -> Result<(), ActorProcessingErr> {
         let index = match &role {
             Role::Member { consumer, .. } | Role::Partition { consumer, .. } => *consumer,
         };
@@ -96,17 +109,28 @@ impl ConsumerSupervisor {
                 let (actor, _) = Actor::spawn_linked(
                     None,
                     GroupMember,
-                    GroupMemberArgs { shared, consumer, index: *index },
+                    GroupMemberArgs {
+                        shared,
+                        consumer,
+                        index: *index,
+                    },
                     myself.get_cell(),
                 )
                 .await?;
                 Child::Member(actor)
             }
-            Role::Partition { topic, partition, .. } => {
+            Role::Partition {
+                topic, partition, ..
+            } => {
                 let (actor, _) = Actor::spawn_linked(
                     None,
                     PartitionConsumer,
-                    PartitionConsumerArgs { shared, consumer, topic: topic.clone(), partition: *partition },
+                    PartitionConsumerArgs {
+                        shared,
+                        consumer,
+                        topic: topic.clone(),
+                        partition: *partition,
+                    },
                     myself.get_cell(),
                 )
                 .await?;
@@ -121,7 +145,12 @@ impl ConsumerSupervisor {
         Ok(())
     }
 
-    fn on_child_down(myself: &ActorRef<ConsumerSupervisorMsg>, state: &mut ConsumerSupervisorState, cell: &ActorCell, reason: &str) {
+    fn on_child_down(
+        myself: &ActorRef<ConsumerSupervisorMsg>,
+        state: &mut ConsumerSupervisorState,
+        cell: &ActorCell,
+        reason: &str,
+    ) {
         let Some((role, _)) = state.children.remove(&cell.get_id()) else {
             return;
         };
@@ -130,13 +159,30 @@ impl ConsumerSupervisor {
         }
     }
 
-    fn restart_or_give_up(myself: &ActorRef<ConsumerSupervisorMsg>, state: &mut ConsumerSupervisorState, role: Role, reason: &str) {
-        let verdict = state.history.entry(role.clone()).or_default().fail(&mut state.policy, Instant::now());
+    fn restart_or_give_up(
+        myself: &ActorRef<ConsumerSupervisorMsg>,
+        state: &mut ConsumerSupervisorState,
+        role: Role,
+        reason: &str,
+    ) {
+        let verdict = state
+            .history
+            .entry(role.clone())
+            .or_default()
+            .fail(&mut state.policy, Instant::now());
         match verdict {
             Verdict::RestartAfter(delay) => {
-                tracing::warn!(?role, reason, delay_ms = delay.as_millis() as u64, "consumer failed, restarting");
-                metrics::counter!(ACTOR_RESTARTS, "actor" => role.actor_label(&state.config)).increment(1);
-                myself.send_after(delay, move || ConsumerSupervisorMsg::Restart(RoleToken(role)));
+                tracing::warn!(
+                    ?role,
+                    reason,
+                    delay_ms = delay.as_millis() as u64,
+                    "consumer failed, restarting"
+                );
+                metrics::counter!(ACTOR_RESTARTS, "actor" => role.actor_label(&state.config))
+                    .increment(1);
+                myself.send_after(delay, move || {
+                    ConsumerSupervisorMsg::Restart(RoleToken(role))
+                });
             }
             Verdict::Meltdown => {
                 tracing::error!(?role, reason, "consumers failed too often, giving up");
@@ -152,14 +198,22 @@ impl ConsumerSupervisor {
 impl Role {
     fn actor_label(&self, config: &Config) -> String {
         match self {
-            Role::Member { consumer, .. } => format!("group_member/{}", config.consumers[*consumer].name),
-            Role::Partition { consumer, .. } => format!("partition_consumer/{}", config.consumers[*consumer].name),
+            Role::Member { consumer, .. } => {
+                format!("group_member/{}", config.consumers[*consumer].name)
+            }
+            Role::Partition { consumer, .. } => {
+                format!("partition_consumer/{}", config.consumers[*consumer].name)
+            }
         }
     }
 }
 
 /// Partition counts of `topics`, for manual assignment.
-fn partitions_of(config: &Config, brokers: &Brokers, topics: &[String]) -> Result<Vec<(String, i32)>, ActorProcessingErr> {
+fn partitions_of(
+    config: &Config,
+    brokers: &Brokers,
+    topics: &[String],
+) -> Result<Vec<(String, i32)>, ActorProcessingErr> {
     let client: BaseConsumer = plain_config(config, brokers).create()?;
     let mut partitions = Vec::new();
     for topic in topics {
@@ -200,12 +254,26 @@ impl Actor for ConsumerSupervisor {
         for (index, consumer) in state.config.consumers.iter().enumerate() {
             match consumer.mode {
                 ConsumerMode::Group => {
-                    roles.extend((0..consumer.members).map(|member| Role::Member { consumer: index, index: member }));
+                    roles.extend((0..consumer.members).map(|member| Role::Member {
+                        consumer: index,
+                        index: member,
+                    }));
                 }
                 ConsumerMode::Partitions => {
-                    let (config, brokers, topics) = (state.config.clone(), state.brokers.clone(), consumer.topics.clone());
-                    let found = tokio::task::spawn_blocking(move || partitions_of(&config, &brokers, &topics)).await??;
-                    roles.extend(found.into_iter().map(|(topic, partition)| Role::Partition { consumer: index, topic, partition }));
+                    let (config, brokers, topics) = (
+                        state.config.clone(),
+                        state.brokers.clone(),
+                        consumer.topics.clone(),
+                    );
+                    let found = tokio::task::spawn_blocking(move || {
+                        partitions_of(&config, &brokers, &topics)
+                    })
+                    .await??;
+                    roles.extend(found.into_iter().map(|(topic, partition)| Role::Partition {
+                        consumer: index,
+                        topic,
+                        partition,
+                    }));
                 }
             }
         }
@@ -226,7 +294,12 @@ impl Actor for ConsumerSupervisor {
                 if !state.stopping {
                     if let Err(error) = Self::spawn(&myself, state, role.clone()).await {
                         // Counts as another failure of the same child.
-                        Self::restart_or_give_up(&myself, state, role, &format!("cannot start: {error}"));
+                        Self::restart_or_give_up(
+                            &myself,
+                            state,
+                            role,
+                            &format!("cannot start: {error}"),
+                        );
                     }
                 }
             }
@@ -234,8 +307,16 @@ impl Actor for ConsumerSupervisor {
                 state.stopping = true;
                 let calls = state.children.values().map(|(_, child)| async move {
                     match child {
-                        Child::Member(actor) => actor.call(GroupMemberMsg::Shutdown, None).await.map(|_| ()).map_err(|e| e.to_string()),
-                        Child::Partition(actor) => actor.call(PartitionConsumerMsg::Shutdown, None).await.map(|_| ()).map_err(|e| e.to_string()),
+                        Child::Member(actor) => actor
+                            .call(GroupMemberMsg::Shutdown, None)
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string()),
+                        Child::Partition(actor) => actor
+                            .call(PartitionConsumerMsg::Shutdown, None)
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string()),
                     }
                 });
                 for result in futures::future::join_all(calls).await {
@@ -256,7 +337,9 @@ impl Actor for ConsumerSupervisor {
         state: &mut ConsumerSupervisorState,
     ) -> Result<(), ActorProcessingErr> {
         match event {
-            SupervisionEvent::ActorFailed(cell, error) => Self::on_child_down(&myself, state, &cell, &error.to_string()),
+            SupervisionEvent::ActorFailed(cell, error) => {
+                Self::on_child_down(&myself, state, &cell, &error.to_string())
+            }
             SupervisionEvent::ActorTerminated(cell, _, reason) => {
                 let reason = reason.unwrap_or_else(|| "stopped".to_owned());
                 Self::on_child_down(&myself, state, &cell, &reason);

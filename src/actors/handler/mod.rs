@@ -14,7 +14,7 @@ mod pool;
 mod supervisor;
 
 pub use actor::{HandlerActor, HandlerArgs};
-pub use pool::{HandlerPool, HandlerSettings, Router, Route};
+pub use pool::{HandlerPool, HandlerSettings, Route, Router};
 pub use supervisor::{build_pools, HandlerSupervisor, HandlerSupervisorArgs, HandlerSupervisorMsg};
 
 use std::sync::Arc;

@@ -98,7 +98,9 @@ impl HandlerPool {
                 .then(|| handler.group_by.clone())
                 .flatten(),
             settings: ArcSwap::from_pointee(HandlerSettings::from_config(config, handler)),
-            slots: (0..handler.concurrency.max(1)).map(|_| Slot::new()).collect(),
+            slots: (0..handler.concurrency.max(1))
+                .map(|_| Slot::new())
+                .collect(),
         }
     }
 

@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{
+    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent,
+};
 
 use super::kinds::SlotMemory;
 use super::{HandlerActor, HandlerArgs, HandlerPool, HandlerSettings};
@@ -72,7 +74,11 @@ impl HandlerSupervisor {
         role: Role,
     ) -> Result<(), ActorProcessingErr> {
         let pool = state.pools[role.handler].clone();
-        let memory = state.memories.get(&role).cloned().unwrap_or(SlotMemory::None);
+        let memory = state
+            .memories
+            .get(&role)
+            .cloned()
+            .unwrap_or(SlotMemory::None);
         let (actor, _) = Actor::spawn_linked(
             Some(format!("handler/{}/{}", pool.name, role.slot)),
             HandlerActor,
@@ -114,7 +120,8 @@ impl HandlerSupervisor {
             Verdict::RestartAfter(delay) => {
                 tracing::warn!(handler = %name, slot = role.slot, reason, delay_ms = delay.as_millis() as u64,
                     "handler actor failed, restarting");
-                metrics::counter!(ACTOR_RESTARTS, "actor" => format!("handler/{name}")).increment(1);
+                metrics::counter!(ACTOR_RESTARTS, "actor" => format!("handler/{name}"))
+                    .increment(1);
                 myself.send_after(delay, move || HandlerSupervisorMsg::Restart {
                     handler: role.handler,
                     slot: role.slot,
@@ -147,7 +154,10 @@ impl Actor for HandlerSupervisor {
             let shared = SlotMemory::for_pool(pool.kind);
             for slot in 0..pool.slots.len() {
                 memories.insert(
-                    Role { handler: pool.index, slot },
+                    Role {
+                        handler: pool.index,
+                        slot,
+                    },
                     SlotMemory::for_slot(pool.kind, &shared),
                 );
             }
@@ -166,7 +176,12 @@ impl Actor for HandlerSupervisor {
         let roles: Vec<Role> = state
             .pools
             .iter()
-            .flat_map(|pool| (0..pool.slots.len()).map(|slot| Role { handler: pool.index, slot }))
+            .flat_map(|pool| {
+                (0..pool.slots.len()).map(|slot| Role {
+                    handler: pool.index,
+                    slot,
+                })
+            })
             .collect();
         for role in roles {
             Self::spawn_slot(&myself, &mut state, role).await?;
@@ -186,9 +201,8 @@ impl Actor for HandlerSupervisor {
                     let role = Role { handler, slot };
                     if let Err(error) = Self::spawn_slot(&myself, state, role).await {
                         tracing::error!(%error, handler, slot, "cannot restart handler actor");
-                        myself.send_after(Duration::from_secs(1), move || HandlerSupervisorMsg::Restart {
-                            handler,
-                            slot,
+                        myself.send_after(Duration::from_secs(1), move || {
+                            HandlerSupervisorMsg::Restart { handler, slot }
                         });
                     }
                 }
@@ -198,7 +212,9 @@ impl Actor for HandlerSupervisor {
             }
             HandlerSupervisorMsg::Shutdown(reply) => {
                 state.stopping = true;
-                myself.stop_children_and_wait(None, Some(Duration::from_secs(5))).await;
+                myself
+                    .stop_children_and_wait(None, Some(Duration::from_secs(5)))
+                    .await;
                 let _ = reply.send(());
             }
         }
@@ -230,13 +246,16 @@ fn apply_reload(pools: &[Arc<HandlerPool>], config: &Config) -> Vec<String> {
     let mut needs_restart = Vec::new();
     for pool in pools {
         match config.handlers.iter().find(|h| *h.name == *pool.name) {
-            Some(handler) if handler.kind == pool.kind && handler.consumer == pool.consumer
-                && handler.concurrency == pool.slots.len()
-                && handler.output == pool.config.output
-                && handler.group_by == pool.config.group_by
-                && handler.window == pool.config.window =>
+            Some(handler)
+                if handler.kind == pool.kind
+                    && handler.consumer == pool.consumer
+                    && handler.concurrency == pool.slots.len()
+                    && handler.output == pool.config.output
+                    && handler.group_by == pool.config.group_by
+                    && handler.window == pool.config.window =>
             {
-                pool.settings.store(Arc::new(HandlerSettings::from_config(config, handler)));
+                pool.settings
+                    .store(Arc::new(HandlerSettings::from_config(config, handler)));
             }
             Some(_) => needs_restart.push(format!(
                 "handler {:?}: kind, consumer, concurrency, output, group_by or window changed",

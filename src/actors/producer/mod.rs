@@ -35,8 +35,14 @@ pub struct Outgoing {
 pub enum ProduceError {
     #[error("the producer is not running")]
     NotRunning,
-    #[error("event for topic {topic:?} is {size} bytes, above producer.max_message_bytes ({limit})")]
-    TooLarge { topic: String, size: usize, limit: u32 },
+    #[error(
+        "event for topic {topic:?} is {size} bytes, above producer.max_message_bytes ({limit})"
+    )]
+    TooLarge {
+        topic: String,
+        size: usize,
+        limit: u32,
+    },
     #[error("cannot enqueue event for topic {topic:?}: {reason}")]
     Enqueue { topic: String, reason: String },
     #[error("delivery to topic {topic:?} failed: {reason}")]
@@ -181,8 +187,8 @@ impl Actor for ProducerActor {
         _myself: ActorRef<Self::Msg>,
         args: ProducerArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let producer: KafkaProducer = producer_config(&args.config, &args.brokers)
-            .create_with_context(DeliveryContext)?;
+        let producer: KafkaProducer =
+            producer_config(&args.config, &args.brokers).create_with_context(DeliveryContext)?;
         args.handle.producer.store(Some(Arc::new(producer)));
         tracing::info!(brokers = %args.brokers.bootstrap, "producer started");
         Ok(ProducerState {
@@ -212,7 +218,10 @@ impl Actor for ProducerActor {
     ) -> Result<(), ActorProcessingErr> {
         let left = flush(&state.handle, Duration::from_secs(5)).await;
         if left > 0 {
-            tracing::warn!(unacknowledged = left, "producer stopped with events unacknowledged");
+            tracing::warn!(
+                unacknowledged = left,
+                "producer stopped with events unacknowledged"
+            );
         }
         state.handle.producer.store(None);
         Ok(())

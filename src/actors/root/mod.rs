@@ -8,7 +8,9 @@ use parking_lot::Mutex;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
 use crate::actors::consumer::{ConsumerSupervisor, ConsumerSupervisorArgs, ConsumerSupervisorMsg};
-use crate::actors::handler::{build_pools, HandlerSupervisor, HandlerSupervisorArgs, HandlerSupervisorMsg};
+use crate::actors::handler::{
+    build_pools, HandlerSupervisor, HandlerSupervisorArgs, HandlerSupervisorMsg,
+};
 use crate::actors::producer::{ProducerActor, ProducerArgs, ProducerHandle, ProducerMsg};
 use crate::actors::supervision::{FailureHistory, RestartPolicy, Verdict};
 use crate::actors::{Fatal, FatalSender};
@@ -51,11 +53,20 @@ pub enum RootMsg {
     RestartProducer,
 }
 
-async fn spawn_producer(myself: &ActorRef<RootMsg>, config: &Arc<Config>, brokers: &Brokers, handle: &ProducerHandle) -> Result<ActorRef<ProducerMsg>, ActorProcessingErr> {
+async fn spawn_producer(
+    myself: &ActorRef<RootMsg>,
+    config: &Arc<Config>,
+    brokers: &Brokers,
+    handle: &ProducerHandle,
+) -> Result<ActorRef<ProducerMsg>, ActorProcessingErr> {
     let (producer, _) = Actor::spawn_linked(
         Some("producer".to_owned()),
         ProducerActor,
-        ProducerArgs { config: config.clone(), brokers: brokers.clone(), handle: handle.clone() },
+        ProducerArgs {
+            config: config.clone(),
+            brokers: brokers.clone(),
+            handle: handle.clone(),
+        },
         myself.get_cell(),
     )
     .await?;
@@ -67,7 +78,11 @@ impl Actor for RootSupervisor {
     type State = RootState;
     type Arguments = RootArgs;
 
-    async fn pre_start(&self, myself: ActorRef<RootMsg>, args: RootArgs) -> Result<RootState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<RootMsg>,
+        args: RootArgs,
+    ) -> Result<RootState, ActorProcessingErr> {
         let producer = spawn_producer(&myself, &args.config, &args.brokers, &args.producer).await?;
         let pools = build_pools(&args.config);
         let (handlers, _) = Actor::spawn_linked(
@@ -110,25 +125,44 @@ impl Actor for RootSupervisor {
         })
     }
 
-    async fn handle(&self, myself: ActorRef<RootMsg>, message: RootMsg, state: &mut RootState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<RootMsg>,
+        message: RootMsg,
+        state: &mut RootState,
+    ) -> Result<(), ActorProcessingErr> {
         match message {
             RootMsg::Shutdown(reply) => {
                 state.stopping = true;
                 *state.progress.lock() = "draining and committing consumers";
-                if let Err(error) = state.consumers.call(ConsumerSupervisorMsg::Shutdown, None).await {
+                if let Err(error) = state
+                    .consumers
+                    .call(ConsumerSupervisorMsg::Shutdown, None)
+                    .await
+                {
                     tracing::warn!(%error, "consumer supervisor did not shut down cleanly");
                 }
                 *state.progress.lock() = "stopping handlers";
-                let _ = state.handlers.call(HandlerSupervisorMsg::Shutdown, None).await;
+                let _ = state
+                    .handlers
+                    .call(HandlerSupervisorMsg::Shutdown, None)
+                    .await;
                 *state.progress.lock() = "flushing the producer";
                 if let Some(producer) = &state.producer {
-                    if let Ok(ractor::rpc::CallResult::Success(left)) =
-                        producer.call(|reply| ProducerMsg::Flush(Duration::from_secs(10), reply), None).await
+                    if let Ok(ractor::rpc::CallResult::Success(left)) = producer
+                        .call(
+                            |reply| ProducerMsg::Flush(Duration::from_secs(10), reply),
+                            None,
+                        )
+                        .await
                     {
                         if left == 0 {
                             tracing::info!("producer flushed");
                         } else {
-                            tracing::warn!(unacknowledged = left, "producer flush left events unacknowledged");
+                            tracing::warn!(
+                                unacknowledged = left,
+                                "producer flush left events unacknowledged"
+                            );
                         }
                     }
                 }
@@ -136,7 +170,14 @@ impl Actor for RootSupervisor {
                 let _ = reply.send(());
             }
             RootMsg::Reload(config, reply) => {
-                let needs_restart = match state.handlers.call(|port| HandlerSupervisorMsg::Reload(config, port), Some(Duration::from_secs(5))).await {
+                let needs_restart = match state
+                    .handlers
+                    .call(
+                        |port| HandlerSupervisorMsg::Reload(config, port),
+                        Some(Duration::from_secs(5)),
+                    )
+                    .await
+                {
                     Ok(ractor::rpc::CallResult::Success(list)) => list,
                     _ => vec!["handler supervisor did not answer".to_owned()],
                 };
@@ -144,7 +185,14 @@ impl Actor for RootSupervisor {
             }
             RootMsg::RestartProducer => {
                 if !state.stopping {
-                    match spawn_producer(&myself, &state.config, &state.brokers, &state.producer_handle).await {
+                    match spawn_producer(
+                        &myself,
+                        &state.config,
+                        &state.brokers,
+                        &state.producer_handle,
+                    )
+                    .await
+                    {
                         Ok(producer) => state.producer = Some(producer),
                         Err(error) => {
                             tracing::error!(%error, "cannot restart the producer");
@@ -157,22 +205,36 @@ impl Actor for RootSupervisor {
         Ok(())
     }
 
-    async fn handle_supervisor_evt(&self, myself: ActorRef<RootMsg>, event: SupervisionEvent, state: &mut RootState) -> Result<(), ActorProcessingErr> {
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<RootMsg>,
+        event: SupervisionEvent,
+        state: &mut RootState,
+    ) -> Result<(), ActorProcessingErr> {
         let (cell, reason) = match event {
             SupervisionEvent::ActorFailed(cell, error) => (cell, error.to_string()),
-            SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, reason.unwrap_or_else(|| "stopped".to_owned())),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, reason.unwrap_or_else(|| "stopped".to_owned()))
+            }
             _ => return Ok(()),
         };
         if state.stopping {
             return Ok(());
         }
-        if state.producer.as_ref().is_some_and(|p| p.get_id() == cell.get_id()) {
+        if state
+            .producer
+            .as_ref()
+            .is_some_and(|p| p.get_id() == cell.get_id())
+        {
             state.producer = None;
             self.producer_down(&myself, state, &reason);
         } else {
             let actor = cell.get_name().unwrap_or_else(|| "supervisor".to_owned());
             tracing::error!(actor, reason, "a supervisor stopped");
-            let _ = state.fatal.send(Fatal::Meltdown { supervisor: "root".to_owned(), actor });
+            let _ = state.fatal.send(Fatal::Meltdown {
+                supervisor: "root".to_owned(),
+                actor,
+            });
         }
         Ok(())
     }
@@ -180,14 +242,24 @@ impl Actor for RootSupervisor {
 
 impl RootSupervisor {
     fn producer_down(&self, myself: &ActorRef<RootMsg>, state: &mut RootState, reason: &str) {
-        match state.producer_history.fail(&mut state.policy, Instant::now()) {
+        match state
+            .producer_history
+            .fail(&mut state.policy, Instant::now())
+        {
             Verdict::RestartAfter(delay) => {
-                tracing::warn!(reason, delay_ms = delay.as_millis() as u64, "producer failed, restarting");
+                tracing::warn!(
+                    reason,
+                    delay_ms = delay.as_millis() as u64,
+                    "producer failed, restarting"
+                );
                 metrics::counter!(ACTOR_RESTARTS, "actor" => "producer").increment(1);
                 myself.send_after(delay, || RootMsg::RestartProducer);
             }
             Verdict::Meltdown => {
-                let _ = state.fatal.send(Fatal::Meltdown { supervisor: "root".to_owned(), actor: "producer".to_owned() });
+                let _ = state.fatal.send(Fatal::Meltdown {
+                    supervisor: "root".to_owned(),
+                    actor: "producer".to_owned(),
+                });
             }
         }
     }

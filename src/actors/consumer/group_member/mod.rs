@@ -93,9 +93,12 @@ impl Actor for GroupMember {
         let shared = args.shared;
         let name = format!("{}/{}", consumer.name, args.index);
         let group_id = consumer.group_id();
-        let instance_id = consumer
-            .static_membership
-            .then(|| format!("{}-{}-{}", shared.config.kafka.client_id, consumer.name, args.index));
+        let instance_id = consumer.static_membership.then(|| {
+            format!(
+                "{}-{}-{}",
+                shared.config.kafka.client_id, consumer.name, args.index
+            )
+        });
         let closing = Arc::new(AtomicBool::new(false));
         let context = EventdContext::new(
             Arc::from(consumer.name.as_str()),
@@ -153,7 +156,8 @@ impl Actor for GroupMember {
                     let key = (assigned.topic.clone(), assigned.partition);
                     // A new worker starts only once the old one for the partition is gone.
                     if let Some(old) = state.workers.remove(&key) {
-                        old.stop_and_wait(None, Some(Duration::from_secs(2))).await?;
+                        old.stop_and_wait(None, Some(Duration::from_secs(2)))
+                            .await?;
                     }
                     let (worker, _) = Actor::spawn_linked(
                         None,
@@ -178,7 +182,13 @@ impl Actor for GroupMember {
             }
             GroupMemberMsg::Revoke { partitions, done } => {
                 let owned = state.take_workers(&partitions);
-                hand_back(&state.name, owned, &state.shared.router, state.consumer.drain_timeout).await;
+                hand_back(
+                    &state.name,
+                    owned,
+                    &state.shared.router,
+                    state.consumer.drain_timeout,
+                )
+                .await;
                 let _ = done.send(());
             }
             GroupMemberMsg::Stray(message) => {
@@ -190,7 +200,13 @@ impl Actor for GroupMember {
             GroupMemberMsg::Shutdown(reply) => {
                 let all: Vec<(String, i32)> = state.workers.keys().cloned().collect();
                 let owned = state.take_workers(&all);
-                hand_back(&state.name, owned, &state.shared.router, state.consumer.drain_timeout).await;
+                hand_back(
+                    &state.name,
+                    owned,
+                    &state.shared.router,
+                    state.consumer.drain_timeout,
+                )
+                .await;
                 close(state).await;
                 let _ = reply.send(());
                 myself.stop(Some("shutdown".to_owned()));
@@ -206,7 +222,9 @@ impl Actor for GroupMember {
         state: &mut GroupMemberState,
     ) -> Result<(), ActorProcessingErr> {
         if let SupervisionEvent::ActorFailed(cell, error) = event {
-            state.workers.retain(|_, worker| worker.get_id() != cell.get_id());
+            state
+                .workers
+                .retain(|_, worker| worker.get_id() != cell.get_id());
             // The member restarts as a whole: it rejoins and resumes from committed offsets.
             return Err(format!("partition worker of {} failed: {error}", state.name).into());
         }
@@ -237,7 +255,9 @@ pub(super) async fn close_client(
 ) {
     if let Some(client) = client {
         if commit {
-            let committed = tokio::task::spawn_blocking(move || client.commit_consumer_state(CommitMode::Sync)).await;
+            let committed =
+                tokio::task::spawn_blocking(move || client.commit_consumer_state(CommitMode::Sync))
+                    .await;
             match committed {
                 Ok(Ok(())) | Ok(Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset))) => {
                     tracing::info!(consumer = name, "offsets committed")

@@ -52,13 +52,21 @@ pub struct PartitionConsumerState {
 }
 
 /// The offset to start from: the committed one when there is one, else `start`.
-fn start_offset(client: &KafkaConsumer, consumer: &ConsumerConfig, topic: &str, partition: i32) -> Result<Offset, ActorProcessingErr> {
+fn start_offset(
+    client: &KafkaConsumer,
+    consumer: &ConsumerConfig,
+    topic: &str,
+    partition: i32,
+) -> Result<Offset, ActorProcessingErr> {
     let timeout = Duration::from_secs(10);
     if consumer.commit_group.is_some() {
         let mut list = TopicPartitionList::new();
         list.add_partition(topic, partition);
         let committed = client.committed_offsets(list, timeout)?;
-        if let Some(Offset::Offset(offset)) = committed.find_partition(topic, partition).map(|e| e.offset()) {
+        if let Some(Offset::Offset(offset)) = committed
+            .find_partition(topic, partition)
+            .map(|e| e.offset())
+        {
             return Ok(Offset::Offset(offset));
         }
     }
@@ -90,17 +98,35 @@ impl Actor for PartitionConsumer {
         myself: ActorRef<PartitionConsumerMsg>,
         args: PartitionConsumerArgs,
     ) -> Result<PartitionConsumerState, ActorProcessingErr> {
-        let PartitionConsumerArgs { shared, consumer, topic, partition } = args;
+        let PartitionConsumerArgs {
+            shared,
+            consumer,
+            topic,
+            partition,
+        } = args;
         let name = format!("{}/{topic}/{partition}", consumer.name);
         let closing = Arc::new(AtomicBool::new(false));
-        let context = EventdContext::new(Arc::from(consumer.name.as_str()), None, Duration::ZERO, closing.clone());
+        let context = EventdContext::new(
+            Arc::from(consumer.name.as_str()),
+            None,
+            Duration::ZERO,
+            closing.clone(),
+        );
         // librdkafka assigns only with a group id; without commit_group it names no
         // group anyone joins, and nothing is committed under it.
-        let group_id = consumer
-            .commit_group
-            .clone()
-            .unwrap_or_else(|| format!("{}-{}-uncommitted", shared.config.kafka.client_id, consumer.name));
-        let mut settings = consumer_config(&shared.config, &shared.brokers, &consumer, Some(&group_id), None);
+        let group_id = consumer.commit_group.clone().unwrap_or_else(|| {
+            format!(
+                "{}-{}-uncommitted",
+                shared.config.kafka.client_id, consumer.name
+            )
+        });
+        let mut settings = consumer_config(
+            &shared.config,
+            &shared.brokers,
+            &consumer,
+            Some(&group_id),
+            None,
+        );
         if consumer.commit_group.is_none() {
             settings.set("enable.auto.commit", "false");
         }
@@ -108,7 +134,8 @@ impl Actor for PartitionConsumer {
         let client = Arc::new(client);
         let start = {
             let (client, consumer, topic) = (client.clone(), consumer.clone(), topic.clone());
-            tokio::task::spawn_blocking(move || start_offset(&client, &consumer, &topic, partition)).await??
+            tokio::task::spawn_blocking(move || start_offset(&client, &consumer, &topic, partition))
+                .await??
         };
         let mut assignment = TopicPartitionList::new();
         assignment.add_partition_offset(&topic, partition, start)?;
@@ -136,9 +163,14 @@ impl Actor for PartitionConsumer {
         .await?;
         let stop_polling = Arc::new(AtomicBool::new(false));
         let stray_to = myself.clone();
-        let poll_thread = spawn_poll_loop(format!("poll-{name}"), client.clone(), stop_polling.clone(), move |message| {
-            let _ = stray_to.send_message(PartitionConsumerMsg::Stray(message));
-        })?;
+        let poll_thread = spawn_poll_loop(
+            format!("poll-{name}"),
+            client.clone(),
+            stop_polling.clone(),
+            move |message| {
+                let _ = stray_to.send_message(PartitionConsumerMsg::Stray(message));
+            },
+        )?;
         tracing::info!(consumer = %consumer.name, %topic, partition, ?start, "partition consumer started");
         Ok(PartitionConsumerState {
             shared,
@@ -170,10 +202,20 @@ impl Actor for PartitionConsumer {
                 let owned: Vec<OwnedPartition> = state
                     .worker
                     .take()
-                    .map(|worker| OwnedPartition { topic: state.topic.clone(), partition: state.partition, worker })
+                    .map(|worker| OwnedPartition {
+                        topic: state.topic.clone(),
+                        partition: state.partition,
+                        worker,
+                    })
                     .into_iter()
                     .collect();
-                hand_back(&state.name, owned, &state.shared.router, state.consumer.drain_timeout).await;
+                hand_back(
+                    &state.name,
+                    owned,
+                    &state.shared.router,
+                    state.consumer.drain_timeout,
+                )
+                .await;
                 close_client(
                     &state.name,
                     state.client.take(),

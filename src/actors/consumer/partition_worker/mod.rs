@@ -75,7 +75,11 @@ pub enum PartitionWorkerMsg {
         holds: Vec<(i64, i64)>,
     },
     /// A count window was emitted and acknowledged; its offsets may be stored.
-    Released { handler: usize, slot: usize, window: i64 },
+    Released {
+        handler: usize,
+        slot: usize,
+        window: i64,
+    },
     /// Stop reading; reply once nothing is in flight.
     Drain(RpcReplyPort<()>),
     /// Store the final offset and reply with it, with the number of events unfinished.
@@ -104,8 +108,11 @@ struct Taken {
     key: Option<Vec<u8>>,
     headers: Vec<(String, Vec<u8>)>,
     timestamp: Option<i64>,
-    body: Result<serde_json::Map<String, serde_json::Value>, (DecodeError, Option<Vec<u8>>)>,
+    body: Result<serde_json::Map<String, serde_json::Value>, Undecodable>,
 }
+
+/// Why an event could not be decoded, with its original payload for the dead-letter copy.
+type Undecodable = (DecodeError, Option<Vec<u8>>);
 
 impl Taken {
     fn from_message<M: Message>(message: &M) -> Taken {
@@ -114,7 +121,12 @@ impl Taken {
             .map(|headers| {
                 headers
                     .iter()
-                    .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec).unwrap_or_default()))
+                    .map(|h| {
+                        (
+                            h.key.to_owned(),
+                            h.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                        )
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -199,7 +211,14 @@ impl PartitionWorkerState {
             let body = match message.body {
                 Ok(body) => body,
                 Err((error, payload)) => {
-                    self.invalid_event(myself, message.offset, message.key, message.headers, payload, error);
+                    self.invalid_event(
+                        myself,
+                        message.offset,
+                        message.key,
+                        message.headers,
+                        payload,
+                        error,
+                    );
                     continue;
                 }
             };
@@ -217,7 +236,10 @@ impl PartitionWorkerState {
             let mut handlers = 0;
             self.router.route(&settings, &event, |route, slot| {
                 let handler = self.router.routes[route].pool.index;
-                batches.entry((handler, slot)).or_default().push(event.clone());
+                batches
+                    .entry((handler, slot))
+                    .or_default()
+                    .push(event.clone());
                 handlers += 1;
             });
             self.inflight.dispatched(message.offset, handlers);
@@ -230,7 +252,13 @@ impl PartitionWorkerState {
     }
 
     /// Sends `fresh` to a slot, preceded by everything the slot's previous actor held.
-    fn send(&mut self, myself: &ActorRef<PartitionWorkerMsg>, handler: usize, slot: usize, fresh: Vec<Arc<Event>>) {
+    fn send(
+        &mut self,
+        myself: &ActorRef<PartitionWorkerMsg>,
+        handler: usize,
+        slot: usize,
+        fresh: Vec<Arc<Event>>,
+    ) {
         let Some(route) = self.router.routes.iter().find(|r| r.pool.index == handler) else {
             return;
         };
@@ -247,7 +275,9 @@ impl PartitionWorkerState {
                 handler = %route.pool.name, slot, events = events.len(), "redelivering to restarted handler");
         }
         for event in fresh {
-            outstanding.events.insert(event.source.offset, event.clone());
+            outstanding
+                .events
+                .insert(event.source.offset, event.clone());
             events.push(event);
         }
         outstanding.generation = generation;
@@ -349,13 +379,22 @@ impl PartitionWorkerState {
         });
     }
 
-    fn finished(&mut self, myself: &ActorRef<PartitionWorkerMsg>, handler: usize, slot: usize, offsets: Vec<i64>, holds: Vec<(i64, i64)>) {
+    fn finished(
+        &mut self,
+        myself: &ActorRef<PartitionWorkerMsg>,
+        handler: usize,
+        slot: usize,
+        offsets: Vec<i64>,
+        holds: Vec<(i64, i64)>,
+    ) {
         let was_full = self.inflight.len() >= self.max_in_flight;
         for (window, offset) in holds {
             self.inflight.hold((handler, slot, window), offset);
         }
         if handler == DEAD_LETTER {
-            offsets.into_iter().for_each(|offset| self.inflight.finished(offset));
+            offsets
+                .into_iter()
+                .for_each(|offset| self.inflight.finished(offset));
         } else if let Some(outstanding) = self.outstanding.get_mut(&(handler, slot)) {
             for offset in offsets {
                 // A repeat report (after a resend) must not finish an offset twice.
@@ -428,7 +467,8 @@ impl Actor for PartitionWorker {
     ) -> Result<PartitionWorkerState, ActorProcessingErr> {
         let notify = Arc::new(Notify::new());
         let signal = notify.clone();
-        args.queue.set_nonempty_callback(move || signal.notify_one());
+        args.queue
+            .set_nonempty_callback(move || signal.notify_one());
         let poll_queued = Arc::new(AtomicBool::new(false));
         let waker = {
             let poll_queued = poll_queued.clone();
@@ -496,10 +536,19 @@ impl Actor for PartitionWorker {
                     state.dispatch(&myself, vec![taken]);
                 }
             }
-            PartitionWorkerMsg::Finished { handler, slot, offsets, holds } => {
+            PartitionWorkerMsg::Finished {
+                handler,
+                slot,
+                offsets,
+                holds,
+            } => {
                 state.finished(&myself, handler, slot, offsets, holds);
             }
-            PartitionWorkerMsg::Released { handler, slot, window } => {
+            PartitionWorkerMsg::Released {
+                handler,
+                slot,
+                window,
+            } => {
                 state.inflight.release((handler, slot, window));
                 state.store_if_moved();
             }

@@ -46,7 +46,11 @@ pub struct Count {
 }
 
 impl Count {
-    pub fn new(config: &HandlerConfig, producer: ProducerHandle, windows: Arc<Mutex<CountWindows>>) -> Self {
+    pub fn new(
+        config: &HandlerConfig,
+        producer: ProducerHandle,
+        windows: Arc<Mutex<CountWindows>>,
+    ) -> Self {
         Self {
             group_by: config.group_by.clone().unwrap_or_default(),
             window: config.window.unwrap_or(Duration::from_secs(60)),
@@ -95,7 +99,12 @@ impl Count {
     /// Emits closed windows, or all of them with `early`, and waits for the broker;
     /// then tells contributing workers their offsets are free. A failed emit keeps the
     /// window for the next try.
-    pub async fn emit(&mut self, pool: &HandlerPool, slot: usize, early: bool) -> Result<(), ActorProcessingErr> {
+    pub async fn emit(
+        &mut self,
+        pool: &HandlerPool,
+        slot: usize,
+        early: bool,
+    ) -> Result<(), ActorProcessingErr> {
         let now = Utc::now().timestamp_millis();
         let window_ms = self.window_ms();
         let due: Vec<(i64, Window)> = {
@@ -114,7 +123,12 @@ impl Count {
         for (start, window) in due {
             let partial = start + window_ms > now;
             if let Err(error) = self.emit_window(start, &window, partial).await {
-                self.windows.lock().windows.entry(start).or_default().merge(window);
+                self.windows
+                    .lock()
+                    .windows
+                    .entry(start)
+                    .or_default()
+                    .merge(window);
                 return Err(error);
             }
             metrics::counter!(COUNT_WINDOWS_EMITTED, "handler" => pool.name.to_string(),
@@ -132,7 +146,12 @@ impl Count {
         Ok(())
     }
 
-    async fn emit_window(&self, start: i64, window: &Window, partial: bool) -> Result<(), ActorProcessingErr> {
+    async fn emit_window(
+        &self,
+        start: i64,
+        window: &Window,
+        partial: bool,
+    ) -> Result<(), ActorProcessingErr> {
         let end = start + self.window_ms();
         let topics: Vec<&String> = window.topics.iter().collect();
         let mut pending = Vec::with_capacity(window.counts.len());

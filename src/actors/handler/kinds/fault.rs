@@ -35,7 +35,12 @@ pub struct Fault {
 }
 
 impl Fault {
-    pub fn new(config: &HandlerConfig, slot: usize, memory: Arc<FaultMemory>, forward: Forward) -> Self {
+    pub fn new(
+        config: &HandlerConfig,
+        slot: usize,
+        memory: Arc<FaultMemory>,
+        forward: Forward,
+    ) -> Self {
         Self {
             action: config.action.unwrap_or(FaultAction::Fail),
             every: config.every,

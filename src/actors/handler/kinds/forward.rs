@@ -14,7 +14,6 @@ use crate::actors::producer::{Outgoing, PendingDelivery, ProduceError, ProducerH
 use crate::config::HandlerConfig;
 use crate::event::{headers, Event};
 
-
 pub struct Forward {
     output: String,
     producer: ProducerHandle,
@@ -23,7 +22,11 @@ pub struct Forward {
 }
 
 impl Forward {
-    pub fn new(config: &HandlerConfig, producer: ProducerHandle, dead_letter: Option<String>) -> Self {
+    pub fn new(
+        config: &HandlerConfig,
+        producer: ProducerHandle,
+        dead_letter: Option<String>,
+    ) -> Self {
         Self {
             output: config.output.clone().unwrap_or_default(),
             producer,
@@ -37,7 +40,8 @@ impl Forward {
         batch: &Batch,
     ) -> Result<BatchOutcome, ActorProcessingErr> {
         let fields = pool.settings.load().fields.clone();
-        self.forward(&pool.name, &batch.events, fields.as_deref()).await?;
+        self.forward(&pool.name, &batch.events, fields.as_deref())
+            .await?;
         Ok(BatchOutcome::default())
     }
 
@@ -72,12 +76,15 @@ impl Forward {
         error: &ProduceError,
     ) -> Result<PendingDelivery, ActorProcessingErr> {
         let Some(topic) = &self.dead_letter else {
-            return Err(format!("handler {handler}: {error}; no [dead_letter] topic is set").into());
+            return Err(
+                format!("handler {handler}: {error}; no [dead_letter] topic is set").into(),
+            );
         };
         tracing::error!(handler, topic = %event.source.topic, partition = event.source.partition,
             offset = event.source.offset, %error, "event too large to forward, dead-lettered");
         let mut copy = copy_of(event, topic, None);
-        copy.headers.push((headers::ERROR.to_owned(), error.to_string().into_bytes()));
+        copy.headers
+            .push((headers::ERROR.to_owned(), error.to_string().into_bytes()));
         Ok(self.producer.enqueue(copy).await?)
     }
 }

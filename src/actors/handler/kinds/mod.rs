@@ -60,11 +60,9 @@ impl Behaviour {
     pub fn new(args: &HandlerArgs) -> Behaviour {
         let config = &args.pool.config;
         match (config.kind, &args.memory) {
-            (HandlerKind::Count, SlotMemory::Count(windows)) => Behaviour::Count(count::Count::new(
-                config,
-                args.producer.clone(),
-                windows.clone(),
-            )),
+            (HandlerKind::Count, SlotMemory::Count(windows)) => Behaviour::Count(
+                count::Count::new(config, args.producer.clone(), windows.clone()),
+            ),
             #[cfg(feature = "fault-injection")]
             (HandlerKind::Fault, SlotMemory::Fault(memory)) => Behaviour::Fault(fault::Fault::new(
                 config,
@@ -103,14 +101,22 @@ impl Behaviour {
         }
     }
 
-    pub async fn tick(&mut self, pool: &HandlerPool, slot: usize) -> Result<(), ActorProcessingErr> {
+    pub async fn tick(
+        &mut self,
+        pool: &HandlerPool,
+        slot: usize,
+    ) -> Result<(), ActorProcessingErr> {
         match self {
             Behaviour::Count(count) => count.emit(pool, slot, false).await,
             _ => Ok(()),
         }
     }
 
-    pub async fn flush(&mut self, pool: &HandlerPool, slot: usize) -> Result<(), ActorProcessingErr> {
+    pub async fn flush(
+        &mut self,
+        pool: &HandlerPool,
+        slot: usize,
+    ) -> Result<(), ActorProcessingErr> {
         match self {
             Behaviour::Count(count) => count.emit(pool, slot, true).await,
             _ => Ok(()),

@@ -1,0 +1,446 @@
+//! The `eventd` command as an operator uses it: config errors that name the key and exit
+//! 78, the README's embedded demo, SIGHUP reloads (refused and applied) and signals.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::*;
+
+fn eventd_bin() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_eventd"));
+    // A stray EVENTD__* variable of the caller's shell must not change what is tested.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("EVENTD__") {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
+fn run_with(config: &Path) -> Output {
+    eventd_bin()
+        .arg("run")
+        .arg("--config")
+        .arg(config)
+        .output()
+        .expect("eventd runs")
+}
+
+fn check_config(config: &Path) -> Output {
+    eventd_bin()
+        .arg("check-config")
+        .arg(config)
+        .output()
+        .expect("eventd check-config runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn write(dir: &tempfile::TempDir, name: &str, body: &str) -> PathBuf {
+    let path = dir.path().join(name);
+    std::fs::write(&path, body).expect("write config");
+    path
+}
+
+fn manifest_path(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+const VALID_BODY: &str = r#"
+[[consumers]]
+name = "analytics"
+topics = ["like"]
+
+[[handlers]]
+name = "activity-log"
+kind = "log"
+consumer = "analytics"
+"#;
+
+/// `run` and `check-config` both refuse `path` with exit 78 and name every key in `keys`
+/// (and the file) on stderr and stdout respectively.
+fn assert_refused(path: &Path, keys: &[&str]) {
+    let shown = path.display().to_string();
+    let run = run_with(path);
+    let stderr = text(&run.stderr);
+    assert_eq!(
+        run.status.code(),
+        Some(78),
+        "`eventd run` on a bad config: stderr:\n{stderr}\nstdout:\n{}",
+        text(&run.stdout)
+    );
+    for key in keys {
+        assert!(
+            stderr.contains(key),
+            "`eventd run` stderr must name {key:?}:\n{stderr}"
+        );
+    }
+    assert!(
+        stderr.contains(&shown),
+        "`eventd run` stderr must name the file {shown}:\n{stderr}"
+    );
+
+    let check = check_config(path);
+    let stdout = text(&check.stdout);
+    assert_eq!(
+        check.status.code(),
+        Some(78),
+        "`eventd check-config` on a bad config: stdout:\n{stdout}\nstderr:\n{}",
+        text(&check.stderr)
+    );
+    for key in keys {
+        assert!(
+            stdout.contains(key),
+            "`eventd check-config` must print {key:?}:\n{stdout}"
+        );
+    }
+    assert!(
+        stdout.contains(&shown),
+        "`eventd check-config` must name the file {shown}:\n{stdout}"
+    );
+    assert!(
+        !stdout.lines().any(|l| l.trim() == "ok"),
+        "`eventd check-config` printed ok for a bad config:\n{stdout}"
+    );
+    for line in stdout.lines().filter(|l| !l.trim().is_empty()) {
+        assert!(
+            line.starts_with(&format!("{shown}: ")),
+            "every error line is `FILE: KEY: message`: {line:?}"
+        );
+    }
+}
+
+#[test]
+fn bad_config_exits_78_naming_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    // drain_timeout above the default kafka.session_timeout (45s).
+    let drain = write(
+        &dir,
+        "drain.toml",
+        &VALID_BODY.replace(
+            "topics = [\"like\"]\n",
+            "topics = [\"like\"]\ndrain_timeout = \"60s\"\n",
+        ),
+    );
+    assert_refused(&drain, &["consumers[0].drain_timeout"]);
+
+    // An unknown key is refused, not ignored.
+    let unknown = write(
+        &dir,
+        "unknown.toml",
+        &format!("[kafka]\nbrokerz = \"x\"\n{VALID_BODY}"),
+    );
+    assert_refused(&unknown, &["brokerz"]);
+
+    // A handler naming no consumer.
+    let orphan = write(
+        &dir,
+        "orphan.toml",
+        &VALID_BODY.replace("consumer = \"analytics\"", "consumer = \"nobody\""),
+    );
+    assert_refused(&orphan, &["handlers[0].consumer"]);
+
+    // The README's config is valid.
+    let readme = manifest_path("config/eventd.toml");
+    let check = check_config(&readme);
+    assert_eq!(
+        (check.status.code(), text(&check.stdout).trim()),
+        (Some(0), "ok"),
+        "check-config {}: stderr:\n{}",
+        readme.display(),
+        text(&check.stderr)
+    );
+    // And the valid body used above is valid on its own.
+    let valid = write(&dir, "valid.toml", VALID_BODY);
+    let check = check_config(&valid);
+    assert_eq!(
+        (check.status.code(), text(&check.stdout).trim()),
+        (Some(0), "ok"),
+        "check-config of a valid config"
+    );
+}
+
+#[test]
+fn embedded_default_shows_the_pipeline_and_stops_cleanly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let mut eventd = start_with(
+        dir,
+        manifest_path("config/eventd.toml"),
+        port,
+        &[("EVENTD__METRICS__LISTEN", format!("127.0.0.1:{port}"))],
+    );
+    let topics = ["browse", "like", "favorite", "comment"];
+    let flowing = eventd.wait_until(Duration::from_secs(20), |e| {
+        topics.iter().all(|topic| {
+            e.metric("eventd_events_consumed_total", &[("topic", topic)]) > 0.0
+                && e.metric("eventd_events_handled_total", &[("topic", topic)]) > 0.0
+        })
+    });
+    let report: Vec<String> = topics
+        .iter()
+        .map(|topic| {
+            format!(
+                "{topic}: consumed {} handled {}",
+                eventd.metric("eventd_events_consumed_total", &[("topic", topic)]),
+                eventd.metric("eventd_events_handled_total", &[("topic", topic)])
+            )
+        })
+        .collect();
+    assert!(flowing, "the demo pipeline did not show every topic consumed and handled within 20s: {report:?}\nlogs:\n{}", eventd.logs());
+    assert_eq!(
+        eventd.http_get("/healthz").map(|r| r.0),
+        Some(200),
+        "/healthz"
+    );
+    assert_eq!(
+        eventd.http_get("/readyz").map(|r| r.0),
+        Some(200),
+        "/readyz"
+    );
+
+    eventd.signal("TERM");
+    let status = eventd.wait_exit(Duration::from_secs(25));
+    let logs = eventd.logs();
+    let status = status
+        .unwrap_or_else(|| panic!("eventd did not exit within 25s of SIGTERM; logs:\n{logs}"));
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status after SIGTERM; logs:\n{logs}"
+    );
+    assert!(
+        logs.contains("offsets committed"),
+        "no final offset commit logged:\n{logs}"
+    );
+}
+
+#[test]
+fn sighup_with_a_bad_config_keeps_running() {
+    let broker = Broker::start(2, &["like"]);
+    let body = r#"
+[[consumers]]
+name = "analytics"
+topics = ["like"]
+drain_timeout = "5s"
+
+[[handlers]]
+name = "activity-log"
+kind = "log"
+consumer = "analytics"
+sample = 0.5
+"#;
+    let mut eventd = start_eventd(&broker, body);
+    let ready = eventd.wait_until(Duration::from_secs(20), |e| {
+        e.http_get("/readyz").map(|r| r.0) == Some(200)
+    });
+    assert!(
+        ready,
+        "/readyz not 200 within 20s; logs:\n{}",
+        eventd.logs()
+    );
+    broker.produce("like", &events(20, 5));
+    let consumed =
+        |e: &Eventd| e.metric("eventd_events_consumed_total", &[("consumer", "analytics")]);
+    assert!(
+        eventd.wait_until(Duration::from_secs(20), |e| consumed(e) >= 20.0),
+        "first events not consumed; logs:\n{}",
+        eventd.logs()
+    );
+
+    // An invalid config (drain_timeout above kafka.session_timeout = 10s) is refused.
+    let good = std::fs::read_to_string(&eventd.config).expect("read config");
+    let bad = good.replace("drain_timeout = \"5s\"", "drain_timeout = \"30s\"");
+    assert_ne!(good, bad);
+    std::fs::write(&eventd.config, &bad).expect("write bad config");
+    eventd.signal("HUP");
+    let refused = eventd.wait_until(Duration::from_secs(10), |e| {
+        e.logs().contains("reload refused")
+    });
+    assert!(
+        refused,
+        "no \"reload refused\" logged after SIGHUP with a bad config; logs:\n{}",
+        eventd.logs()
+    );
+    assert!(
+        eventd.logs().contains("consumers[0].drain_timeout"),
+        "the refused reload must name the key; logs:\n{}",
+        eventd.logs()
+    );
+    assert!(
+        eventd.child.try_wait().expect("try_wait").is_none(),
+        "eventd exited after a refused reload; logs:\n{}",
+        eventd.logs()
+    );
+    assert_eq!(
+        eventd.http_get("/healthz").map(|r| r.0),
+        Some(200),
+        "/healthz after a refused reload"
+    );
+
+    let before = consumed(&eventd);
+    let more: Vec<(String, String)> = (1000..1010)
+        .map(|id| ("item-x".to_owned(), event(id, "item-x")))
+        .collect();
+    broker.produce("like", &more);
+    assert!(
+        eventd.wait_until(Duration::from_secs(15), |e| consumed(e) >= before + 10.0),
+        "events produced after the refused reload were not consumed ({} -> {}); logs:\n{}",
+        before,
+        consumed(&eventd),
+        eventd.logs()
+    );
+
+    // A valid change is applied.
+    std::fs::write(
+        &eventd.config,
+        good.replace("sample = 0.5", "sample = 0.25"),
+    )
+    .expect("write good config");
+    eventd.signal("HUP");
+    let reloaded = eventd.wait_until(Duration::from_secs(15), |e| {
+        e.logs().contains("config reloaded")
+    });
+    assert!(
+        reloaded,
+        "no \"config reloaded\" logged after SIGHUP with a valid config; logs:\n{}",
+        eventd.logs()
+    );
+    assert!(
+        eventd.child.try_wait().expect("try_wait").is_none(),
+        "eventd exited after a reload"
+    );
+
+    eventd.signal("TERM");
+    let status = eventd.wait_exit(Duration::from_secs(25));
+    let logs = eventd.logs();
+    let status = status
+        .unwrap_or_else(|| panic!("eventd did not exit within 25s of SIGTERM; logs:\n{logs}"));
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status after SIGTERM; logs:\n{logs}"
+    );
+}
+
+/// Shutdown is made slow without fault injection: a count window holds events when the
+/// broker goes away, so the shutdown flush waits on deliveries that cannot happen. A
+/// second SIGTERM during that wait ends the process at once with 130.
+#[test]
+fn second_signal_exits_130() {
+    let broker = Broker::start(2, &["like", "item_stats"]);
+    let body = r#"
+[producer]
+message_timeout = "20s"
+
+[shutdown]
+grace = "20s"
+
+[[consumers]]
+name = "analytics"
+topics = ["like"]
+drain_timeout = "5s"
+
+[[handlers]]
+name = "likes-per-item"
+kind = "count"
+consumer = "analytics"
+group_by = "item_id"
+window = "1h"
+output = "item_stats"
+"#;
+    let mut eventd = start_eventd(&broker, body);
+    broker.produce("like", &events(20, 4));
+    let handled = eventd.wait_until(Duration::from_secs(20), |e| {
+        e.metric(
+            "eventd_events_handled_total",
+            &[("handler", "likes-per-item")],
+        ) >= 20.0
+    });
+    assert!(
+        handled,
+        "events not counted within 20s; logs:\n{}",
+        eventd.logs()
+    );
+
+    // The broker goes away with the window still open: the shutdown flush cannot deliver.
+    drop(broker);
+    eventd.signal("TERM");
+    let draining = eventd.wait_until(Duration::from_secs(10), |e| e.logs().contains("draining"));
+    assert!(
+        draining,
+        "no \"draining\" logged after SIGTERM; logs:\n{}",
+        eventd.logs()
+    );
+    assert!(
+        eventd.wait_exit(Duration::from_secs(2)).is_none(),
+        "shutdown with an unreachable broker finished at once, so a second signal cannot be tested; logs:\n{}",
+        eventd.logs()
+    );
+    let started = std::time::Instant::now();
+    eventd.signal("TERM");
+    let status = eventd.wait_exit(Duration::from_secs(5));
+    let logs = eventd.logs();
+    let status = status.unwrap_or_else(|| {
+        panic!("eventd did not exit within 5s of a second SIGTERM; logs:\n{logs}")
+    });
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "exit status after a second signal (after {:?}); logs:\n{logs}",
+        started.elapsed()
+    );
+    assert!(
+        logs.contains("second signal"),
+        "no \"second signal\" logged:\n{logs}"
+    );
+}
+
+#[test]
+fn scratch_slow_shutdown() {
+    let broker = Broker::start(2, &["like", "item_stats"]);
+    let body = r#"
+[producer]
+message_timeout = "20s"
+
+[shutdown]
+grace = "20s"
+
+[[consumers]]
+name = "analytics"
+topics = ["like"]
+drain_timeout = "5s"
+
+[[handlers]]
+name = "likes-per-item"
+kind = "count"
+consumer = "analytics"
+group_by = "item_id"
+window = "1h"
+output = "item_stats"
+"#;
+    let mut eventd = start_eventd(&broker, body);
+    broker.produce("like", &events(20, 4));
+    eventd.wait_until(Duration::from_secs(20), |e| {
+        e.metric(
+            "eventd_events_handled_total",
+            &[("handler", "likes-per-item")],
+        ) >= 20.0
+    });
+    drop(broker);
+    let t = std::time::Instant::now();
+    eventd.signal("TERM");
+    let status = eventd.wait_exit(Duration::from_secs(40));
+    println!(
+        "status {:?} after {:?}\n{}",
+        status,
+        t.elapsed(),
+        eventd.logs()
+    );
+}
