@@ -148,6 +148,11 @@ impl ConsumerContext for EventdContext {
             }
             // Nothing new was stored since the last commit.
             Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            // librdkafka's own commit on close, after eventd's synchronous final commit
+            // succeeded; it races the group's rebalance and carries nothing new.
+            Err(error) if self.closing.load(Ordering::Acquire) => {
+                tracing::debug!(consumer = %self.consumer_name, %error, "commit on close not needed");
+            }
             Err(error) => {
                 metrics::counter!(COMMIT_FAILURES, "consumer" => self.consumer_name.to_string())
                     .increment(1);

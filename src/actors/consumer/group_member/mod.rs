@@ -62,6 +62,19 @@ pub struct GroupMemberState {
     closing: Arc<AtomicBool>,
 }
 
+/// Runs however the actor ends (ractor skips `post_stop` after a failure): stop the
+/// workers and the polling thread, so a dead member leaves the group instead of holding
+/// partitions nobody reads.
+impl Drop for GroupMemberState {
+    fn drop(&mut self) {
+        for worker in self.workers.values() {
+            worker.stop(Some("group member stopped".to_owned()));
+        }
+        self.closing.store(true, Ordering::Release);
+        self.stop_polling.store(true, Ordering::Release);
+    }
+}
+
 impl GroupMemberState {
     fn take_workers(&mut self, partitions: &[(String, i32)]) -> Vec<OwnedPartition> {
         partitions
@@ -228,18 +241,6 @@ impl Actor for GroupMember {
             // The member restarts as a whole: it rejoins and resumes from committed offsets.
             return Err(format!("partition worker of {} failed: {error}", state.name).into());
         }
-        Ok(())
-    }
-
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<GroupMemberMsg>,
-        state: &mut GroupMemberState,
-    ) -> Result<(), ActorProcessingErr> {
-        // After a failure: let the poll thread close the client off the runtime.
-        state.closing.store(true, Ordering::Release);
-        state.stop_polling.store(true, Ordering::Release);
-        state.client = None;
         Ok(())
     }
 }

@@ -51,6 +51,17 @@ pub struct PartitionConsumerState {
     closing: Arc<AtomicBool>,
 }
 
+/// Runs however the actor ends (ractor skips `post_stop` after a failure).
+impl Drop for PartitionConsumerState {
+    fn drop(&mut self) {
+        if let Some(worker) = &self.worker {
+            worker.stop(Some("partition consumer stopped".to_owned()));
+        }
+        self.closing.store(true, Ordering::Release);
+        self.stop_polling.store(true, Ordering::Release);
+    }
+}
+
 /// The offset to start from: the committed one when there is one, else `start`.
 fn start_offset(
     client: &KafkaConsumer,
@@ -242,17 +253,6 @@ impl Actor for PartitionConsumer {
             state.worker = None;
             return Err(format!("partition worker of {} failed: {error}", state.name).into());
         }
-        Ok(())
-    }
-
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<PartitionConsumerMsg>,
-        state: &mut PartitionConsumerState,
-    ) -> Result<(), ActorProcessingErr> {
-        state.closing.store(true, Ordering::Release);
-        state.stop_polling.store(true, Ordering::Release);
-        state.client = None;
         Ok(())
     }
 }
