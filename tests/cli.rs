@@ -234,7 +234,7 @@ drain_timeout = "5s"
 name = "activity-log"
 kind = "log"
 consumer = "analytics"
-sample = 0.5
+sample = 1.0
 "#;
     let mut eventd = start_eventd(&broker, body);
     let ready = eventd.wait_until(Duration::from_secs(20), |e| {
@@ -245,18 +245,38 @@ sample = 0.5
         "/readyz not 200 within 20s; logs:\n{}",
         eventd.logs()
     );
-    broker.produce("like", &events(20, 5));
     let consumed =
         |e: &Eventd| e.metric("eventd_events_consumed_total", &[("consumer", "analytics")]);
+    let logged = |e: &Eventd| {
+        e.metric(
+            "eventd_events_handled_total",
+            &[("handler", "activity-log"), ("outcome", "ok")],
+        )
+    };
+    let skipped = |e: &Eventd| {
+        e.metric(
+            "eventd_events_handled_total",
+            &[("handler", "activity-log"), ("outcome", "skipped")],
+        )
+    };
+    let batch = |first: usize| -> Vec<(String, String)> {
+        (first..first + 10)
+            .map(|id| ("item-x".to_owned(), event(id, "item-x")))
+            .collect()
+    };
+    broker.produce("like", &batch(0));
     assert!(
-        eventd.wait_until(Duration::from_secs(20), |e| consumed(e) >= 20.0),
-        "first events not consumed; logs:\n{}",
+        eventd.wait_until(Duration::from_secs(20), |e| logged(e) >= 10.0),
+        "first events not handled; logs:\n{}",
         eventd.logs()
     );
 
-    // An invalid config (drain_timeout above kafka.session_timeout = 10s) is refused.
+    // An invalid config (drain_timeout above kafka.session_timeout = 10s) is refused as a
+    // whole: its other change (sample = 0.0) must not be applied either.
     let good = std::fs::read_to_string(&eventd.config).expect("read config");
-    let bad = good.replace("drain_timeout = \"5s\"", "drain_timeout = \"30s\"");
+    let bad = good
+        .replace("drain_timeout = \"5s\"", "drain_timeout = \"30s\"")
+        .replace("sample = 1.0", "sample = 0.0");
     assert_ne!(good, bad);
     std::fs::write(&eventd.config, &bad).expect("write bad config");
     eventd.signal("HUP");
@@ -283,26 +303,32 @@ sample = 0.5
         Some(200),
         "/healthz after a refused reload"
     );
-
-    let before = consumed(&eventd);
-    let more: Vec<(String, String)> = (1000..1010)
-        .map(|id| ("item-x".to_owned(), event(id, "item-x")))
-        .collect();
-    broker.produce("like", &more);
-    assert!(
-        eventd.wait_until(Duration::from_secs(15), |e| consumed(e) >= before + 10.0),
-        "events produced after the refused reload were not consumed ({} -> {}); logs:\n{}",
-        before,
-        consumed(&eventd),
-        eventd.logs()
+    assert_eq!(
+        eventd.http_get("/readyz").map(|r| r.0),
+        Some(200),
+        "/readyz after a refused reload"
     );
 
-    // A valid change is applied.
-    std::fs::write(
-        &eventd.config,
-        good.replace("sample = 0.5", "sample = 0.25"),
-    )
-    .expect("write good config");
+    let before = consumed(&eventd);
+    broker.produce("like", &batch(1000));
+    assert!(
+        eventd.wait_until(Duration::from_secs(15), |e| consumed(e) >= before + 10.0 && logged(e) >= 20.0),
+        "events produced after the refused reload were not consumed and logged (consumed {} -> {}, logged {}, skipped {}); logs:\n{}",
+        before,
+        consumed(&eventd),
+        logged(&eventd),
+        skipped(&eventd),
+        eventd.logs()
+    );
+    assert_eq!(
+        skipped(&eventd),
+        0.0,
+        "the refused config's sample = 0.0 was applied"
+    );
+
+    // A valid change (sample = 0.0: log nothing) is applied without a restart.
+    std::fs::write(&eventd.config, good.replace("sample = 1.0", "sample = 0.0"))
+        .expect("write good config");
     eventd.signal("HUP");
     let reloaded = eventd.wait_until(Duration::from_secs(15), |e| {
         e.logs().contains("config reloaded")
@@ -313,8 +339,26 @@ sample = 0.5
         eventd.logs()
     );
     assert!(
+        !eventd.logs().contains("needs a restart"),
+        "a sample change must apply live; logs:\n{}",
+        eventd.logs()
+    );
+    assert!(
         eventd.child.try_wait().expect("try_wait").is_none(),
         "eventd exited after a reload"
+    );
+    broker.produce("like", &batch(2000));
+    assert!(
+        eventd.wait_until(Duration::from_secs(15), |e| skipped(e) >= 10.0),
+        "after reloading sample = 0.0 new events are still logged (logged {}, skipped {}); logs:\n{}",
+        logged(&eventd),
+        skipped(&eventd),
+        eventd.logs()
+    );
+    assert_eq!(
+        logged(&eventd),
+        20.0,
+        "events logged after sample = 0.0 was reloaded"
     );
 
     eventd.signal("TERM");
@@ -399,48 +443,5 @@ output = "item_stats"
     assert!(
         logs.contains("second signal"),
         "no \"second signal\" logged:\n{logs}"
-    );
-}
-
-#[test]
-fn scratch_slow_shutdown() {
-    let broker = Broker::start(2, &["like", "item_stats"]);
-    let body = r#"
-[producer]
-message_timeout = "20s"
-
-[shutdown]
-grace = "20s"
-
-[[consumers]]
-name = "analytics"
-topics = ["like"]
-drain_timeout = "5s"
-
-[[handlers]]
-name = "likes-per-item"
-kind = "count"
-consumer = "analytics"
-group_by = "item_id"
-window = "1h"
-output = "item_stats"
-"#;
-    let mut eventd = start_eventd(&broker, body);
-    broker.produce("like", &events(20, 4));
-    eventd.wait_until(Duration::from_secs(20), |e| {
-        e.metric(
-            "eventd_events_handled_total",
-            &[("handler", "likes-per-item")],
-        ) >= 20.0
-    });
-    drop(broker);
-    let t = std::time::Instant::now();
-    eventd.signal("TERM");
-    let status = eventd.wait_exit(Duration::from_secs(40));
-    println!(
-        "status {:?} after {:?}\n{}",
-        status,
-        t.elapsed(),
-        eventd.logs()
     );
 }
