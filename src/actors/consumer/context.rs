@@ -162,10 +162,91 @@ impl ConsumerContext for EventdContext {
     }
 }
 
+/// A consumer client with the thread that serves its main queue (rebalances, commits,
+/// errors). However its owner ends, dropping this stops the thread, which then closes
+/// the client off the async runtime once nothing else holds it.
+pub struct ConsumerClient {
+    name: String,
+    consumer: Option<Arc<KafkaConsumer>>,
+    poll_thread: Option<JoinHandle<()>>,
+    stop_polling: Arc<AtomicBool>,
+    /// Shared with the context: set once the final commit is done.
+    closing: Arc<AtomicBool>,
+}
+
+impl ConsumerClient {
+    /// Starts polling `consumer`; events that reach the main queue go to `stray`.
+    pub fn start(
+        name: String,
+        consumer: Arc<KafkaConsumer>,
+        closing: Arc<AtomicBool>,
+        stray: impl Fn(OwnedMessage) + Send + 'static,
+    ) -> std::io::Result<Self> {
+        let stop_polling = Arc::new(AtomicBool::new(false));
+        let poll_thread = spawn_poll_loop(
+            format!("poll-{name}"),
+            consumer.clone(),
+            stop_polling.clone(),
+            stray,
+        )?;
+        Ok(Self {
+            name,
+            consumer: Some(consumer),
+            poll_thread: Some(poll_thread),
+            stop_polling,
+            closing,
+        })
+    }
+
+    /// The client, until it is closed.
+    pub fn consumer(&self) -> Option<&Arc<KafkaConsumer>> {
+        self.consumer.as_ref()
+    }
+
+    /// Commits what was stored (when `commit`), then closes the client on its polling
+    /// thread and waits for that.
+    pub async fn close(&mut self, commit: bool) {
+        let name = self.name.as_str();
+        if let Some(client) = self.consumer.take() {
+            if commit {
+                let committed = tokio::task::spawn_blocking(move || {
+                    client.commit_consumer_state(CommitMode::Sync)
+                })
+                .await;
+                match committed {
+                    Ok(Ok(()))
+                    | Ok(Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset))) => {
+                        tracing::info!(consumer = name, "offsets committed")
+                    }
+                    Ok(Err(error)) => {
+                        tracing::warn!(consumer = name, %error, "final commit failed")
+                    }
+                    Err(error) => {
+                        tracing::warn!(consumer = name, %error, "final commit did not run")
+                    }
+                }
+            }
+        }
+        self.closing.store(true, Ordering::Release);
+        self.stop_polling.store(true, Ordering::Release);
+        if let Some(thread) = self.poll_thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        tracing::info!(consumer = name, "consumer closed");
+    }
+}
+
+impl Drop for ConsumerClient {
+    fn drop(&mut self) {
+        self.closing.store(true, Ordering::Release);
+        self.stop_polling.store(true, Ordering::Release);
+    }
+}
+
 /// The thread that serves a consumer's main queue (rebalances, commits, errors) until
 /// `stop` is set, then drops its reference, which closes the consumer when it is the
 /// last one. Events that reach the main queue go to `stray`.
-pub fn spawn_poll_loop(
+fn spawn_poll_loop(
     name: String,
     consumer: Arc<KafkaConsumer>,
     stop: Arc<AtomicBool>,

@@ -3,17 +3,15 @@
 //! through `handback` when the group revokes them or the daemon stops.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{mpsc, Arc};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
-use rdkafka::consumer::{CommitMode, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::{Message, OwnedMessage};
 
-use super::context::{spawn_poll_loop, EventdContext, KafkaConsumer, KafkaPartitionQueue};
+use super::context::{ConsumerClient, EventdContext, KafkaConsumer, KafkaPartitionQueue};
 use super::handback::{hand_back, OwnedPartition};
 use super::partition_worker::{PartitionWorker, PartitionWorkerArgs, PartitionWorkerMsg};
 use super::ConsumerShared;
@@ -55,23 +53,18 @@ pub struct GroupMemberState {
     shared: ConsumerShared,
     consumer: ConsumerConfig,
     name: String,
-    client: Option<Arc<KafkaConsumer>>,
+    client: ConsumerClient,
     workers: HashMap<(String, i32), ActorRef<PartitionWorkerMsg>>,
-    poll_thread: Option<JoinHandle<()>>,
-    stop_polling: Arc<AtomicBool>,
-    closing: Arc<AtomicBool>,
 }
 
 /// Runs however the actor ends (ractor skips `post_stop` after a failure): stop the
-/// workers and the polling thread, so a dead member leaves the group instead of holding
-/// partitions nobody reads.
+/// workers, and with them and the client gone the member leaves the group instead of
+/// holding partitions nobody reads.
 impl Drop for GroupMemberState {
     fn drop(&mut self) {
         for worker in self.workers.values() {
             worker.stop(Some("group member stopped".to_owned()));
         }
-        self.closing.store(true, Ordering::Release);
-        self.stop_polling.store(true, Ordering::Release);
     }
 }
 
@@ -131,26 +124,17 @@ impl Actor for GroupMember {
         EventdContext::attach(&client);
         let topics: Vec<&str> = consumer.topics.iter().map(String::as_str).collect();
         client.subscribe(&topics)?;
-        let stop_polling = Arc::new(AtomicBool::new(false));
         let stray_to = myself.clone();
-        let poll_thread = spawn_poll_loop(
-            format!("poll-{name}"),
-            client.clone(),
-            stop_polling.clone(),
-            move |message| {
-                let _ = stray_to.send_message(GroupMemberMsg::Stray(message));
-            },
-        )?;
+        let client = ConsumerClient::start(name.clone(), client, closing, move |message| {
+            let _ = stray_to.send_message(GroupMemberMsg::Stray(message));
+        })?;
         tracing::info!(member = %name, group_id, ?topics, "group member started");
         Ok(GroupMemberState {
             shared,
             consumer,
             name,
-            client: Some(client),
+            client,
             workers: HashMap::new(),
-            poll_thread: Some(poll_thread),
-            stop_polling,
-            closing,
         })
     }
 
@@ -162,7 +146,7 @@ impl Actor for GroupMember {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             GroupMemberMsg::Assigned(partitions) => {
-                let Some(client) = state.client.clone() else {
+                let Some(client) = state.client.consumer().cloned() else {
                     return Ok(());
                 };
                 for assigned in partitions {
@@ -220,7 +204,7 @@ impl Actor for GroupMember {
                     state.consumer.drain_timeout,
                 )
                 .await;
-                close(state).await;
+                state.client.close(true).await;
                 let _ = reply.send(());
                 myself.stop(Some("shutdown".to_owned()));
             }
@@ -243,47 +227,4 @@ impl Actor for GroupMember {
         }
         Ok(())
     }
-}
-
-/// Commits what was stored, then closes the client on its polling thread.
-pub(super) async fn close_client(
-    name: &str,
-    client: Option<Arc<KafkaConsumer>>,
-    commit: bool,
-    closing: &AtomicBool,
-    stop_polling: &AtomicBool,
-    poll_thread: Option<JoinHandle<()>>,
-) {
-    if let Some(client) = client {
-        if commit {
-            let committed =
-                tokio::task::spawn_blocking(move || client.commit_consumer_state(CommitMode::Sync))
-                    .await;
-            match committed {
-                Ok(Ok(())) | Ok(Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset))) => {
-                    tracing::info!(consumer = name, "offsets committed")
-                }
-                Ok(Err(error)) => tracing::warn!(consumer = name, %error, "final commit failed"),
-                Err(error) => tracing::warn!(consumer = name, %error, "final commit did not run"),
-            }
-        }
-    }
-    closing.store(true, Ordering::Release);
-    stop_polling.store(true, Ordering::Release);
-    if let Some(thread) = poll_thread {
-        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-    }
-    tracing::info!(consumer = name, "consumer closed");
-}
-
-async fn close(state: &mut GroupMemberState) {
-    close_client(
-        &state.name,
-        state.client.take(),
-        true,
-        &state.closing,
-        &state.stop_polling,
-        state.poll_thread.take(),
-    )
-    .await;
 }

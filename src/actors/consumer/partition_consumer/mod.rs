@@ -3,9 +3,8 @@
 //! every event) from the configured start, or from the position committed under
 //! `commit_group` when there is one, and runs one PartitionWorker for it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
@@ -13,8 +12,7 @@ use rdkafka::consumer::Consumer;
 use rdkafka::message::OwnedMessage;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::context::{spawn_poll_loop, EventdContext, KafkaConsumer};
-use super::group_member::close_client;
+use super::context::{ConsumerClient, EventdContext, KafkaConsumer};
 use super::handback::{hand_back, OwnedPartition};
 use super::partition_worker::{PartitionWorker, PartitionWorkerArgs, PartitionWorkerMsg};
 use super::ConsumerShared;
@@ -44,11 +42,8 @@ pub struct PartitionConsumerState {
     name: String,
     topic: String,
     partition: i32,
-    client: Option<Arc<KafkaConsumer>>,
+    client: ConsumerClient,
     worker: Option<ActorRef<PartitionWorkerMsg>>,
-    poll_thread: Option<JoinHandle<()>>,
-    stop_polling: Arc<AtomicBool>,
-    closing: Arc<AtomicBool>,
 }
 
 /// Runs however the actor ends (ractor skips `post_stop` after a failure).
@@ -57,8 +52,6 @@ impl Drop for PartitionConsumerState {
         if let Some(worker) = &self.worker {
             worker.stop(Some("partition consumer stopped".to_owned()));
         }
-        self.closing.store(true, Ordering::Release);
-        self.stop_polling.store(true, Ordering::Release);
     }
 }
 
@@ -172,16 +165,10 @@ impl Actor for PartitionConsumer {
             myself.get_cell(),
         )
         .await?;
-        let stop_polling = Arc::new(AtomicBool::new(false));
         let stray_to = myself.clone();
-        let poll_thread = spawn_poll_loop(
-            format!("poll-{name}"),
-            client.clone(),
-            stop_polling.clone(),
-            move |message| {
-                let _ = stray_to.send_message(PartitionConsumerMsg::Stray(message));
-            },
-        )?;
+        let client = ConsumerClient::start(name.clone(), client, closing, move |message| {
+            let _ = stray_to.send_message(PartitionConsumerMsg::Stray(message));
+        })?;
         tracing::info!(consumer = %consumer.name, %topic, partition, ?start, "partition consumer started");
         Ok(PartitionConsumerState {
             shared,
@@ -189,11 +176,8 @@ impl Actor for PartitionConsumer {
             name,
             topic,
             partition,
-            client: Some(client),
+            client,
             worker: Some(worker),
-            poll_thread: Some(poll_thread),
-            stop_polling,
-            closing,
         })
     }
 
@@ -227,15 +211,10 @@ impl Actor for PartitionConsumer {
                     state.consumer.drain_timeout,
                 )
                 .await;
-                close_client(
-                    &state.name,
-                    state.client.take(),
-                    state.consumer.commit_group.is_some(),
-                    &state.closing,
-                    &state.stop_polling,
-                    state.poll_thread.take(),
-                )
-                .await;
+                state
+                    .client
+                    .close(state.consumer.commit_group.is_some())
+                    .await;
                 let _ = reply.send(());
                 myself.stop(Some("shutdown".to_owned()));
             }
