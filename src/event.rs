@@ -43,6 +43,18 @@ pub enum DecodeError {
 
 impl Event {
     /// Decodes a payload, enforcing the required fields `user_id`, `item_id` and `ts`.
+    ///
+    /// ```
+    /// use eventd::event::{DecodeError, Event};
+    ///
+    /// let body = Event::decode(Some(br#"{"user_id":"u1","item_id":"item-7","ts":1764000000000,"text":"hi"}"#))
+    ///     .expect("a valid event");
+    /// assert_eq!(body["text"], "hi"); // unknown fields pass through
+    /// assert_eq!(
+    ///     Event::decode(Some(br#"{"user_id":"u1","ts":1}"#)),
+    ///     Err(DecodeError::MissingField("item_id"))
+    /// );
+    /// ```
     pub fn decode(payload: Option<&[u8]>) -> Result<Map<String, Value>, DecodeError> {
         let payload = payload
             .filter(|p| !p.is_empty())
