@@ -21,6 +21,7 @@ use super::super::{Batch, HandlerPool};
 use crate::actors::consumer::partition_worker::PartitionWorkerMsg;
 use crate::actors::producer::{Outgoing, ProducerHandle};
 use crate::config::HandlerConfig;
+use crate::event::Event;
 use crate::telemetry::metrics::COUNT_WINDOWS_EMITTED;
 
 /// Open windows of one slot, by start time in epoch milliseconds.
@@ -72,27 +73,28 @@ impl Count {
         let now = Utc::now().timestamp_millis();
         let start = now - now.rem_euclid(self.window_ms());
         let mut outcome = BatchOutcome::default();
-        let mut first_offset: Option<i64> = None;
+        let counted: Vec<(String, &Event)> = batch
+            .events
+            .iter()
+            .filter_map(|event| Some((event.field_text(&self.group_by)?, &**event)))
+            .collect();
+        outcome.skipped = batch.events.len() - counted.len();
+        let Some((_, first)) = counted.first() else {
+            return Ok(outcome);
+        };
+        outcome.holds.push((start, first.source.offset));
         let mut store = self.windows.lock();
         let window = store.windows.entry(start).or_default();
-        for event in &batch.events {
-            let Some(value) = event.field_text(&self.group_by) else {
-                outcome.skipped += 1;
-                continue;
-            };
+        for (value, event) in counted {
             *window.counts.entry(value).or_default() += 1;
             if !window.topics.contains(&*event.source.topic) {
                 window.topics.insert(event.source.topic.to_string());
             }
-            first_offset.get_or_insert(event.source.offset);
         }
-        if let Some(offset) = first_offset {
-            window
-                .contributors
-                .entry(batch.reply_to.get_id())
-                .or_insert_with(|| batch.reply_to.clone());
-            outcome.holds.push((start, offset));
-        }
+        window
+            .contributors
+            .entry(batch.reply_to.get_id())
+            .or_insert_with(|| batch.reply_to.clone());
         Ok(outcome)
     }
 
