@@ -54,10 +54,7 @@ output = "out"
     let out = broker.wait_for("out", Duration::from_secs(60), |records| {
         ids(records).len() >= total
     });
-    let seen = ids(&out);
-    let missing: Vec<usize> = (0..total)
-        .filter(|id| !seen.contains(&format!("e-{id}")))
-        .collect();
+    let missing = missing_ids(&out, total);
     assert!(
         missing.is_empty(),
         "{} ids missing, e.g. {:?}; logs: {}",

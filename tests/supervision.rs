@@ -36,10 +36,7 @@ concurrency = 2
     let out = broker.wait_for("out", Duration::from_secs(40), |records| {
         ids(records).len() >= total
     });
-    let seen = ids(&out);
-    let missing: Vec<usize> = (0..total)
-        .filter(|id| !seen.contains(&format!("e-{id}")))
-        .collect();
+    let missing = missing_ids(&out, total);
     assert!(
         missing.is_empty(),
         "{} ids missing after restarts, e.g. {:?}",

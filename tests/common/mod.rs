@@ -372,3 +372,11 @@ impl Drop for Eventd {
 pub fn ids(records: &[Record]) -> std::collections::HashSet<String> {
     records.iter().filter_map(|r| r.field("event_id")).collect()
 }
+
+/// Ids `e-0` .. `e-{total-1}` that no record carries.
+pub fn missing_ids(records: &[Record], total: usize) -> Vec<usize> {
+    let seen = ids(records);
+    (0..total)
+        .filter(|id| !seen.contains(&format!("e-{id}")))
+        .collect()
+}
