@@ -82,12 +82,24 @@ pub fn producer_config(config: &Config, brokers: &Brokers) -> ClientConfig {
     client
         .set("acks", producer.acks.as_librdkafka())
         .set("enable.idempotence", producer.idempotence.to_string())
-        .set("linger.ms", producer.linger.as_millis().to_string())
+        .set(
+            "linger.ms",
+            producer.effective_linger().as_millis().to_string(),
+        )
         .set("compression.type", producer.compression.as_librdkafka())
         .set("message.max.bytes", producer.max_message_bytes.to_string())
         .set(
             "message.timeout.ms",
             producer.message_timeout.as_millis().to_string(),
+        )
+        .set("message.send.max.retries", producer.retries.to_string())
+        .set(
+            "retry.backoff.ms",
+            producer.retry_backoff.as_millis().to_string(),
+        )
+        .set(
+            "retry.backoff.max.ms",
+            producer.max_retry_backoff.as_millis().to_string(),
         );
     apply_options(config, &mut client);
     client

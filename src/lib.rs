@@ -26,4 +26,5 @@ pub mod embedded;
 pub mod event;
 pub mod kafka;
 pub mod logging;
+pub mod produce;
 pub mod telemetry;

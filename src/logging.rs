@@ -28,3 +28,17 @@ pub fn init(config: &LogConfig) {
         eprintln!("eventd: logging already initialised: {error}");
     }
 }
+
+/// Logs of a one-shot command (`eventd produce`): warnings and errors on stderr, so
+/// stdout carries only the command's results.
+pub fn init_for_command() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let result = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .try_init();
+    if let Err(error) = result {
+        eprintln!("eventd: logging already initialised: {error}");
+    }
+}

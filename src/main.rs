@@ -1,10 +1,11 @@
-//! The `eventd` command: `run` the daemon or `check-config` a file.
+//! The `eventd` command: `run` the daemon, `check-config` a file, or `produce` events.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use eventd::config::{Config, EXIT_CONFIG};
+use eventd::config::{Config, ConfigError, EXIT_CONFIG};
+use eventd::produce::ProduceOptions;
 
 #[derive(Parser)]
 #[command(
@@ -27,6 +28,51 @@ enum Command {
     },
     /// Validate a config file: print `ok`, or every error with its key (exit 78).
     CheckConfig { file: PathBuf },
+    /// Send events: JSON lines from stdin or --input, or synthetic ones with --count.
+    Produce(ProduceCommand),
+}
+
+#[derive(clap::Args)]
+struct ProduceCommand {
+    /// Config file; its [kafka] and [producer] sections are used.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Bootstrap servers, overriding kafka.brokers.
+    #[arg(long)]
+    brokers: Option<String>,
+    /// Topic of every event; without it each event's "topic" field chooses.
+    #[arg(long)]
+    topic: Option<String>,
+    /// The event field whose value becomes the Kafka key.
+    #[arg(long, default_value = "item_id")]
+    key_field: String,
+    /// Wait for each acknowledgement and print `topic partition offset` per event.
+    #[arg(long)]
+    sync: bool,
+    /// File of JSON lines; `-` or nothing reads stdin.
+    #[arg(long, short, conflicts_with = "count")]
+    input: Option<PathBuf>,
+    /// Generate this many synthetic browse/like/favorite/comment events.
+    #[arg(long)]
+    count: Option<u64>,
+    /// At most this many events per second.
+    #[arg(long, value_parser = positive_rate)]
+    rate: Option<f64>,
+    /// Distinct item ids of synthetic events.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    keys: u32,
+    /// Seed of synthetic events; the same seed gives the same topics, keys and users.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+fn positive_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate > 0.0 && rate.is_finite() => Ok(rate),
+        _ => Err(format!(
+            "{text:?} is not a positive number of events per second"
+        )),
+    }
 }
 
 fn main() -> ExitCode {
@@ -47,27 +93,58 @@ fn main() -> ExitCode {
         Command::Run { config: path } => {
             let config = match Config::load(path.as_deref()) {
                 Ok(config) => config,
-                Err(error) => {
-                    for line in error.lines() {
-                        eprintln!("eventd: bad configuration: {line}");
-                    }
-                    return ExitCode::from(EXIT_CONFIG as u8);
-                }
+                Err(error) => return refuse_config(&error),
             };
             eventd::logging::init(&config.log);
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(runtime) => runtime,
-                Err(error) => {
-                    eprintln!("eventd: cannot start the async runtime: {error}");
-                    return ExitCode::FAILURE;
-                }
+            let Some(runtime) = runtime() else {
+                return ExitCode::FAILURE;
             };
             let code = runtime.block_on(eventd::daemon::run(config, path));
             // Exit without waiting for clients that may block on an unreachable broker.
             std::process::exit(code);
+        }
+        Command::Produce(command) => {
+            let config = match Config::load_for_producer(command.config.as_deref()) {
+                Ok(config) => config,
+                Err(error) => return refuse_config(&error),
+            };
+            eventd::logging::init_for_command();
+            let Some(runtime) = runtime() else {
+                return ExitCode::FAILURE;
+            };
+            let options = ProduceOptions {
+                brokers: command.brokers,
+                topic: command.topic,
+                key_field: command.key_field,
+                sync: command.sync,
+                input: command.input,
+                count: command.count,
+                rate: command.rate,
+                keys: command.keys,
+                seed: command.seed,
+            };
+            let code = runtime.block_on(eventd::produce::run(config, options));
+            std::process::exit(code);
+        }
+    }
+}
+
+fn refuse_config(error: &ConfigError) -> ExitCode {
+    for line in error.lines() {
+        eprintln!("eventd: bad configuration: {line}");
+    }
+    ExitCode::from(EXIT_CONFIG as u8)
+}
+
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => Some(runtime),
+        Err(error) => {
+            eprintln!("eventd: cannot start the async runtime: {error}");
+            None
         }
     }
 }

@@ -202,31 +202,122 @@ impl Compression {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProducerMode {
+    /// Each send waits for its delivery report before the caller goes on.
+    Sync,
+    /// Sends are pipelined; each one's acknowledgement resolves from its delivery report.
+    Async,
+}
+
+/// How an event's partition is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PartitionerKind {
+    /// FNV-1a 32-bit of the key, placed as sarama's default partitioner does.
+    Hash,
+    /// murmur2 of the key, placed as the Java client's default partitioner does.
+    Murmur2,
+    Random,
+    RoundRobin,
+    /// The partition comes from a JSON field of the event, or is fixed in the config.
+    Manual,
+}
+
+impl PartitionerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PartitionerKind::Hash => "hash",
+            PartitionerKind::Murmur2 => "murmur2",
+            PartitionerKind::Random => "random",
+            PartitionerKind::RoundRobin => "round_robin",
+            PartitionerKind::Manual => "manual",
+        }
+    }
+}
+
+/// Partitioner settings, for the whole producer or for one output topic.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartitionerConfig {
+    pub partitioner: PartitionerKind,
+    /// `manual`: the JSON field holding the partition number.
+    pub partition_field: Option<String>,
+    /// `manual`: one partition for every event.
+    pub partition: Option<i32>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProducerConfig {
+    pub mode: ProducerMode,
     pub acks: Acks,
     pub idempotence: bool,
-    /// librdkafka's `linger.ms` (its default is 5ms).
+    /// librdkafka's `linger.ms`; unset means 0 in sync mode and 5ms in async mode.
     #[serde(with = "humantime_serde")]
-    pub linger: Duration,
+    pub linger: Option<Duration>,
     pub compression: Compression,
     /// librdkafka's `message.max.bytes`.
     pub max_message_bytes: u32,
     /// How long librdkafka keeps trying to deliver one event (`message.timeout.ms`).
     #[serde(with = "humantime_serde")]
     pub message_timeout: Duration,
+    /// Retries of a failed produce request (`message.send.max.retries`), within
+    /// `message_timeout`.
+    pub retries: u32,
+    /// First retry delay (`retry.backoff.ms`); doubles up to `max_retry_backoff`.
+    #[serde(with = "humantime_serde")]
+    pub retry_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_retry_backoff: Duration,
+    /// Events sent and not yet acknowledged; a sender waits while this many are out.
+    pub max_in_flight: usize,
+    pub partitioner: PartitionerKind,
+    /// `partitioner = "manual"`: the JSON field holding the partition number.
+    pub partition_field: Option<String>,
+    /// `partitioner = "manual"`: one partition for every event.
+    pub partition: Option<i32>,
+    /// Partitioner per output topic, overriding the producer's.
+    pub outputs: BTreeMap<String, PartitionerConfig>,
 }
 
 impl Default for ProducerConfig {
     fn default() -> Self {
         Self {
+            mode: ProducerMode::Async,
             acks: Acks::All,
             idempotence: true,
-            linger: Duration::from_millis(5),
+            linger: None,
             compression: Compression::Lz4,
             max_message_bytes: 1_048_576,
             message_timeout: Duration::from_secs(30),
+            retries: 2_147_483_647,
+            retry_backoff: Duration::from_millis(100),
+            max_retry_backoff: Duration::from_secs(1),
+            max_in_flight: 100_000,
+            partitioner: PartitionerKind::Hash,
+            partition_field: None,
+            partition: None,
+            outputs: BTreeMap::new(),
+        }
+    }
+}
+
+impl ProducerConfig {
+    pub fn effective_linger(&self) -> Duration {
+        self.linger.unwrap_or(match self.mode {
+            ProducerMode::Sync => Duration::ZERO,
+            ProducerMode::Async => Duration::from_millis(5),
+        })
+    }
+
+    /// The producer-wide partitioner settings.
+    pub fn default_partitioner(&self) -> PartitionerConfig {
+        PartitionerConfig {
+            partitioner: self.partitioner,
+            partition_field: self.partition_field.clone(),
+            partition: self.partition,
         }
     }
 }
@@ -378,6 +469,8 @@ pub enum FaultAction {
     Fail,
     Panic,
     Sleep,
+    /// Break the producer as a fatal librdkafka error would.
+    ProducerFatal,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -517,6 +610,19 @@ impl Default for LogConfig {
 impl Config {
     /// Loads defaults, then `path`, then `EVENTD__*` variables, and validates the result.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_checked(path, Config::validate)
+    }
+
+    /// As `load`, checking only what `eventd produce` uses, so a config without
+    /// consumers or handlers serves it.
+    pub fn load_for_producer(path: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_checked(path, Config::validate_producer_side)
+    }
+
+    fn load_checked(
+        path: Option<&Path>,
+        validate: fn(&Config) -> Result<(), Vec<ConfigIssue>>,
+    ) -> Result<Config, ConfigError> {
         let source_name = path
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "built-in defaults".to_owned());
@@ -546,7 +652,7 @@ impl Config {
                 key: err.path().to_string(),
                 message: err.inner().to_string(),
             })?;
-        config.validate().map_err(|issues| ConfigError::Invalid {
+        validate(&config).map_err(|issues| ConfigError::Invalid {
             source_name,
             issues,
         })?;

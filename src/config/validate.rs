@@ -4,7 +4,10 @@
 use std::collections::HashSet;
 use std::fmt;
 
-use super::{Acks, Config, ConsumerMode, FaultAction, HandlerConfig, HandlerKind, StartPosition};
+use super::{
+    Acks, Config, ConsumerMode, FaultAction, HandlerConfig, HandlerKind, PartitionerConfig,
+    PartitionerKind, StartPosition,
+};
 
 /// One broken rule: the key at fault and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,11 +25,51 @@ impl fmt::Display for ConfigIssue {
 struct Issues(Vec<ConfigIssue>);
 
 impl Issues {
+    fn into_result(self) -> Result<(), Vec<ConfigIssue>> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(self.0)
+        }
+    }
+
     fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
         self.0.push(ConfigIssue {
             key: key.into(),
             message: message.into(),
         });
+    }
+}
+
+fn validate_partitioner(config: &PartitionerConfig, prefix: &str, issues: &mut Issues) {
+    let key = |field: &str| format!("{prefix}.{field}");
+    if config.partitioner == PartitionerKind::Manual {
+        if config.partition_field.is_some() && config.partition.is_some() {
+            issues.push(
+                key("partition"),
+                format!(
+                    "set {} or {}, not both",
+                    key("partition"),
+                    key("partition_field")
+                ),
+            );
+        }
+    } else {
+        let kind = config.partitioner.as_str();
+        for (field, set) in [
+            ("partition", config.partition.is_some()),
+            ("partition_field", config.partition_field.is_some()),
+        ] {
+            if set {
+                issues.push(
+                    key(field),
+                    format!("only applies to partitioner = \"manual\", not {kind:?}"),
+                );
+            }
+        }
+    }
+    if config.partition.is_some_and(|p| p < 0) {
+        issues.push(key("partition"), "must not be negative");
     }
 }
 
@@ -37,11 +80,14 @@ impl Config {
         self.validate_kafka(&mut issues);
         self.validate_consumers(&mut issues);
         self.validate_handlers(&mut issues);
-        if issues.0.is_empty() {
-            Ok(())
-        } else {
-            Err(issues.0)
-        }
+        issues.into_result()
+    }
+
+    /// The rules `eventd produce` needs: Kafka and producer settings only.
+    pub fn validate_producer_side(&self) -> Result<(), Vec<ConfigIssue>> {
+        let mut issues = Issues(Vec::new());
+        self.validate_kafka(&mut issues);
+        issues.into_result()
     }
 
     fn validate_kafka(&self, issues: &mut Issues) {
@@ -65,9 +111,7 @@ impl Config {
                 "requires producer.acks = \"all\" (set producer.idempotence = false to use fewer acks)",
             );
         }
-        if self.producer.max_message_bytes < 1000 {
-            issues.push("producer.max_message_bytes", "must be at least 1000");
-        }
+        self.validate_producer(issues);
         if self.demo.enabled && self.demo.keys == 0 {
             issues.push("demo.keys", "must be at least 1");
         }
@@ -91,6 +135,35 @@ impl Config {
                     self.metrics.listen
                 ),
             );
+        }
+    }
+
+    fn validate_producer(&self, issues: &mut Issues) {
+        let producer = &self.producer;
+        if producer.max_message_bytes < 1000 {
+            issues.push("producer.max_message_bytes", "must be at least 1000");
+        }
+        if producer.idempotence && producer.retries == 0 {
+            issues.push(
+                "producer.retries",
+                "must be above 0 while producer.idempotence = true",
+            );
+        }
+        if producer.message_timeout.is_zero() {
+            issues.push("producer.message_timeout", "must be above zero");
+        }
+        if producer.retry_backoff > producer.max_retry_backoff {
+            issues.push(
+                "producer.retry_backoff",
+                "must not exceed producer.max_retry_backoff",
+            );
+        }
+        if producer.max_in_flight == 0 {
+            issues.push("producer.max_in_flight", "must be at least 1");
+        }
+        validate_partitioner(&producer.default_partitioner(), "producer", issues);
+        for (topic, output) in &producer.outputs {
+            validate_partitioner(output, &format!("producer.outputs.{topic:?}"), issues);
         }
     }
 

@@ -15,6 +15,8 @@ pub const REBALANCES: &str = "eventd_rebalances_total";
 pub const OFFSETS_COMMITTED: &str = "eventd_offsets_committed_total";
 pub const COMMIT_FAILURES: &str = "eventd_commit_failures_total";
 pub const PRODUCER_MESSAGES: &str = "eventd_producer_messages_total";
+pub const PRODUCER_QUEUE_DEPTH: &str = "eventd_producer_queue_depth";
+pub const PRODUCER_DELIVERY: &str = "eventd_producer_delivery_seconds";
 pub const ACTOR_RESTARTS: &str = "eventd_actor_restarts_total";
 pub const COUNT_WINDOWS_EMITTED: &str = "eventd_count_windows_emitted_total";
 pub const BUILD_INFO: &str = "eventd_build_info";
@@ -28,6 +30,10 @@ const DURATION_BUCKETS: &[f64] = &[
 pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(HANDLER_DURATION.to_owned()), DURATION_BUCKETS)?
+        .set_buckets_for_metric(
+            Matcher::Full(PRODUCER_DELIVERY.to_owned()),
+            DURATION_BUCKETS,
+        )?
         .install_recorder()?;
     describe();
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
@@ -72,6 +78,15 @@ fn describe() {
     describe_counter!(
         PRODUCER_MESSAGES,
         "Events produced, by topic and outcome (delivered, failed)"
+    );
+    describe_gauge!(
+        PRODUCER_QUEUE_DEPTH,
+        "Events handed to the producer and not yet acknowledged or failed"
+    );
+    describe_histogram!(
+        PRODUCER_DELIVERY,
+        Unit::Seconds,
+        "Time from handing an event to the producer to its delivery report"
     );
     describe_counter!(
         ACTOR_RESTARTS,

@@ -1,12 +1,19 @@
 //! Delivery reports: librdkafka calls back on its own thread, and the report is handed
-//! to whoever awaits that event's acknowledgement.
+//! to whoever awaits that event's acknowledgement. Each event carries a ticket holding
+//! its in-flight permit, so the bound on unacknowledged events is freed only by a report.
 
+use std::time::Instant;
+
+use metrics::{Gauge, Histogram};
+use ractor::ActorRef;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{DeliveryResult, ProducerContext};
 use rdkafka::ClientContext;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
-use crate::telemetry::metrics::PRODUCER_MESSAGES;
+use super::ProducerMsg;
+use crate::telemetry::metrics::{PRODUCER_DELIVERY, PRODUCER_MESSAGES, PRODUCER_QUEUE_DEPTH};
 
 /// Where the broker put an acknowledged event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,14 +22,49 @@ pub struct Delivery {
     pub offset: i64,
 }
 
-pub struct DeliveryContext;
+/// What travels with one event through librdkafka and comes back in its report.
+pub struct Ticket {
+    pub reply: oneshot::Sender<Result<Delivery, String>>,
+    pub enqueued: Instant,
+    pub permit: OwnedSemaphorePermit,
+}
 
-impl ClientContext for DeliveryContext {}
+pub struct DeliveryContext {
+    actor: ActorRef<ProducerMsg>,
+    queue_depth: Gauge,
+    delivery_seconds: Histogram,
+}
+
+impl DeliveryContext {
+    pub fn new(actor: ActorRef<ProducerMsg>) -> Self {
+        Self {
+            actor,
+            queue_depth: metrics::gauge!(PRODUCER_QUEUE_DEPTH),
+            delivery_seconds: metrics::histogram!(PRODUCER_DELIVERY),
+        }
+    }
+}
+
+impl ClientContext for DeliveryContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
+            tracing::error!(%error, reason, "fatal producer error, the producer will be restarted");
+            let _ = self
+                .actor
+                .send_message(ProducerMsg::Fatal(reason.to_owned()));
+        } else {
+            tracing::warn!(%error, reason, "librdkafka producer error");
+        }
+    }
+}
 
 impl ProducerContext for DeliveryContext {
-    type DeliveryOpaque = Box<oneshot::Sender<Result<Delivery, String>>>;
+    type DeliveryOpaque = Box<Ticket>;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, reply: Self::DeliveryOpaque) {
+    fn delivery(&self, result: &DeliveryResult<'_>, ticket: Self::DeliveryOpaque) {
+        self.queue_depth.decrement(1.0);
+        self.delivery_seconds
+            .record(ticket.enqueued.elapsed().as_secs_f64());
         let report = match result {
             Ok(message) => {
                 metrics::counter!(PRODUCER_MESSAGES, "topic" => message.topic().to_owned(), "outcome" => "delivered")
@@ -38,6 +80,8 @@ impl ProducerContext for DeliveryContext {
                 Err(error.to_string())
             }
         };
+        let Ticket { reply, permit, .. } = *ticket;
+        drop(permit);
         // The waiter may have given up (shutdown); the report then has no one to tell.
         let _ = reply.send(report);
     }

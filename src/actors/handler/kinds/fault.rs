@@ -13,6 +13,7 @@ use ractor::ActorProcessingErr;
 use super::super::actor::BatchOutcome;
 use super::super::{Batch, HandlerPool};
 use super::forward::Forward;
+use crate::actors::producer::ProducerHandle;
 use crate::config::{FaultAction, HandlerConfig};
 use crate::event::Event;
 
@@ -32,6 +33,7 @@ pub struct Fault {
     memory: Arc<FaultMemory>,
     rng: fastrand::Rng,
     forward: Option<Forward>,
+    producer: ProducerHandle,
 }
 
 impl Fault {
@@ -40,6 +42,7 @@ impl Fault {
         slot: usize,
         memory: Arc<FaultMemory>,
         forward: Forward,
+        producer: ProducerHandle,
     ) -> Self {
         Self {
             action: config.action.unwrap_or(FaultAction::Fail),
@@ -50,6 +53,7 @@ impl Fault {
             memory,
             rng: fastrand::Rng::with_seed(0x5eed + slot as u64),
             forward: config.output.is_some().then_some(forward),
+            producer,
         }
     }
 
@@ -87,6 +91,12 @@ impl Fault {
                 FaultAction::Sleep => {
                     let micros = self.rng.u64(0..=self.sleep.as_micros() as u64);
                     tokio::time::sleep(Duration::from_micros(micros)).await;
+                }
+                FaultAction::ProducerFatal => {
+                    let injected = self
+                        .producer
+                        .inject_fatal_error(&format!("injected fatal error at {at}"));
+                    tracing::warn!(at, injected, "fault: fatal producer error");
                 }
             }
         }

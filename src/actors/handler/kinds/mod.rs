@@ -69,6 +69,7 @@ impl Behaviour {
                 args.slot,
                 memory.clone(),
                 forward::Forward::new(config, args.producer.clone(), args.dead_letter.clone()),
+                args.producer.clone(),
             )),
             (HandlerKind::Forward, _) => Behaviour::Forward(forward::Forward::new(
                 config,

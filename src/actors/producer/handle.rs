@@ -1,0 +1,330 @@
+//! `ProducerHandle`: how handlers, the demo, the dead-letter path and `eventd produce`
+//! send. A send goes straight into librdkafka's queue (no actor message per event); the
+//! handle bounds unacknowledged events, chooses the partition and, in sync mode, waits
+//! for the delivery report before returning.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use parking_lot::Mutex;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, Producer};
+use tokio::sync::{oneshot, Semaphore};
+
+use super::delivery::{Delivery, Ticket};
+use super::partitioner::{PartitionError, Partitioners};
+use super::KafkaProducer;
+use crate::config::{ProducerConfig, ProducerMode};
+use crate::telemetry::metrics::PRODUCER_QUEUE_DEPTH;
+
+/// How long a learned partition count is trusted before it is asked for again, so
+/// partitions added to a topic are used without a restart.
+const PARTITION_COUNT_TTL: Duration = Duration::from_secs(30);
+const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// An event to write.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub topic: String,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProduceError {
+    #[error("the producer is not running")]
+    NotRunning,
+    #[error(
+        "event for topic {topic:?} is {size} bytes, above producer.max_message_bytes ({limit})"
+    )]
+    TooLarge {
+        topic: String,
+        size: usize,
+        limit: u32,
+    },
+    #[error("topic {topic:?}: {error}")]
+    Partition {
+        topic: String,
+        error: PartitionError,
+    },
+    #[error("cannot learn the partitions of topic {topic:?}: {reason}")]
+    Metadata { topic: String, reason: String },
+    #[error("cannot enqueue event for topic {topic:?}: {reason}")]
+    Enqueue { topic: String, reason: String },
+    #[error("delivery to topic {topic:?} failed: {reason}")]
+    Delivery { topic: String, reason: String },
+}
+
+/// Resolves when the broker acknowledged (or finally refused) one event.
+pub struct PendingDelivery {
+    topic: String,
+    state: Pending,
+}
+
+enum Pending {
+    Waiting(oneshot::Receiver<Result<Delivery, String>>),
+    Reported(Result<Delivery, String>),
+}
+
+impl PendingDelivery {
+    pub async fn wait(self) -> Result<Delivery, ProduceError> {
+        let report = match self.state {
+            Pending::Reported(report) => report,
+            Pending::Waiting(receiver) => receiver.await.unwrap_or_else(|_| {
+                Err("the producer stopped before the delivery report".to_owned())
+            }),
+        };
+        report.map_err(|reason| ProduceError::Delivery {
+            topic: self.topic,
+            reason,
+        })
+    }
+}
+
+struct TopicPartitions {
+    count: i32,
+    checked: Instant,
+}
+
+struct Shared {
+    producer: ArcSwapOption<KafkaProducer>,
+    mode: ProducerMode,
+    max_message_bytes: u32,
+    /// How long a send waits for a producer being restarted.
+    message_timeout: Duration,
+    in_flight: Arc<Semaphore>,
+    partitioners: Partitioners,
+    partition_counts: Mutex<HashMap<String, TopicPartitions>>,
+    queue_depth: metrics::Gauge,
+}
+
+/// How the rest of the daemon sends events. Cheap to clone; works across restarts of
+/// the ProducerActor.
+#[derive(Clone)]
+pub struct ProducerHandle {
+    shared: Arc<Shared>,
+}
+
+impl ProducerHandle {
+    pub(super) fn new(config: &ProducerConfig) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                producer: ArcSwapOption::empty(),
+                mode: config.mode,
+                max_message_bytes: config.max_message_bytes,
+                message_timeout: config.message_timeout,
+                in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
+                partitioners: Partitioners::new(config),
+                partition_counts: Mutex::new(HashMap::new()),
+                queue_depth: metrics::gauge!(PRODUCER_QUEUE_DEPTH),
+            }),
+        }
+    }
+
+    pub fn mode(&self) -> ProducerMode {
+        self.shared.mode
+    }
+
+    pub(super) fn install(
+        &self,
+        producer: Option<Arc<KafkaProducer>>,
+    ) -> Option<Arc<KafkaProducer>> {
+        self.shared.producer.swap(producer)
+    }
+
+    pub(super) fn current(&self) -> Option<Arc<KafkaProducer>> {
+        self.shared.producer.load_full()
+    }
+
+    /// Queues `event` and returns its delivery report to await. Waits while
+    /// `producer.max_in_flight` events are unacknowledged, and in sync mode until this
+    /// event's report arrived.
+    pub async fn enqueue(&self, event: Outgoing) -> Result<PendingDelivery, ProduceError> {
+        let size = event.payload.len() + event.key.as_ref().map_or(0, Vec::len);
+        if size > self.shared.max_message_bytes as usize {
+            return Err(ProduceError::TooLarge {
+                topic: event.topic,
+                size,
+                limit: self.shared.max_message_bytes,
+            });
+        }
+        let permit = self
+            .shared
+            .in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ProduceError::NotRunning)?;
+        let producer = self.running_producer().await?;
+        let count = self.partition_count(&producer, &event.topic).await?;
+        let partition = self
+            .shared
+            .partitioners
+            .choose(&event.topic, event.key.as_deref(), &event.payload, count)
+            .map_err(|error| ProduceError::Partition {
+                topic: event.topic.clone(),
+                error,
+            })?;
+        let mut headers = OwnedHeaders::new_with_capacity(event.headers.len());
+        for (name, value) in &event.headers {
+            headers = headers.insert(Header {
+                key: name,
+                value: Some(value),
+            });
+        }
+        let (reply, receiver) = oneshot::channel();
+        let mut ticket = Box::new(Ticket {
+            reply,
+            enqueued: Instant::now(),
+            permit,
+        });
+        let mut backoff = Duration::from_millis(1);
+        loop {
+            let mut record = BaseRecord::with_opaque_to(&event.topic, ticket)
+                .partition(partition)
+                .payload(&event.payload)
+                .headers(headers.clone());
+            if let Some(key) = &event.key {
+                record = record.key(key);
+            }
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), record)) => {
+                    ticket = record.delivery_opaque;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(100));
+                }
+                Err((error, _)) => {
+                    return Err(ProduceError::Enqueue {
+                        topic: event.topic,
+                        reason: error.to_string(),
+                    })
+                }
+            }
+        }
+        self.shared.queue_depth.increment(1.0);
+        let state = match self.shared.mode {
+            ProducerMode::Async => Pending::Waiting(receiver),
+            ProducerMode::Sync => Pending::Reported(receiver.await.unwrap_or_else(|_| {
+                Err("the producer stopped before the delivery report".to_owned())
+            })),
+        };
+        Ok(PendingDelivery {
+            topic: event.topic,
+            state,
+        })
+    }
+
+    /// Sends `event` and waits for the broker's acknowledgement.
+    pub async fn send(&self, event: Outgoing) -> Result<Delivery, ProduceError> {
+        self.enqueue(event).await?.wait().await
+    }
+
+    /// Events queued in librdkafka and not yet acknowledged.
+    pub fn queue_depth(&self) -> i32 {
+        self.current()
+            .map_or(0, |producer| producer.in_flight_count())
+    }
+
+    /// The producer, waiting up to `message_timeout` for one being restarted.
+    async fn running_producer(&self) -> Result<Arc<KafkaProducer>, ProduceError> {
+        let deadline = Instant::now() + self.shared.message_timeout;
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            if let Some(producer) = self.current() {
+                return Ok(producer);
+            }
+            if Instant::now() >= deadline {
+                return Err(ProduceError::NotRunning);
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    /// The partition count of `topic`, from a cache refreshed every
+    /// `PARTITION_COUNT_TTL`; a stale count is kept while the broker cannot be asked.
+    async fn partition_count(
+        &self,
+        producer: &Arc<KafkaProducer>,
+        topic: &str,
+    ) -> Result<i32, ProduceError> {
+        let known = self
+            .shared
+            .partition_counts
+            .lock()
+            .get(topic)
+            .map(|entry| (entry.count, entry.checked.elapsed() < PARTITION_COUNT_TTL));
+        if let Some((count, true)) = known {
+            return Ok(count);
+        }
+        let fetched = fetch_partition_count(producer.clone(), topic.to_owned()).await;
+        let count = match (fetched, known) {
+            (Ok(count), _) => count,
+            (Err(reason), Some((stale, _))) => {
+                tracing::warn!(topic, %reason, partitions = stale, "cannot refresh partition count, keeping the last one");
+                stale
+            }
+            (Err(reason), None) => {
+                return Err(ProduceError::Metadata {
+                    topic: topic.to_owned(),
+                    reason,
+                })
+            }
+        };
+        self.shared.partition_counts.lock().insert(
+            topic.to_owned(),
+            TopicPartitions {
+                count,
+                checked: Instant::now(),
+            },
+        );
+        Ok(count)
+    }
+
+    /// Triggers a fatal producer error, as a fenced or broken idempotent producer would.
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_fatal_error(&self, reason: &str) -> bool {
+        let Some(producer) = self.current() else {
+            return false;
+        };
+        let Ok(reason) = std::ffi::CString::new(reason) else {
+            return false;
+        };
+        // SAFETY: the native handle is valid while `producer` lives, and `reason`
+        // outlives the call, which copies it.
+        let result = unsafe {
+            rdkafka::bindings::rd_kafka_test_fatal_error(
+                producer.client().native_ptr(),
+                rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+                reason.as_ptr(),
+            )
+        };
+        result == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+    }
+}
+
+async fn fetch_partition_count(producer: Arc<KafkaProducer>, topic: String) -> Result<i32, String> {
+    tokio::task::spawn_blocking(move || {
+        let metadata = producer
+            .client()
+            .fetch_metadata(Some(&topic), METADATA_TIMEOUT)
+            .map_err(|error| error.to_string())?;
+        let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else {
+            return Err("the broker does not list it".to_owned());
+        };
+        if let Some(error) = found.error() {
+            return Err(format!("{}", RDKafkaErrorCode::from(error)));
+        }
+        match i32::try_from(found.partitions().len()) {
+            Ok(0) | Err(_) => Err("the broker lists no partitions for it".to_owned()),
+            Ok(count) => Ok(count),
+        }
+    })
+    .await
+    .map_err(|error| error.to_string())?
+}

@@ -1,0 +1,392 @@
+//! `eventd produce`: writes JSON lines from stdin or a file, or synthetic engagement
+//! events, through the same config and ProducerActor as the daemon. For operators
+//! replaying or hand-feeding events, and for load tests.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use ractor::Actor;
+use rdkafka::producer::{BaseProducer, Producer};
+use serde_json::Value;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
+
+use crate::actors::producer::{Outgoing, ProduceError, ProducerActor, ProducerArgs};
+use crate::config::{Config, DemoConfig, ProducerMode, EXIT_CONFIG};
+use crate::demo::synthetic_event;
+use crate::kafka::{plain_config, Brokers};
+
+/// sysexits' EX_NOINPUT: the input file cannot be read.
+pub const EXIT_NO_INPUT: i32 = 66;
+/// sysexits' EX_UNAVAILABLE: no broker answered.
+pub const EXIT_UNAVAILABLE: i32 = 69;
+
+/// What to send and how, from the command line.
+#[derive(Debug, Clone)]
+pub struct ProduceOptions {
+    /// Overrides `kafka.brokers`.
+    pub brokers: Option<String>,
+    /// Topic of every event; without it each line's `topic` field decides.
+    pub topic: Option<String>,
+    /// The field whose value becomes the Kafka key.
+    pub key_field: String,
+    /// Wait for each event's acknowledgement and print where it landed.
+    pub sync: bool,
+    /// JSON lines to send; `None` reads stdin.
+    pub input: Option<PathBuf>,
+    /// Generate this many synthetic events instead of reading input.
+    pub count: Option<u64>,
+    /// Events per second at most; `None` sends as fast as the broker takes them.
+    pub rate: Option<f64>,
+    /// Distinct item ids of synthetic events.
+    pub keys: u32,
+    pub seed: u64,
+}
+
+/// What happened to the events, for the closing summary.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Tally {
+    pub sent: u64,
+    pub failed: u64,
+}
+
+enum Input {
+    Lines {
+        reader: Box<dyn AsyncBufRead + Unpin + Send>,
+        line_number: u64,
+    },
+    Synthetic {
+        demo: DemoConfig,
+        rng: fastrand::Rng,
+        next: u64,
+        count: u64,
+    },
+}
+
+impl Input {
+    /// The next event with the place it came from (`line 3`, `event 7`), an error
+    /// naming that place, or `None` at the end.
+    async fn next(
+        &mut self,
+        options: &ProduceOptions,
+    ) -> Option<(String, Result<Outgoing, String>)> {
+        match self {
+            Input::Synthetic {
+                demo,
+                rng,
+                next,
+                count,
+            } => {
+                if *next >= *count {
+                    return None;
+                }
+                let n = *next;
+                *next += 1;
+                let mut event = synthetic_event(demo, rng, n);
+                if let Some(topic) = &options.topic {
+                    event.topic.clone_from(topic);
+                }
+                if options.key_field != "item_id" {
+                    event.key = serde_json::from_slice::<Value>(&event.payload)
+                        .ok()
+                        .and_then(|body| key_of(&body, &options.key_field));
+                }
+                Some((format!("event {n}"), Ok(event)))
+            }
+            Input::Lines {
+                reader,
+                line_number,
+            } => loop {
+                let mut line = String::new();
+                match reader.read_line(&mut line).await {
+                    Ok(0) => return None,
+                    Ok(_) => {
+                        *line_number += 1;
+                        let place = format!("line {line_number}");
+                        let line = line.trim_end_matches(['\n', '\r']);
+                        if line.trim().is_empty() {
+                            continue;
+                        }
+                        return Some((place, event_from_line(line, options)));
+                    }
+                    Err(error) => {
+                        *line_number += 1;
+                        return Some((
+                            format!("line {line_number}"),
+                            Err(format!("cannot read: {error}")),
+                        ));
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// One input line as an event: the line's bytes unchanged as the payload.
+pub fn event_from_line(line: &str, options: &ProduceOptions) -> Result<Outgoing, String> {
+    let body: Value =
+        serde_json::from_str(line).map_err(|error| format!("not valid JSON: {error}"))?;
+    if !body.is_object() {
+        return Err("not a JSON object".to_owned());
+    }
+    let topic = options
+        .topic
+        .clone()
+        .or_else(|| body.get("topic").and_then(Value::as_str).map(str::to_owned))
+        .ok_or("no topic: pass --topic or give the event a \"topic\" field")?;
+    Ok(Outgoing {
+        topic,
+        key: key_of(&body, &options.key_field),
+        payload: line.as_bytes().to_vec(),
+        headers: Vec::new(),
+    })
+}
+
+/// The key from `field`: strings as they are, numbers and booleans as written in
+/// JSON; a missing or null field gives a keyless event.
+fn key_of(body: &Value, field: &str) -> Option<Vec<u8>> {
+    match body.get(field)? {
+        Value::String(text) => Some(text.clone().into_bytes()),
+        Value::Null => None,
+        other => Some(other.to_string().into_bytes()),
+    }
+}
+
+/// Runs the command; returns the process exit code.
+pub async fn run(mut config: Config, options: ProduceOptions) -> i32 {
+    if let Some(brokers) = &options.brokers {
+        config.kafka.brokers = Some(brokers.clone());
+    }
+    let Some(bootstrap) = config.kafka.brokers.clone() else {
+        eprintln!(
+            "eventd produce: no broker: set kafka.brokers in the config or pass --brokers \
+             (the embedded broker lives only inside `eventd run`)"
+        );
+        return EXIT_CONFIG;
+    };
+    config.producer.mode = if options.sync {
+        ProducerMode::Sync
+    } else {
+        ProducerMode::Async
+    };
+    let brokers = Brokers {
+        bootstrap,
+        embedded: false,
+    };
+    if let Err(reason) = reachable(&config, &brokers).await {
+        eprintln!(
+            "eventd produce: cannot reach brokers {}: {reason}",
+            brokers.bootstrap
+        );
+        return EXIT_UNAVAILABLE;
+    }
+    let mut input = match open_input(&config, &options).await {
+        Ok(input) => input,
+        Err(message) => {
+            eprintln!("eventd produce: {message}");
+            return EXIT_NO_INPUT;
+        }
+    };
+    let handle = ProducerActor::handle(&config);
+    let spawned = Actor::spawn(
+        Some("producer".to_owned()),
+        ProducerActor,
+        ProducerArgs {
+            config: Arc::new(config),
+            brokers,
+            handle: handle.clone(),
+        },
+    )
+    .await;
+    let (producer, task) = match spawned {
+        Ok(spawned) => spawned,
+        Err(error) => {
+            eprintln!("eventd produce: cannot start the producer: {error}");
+            return EXIT_CONFIG;
+        }
+    };
+
+    let started = Instant::now();
+    let mut tally = Tally::default();
+    let mut pending = FuturesUnordered::new();
+    let mut interrupted = std::pin::pin!(tokio::signal::ctrl_c());
+    let mut index: u64 = 0;
+    loop {
+        if let Some(rate) = options.rate {
+            let due = started + Duration::from_secs_f64(index as f64 / rate);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let next = tokio::select! {
+            next = input.next(&options) => next,
+            _ = &mut interrupted => {
+                eprintln!("eventd produce: interrupted, waiting for events already sent");
+                break;
+            }
+        };
+        let Some((place, event)) = next else { break };
+        index += 1;
+        let event = match event {
+            Ok(event) => event,
+            Err(message) => {
+                report_failure(&mut tally, &place, &message);
+                continue;
+            }
+        };
+        let topic = event.topic.clone();
+        match handle.enqueue(event).await {
+            Ok(delivery) if options.sync => {
+                settle(&mut tally, &place, &topic, delivery.wait().await, true);
+            }
+            Ok(delivery) => {
+                pending.push(async move {
+                    let report = delivery.wait().await;
+                    (place, topic, report)
+                });
+                while let Some(Some((place, topic, report))) = pending.next().now_or_never() {
+                    settle(&mut tally, &place, &topic, report, false);
+                }
+            }
+            Err(error) => report_failure(&mut tally, &place, &error.to_string()),
+        }
+    }
+    while let Some((place, topic, report)) = pending.next().await {
+        settle(&mut tally, &place, &topic, report, false);
+    }
+    let elapsed = started.elapsed();
+    producer.stop(None);
+    let _ = task.await;
+
+    let rate = tally.sent as f64 / elapsed.as_secs_f64().max(1e-9);
+    let summary = format!(
+        "sent {}, failed {}, {rate:.0} events/s over {:.2}s",
+        tally.sent,
+        tally.failed,
+        elapsed.as_secs_f64()
+    );
+    if options.sync {
+        eprintln!("{summary}");
+    } else {
+        println!("{summary}");
+    }
+    if tally.failed > 0 {
+        1
+    } else {
+        0
+    }
+}
+
+fn settle(
+    tally: &mut Tally,
+    place: &str,
+    topic: &str,
+    report: Result<crate::actors::producer::Delivery, ProduceError>,
+    print: bool,
+) {
+    match report {
+        Ok(delivery) => {
+            tally.sent += 1;
+            if print {
+                println!("{topic} {} {}", delivery.partition, delivery.offset);
+            }
+        }
+        Err(error) => report_failure(tally, place, &error.to_string()),
+    }
+}
+
+fn report_failure(tally: &mut Tally, place: &str, message: &str) {
+    tally.failed += 1;
+    eprintln!("eventd produce: {place}: {message}");
+}
+
+async fn open_input(config: &Config, options: &ProduceOptions) -> Result<Input, String> {
+    if let Some(count) = options.count {
+        let mut demo = config.demo.clone();
+        demo.keys = options.keys;
+        return Ok(Input::Synthetic {
+            demo,
+            rng: fastrand::Rng::with_seed(options.seed),
+            next: 0,
+            count,
+        });
+    }
+    let reader: Box<dyn AsyncBufRead + Unpin + Send> = match &options.input {
+        None => Box::new(BufReader::new(tokio::io::stdin())),
+        Some(path) if path.as_os_str() == "-" => Box::new(BufReader::new(tokio::io::stdin())),
+        Some(path) => {
+            let file = tokio::fs::File::open(path)
+                .await
+                .map_err(|error| format!("{}: cannot open: {error}", path.display()))?;
+            Box::new(BufReader::new(file))
+        }
+    };
+    Ok(Input::Lines {
+        reader,
+        line_number: 0,
+    })
+}
+
+/// Asks the brokers for metadata once, so a wrong address fails in seconds rather
+/// than once per event.
+async fn reachable(config: &Config, brokers: &Brokers) -> Result<(), String> {
+    let client: BaseProducer = plain_config(config, brokers)
+        .create()
+        .map_err(|error| error.to_string())?;
+    tokio::task::spawn_blocking(move || {
+        client
+            .client()
+            .fetch_metadata(None, Duration::from_secs(10))
+            .map(|_| ())
+            .map_err(|error| error.to_string())
+    })
+    .await
+    .map_err(|error| error.to_string())?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(topic: Option<&str>) -> ProduceOptions {
+        ProduceOptions {
+            brokers: None,
+            topic: topic.map(str::to_owned),
+            key_field: "item_id".to_owned(),
+            sync: false,
+            input: None,
+            count: None,
+            rate: None,
+            keys: 10,
+            seed: 1,
+        }
+    }
+
+    #[test]
+    fn a_line_keeps_its_bytes_and_takes_key_and_topic_from_fields() {
+        let line = r#"{"topic":"like","item_id":"item-7","user_id":3}"#;
+        let event = event_from_line(line, &options(None)).expect("event");
+        assert_eq!(event.topic, "like");
+        assert_eq!(event.key.as_deref(), Some(&b"item-7"[..]));
+        assert_eq!(event.payload, line.as_bytes());
+    }
+
+    #[test]
+    fn the_topic_flag_wins_and_numbers_become_keys() {
+        let mut options = options(Some("replay"));
+        options.key_field = "user_id".to_owned();
+        let event = event_from_line(r#"{"topic":"like","user_id":3}"#, &options).expect("event");
+        assert_eq!(event.topic, "replay");
+        assert_eq!(event.key.as_deref(), Some(&b"3"[..]));
+    }
+
+    #[test]
+    fn bad_lines_say_what_is_wrong() {
+        let no_topic = event_from_line(r#"{"item_id":"a"}"#, &options(None));
+        assert!(no_topic.is_err_and(|e| e.contains("--topic")));
+        let not_json = event_from_line("{item_id", &options(Some("t")));
+        assert!(not_json.is_err_and(|e| e.starts_with("not valid JSON")));
+        let keyless = event_from_line(r#"{"item_id":null}"#, &options(Some("t"))).expect("event");
+        assert_eq!(keyless.key, None);
+    }
+}
