@@ -82,4 +82,23 @@ impl EmbeddedBroker {
     pub fn bootstrap_servers(&self) -> &str {
         &self.bootstrap
     }
+
+    /// Makes the next `errors.len()` produce requests fail with these errors, in order,
+    /// to show how eventd retries and reports failed deliveries.
+    pub fn fail_produce_requests(
+        &self,
+        errors: &[bindings::rd_kafka_resp_err_t],
+    ) -> Result<(), EmbeddedError> {
+        let cluster = Self::cluster_ptr(&self.owner)?;
+        // SAFETY: `cluster` is alive (owned by `self.owner`); librdkafka copies `errors`.
+        unsafe {
+            bindings::rd_kafka_mock_push_request_errors_array(
+                cluster,
+                rdkafka::types::RDKafkaApiKey::Produce as i16,
+                errors.len(),
+                errors.as_ptr(),
+            );
+        }
+        Ok(())
+    }
 }

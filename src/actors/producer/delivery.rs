@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use metrics::{Gauge, Histogram};
 use ractor::ActorRef;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{DeliveryResult, ProducerContext};
 use rdkafka::ClientContext;
@@ -47,14 +47,10 @@ impl DeliveryContext {
 
 impl ClientContext for DeliveryContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
-            tracing::error!(%error, reason, "fatal producer error, the producer will be restarted");
-            let _ = self
-                .actor
-                .send_message(ProducerMsg::Fatal(reason.to_owned()));
-        } else {
-            tracing::warn!(%error, reason, "librdkafka producer error");
-        }
+        // rust-rdkafka passes the underlying error without librdkafka's "is fatal"
+        // flag, so the actor asks the client whether this one was fatal.
+        tracing::warn!(%error, reason, "librdkafka producer error");
+        let _ = self.actor.send_message(ProducerMsg::CheckFatal);
     }
 }
 

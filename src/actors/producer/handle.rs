@@ -159,7 +159,7 @@ impl ProducerHandle {
             .acquire_owned()
             .await
             .map_err(|_| ProduceError::NotRunning)?;
-        let producer = self.running_producer().await?;
+        let mut producer = self.running_producer().await?;
         let count = self.partition_count(&producer, &event.topic).await?;
         let partition = self
             .shared
@@ -197,6 +197,11 @@ impl ProducerHandle {
                     ticket = record.delivery_opaque;
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_millis(100));
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::Fatal), record)) => {
+                    // The ProducerActor is replacing this producer; send with the next.
+                    ticket = record.delivery_opaque;
+                    producer = self.replacement_of(&producer).await?;
                 }
                 Err((error, _)) => {
                     return Err(ProduceError::Enqueue {
@@ -243,6 +248,25 @@ impl ProducerHandle {
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    /// The producer that replaces `broken`, waiting up to `message_timeout` for the
+    /// ProducerActor's restart.
+    async fn replacement_of(
+        &self,
+        broken: &Arc<KafkaProducer>,
+    ) -> Result<Arc<KafkaProducer>, ProduceError> {
+        let deadline = Instant::now() + self.shared.message_timeout;
+        loop {
+            let producer = self.running_producer().await?;
+            if !Arc::ptr_eq(&producer, broken) {
+                return Ok(producer);
+            }
+            if Instant::now() >= deadline {
+                return Err(ProduceError::NotRunning);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

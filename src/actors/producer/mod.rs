@@ -39,9 +39,9 @@ pub enum ProducerMsg {
     /// Wait until every queued event is acknowledged or `timeout` passes; replies with
     /// the number still unacknowledged.
     Flush(Duration, RpcReplyPort<i32>),
-    /// librdkafka reported a fatal error (fenced, idempotence broken): this producer
-    /// can send nothing more.
-    Fatal(String),
+    /// librdkafka reported an error; if it was fatal (fenced, idempotence broken) the
+    /// producer can send nothing more and the actor fails so it is restarted.
+    CheckFatal,
 }
 
 impl ProducerActor {
@@ -83,13 +83,20 @@ impl Actor for ProducerActor {
                 let left = flush(&state.handle, timeout).await;
                 let _ = reply.send(left);
             }
-            ProducerMsg::Fatal(reason) => {
-                // Events still queued in the broken producer fail their delivery
-                // reports (never success); senders wait for the restarted producer.
-                if let Some(broken) = state.handle.install(None) {
-                    retire(broken).await;
+            ProducerMsg::CheckFatal => {
+                let fatal = state
+                    .handle
+                    .current()
+                    .and_then(|producer| producer.client().fatal_error());
+                if let Some((code, reason)) = fatal {
+                    tracing::error!(%code, reason, "fatal producer error, restarting the producer");
+                    // Events still queued in the broken producer fail their delivery
+                    // reports (never success); senders wait for the restarted producer.
+                    if let Some(broken) = state.handle.install(None) {
+                        retire(broken).await;
+                    }
+                    return Err(format!("fatal producer error: {code}: {reason}").into());
                 }
-                return Err(format!("fatal producer error: {reason}").into());
             }
         }
         Ok(())

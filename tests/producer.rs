@@ -1,0 +1,450 @@
+//! The producer side through `eventd produce` and the daemon: sync and async modes,
+//! partitioners as other clients place keys, retries and failures, against the
+//! embedded broker and tansu.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use eventd::actors::producer::partitioner::{java_partition, sarama_partition};
+use rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS;
+use rdkafka::producer::{BaseRecord, Producer};
+use rdkafka::ClientConfig;
+
+struct Produced {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Produced {
+    /// `(topic, partition, offset)` of every `--sync` output line.
+    fn placements(&self) -> Vec<(String, i32, i64)> {
+        self.stdout
+            .lines()
+            .map(|line| {
+                let mut parts = line.split(' ');
+                let (Some(topic), Some(partition), Some(offset), None) =
+                    (parts.next(), parts.next(), parts.next(), parts.next())
+                else {
+                    panic!("not `topic partition offset`: {line:?}");
+                };
+                (
+                    topic.to_owned(),
+                    partition.parse().expect("partition"),
+                    offset.parse().expect("offset"),
+                )
+            })
+            .collect()
+    }
+}
+
+/// Runs `eventd produce` against `broker` with `config` and `args`, feeding `stdin`.
+fn produce(broker: &Broker, config: &str, args: &[&str], stdin: &str) -> Produced {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("eventd.toml");
+    std::fs::write(&path, config).expect("write config");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_eventd"))
+        .arg("produce")
+        .arg("--config")
+        .arg(&path)
+        .args(["--brokers", &broker.bootstrap()])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("eventd produce starts");
+    let mut input = child.stdin.take().expect("stdin");
+    let stdin = stdin.to_owned();
+    let writer = std::thread::spawn(move || input.write_all(stdin.as_bytes()));
+    let output = child.wait_with_output().expect("eventd produce ends");
+    writer.join().expect("stdin writer").expect("stdin written");
+    Produced {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+fn lines(count: usize, keys: usize) -> String {
+    (0..count)
+        .map(|i| {
+            format!(
+                "{{\"id\":{i},\"item_id\":\"item-{}\",\"shard\":{}}}\n",
+                i % keys,
+                i % 4
+            )
+        })
+        .collect()
+}
+
+fn sync_offsets_increase_and_keys_land_where_sarama_puts_them(broker: &Broker) {
+    let total = 400;
+    let out = produce(
+        broker,
+        "",
+        &["--sync", "--topic", "like"],
+        &lines(total, 37),
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let placements = out.placements();
+    assert_eq!(
+        placements.len(),
+        total,
+        "one line per event: {}",
+        out.stdout
+    );
+    let mut last: HashMap<i32, i64> = HashMap::new();
+    for (i, (topic, partition, offset)) in placements.iter().enumerate() {
+        assert_eq!(topic, "like");
+        let key = format!("item-{}", i % 37);
+        assert_eq!(*partition, sarama_partition(key.as_bytes(), 4), "key {key}");
+        if let Some(previous) = last.insert(*partition, *offset) {
+            assert!(
+                *offset > previous,
+                "partition {partition}: offset {offset} after {previous}"
+            );
+        }
+    }
+    // What the broker holds agrees with what was printed.
+    let records = broker.read_all("like");
+    assert_eq!(records.len(), total);
+    for record in records {
+        let id = record.json()["id"].as_u64().expect("id") as usize;
+        assert_eq!(
+            (record.partition, record.offset),
+            (placements[id].1, placements[id].2)
+        );
+    }
+}
+
+#[test]
+fn sync_mode_on_the_embedded_broker() {
+    sync_offsets_increase_and_keys_land_where_sarama_puts_them(&Broker::start(4, &["like"]));
+}
+
+#[test]
+fn sync_mode_on_tansu() {
+    sync_offsets_increase_and_keys_land_where_sarama_puts_them(&Broker::tansu(4, &["like"]));
+}
+
+fn async_delivers_every_event_and_watermarks_agree(broker: &Broker) {
+    let out = produce(
+        broker,
+        "",
+        &["--count", "20000", "--topic", "browse", "--keys", "500"],
+        "",
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        out.stdout.starts_with("sent 20000, failed 0, ") && out.stdout.contains("events/s"),
+        "summary: {}",
+        out.stdout
+    );
+    let held: i64 = broker
+        .watermarks("browse")
+        .iter()
+        .map(|(_, low, high)| high - low)
+        .sum();
+    assert_eq!(held, 20_000, "watermarks {:?}", broker.watermarks("browse"));
+}
+
+#[test]
+fn async_mode_on_the_embedded_broker() {
+    async_delivers_every_event_and_watermarks_agree(&Broker::start(4, &["browse"]));
+}
+
+#[test]
+fn async_mode_on_tansu() {
+    async_delivers_every_event_and_watermarks_agree(&Broker::tansu(4, &["browse"]));
+}
+
+const PARTITIONERS: &str = r#"
+[producer]
+partitioner = "round_robin"
+
+[producer.outputs.sharded]
+partitioner = "manual"
+partition_field = "shard"
+
+[producer.outputs.java]
+partitioner = "murmur2"
+"#;
+
+fn round_robin_manual_and_murmur2_per_output(broker: &Broker) {
+    let out = produce(
+        broker,
+        PARTITIONERS,
+        &["--sync", "--topic", "spread"],
+        &lines(40, 3),
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let partitions: Vec<i32> = out.placements().iter().map(|p| p.1).collect();
+    for cycle in partitions.chunks(4) {
+        let mut sorted = cycle.to_vec();
+        sorted.sort_unstable();
+        assert_eq!(
+            sorted,
+            [0, 1, 2, 3],
+            "every cycle covers each partition once: {partitions:?}"
+        );
+    }
+
+    let out = produce(
+        broker,
+        PARTITIONERS,
+        &["--sync", "--topic", "sharded"],
+        &lines(20, 3),
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    for (i, (_, partition, _)) in out.placements().iter().enumerate() {
+        assert_eq!(
+            *partition,
+            (i % 4) as i32,
+            "event {i} names shard {}",
+            i % 4
+        );
+    }
+    let refused = produce(
+        broker,
+        PARTITIONERS,
+        &["--sync", "--topic", "sharded"],
+        "{\"item_id\":\"a\",\"shard\":9}\n{\"item_id\":\"b\"}\n",
+    );
+    assert_eq!(refused.code, Some(1), "{}", refused.stdout);
+    assert!(
+        refused.stderr.contains("line 1: topic \"sharded\": partition 9 is outside the topic's 4 partitions")
+            && refused.stderr.contains("line 2: topic \"sharded\": partitioner \"manual\": the event has no integer field \"shard\"")
+            && refused.stderr.contains("sent 0, failed 2"),
+        "{}",
+        refused.stderr
+    );
+
+    let out = produce(
+        broker,
+        PARTITIONERS,
+        &["--sync", "--topic", "java"],
+        &lines(50, 50),
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    for (i, (_, partition, _)) in out.placements().iter().enumerate() {
+        let key = format!("item-{i}");
+        assert_eq!(*partition, java_partition(key.as_bytes(), 4), "key {key}");
+    }
+}
+
+#[test]
+fn partitioners_on_the_embedded_broker() {
+    round_robin_manual_and_murmur2_per_output(&Broker::start(4, &["spread", "sharded", "java"]));
+}
+
+#[test]
+fn partitioners_on_tansu() {
+    round_robin_manual_and_murmur2_per_output(&Broker::tansu(4, &["spread", "sharded", "java"]));
+}
+
+/// librdkafka's `murmur2` partitioner is documented as the Java client's; eventd's own
+/// placement must agree with it key for key.
+#[test]
+fn murmur2_agrees_with_librdkafkas_java_compatible_partitioner() {
+    let broker = Broker::start(7, &["java"]);
+    let producer: rdkafka::producer::BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("partitioner", "murmur2")
+        .create()
+        .expect("producer");
+    let keys: Vec<String> = (0..300)
+        .map(|i| format!("user:{i}:{}", "x".repeat(i % 9)))
+        .collect();
+    for key in &keys {
+        producer
+            .send(
+                BaseRecord::to("java")
+                    .key(key.as_str())
+                    .payload(key.as_str()),
+            )
+            .map_err(|(error, _)| error)
+            .expect("send");
+    }
+    producer.flush(Duration::from_secs(10)).expect("flush");
+    let records = broker.read_all("java");
+    assert_eq!(records.len(), keys.len());
+    for record in records {
+        let key = record.key.expect("key");
+        assert_eq!(
+            record.partition,
+            java_partition(key.as_bytes(), 7),
+            "key {key}"
+        );
+    }
+}
+
+fn embedded(broker: &Broker) -> &eventd::embedded::EmbeddedBroker {
+    match &broker.backend {
+        Backend::Embedded(embedded) => embedded,
+        Backend::Tansu(_) => panic!("error injection needs the embedded broker"),
+    }
+}
+
+const FEW_RETRIES: &str = r#"
+[producer]
+retries = 3
+retry_backoff = "10ms"
+max_retry_backoff = "20ms"
+"#;
+
+#[test]
+fn a_failed_delivery_is_retried_then_reported_as_failed() {
+    let broker = Broker::start(1, &["like"]);
+    let event = "{\"item_id\":\"a\"}\n";
+
+    embedded(&broker)
+        .fail_produce_requests(&[RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 3])
+        .expect("inject");
+    let retried = produce(&broker, FEW_RETRIES, &["--sync", "--topic", "like"], event);
+    assert_eq!(
+        retried.code,
+        Some(0),
+        "three failures fit in three retries: {}",
+        retried.stderr
+    );
+    assert_eq!(retried.placements(), [("like".to_owned(), 0, 0)]);
+
+    embedded(&broker)
+        .fail_produce_requests(&[RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 4])
+        .expect("inject");
+    let failed = produce(&broker, FEW_RETRIES, &["--sync", "--topic", "like"], event);
+    assert_eq!(
+        failed.code,
+        Some(1),
+        "a fourth failure exhausts the retries"
+    );
+    assert!(
+        failed.stdout.is_empty(),
+        "nothing reported as delivered: {}",
+        failed.stdout
+    );
+    assert!(
+        failed
+            .stderr
+            .contains("line 1: delivery to topic \"like\" failed")
+            && failed.stderr.contains("sent 0, failed 1"),
+        "{}",
+        failed.stderr
+    );
+    assert_eq!(
+        broker.read_all("like").len(),
+        1,
+        "only the first event was stored"
+    );
+}
+
+#[test]
+fn the_daemon_counts_failed_deliveries_and_redelivers_the_events() {
+    let broker = Broker::start(1, &["like", "out"]);
+    let total = 300;
+    broker.produce("like", &events(total, 20));
+    // Queued after the test's own writes, so only eventd's produce requests fail.
+    embedded(&broker)
+        .fail_produce_requests(&[RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 12])
+        .expect("inject");
+    let eventd = start_eventd(
+        &broker,
+        &format!(
+            r#"{FEW_RETRIES}
+[[consumers]]
+name = "main"
+topics = ["like"]
+
+[[handlers]]
+name = "copy"
+kind = "forward"
+consumer = "main"
+output = "out"
+"#
+        ),
+    );
+    let out = broker.wait_for("out", Duration::from_secs(40), |records| {
+        ids(records).len() >= total
+    });
+    let missing = missing_ids(&out, total);
+    assert!(
+        missing.is_empty(),
+        "{} ids missing: {}",
+        missing.len(),
+        eventd.logs()
+    );
+    let failed = eventd.metric(
+        "eventd_producer_messages_total",
+        &[("topic", "out"), ("outcome", "failed")],
+    );
+    assert!(
+        failed >= 1.0,
+        "failed deliveries counted: {failed}; {}",
+        eventd.logs()
+    );
+    let delivered = eventd.metric(
+        "eventd_producer_messages_total",
+        &[("topic", "out"), ("outcome", "delivered")],
+    );
+    assert!(delivered >= total as f64, "delivered {delivered}");
+    assert_eq!(eventd.metric("eventd_producer_queue_depth", &[]), 0.0);
+    let (_, metrics) = eventd.http_get("/metrics").expect("metrics");
+    assert!(
+        metrics.contains("eventd_producer_delivery_seconds_bucket"),
+        "delivery histogram exported"
+    );
+}
+
+/// A fatal producer error (as when a fenced idempotent producer can send no more)
+/// restarts the ProducerActor; no event is lost or reported delivered on its way.
+#[cfg(feature = "fault-injection")]
+#[test]
+fn a_fatal_producer_error_restarts_the_producer_without_losing_events() {
+    let broker = Broker::start(2, &["like", "out"]);
+    let total = 3_000;
+    broker.produce("like", &events(total, 50));
+    let eventd = start_eventd(
+        &broker,
+        r#"
+[[consumers]]
+name = "main"
+topics = ["like"]
+
+[[handlers]]
+name = "copy"
+kind = "forward"
+consumer = "main"
+output = "out"
+
+[[handlers]]
+name = "breaker"
+kind = "fault"
+consumer = "main"
+action = "producer_fatal"
+offsets = [700]
+once = true
+"#,
+    );
+    let out = broker.wait_for("out", Duration::from_secs(60), |records| {
+        ids(records).len() >= total
+    });
+    let missing = missing_ids(&out, total);
+    assert!(
+        missing.is_empty(),
+        "{} ids missing: {}",
+        missing.len(),
+        eventd.logs()
+    );
+    let restarts = eventd.metric("eventd_actor_restarts_total", &[("actor", "producer")]);
+    assert!(restarts >= 1.0, "producer restarted: {}", eventd.logs());
+    assert!(eventd.logs().contains("fatal producer error"));
+    assert!(eventd
+        .http_get("/healthz")
+        .is_some_and(|(status, _)| status == 200));
+}
