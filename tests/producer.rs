@@ -448,3 +448,62 @@ once = true
         .http_get("/healthz")
         .is_some_and(|(status, _)| status == 200));
 }
+
+#[test]
+fn produce_reads_a_file_and_refuses_what_it_cannot_use() {
+    let broker = Broker::start(2, &["like"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("events.jsonl");
+    std::fs::write(&input, lines(10, 3)).expect("write input");
+    let input = input.display().to_string();
+    let from_file = produce(&broker, "", &["--topic", "like", "--input", &input], "");
+    assert_eq!(from_file.code, Some(0), "{}", from_file.stderr);
+    assert!(
+        from_file.stdout.starts_with("sent 10, failed 0"),
+        "{}",
+        from_file.stdout
+    );
+
+    let missing = produce(
+        &broker,
+        "",
+        &["--topic", "like", "--input", "/nonexistent.jsonl"],
+        "",
+    );
+    assert_eq!(missing.code, Some(66));
+    assert!(
+        missing.stderr.contains("/nonexistent.jsonl: cannot open"),
+        "{}",
+        missing.stderr
+    );
+
+    let bad_config = produce(
+        &broker,
+        "[producer]\nacks = \"1\"\n",
+        &["--topic", "like"],
+        "",
+    );
+    assert_eq!(bad_config.code, Some(78));
+    assert!(
+        bad_config.stderr.contains("producer.idempotence")
+            && bad_config.stderr.contains("producer.acks"),
+        "{}",
+        bad_config.stderr
+    );
+
+    let no_broker = Command::new(env!("CARGO_BIN_EXE_eventd"))
+        .args(["produce", "--topic", "like"])
+        .env_remove("EVENTD__KAFKA__BROKERS")
+        .output()
+        .expect("eventd produce runs");
+    assert_eq!(no_broker.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&no_broker.stderr).contains("--brokers"));
+
+    let unreachable = Command::new(env!("CARGO_BIN_EXE_eventd"))
+        .args(["produce", "--topic", "like", "--count", "1"])
+        .args(["--brokers", &format!("127.0.0.1:{}", free_port())])
+        .output()
+        .expect("eventd produce runs");
+    assert_eq!(unreachable.status.code(), Some(69));
+    assert!(String::from_utf8_lossy(&unreachable.stderr).contains("cannot reach brokers"));
+}

@@ -448,6 +448,29 @@ mod tests {
     }
 
     #[test]
+    fn partitioner_keys_are_checked_where_they_are_set() {
+        let config = parse(&format!(
+            "[producer]\npartition = 3\n\
+             [producer.outputs.\"comments.moderation\"]\npartitioner = \"manual\"\npartition = 1\npartition_field = \"p\"\n\
+             [producer.outputs.b]\npartitioner = \"manual\"\npartition = -1\n{BASE}"
+        ));
+        assert_eq!(
+            keys(&config),
+            vec![
+                "producer.partition",
+                "producer.outputs.\"b\".partition",
+                "producer.outputs.\"comments.moderation\".partition"
+            ]
+        );
+    }
+
+    #[test]
+    fn idempotence_needs_retries() {
+        let config = parse(&format!("[producer]\nretries = 0\n{BASE}"));
+        assert_eq!(keys(&config), vec!["producer.retries"]);
+    }
+
+    #[test]
     fn filter_conditions_match_fields() {
         let config = parse(&format!(
             "{BASE}\n[handlers.filter]\naction = {{ equals = \"add\" }}\nkind = {{ in = [\"a\", \"b\"] }}\n"
