@@ -2,9 +2,11 @@
 //! to whoever awaits that event's acknowledgement. Each event carries a ticket holding
 //! its in-flight permit, so the bound on unacknowledged events is freed only by a report.
 
+use std::collections::HashMap;
 use std::time::Instant;
 
-use metrics::{Gauge, Histogram};
+use metrics::{Counter, Gauge, Histogram};
+use parking_lot::Mutex;
 use ractor::ActorRef;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -33,6 +35,8 @@ pub struct DeliveryContext {
     actor: ActorRef<ProducerMsg>,
     queue_depth: Gauge,
     delivery_seconds: Histogram,
+    /// `(delivered, failed)` counters per topic, so a report allocates no label.
+    outcomes: Mutex<HashMap<String, (Counter, Counter)>>,
 }
 
 impl DeliveryContext {
@@ -41,7 +45,22 @@ impl DeliveryContext {
             actor,
             queue_depth: metrics::gauge!(PRODUCER_QUEUE_DEPTH),
             delivery_seconds: metrics::histogram!(PRODUCER_DELIVERY),
+            outcomes: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn count(&self, topic: &str, delivered: bool) {
+        let mut outcomes = self.outcomes.lock();
+        let (ok, failed) = match outcomes.get(topic) {
+            Some(counters) => counters,
+            None => outcomes.entry(topic.to_owned()).or_insert_with(|| {
+                (
+                    metrics::counter!(PRODUCER_MESSAGES, "topic" => topic.to_owned(), "outcome" => "delivered"),
+                    metrics::counter!(PRODUCER_MESSAGES, "topic" => topic.to_owned(), "outcome" => "failed"),
+                )
+            }),
+        };
+        if delivered { ok } else { failed }.increment(1);
     }
 }
 
@@ -63,16 +82,14 @@ impl ProducerContext for DeliveryContext {
             .record(ticket.enqueued.elapsed().as_secs_f64());
         let report = match result {
             Ok(message) => {
-                metrics::counter!(PRODUCER_MESSAGES, "topic" => message.topic().to_owned(), "outcome" => "delivered")
-                    .increment(1);
+                self.count(message.topic(), true);
                 Ok(Delivery {
                     partition: message.partition(),
                     offset: message.offset(),
                 })
             }
             Err((error, message)) => {
-                metrics::counter!(PRODUCER_MESSAGES, "topic" => message.topic().to_owned(), "outcome" => "failed")
-                    .increment(1);
+                self.count(message.topic(), false);
                 Err(error.to_string())
             }
         };

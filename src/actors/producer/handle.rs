@@ -169,43 +169,47 @@ impl ProducerHandle {
                 topic: event.topic.clone(),
                 error,
             })?;
-        let mut headers = OwnedHeaders::new_with_capacity(event.headers.len());
-        for (name, value) in &event.headers {
-            headers = headers.insert(Header {
-                key: name,
-                value: Some(value),
-            });
-        }
         let (reply, receiver) = oneshot::channel();
-        let mut ticket = Box::new(Ticket {
+        let ticket = Box::new(Ticket {
             reply,
             enqueued: Instant::now(),
             permit,
         });
+        let mut record: BaseRecord<'_, [u8], [u8], Box<Ticket>> =
+            BaseRecord::with_opaque_to(&event.topic, ticket)
+                .partition(partition)
+                .payload(event.payload.as_slice());
+        if let Some(key) = &event.key {
+            record = record.key(key.as_slice());
+        }
+        // librdkafka copies headers per event: none is cheaper than an empty set.
+        if !event.headers.is_empty() {
+            let mut headers = OwnedHeaders::new_with_capacity(event.headers.len());
+            for (name, value) in &event.headers {
+                headers = headers.insert(Header {
+                    key: name,
+                    value: Some(value),
+                });
+            }
+            record = record.headers(headers);
+        }
         let mut backoff = Duration::from_millis(1);
         loop {
-            let mut record = BaseRecord::with_opaque_to(&event.topic, ticket)
-                .partition(partition)
-                .payload(&event.payload)
-                .headers(headers.clone());
-            if let Some(key) = &event.key {
-                record = record.key(key);
-            }
             match producer.send(record) {
                 Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), record)) => {
-                    ticket = record.delivery_opaque;
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_millis(100));
                 }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::Fatal), record)) => {
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::Fatal), back)) => {
                     // The ProducerActor is replacing this producer; send with the next.
-                    ticket = record.delivery_opaque;
+                    record = back;
                     producer = self.replacement_of(&producer).await?;
                 }
                 Err((error, _)) => {
                     return Err(ProduceError::Enqueue {
-                        topic: event.topic,
+                        topic: event.topic.clone(),
                         reason: error.to_string(),
                     })
                 }
