@@ -507,3 +507,53 @@ fn produce_reads_a_file_and_refuses_what_it_cannot_use() {
     assert_eq!(unreachable.status.code(), Some(69));
     assert!(String::from_utf8_lossy(&unreachable.stderr).contains("cannot reach brokers"));
 }
+
+/// The daemon in sync mode on a real broker: a forward handler's copies arrive whole,
+/// on the partitions sarama would choose for their keys.
+#[test]
+fn the_daemon_forwards_in_sync_mode_on_tansu() {
+    let broker = Broker::tansu(3, &["like", "out"]);
+    let total = 500;
+    broker.produce("like", &events(total, 25));
+    let eventd = start_eventd(
+        &broker,
+        r#"
+[producer]
+mode = "sync"
+
+[[consumers]]
+name = "main"
+topics = ["like"]
+
+[[handlers]]
+name = "copy"
+kind = "forward"
+consumer = "main"
+output = "out"
+concurrency = 2
+"#,
+    );
+    let out = broker.wait_for("out", Duration::from_secs(60), |records| {
+        ids(records).len() >= total
+    });
+    let missing = missing_ids(&out, total);
+    assert!(
+        missing.is_empty(),
+        "{} ids missing: {}",
+        missing.len(),
+        eventd.logs()
+    );
+    for record in &out {
+        let key = record.key.as_deref().expect("copies keep the key");
+        assert_eq!(
+            record.partition,
+            sarama_partition(key.as_bytes(), 3),
+            "key {key}"
+        );
+    }
+    assert!(
+        eventd.logs().contains("\"mode\":\"sync\""),
+        "{}",
+        eventd.logs()
+    );
+}

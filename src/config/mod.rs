@@ -211,6 +211,15 @@ pub enum ProducerMode {
     Async,
 }
 
+impl ProducerMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProducerMode::Sync => "sync",
+            ProducerMode::Async => "async",
+        }
+    }
+}
+
 /// How an event's partition is chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -66,7 +66,7 @@ impl Actor for ProducerActor {
         if let Some(old) = args.handle.install(Some(Arc::new(producer))) {
             retire(old).await;
         }
-        tracing::info!(brokers = %args.brokers.bootstrap, mode = ?args.handle.mode(), "producer started");
+        tracing::info!(brokers = %args.brokers.bootstrap, mode = args.handle.mode().as_str(), "producer started");
         Ok(ProducerState {
             handle: args.handle,
         })
