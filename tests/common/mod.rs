@@ -1,37 +1,172 @@
-//! Black-box harness: an embedded broker per test, the real `eventd` binary run against
-//! it with a config the test writes, and Kafka clients to feed and read topics.
+//! Black-box harness: a broker per test (the embedded mock cluster, or a real tansu
+//! process from `Broker::tansu`), the real `eventd` binary run against it with a config
+//! the test writes, and Kafka clients to feed and read topics.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
+pub mod tansu;
+
+use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use eventd::embedded::EmbeddedBroker;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
+pub use tansu::{Storage, Tansu};
+
+/// Which broker a test runs against.
+pub enum Backend {
+    /// librdkafka's in-process mock cluster: fast, but not a real broker.
+    Embedded(EmbeddedBroker),
+    /// A `tansu broker` process: a real Kafka-compatible broker that can be restarted.
+    Tansu(Tansu),
+}
+
 pub struct Broker {
-    pub embedded: EmbeddedBroker,
+    pub backend: Backend,
+    /// Partitions of the topics given at start; `create_topic` may choose others.
     pub partitions: i32,
+    topic_partitions: Mutex<HashMap<String, i32>>,
 }
 
 impl Broker {
+    /// The embedded mock cluster with `topics` of `partitions` each.
     pub fn start(partitions: i32, topics: &[&str]) -> Broker {
-        let topics: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
-        let embedded = EmbeddedBroker::start(partitions, &topics).expect("embedded broker starts");
+        let names: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
+        let embedded = EmbeddedBroker::start(partitions, &names).expect("embedded broker starts");
+        Broker::with_backend(Backend::Embedded(embedded), partitions, topics)
+    }
+
+    /// A tansu process with sqlite storage and `topics` of `partitions` each.
+    pub fn tansu(partitions: i32, topics: &[&str]) -> Broker {
+        Broker::tansu_with(Storage::Sqlite, partitions, topics)
+    }
+
+    pub fn tansu_with(storage: Storage, partitions: i32, topics: &[&str]) -> Broker {
+        let tansu = Tansu::start_with(storage);
+        for topic in topics {
+            tansu.create_topic(topic, partitions);
+        }
+        Broker::with_backend(Backend::Tansu(tansu), partitions, topics)
+    }
+
+    fn with_backend(backend: Backend, partitions: i32, topics: &[&str]) -> Broker {
         Broker {
-            embedded,
+            backend,
             partitions,
+            topic_partitions: Mutex::new(
+                topics.iter().map(|t| (t.to_string(), partitions)).collect(),
+            ),
+        }
+    }
+
+    pub fn is_tansu(&self) -> bool {
+        matches!(self.backend, Backend::Tansu(_))
+    }
+
+    /// The tansu process; panics on the embedded broker.
+    pub fn tansu_process(&self) -> &Tansu {
+        match &self.backend {
+            Backend::Tansu(tansu) => tansu,
+            Backend::Embedded(_) => panic!(
+                "this test needs Broker::tansu: the embedded mock cluster is not a process \
+                 that can be stopped, restarted or inspected"
+            ),
         }
     }
 
     pub fn bootstrap(&self) -> String {
-        self.embedded.bootstrap_servers().to_owned()
+        match &self.backend {
+            Backend::Embedded(embedded) => embedded.bootstrap_servers().to_owned(),
+            Backend::Tansu(tansu) => tansu.bootstrap(),
+        }
+    }
+
+    pub fn create_topic(&self, name: &str, partitions: i32) {
+        match &self.backend {
+            Backend::Embedded(embedded) => embedded
+                .create_topic(name, partitions)
+                .unwrap_or_else(|error| panic!("create topic {name:?}: {error}")),
+            Backend::Tansu(tansu) => tansu.create_topic(name, partitions),
+        }
+        self.topic_partitions
+            .lock()
+            .expect("topic lock")
+            .insert(name.to_owned(), partitions);
+    }
+
+    /// Stops tansu (SIGTERM, SIGKILL after a grace), keeping port and storage.
+    pub fn stop(&self) {
+        self.tansu_process().stop();
+    }
+
+    /// Kills tansu without warning (a crash), keeping port and storage.
+    pub fn kill(&self) {
+        self.tansu_process().kill();
+    }
+
+    /// Starts tansu again on the same port and storage.
+    pub fn restart(&self) {
+        self.tansu_process().restart();
+    }
+
+    /// The broker's own log tail for failure messages; empty for the embedded broker.
+    pub fn log_tail(&self, lines: usize) -> String {
+        match &self.backend {
+            Backend::Embedded(_) => String::new(),
+            Backend::Tansu(tansu) => tansu.log_tail(lines),
+        }
+    }
+
+    /// Partitions of `topic`: as created here, else as the broker reports them.
+    pub fn partitions_of(&self, topic: &str) -> i32 {
+        if let Some(known) = self.topic_partitions.lock().expect("topic lock").get(topic) {
+            return *known;
+        }
+        let client = self.metadata_client();
+        let metadata = client
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .unwrap_or_else(|error| panic!("metadata of {topic:?}: {error}"));
+        metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .map(|t| t.partitions().len() as i32)
+            .filter(|n| *n > 0)
+            .unwrap_or(self.partitions)
+    }
+
+    fn metadata_client(&self) -> BaseConsumer {
+        ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap())
+            .create()
+            .expect("metadata client")
+    }
+
+    /// `(partition, low, high)` watermarks of every partition of `topic`.
+    pub fn watermarks(&self, topic: &str) -> Vec<(i32, i64, i64)> {
+        let client = self.metadata_client();
+        (0..self.partitions_of(topic))
+            .map(|partition| {
+                let (low, high) = client
+                    .fetch_watermarks(topic, partition, Duration::from_secs(10))
+                    .unwrap_or_else(|error| {
+                        panic!(
+                            "watermarks of {topic}/{partition}: {error}\nbroker log:\n{}",
+                            self.log_tail(20)
+                        )
+                    });
+                (partition, low, high)
+            })
+            .collect()
     }
 
     pub fn producer(&self) -> BaseProducer {
@@ -80,36 +215,13 @@ impl Broker {
 
     /// Every record of `topic` from the beginning, in order per partition.
     pub fn read_all(&self, topic: &str) -> Vec<Record> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", self.bootstrap())
-            .set("fetch.wait.max.ms", "10")
-            .set("enable.partition.eof", "true")
-            .set("group.id", "eventd-test-reader")
-            .set("enable.auto.commit", "false")
-            .create()
-            .expect("consumer");
-        let mut list = TopicPartitionList::new();
-        for partition in 0..self.partitions {
-            list.add_partition_offset(topic, partition, Offset::Beginning)
-                .expect("tpl");
-        }
-        consumer.assign(&list).expect("assign");
-        let mut records = Vec::new();
-        let mut at_end = std::collections::HashSet::new();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while at_end.len() < self.partitions as usize && Instant::now() < deadline {
-            match consumer.poll(Duration::from_millis(100)) {
-                Some(Ok(message)) => records.push(Record::from(&message)),
-                Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
-                    at_end.insert(p);
-                }
-                _ => {}
-            }
-        }
-        records
+        let mut reader = TopicReader::new(self, topic);
+        reader.catch_up(Instant::now() + Duration::from_secs(10));
+        reader.records
     }
 
-    /// Polls `read_all(topic)` until `done` holds or `timeout` passes; returns the last read.
+    /// Reads `topic` until `done` holds for everything read up to the end of every
+    /// partition, or `timeout` passes; returns the last read.
     pub fn wait_for(
         &self,
         topic: &str,
@@ -117,12 +229,70 @@ impl Broker {
         done: impl Fn(&[Record]) -> bool,
     ) -> Vec<Record> {
         let deadline = Instant::now() + timeout;
+        // One reader that keeps its position: re-reading a large topic from the start
+        // every round loads a real broker as much as the daemon under test does.
+        let mut reader = TopicReader::new(self, topic);
         loop {
-            let records = self.read_all(topic);
-            if done(&records) || Instant::now() >= deadline {
-                return records;
+            let round = (Instant::now() + Duration::from_secs(10)).min(deadline);
+            reader.catch_up(round);
+            if done(&reader.records) || Instant::now() >= deadline {
+                return reader.records;
             }
             std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// A consumer assigned to every partition of one topic from the beginning.
+struct TopicReader {
+    consumer: BaseConsumer,
+    partitions: usize,
+    at_end: HashSet<i32>,
+    records: Vec<Record>,
+}
+
+impl TopicReader {
+    fn new(broker: &Broker, topic: &str) -> TopicReader {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", broker.bootstrap())
+            .set("fetch.wait.max.ms", "10")
+            .set("enable.partition.eof", "true")
+            .set("group.id", "eventd-test-reader")
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        let partitions = broker.partitions_of(topic);
+        let mut list = TopicPartitionList::new();
+        for partition in 0..partitions {
+            list.add_partition_offset(topic, partition, Offset::Beginning)
+                .expect("tpl");
+        }
+        consumer.assign(&list).expect("assign");
+        TopicReader {
+            consumer,
+            partitions: partitions as usize,
+            at_end: HashSet::new(),
+            records: Vec::new(),
+        }
+    }
+
+    /// Reads until every partition reported its end (again, if anything arrived since
+    /// the last call) or `deadline` passes.
+    fn catch_up(&mut self, deadline: Instant) {
+        // What arrived since the last round is only seen after polling at least once.
+        let mut polled = false;
+        while (!polled || self.at_end.len() < self.partitions) && Instant::now() < deadline {
+            match self.consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(message)) => {
+                    self.at_end.remove(&message.partition());
+                    self.records.push(Record::from(&message));
+                }
+                Some(Err(KafkaError::PartitionEOF(partition))) => {
+                    self.at_end.insert(partition);
+                }
+                _ => {}
+            }
+            polled = true;
         }
     }
 }

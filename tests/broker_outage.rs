@@ -1,0 +1,134 @@
+//! A broker outage under a running daemon: tansu is stopped (or killed) and started
+//! again on the same port and sqlite storage while eventd consumes and forwards. Every
+//! event produced before the outage and after it must reach the output topic at least
+//! once, and the daemon must ride the outage out instead of exiting.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const CONFIG: &str = r#"
+[[consumers]]
+name = "main"
+group_id = "eventd-outage"
+topics = ["like"]
+max_in_flight = 200
+
+[[handlers]]
+name = "copy"
+kind = "forward"
+consumer = "main"
+output = "out"
+"#;
+
+/// Events handled before the outage starts.
+const SETTLED: usize = 2_000;
+/// Events produced just before the broker goes away, so it goes away while eventd is
+/// still fetching, handling, producing copies and committing them.
+const IN_FLIGHT: usize = 2_000;
+/// Events produced once the broker is back.
+const AFTER: usize = 2_000;
+
+#[derive(Debug, Clone, Copy)]
+enum Outage {
+    /// SIGTERM: tansu shuts down on its own terms.
+    Stop,
+    /// SIGKILL: nothing tansu has not written to sqlite yet survives.
+    Crash,
+}
+
+/// Shorter than `kafka.session_timeout` (12s in tests): the group can keep its members.
+#[test]
+fn every_event_is_handled_across_a_broker_restart() {
+    every_event_is_handled_across(Outage::Stop, Duration::from_secs(5));
+}
+
+/// Longer than `kafka.session_timeout`: the member's session has expired by the time
+/// the broker is back, so the consumer has to join the group again.
+#[test]
+fn every_event_is_handled_across_a_broker_crash_longer_than_the_session_timeout() {
+    every_event_is_handled_across(Outage::Crash, Duration::from_secs(15));
+}
+
+fn every_event_is_handled_across(outage: Outage, downtime: Duration) {
+    let broker = Broker::tansu(2, &["like", "out"]);
+    let total = SETTLED + IN_FLIGHT + AFTER;
+    let all = events(total, 100);
+    broker.produce("like", &all[..SETTLED]);
+    let mut eventd = start_eventd(&broker, CONFIG);
+    let settled = broker.wait_for("out", Duration::from_secs(60), |records| {
+        ids(records).len() >= SETTLED
+    });
+    let missing = missing_ids(&settled, SETTLED);
+    assert!(
+        missing.is_empty(),
+        "before any outage, {} of the first {SETTLED} events were not forwarded, e.g. {:?}; \
+         eventd logs:\n{}",
+        missing.len(),
+        &missing[..missing.len().min(10)],
+        eventd.logs()
+    );
+
+    broker.produce("like", &all[SETTLED..SETTLED + IN_FLIGHT]);
+    match outage {
+        Outage::Stop => broker.stop(),
+        Outage::Crash => broker.kill(),
+    }
+    let down_since = Instant::now();
+    while down_since.elapsed() < downtime {
+        assert_running(&mut eventd, "while the broker was down");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    broker.restart();
+    assert_running(&mut eventd, "right after the broker restarted");
+
+    // What was produced before the outage must still be there, or a missing id below
+    // would blame eventd for the broker's loss.
+    let stored: i64 = broker
+        .watermarks("like")
+        .iter()
+        .map(|(_, low, high)| high - low)
+        .sum();
+    assert_eq!(
+        stored,
+        (SETTLED + IN_FLIGHT) as i64,
+        "tansu did not keep the input across its {outage:?} and restart; broker log:\n{}",
+        broker.log_tail(30)
+    );
+
+    broker.produce("like", &all[SETTLED + IN_FLIGHT..]);
+    let out = broker.wait_for("out", Duration::from_secs(120), |records| {
+        ids(records).len() >= total
+    });
+    let missing = missing_ids(&out, total);
+    let phase = |id: &usize| match *id {
+        id if id < SETTLED => "settled before the outage",
+        id if id < SETTLED + IN_FLIGHT => "in flight at the outage",
+        _ => "produced after the restart",
+    };
+    assert!(
+        missing.is_empty(),
+        "{} of {total} ids never reached `out` after a {downtime:?} {outage:?}, e.g. {:?}; \
+         eventd logs:\n{}\nbroker log:\n{}",
+        missing.len(),
+        missing
+            .iter()
+            .take(10)
+            .map(|id| format!("e-{id} ({})", phase(id)))
+            .collect::<Vec<_>>(),
+        eventd.logs(),
+        broker.log_tail(30)
+    );
+    assert_running(&mut eventd, "after catching up");
+}
+
+fn assert_running(eventd: &mut Eventd, when: &str) {
+    let status = eventd.child.try_wait().expect("try_wait on eventd");
+    assert!(
+        status.is_none(),
+        "eventd exited {when} with {status:?}; logs:\n{}",
+        eventd.logs()
+    );
+}
