@@ -17,9 +17,7 @@
 //! Each variant's topic must hold exactly the events sent afterwards, or the run fails.
 
 use std::collections::HashSet;
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::TcpListener;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -38,7 +36,8 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::runtime::Runtime;
 
-const INSTALL: &str = "cargo install tansu --locked --version 0.6.0 --features dynostore,libsql";
+use tansu::{Storage, Tansu};
+
 const PARTITIONS: i32 = 4;
 const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -133,7 +132,9 @@ fn main() {
     // the broker.
     let broker = match std::env::var("EVENTD_BENCH_BROKERS") {
         Ok(bootstrap) => Broker::External(bootstrap),
-        Err(_) => Broker::Tansu(Tansu::start()),
+        // Memory storage: the fastest tansu has; its wrong high watermarks are worked
+        // around in `high_watermarks`.
+        Err(_) => Broker::Tansu(Tansu::start_with(Storage::Memory)),
     };
     let brokers = Brokers {
         bootstrap: broker.bootstrap(),
@@ -627,125 +628,20 @@ impl Broker {
     fn bootstrap(&self) -> String {
         match self {
             Broker::External(bootstrap) => bootstrap.clone(),
-            Broker::Tansu(tansu) => format!("127.0.0.1:{}", tansu.port),
+            Broker::Tansu(tansu) => tansu.bootstrap(),
         }
     }
 }
 
-/// A `tansu broker` with memory storage; killed on drop.
-struct Tansu {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
+/// The tests' tansu harness: a broker process on its own port, killed on drop.
+#[allow(dead_code)]
+#[path = "../tests/common/tansu.rs"]
+mod tansu;
 
-impl Tansu {
-    fn start() -> Tansu {
-        let binary = tansu_binary().unwrap_or_else(|| {
-            eprintln!(
-                "produce bench: no tansu broker found (TANSU, PATH, ~/.cargo/bin).\n\
-                 Install it with: {INSTALL}\n\
-                 or point the bench at a running broker with EVENTD_BENCH_BROKERS=host:port"
-            );
-            std::process::exit(2);
-        });
-        // A probed port can be taken by another process before tansu binds it.
-        let mut failures = Vec::new();
-        for _ in 0..3 {
-            match Tansu::spawn(&binary) {
-                Ok(tansu) => return tansu,
-                Err(failure) => failures.push(failure),
-            }
-        }
-        panic!(
-            "tansu ({}) did not start:\n{}",
-            binary.display(),
-            failures.join("\n---\n")
-        );
-    }
-
-    fn spawn(binary: &Path) -> Result<Tansu, String> {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free loopback port")
-            .port();
-        let dir = tempfile::Builder::new()
-            .prefix("eventd-bench-tansu-")
-            .tempdir()
-            .expect("tempdir for tansu's log");
-        let log = dir.path().join("tansu.log");
-        let out = std::fs::File::create(&log).expect("tansu log file");
-        let err = out.try_clone().expect("tansu log file");
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(binary)
-            .args(["broker", "--listener-url", &url])
-            .args(["--advertised-listener-url", &url])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .unwrap_or_else(|error| panic!("cannot run {}: {error}", binary.display()));
-        let mut tansu = Tansu {
-            child,
-            port,
-            log,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = tansu.child.try_wait().expect("try_wait on tansu") {
-                return Err(format!(
-                    "tansu exited with {status} before it was ready:\n{}",
-                    tansu.log_text()
-                ));
-            }
-            // Only "ready in" proves the open port is this tansu's and not a squatter's.
-            let address = ([127, 0, 0, 1], port).into();
-            if tansu.log_text().contains("ready in")
-                && TcpStream::connect_timeout(&address, Duration::from_secs(1)).is_ok()
-            {
-                return Ok(tansu);
-            }
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "tansu was not ready on port {port} within 30s:\n{}",
-                    tansu.log_text()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `$TANSU`, else `tansu` on PATH, else cargo's bin directory.
-fn tansu_binary() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("TANSU") {
-        return Some(PathBuf::from(path)).filter(|path| path.is_file());
-    }
-    let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join("tansu"))
-            .find(|candidate| candidate.is_file())
-    });
-    let cargo_home = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")));
-    on_path.or_else(|| {
-        cargo_home
-            .map(|home| home.join("bin").join("tansu"))
-            .filter(|path| path.is_file())
-    })
+/// The harness asks its parent module for a free port.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free loopback port")
+        .port()
 }

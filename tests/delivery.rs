@@ -75,17 +75,7 @@ output = "out"
     );
 
     let eventd = eventd.restart();
-    let out = broker.wait_for("out", second_run_patience, |records| {
-        ids(records).len() >= total
-    });
-    let missing = missing_ids(&out, total);
-    assert!(
-        missing.is_empty(),
-        "{} ids missing, e.g. {:?}; logs: {}",
-        missing.len(),
-        &missing[..missing.len().min(10)],
-        eventd.logs()
-    );
+    let out = broker.expect_every_id("out", total, second_run_patience, &eventd);
     // The second run resumed from the commit rather than from the beginning.
     assert!(
         out.len() < 2 * total,

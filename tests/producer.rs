@@ -369,16 +369,7 @@ output = "out"
 "#
         ),
     );
-    let out = broker.wait_for("out", Duration::from_secs(40), |records| {
-        ids(records).len() >= total
-    });
-    let missing = missing_ids(&out, total);
-    assert!(
-        missing.is_empty(),
-        "{} ids missing: {}",
-        missing.len(),
-        eventd.logs()
-    );
+    broker.expect_every_id("out", total, Duration::from_secs(40), &eventd);
     let failed = eventd.metric(
         "eventd_producer_messages_total",
         &[("topic", "out"), ("outcome", "failed")],
@@ -431,16 +422,7 @@ offsets = [700]
 once = true
 "#,
     );
-    let out = broker.wait_for("out", Duration::from_secs(60), |records| {
-        ids(records).len() >= total
-    });
-    let missing = missing_ids(&out, total);
-    assert!(
-        missing.is_empty(),
-        "{} ids missing: {}",
-        missing.len(),
-        eventd.logs()
-    );
+    broker.expect_every_id("out", total, Duration::from_secs(60), &eventd);
     let restarts = eventd.metric("eventd_actor_restarts_total", &[("actor", "producer")]);
     assert!(restarts >= 1.0, "producer restarted: {}", eventd.logs());
     assert!(eventd.logs().contains("fatal producer error"));
@@ -533,16 +515,7 @@ output = "out"
 concurrency = 2
 "#,
     );
-    let out = broker.wait_for("out", Duration::from_secs(60), |records| {
-        ids(records).len() >= total
-    });
-    let missing = missing_ids(&out, total);
-    assert!(
-        missing.is_empty(),
-        "{} ids missing: {}",
-        missing.len(),
-        eventd.logs()
-    );
+    let out = broker.expect_every_id("out", total, Duration::from_secs(60), &eventd);
     for record in &out {
         let key = record.key.as_deref().expect("copies keep the key");
         assert_eq!(

@@ -550,3 +550,26 @@ pub fn missing_ids(records: &[Record], total: usize) -> Vec<usize> {
         .filter(|id| !seen.contains(&format!("e-{id}")))
         .collect()
 }
+
+impl Broker {
+    /// Waits up to `patience` for ids `0..total` in `topic` and returns its records;
+    /// panics naming some missing ids and eventd's logs.
+    pub fn expect_every_id(
+        &self,
+        topic: &str,
+        total: usize,
+        patience: Duration,
+        eventd: &Eventd,
+    ) -> Vec<Record> {
+        let records = self.wait_for(topic, patience, |records| ids(records).len() >= total);
+        let missing = missing_ids(&records, total);
+        assert!(
+            missing.is_empty(),
+            "{topic}: {} of {total} ids missing, e.g. {:?}; logs: {}",
+            missing.len(),
+            &missing[..missing.len().min(10)],
+            eventd.logs()
+        );
+        records
+    }
+}
