@@ -101,4 +101,24 @@ impl EmbeddedBroker {
         }
         Ok(())
     }
+
+    /// Takes the (only) broker down or brings it back, as an outage would.
+    pub fn set_available(&self, available: bool) -> Result<(), EmbeddedError> {
+        let cluster = Self::cluster_ptr(&self.owner)?;
+        // SAFETY: `cluster` is alive (owned by `self.owner`); broker 1 is the only one.
+        let err = unsafe {
+            if available {
+                bindings::rd_kafka_mock_broker_set_up(cluster, 1)
+            } else {
+                bindings::rd_kafka_mock_broker_set_down(cluster, 1)
+            }
+        };
+        if err != bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+            return Err(EmbeddedError::Start(format!(
+                "cannot set the broker {}",
+                if available { "up" } else { "down" }
+            )));
+        }
+        Ok(())
+    }
 }

@@ -530,3 +530,63 @@ concurrency = 2
         eventd.logs()
     );
 }
+
+/// Async sends are pipelined but bounded: with `max_in_flight` events unacknowledged
+/// (the broker is down), the next send waits instead of queueing without limit, and
+/// goes once the broker is back; none of them is lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn async_sends_wait_while_max_in_flight_events_are_unacknowledged() {
+    use eventd::actors::producer::{Outgoing, ProducerActor, ProducerArgs};
+    use eventd::kafka::Brokers;
+    use std::sync::Arc;
+
+    let broker = Broker::start(1, &["like"]);
+    let mut config = eventd::config::Config::default();
+    config.producer.max_in_flight = 2;
+    let handle = ProducerActor::handle(&config);
+    let (actor, task) = ractor::Actor::spawn(
+        None,
+        ProducerActor,
+        ProducerArgs {
+            config: Arc::new(config),
+            brokers: Brokers {
+                bootstrap: broker.bootstrap(),
+                embedded: true,
+            },
+            handle: handle.clone(),
+        },
+    )
+    .await
+    .expect("producer starts");
+    let event = |id: u32| Outgoing {
+        topic: "like".to_owned(),
+        key: Some(b"item-1".to_vec()),
+        payload: format!("{{\"id\":{id}}}").into_bytes(),
+        headers: Vec::new(),
+    };
+    handle.send(event(0)).await.expect("first event delivered");
+
+    embedded(&broker).set_available(false).expect("broker down");
+    let first = handle.enqueue(event(1)).await.expect("queued");
+    let second = handle.enqueue(event(2)).await.expect("queued");
+    let mut third = Box::pin(handle.enqueue(event(3)));
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), &mut third)
+            .await
+            .is_err(),
+        "a third send went out while two were unacknowledged"
+    );
+
+    embedded(&broker).set_available(true).expect("broker up");
+    let third = tokio::time::timeout(Duration::from_secs(30), third)
+        .await
+        .expect("the third send goes once the broker acknowledges")
+        .expect("queued");
+    let mut offsets = Vec::new();
+    for pending in [first, second, third] {
+        offsets.push(pending.wait().await.expect("delivered").offset);
+    }
+    assert_eq!(offsets, [1, 2, 3]);
+    actor.stop(None);
+    task.await.expect("producer stops");
+}

@@ -274,36 +274,51 @@ impl ProducerHandle {
         }
     }
 
-    /// The partition count of `topic`, from a cache refreshed every
-    /// `PARTITION_COUNT_TTL`; a stale count is kept while the broker cannot be asked.
+    /// The partition count of `topic`. Only a topic's first event waits for the broker;
+    /// afterwards a count older than `PARTITION_COUNT_TTL` is refreshed in the
+    /// background by one sender while every sender goes on with the count it has.
     async fn partition_count(
         &self,
         producer: &Arc<KafkaProducer>,
         topic: &str,
     ) -> Result<i32, ProduceError> {
-        let known = self
-            .shared
-            .partition_counts
-            .lock()
-            .get(topic)
-            .map(|entry| (entry.count, entry.checked.elapsed() < PARTITION_COUNT_TTL));
-        if let Some((count, true)) = known {
-            return Ok(count);
-        }
-        let fetched = fetch_partition_count(producer.clone(), topic.to_owned()).await;
-        let count = match (fetched, known) {
-            (Ok(count), _) => count,
-            (Err(reason), Some((stale, _))) => {
-                tracing::warn!(topic, %reason, partitions = stale, "cannot refresh partition count, keeping the last one");
-                stale
-            }
-            (Err(reason), None) => {
-                return Err(ProduceError::Metadata {
-                    topic: topic.to_owned(),
-                    reason,
-                })
+        let stale = {
+            let mut counts = self.shared.partition_counts.lock();
+            match counts.get_mut(topic) {
+                Some(entry) if entry.checked.elapsed() < PARTITION_COUNT_TTL => {
+                    return Ok(entry.count)
+                }
+                Some(entry) => {
+                    entry.checked = Instant::now();
+                    Some(entry.count)
+                }
+                None => None,
             }
         };
+        if let Some(count) = stale {
+            let handle = self.clone();
+            let producer = producer.clone();
+            let topic = topic.to_owned();
+            tokio::spawn(async move {
+                match fetch_partition_count(producer, topic.clone()).await {
+                    Ok(fresh) => handle.remember_count(&topic, fresh),
+                    Err(reason) => tracing::warn!(%topic, %reason, partitions = count,
+                        "cannot refresh partition count, keeping the last one"),
+                }
+            });
+            return Ok(count);
+        }
+        let count = fetch_partition_count(producer.clone(), topic.to_owned())
+            .await
+            .map_err(|reason| ProduceError::Metadata {
+                topic: topic.to_owned(),
+                reason,
+            })?;
+        self.remember_count(topic, count);
+        Ok(count)
+    }
+
+    fn remember_count(&self, topic: &str, count: i32) {
         self.shared.partition_counts.lock().insert(
             topic.to_owned(),
             TopicPartitions {
@@ -311,7 +326,6 @@ impl ProducerHandle {
                 checked: Instant::now(),
             },
         );
-        Ok(count)
     }
 
     /// Triggers a fatal producer error, as a fenced or broken idempotent producer would.
