@@ -9,7 +9,12 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
+// librdkafka's group protocol log (with RUST_LOG below), shown only when the test
+// fails: it tells a broker that never answers a rejoin from a consumer that never asks.
 const CONFIG: &str = r#"
+[kafka.options]
+debug = "cgrp"
+
 [[consumers]]
 name = "main"
 group_id = "eventd-outage"
@@ -57,7 +62,11 @@ fn every_event_is_handled_across(outage: Outage, downtime: Duration) {
     let total = SETTLED + IN_FLIGHT + AFTER;
     let all = events(total, 100);
     broker.produce("like", &all[..SETTLED]);
-    let mut eventd = start_eventd(&broker, CONFIG);
+    let mut eventd = start_eventd_with_env(
+        &broker,
+        CONFIG,
+        &[("RUST_LOG", "info,librdkafka=debug".to_owned())],
+    );
     let settled = broker.wait_for("out", Duration::from_secs(60), |records| {
         ids(records).len() >= SETTLED
     });

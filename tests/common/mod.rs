@@ -386,6 +386,11 @@ pub struct Eventd {
 /// Writes `config_body` (TOML without [kafka] and [metrics]) next to broker and metrics
 /// settings and starts `eventd run` on it.
 pub fn start_eventd(broker: &Broker, config_body: &str) -> Eventd {
+    start_eventd_with_env(broker, config_body, &[])
+}
+
+/// As `start_eventd`, with extra environment variables for the daemon.
+pub fn start_eventd_with_env(broker: &Broker, config_body: &str, env: &[(&str, String)]) -> Eventd {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
     let config = dir.path().join("eventd.toml");
@@ -394,7 +399,7 @@ pub fn start_eventd(broker: &Broker, config_body: &str) -> Eventd {
         broker.bootstrap()
     );
     std::fs::write(&config, text).expect("write config");
-    start_with(dir, config, port, &[])
+    start_with(dir, config, port, env)
 }
 
 pub fn start_with(
