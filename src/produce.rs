@@ -2,18 +2,22 @@
 //! events, through the same config and ProducerActor as the daemon. For operators
 //! replaying or hand-feeding events, and for load tests.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
-use ractor::Actor;
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use rdkafka::producer::{BaseProducer, Producer};
 use serde_json::Value;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 
-use crate::actors::producer::{Outgoing, ProduceError, ProducerActor, ProducerArgs};
+use crate::actors::producer::{
+    Delivery, Outgoing, ProduceError, ProducerActor, ProducerArgs, ProducerMsg,
+};
+use crate::actors::supervision::{FailureHistory, RestartPolicy, Verdict};
 use crate::config::{Config, DemoConfig, ProducerMode, EXIT_CONFIG};
 use crate::demo::synthetic_event;
 use crate::kafka::{plain_config, Brokers};
@@ -22,6 +26,8 @@ use crate::kafka::{plain_config, Brokers};
 pub const EXIT_NO_INPUT: i32 = 66;
 /// sysexits' EX_UNAVAILABLE: no broker answered.
 pub const EXIT_UNAVAILABLE: i32 = 69;
+/// Stopped by Ctrl-C (SIGINT), as shells report it.
+pub const EXIT_INTERRUPTED: i32 = 130;
 
 /// What to send and how, from the command line.
 #[derive(Debug, Clone)]
@@ -175,13 +181,6 @@ pub async fn run(mut config: Config, options: ProduceOptions) -> i32 {
         bootstrap,
         embedded: false,
     };
-    if let Err(reason) = reachable(&config, &brokers).await {
-        eprintln!(
-            "eventd produce: cannot reach brokers {}: {reason}",
-            brokers.bootstrap
-        );
-        return EXIT_UNAVAILABLE;
-    }
     let mut input = match open_input(&config, &options).await {
         Ok(input) => input,
         Err(message) => {
@@ -189,10 +188,24 @@ pub async fn run(mut config: Config, options: ProduceOptions) -> i32 {
             return EXIT_NO_INPUT;
         }
     };
+    match reachable(&config, &brokers).await {
+        Ok(()) => {}
+        Err(Unreachable::Settings(reason)) => {
+            eprintln!("eventd produce: bad [kafka] settings: {reason}");
+            return EXIT_CONFIG;
+        }
+        Err(Unreachable::NoAnswer(reason)) => {
+            eprintln!(
+                "eventd produce: cannot reach brokers {}: {reason}",
+                brokers.bootstrap
+            );
+            return EXIT_UNAVAILABLE;
+        }
+    }
     let handle = ProducerActor::handle(&config);
     let spawned = Actor::spawn(
-        Some("producer".to_owned()),
-        ProducerActor,
+        None,
+        ProduceSupervisor,
         ProducerArgs {
             config: Arc::new(config),
             brokers,
@@ -200,7 +213,7 @@ pub async fn run(mut config: Config, options: ProduceOptions) -> i32 {
         },
     )
     .await;
-    let (producer, task) = match spawned {
+    let (supervisor, task) = match spawned {
         Ok(spawned) => spawned,
         Err(error) => {
             eprintln!("eventd produce: cannot start the producer: {error}");
@@ -211,22 +224,25 @@ pub async fn run(mut config: Config, options: ProduceOptions) -> i32 {
     let started = Instant::now();
     let mut tally = Tally::default();
     let mut pending = FuturesUnordered::new();
+    let mut output = std::io::stdout().lock();
     let mut interrupted = std::pin::pin!(tokio::signal::ctrl_c());
-    let mut index: u64 = 0;
+    let mut pacing = options.rate.map(Pacing::new);
+    let mut ended = Ended::InputDone;
     loop {
-        if let Some(rate) = options.rate {
-            let due = started + Duration::from_secs_f64(index as f64 / rate);
-            tokio::time::sleep_until(due.into()).await;
-        }
         let next = tokio::select! {
-            next = input.next(&options) => next,
+            biased;
             _ = &mut interrupted => {
-                eprintln!("eventd produce: interrupted, waiting for events already sent");
+                ended = Ended::Interrupted;
                 break;
             }
+            next = async {
+                if let Some(pacing) = &mut pacing {
+                    pacing.wait().await;
+                }
+                input.next(&options).await
+            } => next,
         };
         let Some((place, event)) = next else { break };
-        index += 1;
         let event = match event {
             Ok(event) => event,
             Err(message) => {
@@ -235,27 +251,73 @@ pub async fn run(mut config: Config, options: ProduceOptions) -> i32 {
             }
         };
         let topic = event.topic.clone();
-        match handle.enqueue(event).await {
+        let enqueued = tokio::select! {
+            biased;
+            _ = &mut interrupted => {
+                ended = Ended::Interrupted;
+                break;
+            }
+            enqueued = handle.enqueue(event) => enqueued,
+        };
+        let settled = match enqueued {
             Ok(delivery) if options.sync => {
-                settle(&mut tally, &place, &topic, delivery.wait().await, true);
+                let report = delivery.wait().await;
+                settle(&mut tally, &mut output, &place, &topic, report, true)
             }
             Ok(delivery) => {
                 pending.push(async move {
                     let report = delivery.wait().await;
                     (place, topic, report)
                 });
+                let mut settled = Ok(());
                 while let Some(Some((place, topic, report))) = pending.next().now_or_never() {
-                    settle(&mut tally, &place, &topic, report, false);
+                    settled = settled.and(settle(
+                        &mut tally,
+                        &mut output,
+                        &place,
+                        &topic,
+                        report,
+                        false,
+                    ));
                 }
+                settled
             }
-            Err(error) => report_failure(&mut tally, &place, &error.to_string()),
+            Err(ProduceError::NotRunning) => {
+                report_failure(&mut tally, &place, &ProduceError::NotRunning.to_string());
+                ended = Ended::ProducerGone;
+                break;
+            }
+            Err(error) => {
+                report_failure(&mut tally, &place, &error.to_string());
+                Ok(())
+            }
+        };
+        if settled.is_err() {
+            ended = Ended::OutputClosed;
+            break;
         }
     }
-    while let Some((place, topic, report)) = pending.next().await {
-        settle(&mut tally, &place, &topic, report, false);
+    match ended {
+        Ended::InputDone => {}
+        Ended::Interrupted => {
+            eprintln!("eventd produce: interrupted, waiting for events already sent (Ctrl-C again to quit)")
+        }
+        Ended::ProducerGone => eprintln!("eventd produce: the producer is not running, stopping"),
+        Ended::OutputClosed => eprintln!("eventd produce: stdout closed, stopping"),
+    }
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = tokio::signal::ctrl_c() => std::process::exit(EXIT_INTERRUPTED),
+            next = pending.next() => next,
+        };
+        let Some((place, topic, report)) = next else {
+            break;
+        };
+        let _ = settle(&mut tally, &mut output, &place, &topic, report, false);
     }
     let elapsed = started.elapsed();
-    producer.stop(None);
+    supervisor.stop(None);
     let _ = task.await;
 
     let rate = tally.sent as f64 / elapsed.as_secs_f64().max(1e-9);
@@ -265,34 +327,175 @@ pub async fn run(mut config: Config, options: ProduceOptions) -> i32 {
         tally.failed,
         elapsed.as_secs_f64()
     );
-    if options.sync {
+    if options.sync || ended == Ended::OutputClosed {
         eprintln!("{summary}");
     } else {
-        println!("{summary}");
+        let _ = writeln!(output, "{summary}");
     }
-    if tally.failed > 0 {
-        1
-    } else {
-        0
+    match ended {
+        Ended::Interrupted => EXIT_INTERRUPTED,
+        _ if tally.failed > 0 || ended != Ended::InputDone => 1,
+        _ => 0,
+    }
+}
+
+/// Why the command stopped reading input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    InputDone,
+    Interrupted,
+    ProducerGone,
+    OutputClosed,
+}
+
+/// `--rate`: one event per period; after a stall at most `MAX_CATCH_UP` of missed
+/// events goes out at once rather than the whole backlog.
+struct Pacing {
+    period: Duration,
+    due: tokio::time::Instant,
+}
+
+const MAX_CATCH_UP: Duration = Duration::from_millis(100);
+
+impl Pacing {
+    fn new(rate: f64) -> Self {
+        Self {
+            period: Duration::from_secs_f64(1.0 / rate),
+            due: tokio::time::Instant::now(),
+        }
+    }
+
+    async fn wait(&mut self) {
+        let now = tokio::time::Instant::now();
+        if let Some(earliest) = now.checked_sub(MAX_CATCH_UP) {
+            self.due = self.due.max(earliest);
+        }
+        tokio::time::sleep_until(self.due).await;
+        self.due += self.period;
+    }
+}
+
+/// Restarts the ProducerActor after a fatal producer error, as the daemon's root
+/// supervisor does, within the same `[supervision]` limits.
+struct ProduceSupervisor;
+
+struct SupervisorState {
+    args: ProducerArgs,
+    producer: Option<ActorRef<ProducerMsg>>,
+    policy: RestartPolicy,
+    history: FailureHistory,
+}
+
+enum SupervisorMsg {
+    RestartProducer,
+}
+
+impl ProduceSupervisor {
+    async fn spawn_producer(
+        myself: &ActorRef<SupervisorMsg>,
+        args: &ProducerArgs,
+    ) -> Result<ActorRef<ProducerMsg>, ActorProcessingErr> {
+        let (producer, _) = Actor::spawn_linked(
+            Some("producer".to_owned()),
+            ProducerActor,
+            ProducerArgs {
+                config: args.config.clone(),
+                brokers: args.brokers.clone(),
+                handle: args.handle.clone(),
+            },
+            myself.get_cell(),
+        )
+        .await?;
+        Ok(producer)
+    }
+}
+
+impl Actor for ProduceSupervisor {
+    type Msg = SupervisorMsg;
+    type State = SupervisorState;
+    type Arguments = ProducerArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: ProducerArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let producer = Self::spawn_producer(&myself, &args).await?;
+        Ok(SupervisorState {
+            policy: RestartPolicy::new(args.config.supervision.clone()),
+            args,
+            producer: Some(producer),
+            history: FailureHistory::default(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: SupervisorMsg,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            SupervisorMsg::RestartProducer => {
+                state.producer = Some(Self::spawn_producer(&myself, &state.args).await?);
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let SupervisionEvent::ActorFailed(_, error) = event else {
+            return Ok(());
+        };
+        state.producer = None;
+        match state.history.fail(&mut state.policy, Instant::now()) {
+            Verdict::RestartAfter(delay) => {
+                tracing::warn!(%error, delay_ms = delay.as_millis() as u64, "producer failed, restarting");
+                myself.send_after(delay, || SupervisorMsg::RestartProducer);
+                Ok(())
+            }
+            // Senders then fail with "the producer is not running" and are counted.
+            Verdict::Meltdown => Err(format!("producer failed too often: {error}").into()),
+        }
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(producer) = state.producer.take() {
+            let _ = producer
+                .stop_and_wait(None, Some(Duration::from_secs(10)))
+                .await;
+        }
+        Ok(())
     }
 }
 
 fn settle(
     tally: &mut Tally,
+    output: &mut impl Write,
     place: &str,
     topic: &str,
-    report: Result<crate::actors::producer::Delivery, ProduceError>,
+    report: Result<Delivery, ProduceError>,
     print: bool,
-) {
+) -> std::io::Result<()> {
     match report {
         Ok(delivery) => {
             tally.sent += 1;
             if print {
-                println!("{topic} {} {}", delivery.partition, delivery.offset);
+                writeln!(output, "{topic} {} {}", delivery.partition, delivery.offset)?;
             }
         }
         Err(error) => report_failure(tally, place, &error.to_string()),
     }
+    Ok(())
 }
 
 fn report_failure(tally: &mut Tally, place: &str, message: &str) {
@@ -327,21 +530,27 @@ async fn open_input(config: &Config, options: &ProduceOptions) -> Result<Input, 
     })
 }
 
+enum Unreachable {
+    /// librdkafka refused the `[kafka]` settings.
+    Settings(String),
+    NoAnswer(String),
+}
+
 /// Asks the brokers for metadata once, so a wrong address fails in seconds rather
 /// than once per event.
-async fn reachable(config: &Config, brokers: &Brokers) -> Result<(), String> {
+async fn reachable(config: &Config, brokers: &Brokers) -> Result<(), Unreachable> {
     let client: BaseProducer = plain_config(config, brokers)
         .create()
-        .map_err(|error| error.to_string())?;
+        .map_err(|error| Unreachable::Settings(error.to_string()))?;
     tokio::task::spawn_blocking(move || {
         client
             .client()
             .fetch_metadata(None, Duration::from_secs(10))
             .map(|_| ())
-            .map_err(|error| error.to_string())
+            .map_err(|error| Unreachable::NoAnswer(error.to_string()))
     })
     .await
-    .map_err(|error| error.to_string())?
+    .map_err(|error| Unreachable::NoAnswer(error.to_string()))?
 }
 
 #[cfg(test)]

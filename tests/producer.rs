@@ -590,3 +590,156 @@ async fn async_sends_wait_while_max_in_flight_events_are_unacknowledged() {
     actor.stop(None);
     task.await.expect("producer stops");
 }
+
+/// An event no retry can send (too large, or no valid partition under `manual`) goes
+/// to the dead-letter topic with the reason, and its partition moves on.
+#[test]
+fn events_that_can_never_be_forwarded_are_dead_lettered() {
+    let broker = Broker::start(2, &["like", "out", "dlq"]);
+    let mut events: Vec<(String, String)> = (0..100)
+        .map(|id| {
+            let mut body: serde_json::Value =
+                serde_json::from_str(&event(id, "item-1")).expect("event json");
+            body["shard"] = (id % 2).into();
+            ("item-1".to_owned(), body.to_string())
+        })
+        .collect();
+    let mut special = |id: usize, change: &dyn Fn(&mut serde_json::Value)| {
+        let mut body: serde_json::Value =
+            serde_json::from_str(&event(id, "item-1")).expect("event json");
+        change(&mut body);
+        events.push(("item-1".to_owned(), body.to_string()));
+    };
+    special(100, &|_| {});
+    special(101, &|body| body["shard"] = 5.into());
+    special(102, &|body| {
+        body["shard"] = 0.into();
+        body["text"] = "x".repeat(3000).into();
+    });
+    broker.produce("like", &events);
+    let eventd = start_eventd(
+        &broker,
+        r#"
+[producer]
+max_message_bytes = 2000
+
+[producer.outputs.out]
+partitioner = "manual"
+partition_field = "shard"
+
+[dead_letter]
+topic = "dlq"
+
+[[consumers]]
+name = "main"
+topics = ["like"]
+
+[[handlers]]
+name = "copy"
+kind = "forward"
+consumer = "main"
+output = "out"
+"#,
+    );
+    let dead = broker.wait_for("dlq", Duration::from_secs(30), |records| records.len() >= 3);
+    let reasons: HashMap<i64, (String, usize)> = dead
+        .iter()
+        .map(|record| {
+            let offset = record.headers["eventd.source.offset"]
+                .parse()
+                .expect("offset");
+            (
+                offset,
+                (record.headers["eventd.error"].clone(), record.payload.len()),
+            )
+        })
+        .collect();
+    assert_eq!(reasons.len(), 3, "{dead:?}; {}", eventd.logs());
+    assert!(
+        reasons[&100].0.contains("no integer field \"shard\""),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[&101]
+            .0
+            .contains("partition 5 is outside the topic's 2 partitions"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[&102]
+            .0
+            .contains("above producer.max_message_bytes (2000)")
+            && reasons[&102].1 == 0,
+        "too large for the dead-letter topic too: sent without its body; {reasons:?}"
+    );
+    assert!(reasons[&100].1 > 0, "a small event keeps its body");
+    let out = broker.expect_every_id("out", 100, Duration::from_secs(30), &eventd);
+    for record in &out {
+        assert_eq!(Some(record.partition.to_string()), record.field("shard"));
+    }
+}
+
+/// `eventd produce --sync | head -1`: once stdout is gone the command stops cleanly
+/// instead of panicking on the broken pipe.
+#[test]
+fn produce_stops_cleanly_when_its_output_is_closed() {
+    let broker = Broker::start(1, &["like"]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_eventd"))
+        .args(["produce", "--sync", "--topic", "like", "--count", "5000"])
+        .args(["--brokers", &broker.bootstrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("eventd produce starts");
+    let mut first = [0u8; 8];
+    std::io::Read::read_exact(child.stdout.as_mut().expect("stdout"), &mut first)
+        .expect("a first line");
+    drop(child.stdout.take());
+    let output = child.wait_with_output().expect("eventd produce ends");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("stdout closed, stopping") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+}
+
+/// Ctrl-C stops reading, waits for what was sent, prints the summary and exits 130.
+#[test]
+fn produce_interrupted_reports_what_it_sent() {
+    let broker = Broker::start(1, &["like"]);
+    let child = Command::new(env!("CARGO_BIN_EXE_eventd"))
+        .args([
+            "produce", "--topic", "like", "--count", "100000", "--rate", "200",
+        ])
+        .args(["--brokers", &broker.bootstrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("eventd produce starts");
+    std::thread::sleep(Duration::from_secs(2));
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let output = child.wait_with_output().expect("eventd produce ends");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(130), "{stdout}");
+    let sent: usize = stdout
+        .strip_prefix("sent ")
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("summary: {stdout}"));
+    assert!(stdout.contains(", failed 0,"), "{stdout}");
+    assert!((1..100_000).contains(&sent), "stopped part way: {stdout}");
+    let stored: i64 = broker
+        .watermarks("like")
+        .iter()
+        .map(|(_, low, high)| high - low)
+        .sum();
+    assert_eq!(
+        stored, sent as i64,
+        "every event reported sent is on the broker"
+    );
+}

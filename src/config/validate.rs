@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
+use std::time::Duration;
 
 use super::{
     Acks, Config, ConsumerMode, FaultAction, HandlerConfig, HandlerKind, PartitionerConfig,
@@ -149,8 +150,18 @@ impl Config {
                 "must be above 0 while producer.idempotence = true",
             );
         }
-        if producer.message_timeout.is_zero() {
-            issues.push("producer.message_timeout", "must be above zero");
+        // librdkafka takes whole milliseconds, and reads a timeout of 0 as "never".
+        if producer.message_timeout < Duration::from_millis(1) {
+            issues.push("producer.message_timeout", "must be at least 1ms");
+        }
+        if producer.effective_linger() >= producer.message_timeout {
+            issues.push("producer.linger", "must be below producer.message_timeout");
+        }
+        if producer.retries > i32::MAX as u32 {
+            issues.push("producer.retries", format!("must be at most {}", i32::MAX));
+        }
+        if producer.retry_backoff < Duration::from_millis(1) {
+            issues.push("producer.retry_backoff", "must be at least 1ms");
         }
         if producer.retry_backoff > producer.max_retry_backoff {
             issues.push(

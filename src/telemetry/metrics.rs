@@ -26,13 +26,20 @@ const DURATION_BUCKETS: &[f64] = &[
     0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// Delivery latency buckets: a linger of milliseconds up to retries that run into
+/// `producer.message_timeout` (30s by default).
+const DELIVERY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
 /// Installs the global Prometheus recorder and describes every metric.
 pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(HANDLER_DURATION.to_owned()), DURATION_BUCKETS)?
         .set_buckets_for_metric(
             Matcher::Full(PRODUCER_DELIVERY.to_owned()),
-            DURATION_BUCKETS,
+            DELIVERY_BUCKETS,
         )?
         .install_recorder()?;
     describe();

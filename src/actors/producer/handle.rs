@@ -4,6 +4,7 @@
 //! for the delivery report before returning.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,12 +19,14 @@ use super::delivery::{Delivery, Ticket};
 use super::partitioner::{PartitionError, Partitioners};
 use super::KafkaProducer;
 use crate::config::{ProducerConfig, ProducerMode};
-use crate::telemetry::metrics::PRODUCER_QUEUE_DEPTH;
+use crate::telemetry::metrics::{PRODUCER_MESSAGES, PRODUCER_QUEUE_DEPTH};
 
 /// How long a learned partition count is trusted before it is asked for again, so
 /// partitions added to a topic are used without a restart.
 const PARTITION_COUNT_TTL: Duration = Duration::from_secs(30);
 const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
+/// Beyond `message_timeout`, how long a sender waits for a delivery report.
+const DELIVERY_REPORT_GRACE: Duration = Duration::from_secs(30);
 
 /// An event to write.
 #[derive(Debug, Clone)]
@@ -59,10 +62,36 @@ pub enum ProduceError {
     Delivery { topic: String, reason: String },
 }
 
+impl ProduceError {
+    /// The topic the event was for, when it got that far.
+    pub fn topic(&self) -> &str {
+        match self {
+            ProduceError::NotRunning => "",
+            ProduceError::TooLarge { topic, .. }
+            | ProduceError::Partition { topic, .. }
+            | ProduceError::Metadata { topic, .. }
+            | ProduceError::Enqueue { topic, .. }
+            | ProduceError::Delivery { topic, .. } => topic,
+        }
+    }
+
+    /// True when sending the same event again can never work, so it must go to the
+    /// dead-letter topic rather than be retried.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            ProduceError::TooLarge { .. } | ProduceError::Partition { .. }
+        )
+    }
+}
+
 /// Resolves when the broker acknowledged (or finally refused) one event.
 pub struct PendingDelivery {
     topic: String,
     state: Pending,
+    /// librdkafka reports every event within `message_timeout`; this bounds the wait
+    /// should a report ever be lost with a discarded producer.
+    patience: Duration,
 }
 
 enum Pending {
@@ -72,16 +101,25 @@ enum Pending {
 
 impl PendingDelivery {
     pub async fn wait(self) -> Result<Delivery, ProduceError> {
-        let report = match self.state {
+        let topic = self.topic.clone();
+        self.report()
+            .await
+            .map_err(|reason| ProduceError::Delivery { topic, reason })
+    }
+
+    async fn report(self) -> Result<Delivery, String> {
+        match self.state {
             Pending::Reported(report) => report,
-            Pending::Waiting(receiver) => receiver.await.unwrap_or_else(|_| {
-                Err("the producer stopped before the delivery report".to_owned())
-            }),
-        };
-        report.map_err(|reason| ProduceError::Delivery {
-            topic: self.topic,
-            reason,
-        })
+            Pending::Waiting(receiver) => match tokio::time::timeout(self.patience, receiver).await
+            {
+                Ok(Ok(report)) => report,
+                Ok(Err(_)) => Err("the producer stopped before the delivery report".to_owned()),
+                Err(_) => Err(format!(
+                    "no delivery report within {}",
+                    humantime::format_duration(self.patience)
+                )),
+            },
+        }
     }
 }
 
@@ -99,6 +137,12 @@ struct Shared {
     in_flight: Arc<Semaphore>,
     partitioners: Partitioners,
     partition_counts: Mutex<HashMap<String, TopicPartitions>>,
+    /// One metadata request at a time for topics not yet known, so the first events
+    /// of a new topic do not each ask the broker.
+    first_fetch: tokio::sync::Mutex<()>,
+    /// Bumped each time a producer is installed, so a sender that met a broken one can
+    /// wait for the next without holding on to the broken one.
+    generation: AtomicU64,
     queue_depth: metrics::Gauge,
 }
 
@@ -120,6 +164,8 @@ impl ProducerHandle {
                 in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
                 partitioners: Partitioners::new(config),
                 partition_counts: Mutex::new(HashMap::new()),
+                first_fetch: tokio::sync::Mutex::new(()),
+                generation: AtomicU64::new(0),
                 queue_depth: metrics::gauge!(PRODUCER_QUEUE_DEPTH),
             }),
         }
@@ -133,7 +179,9 @@ impl ProducerHandle {
         &self,
         producer: Option<Arc<KafkaProducer>>,
     ) -> Option<Arc<KafkaProducer>> {
-        self.shared.producer.swap(producer)
+        let previous = self.shared.producer.swap(producer);
+        self.shared.generation.fetch_add(1, Ordering::AcqRel);
+        previous
     }
 
     pub(super) fn current(&self) -> Option<Arc<KafkaProducer>> {
@@ -144,13 +192,29 @@ impl ProducerHandle {
     /// `producer.max_in_flight` events are unacknowledged, and in sync mode until this
     /// event's report arrived.
     pub async fn enqueue(&self, event: Outgoing) -> Result<PendingDelivery, ProduceError> {
-        let size = event.payload.len() + event.key.as_ref().map_or(0, Vec::len);
+        let result = self.try_enqueue(event).await;
+        if let Err(error) = &result {
+            metrics::counter!(PRODUCER_MESSAGES, "topic" => error.topic().to_owned(), "outcome" => "refused")
+                .increment(1);
+        }
+        result
+    }
+
+    async fn try_enqueue(&self, event: Outgoing) -> Result<PendingDelivery, ProduceError> {
+        let size = event.payload.len()
+            + event.key.as_ref().map_or(0, Vec::len)
+            + event
+                .headers
+                .iter()
+                .map(|(name, value)| name.len() + value.len())
+                .sum::<usize>();
+        let too_large = |topic: &str| ProduceError::TooLarge {
+            topic: topic.to_owned(),
+            size,
+            limit: self.shared.max_message_bytes,
+        };
         if size > self.shared.max_message_bytes as usize {
-            return Err(ProduceError::TooLarge {
-                topic: event.topic,
-                size,
-                limit: self.shared.max_message_bytes,
-            });
+            return Err(too_large(&event.topic));
         }
         let permit = self
             .shared
@@ -159,7 +223,7 @@ impl ProducerHandle {
             .acquire_owned()
             .await
             .map_err(|_| ProduceError::NotRunning)?;
-        let mut producer = self.running_producer().await?;
+        let (mut producer, mut generation) = self.running_producer().await?;
         let count = self.partition_count(&producer, &event.topic).await?;
         let partition = self
             .shared
@@ -193,10 +257,12 @@ impl ProducerHandle {
             }
             record = record.headers(headers);
         }
+        // Counted before the send: the report may arrive before `send` returns.
+        self.shared.queue_depth.increment(1.0);
         let mut backoff = Duration::from_millis(1);
-        loop {
+        let sent = loop {
             match producer.send(record) {
-                Ok(()) => break,
+                Ok(()) => break Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     record = back;
                     tokio::time::sleep(backoff).await;
@@ -205,26 +271,50 @@ impl ProducerHandle {
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::Fatal), back)) => {
                     // The ProducerActor is replacing this producer; send with the next.
                     record = back;
-                    producer = self.replacement_of(&producer).await?;
+                    drop(producer);
+                    match self.producer_after(generation).await {
+                        Ok(next) => (producer, generation) = next,
+                        Err(error) => {
+                            self.shared.queue_depth.decrement(1.0);
+                            return Err(error);
+                        }
+                    }
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _)) => {
+                    break Err(too_large(&event.topic))
                 }
                 Err((error, _)) => {
-                    return Err(ProduceError::Enqueue {
+                    break Err(ProduceError::Enqueue {
                         topic: event.topic.clone(),
                         reason: error.to_string(),
                     })
                 }
             }
+        };
+        if sent.is_err() {
+            self.shared.queue_depth.decrement(1.0);
         }
-        self.shared.queue_depth.increment(1.0);
+        sent?;
+        // The ProducerActor alone may keep a producer alive, so it can retire a broken
+        // one off the async threads.
+        drop(producer);
+        let patience = self.shared.message_timeout + DELIVERY_REPORT_GRACE;
         let state = match self.shared.mode {
             ProducerMode::Async => Pending::Waiting(receiver),
-            ProducerMode::Sync => Pending::Reported(receiver.await.unwrap_or_else(|_| {
-                Err("the producer stopped before the delivery report".to_owned())
-            })),
+            ProducerMode::Sync => Pending::Reported(
+                PendingDelivery {
+                    topic: String::new(),
+                    state: Pending::Waiting(receiver),
+                    patience,
+                }
+                .report()
+                .await,
+            ),
         };
         Ok(PendingDelivery {
             topic: event.topic,
             state,
+            patience,
         })
     }
 
@@ -239,38 +329,29 @@ impl ProducerHandle {
             .map_or(0, |producer| producer.in_flight_count())
     }
 
-    /// The producer, waiting up to `message_timeout` for one being restarted.
-    async fn running_producer(&self) -> Result<Arc<KafkaProducer>, ProduceError> {
+    /// The producer and its generation, waiting up to `message_timeout` for one
+    /// being restarted.
+    async fn running_producer(&self) -> Result<(Arc<KafkaProducer>, u64), ProduceError> {
+        self.producer_after(u64::MAX).await
+    }
+
+    /// A producer installed after generation `broken` (any, for `u64::MAX`), waiting
+    /// up to `message_timeout` for the ProducerActor's restart.
+    async fn producer_after(&self, broken: u64) -> Result<(Arc<KafkaProducer>, u64), ProduceError> {
         let deadline = Instant::now() + self.shared.message_timeout;
         let mut backoff = Duration::from_millis(10);
         loop {
-            if let Some(producer) = self.current() {
-                return Ok(producer);
+            let generation = self.shared.generation.load(Ordering::Acquire);
+            if generation != broken {
+                if let Some(producer) = self.current() {
+                    return Ok((producer, generation));
+                }
             }
             if Instant::now() >= deadline {
                 return Err(ProduceError::NotRunning);
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_millis(500));
-        }
-    }
-
-    /// The producer that replaces `broken`, waiting up to `message_timeout` for the
-    /// ProducerActor's restart.
-    async fn replacement_of(
-        &self,
-        broken: &Arc<KafkaProducer>,
-    ) -> Result<Arc<KafkaProducer>, ProduceError> {
-        let deadline = Instant::now() + self.shared.message_timeout;
-        loop {
-            let producer = self.running_producer().await?;
-            if !Arc::ptr_eq(&producer, broken) {
-                return Ok(producer);
-            }
-            if Instant::now() >= deadline {
-                return Err(ProduceError::NotRunning);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -307,6 +388,10 @@ impl ProducerHandle {
                 }
             });
             return Ok(count);
+        }
+        let _only_fetch = self.shared.first_fetch.lock().await;
+        if let Some(entry) = self.shared.partition_counts.lock().get(topic) {
+            return Ok(entry.count);
         }
         let count = fetch_partition_count(producer.clone(), topic.to_owned())
             .await

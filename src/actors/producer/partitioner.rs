@@ -139,7 +139,10 @@ impl Partitioners {
     fn next_round_robin(&self, topic: &str) -> u32 {
         let counter = {
             let mut counters = self.round_robin.lock();
-            counters.entry(topic.to_owned()).or_default().clone()
+            match counters.get(topic) {
+                Some(counter) => counter.clone(),
+                None => counters.entry(topic.to_owned()).or_default().clone(),
+            }
         };
         counter.fetch_add(1, Ordering::Relaxed)
     }

@@ -17,7 +17,7 @@ use crate::event::{headers, Event};
 pub struct Forward {
     output: String,
     producer: ProducerHandle,
-    /// Where an event too large to forward goes instead.
+    /// Where an event that can never be forwarded (too large, no valid partition) goes.
     dead_letter: Option<String>,
 }
 
@@ -57,7 +57,7 @@ impl Forward {
             let copy = copy_of(event, &self.output, fields);
             match self.producer.enqueue(copy).await {
                 Ok(delivery) => pending.push(delivery),
-                Err(error @ ProduceError::TooLarge { .. }) => {
+                Err(error) if error.is_permanent() => {
                     pending.push(self.dead_letter_instead(handler, event, &error).await?);
                 }
                 Err(error) => return Err(error.into()),
@@ -81,11 +81,19 @@ impl Forward {
             );
         };
         tracing::error!(handler, topic = %event.source.topic, partition = event.source.partition,
-            offset = event.source.offset, %error, "event too large to forward, dead-lettered");
+            offset = event.source.offset, %error, "event cannot be forwarded, dead-lettered");
         let mut copy = copy_of(event, topic, None);
         copy.headers
             .push((headers::ERROR.to_owned(), error.to_string().into_bytes()));
-        Ok(self.producer.enqueue(copy).await?)
+        match self.producer.enqueue(copy.clone()).await {
+            Err(ProduceError::TooLarge { .. }) => {
+                // Too large for the dead-letter topic as well: the headers name where
+                // the original stays (source topic, partition, offset).
+                copy.payload = Vec::new();
+                Ok(self.producer.enqueue(copy).await?)
+            }
+            result => Ok(result?),
+        }
     }
 }
 
