@@ -743,3 +743,40 @@ fn produce_interrupted_reports_what_it_sent() {
         "every event reported sent is on the broker"
     );
 }
+
+/// A malformed event larger than the producer may send still reaches the dead-letter
+/// topic (without its body, the headers say where it is) and does not stop its partition.
+#[test]
+fn an_oversized_malformed_event_is_dead_lettered_without_its_body() {
+    let broker = Broker::start(1, &["like", "out", "dlq"]);
+    broker.produce_raw("like", "item-1", "{not json".repeat(400).as_bytes());
+    broker.produce("like", &[("item-1".to_owned(), event(0, "item-1"))]);
+    let eventd = start_eventd(
+        &broker,
+        r#"
+[producer]
+max_message_bytes = 2000
+
+[dead_letter]
+topic = "dlq"
+
+[[consumers]]
+name = "main"
+topics = ["like"]
+
+[[handlers]]
+name = "copy"
+kind = "forward"
+consumer = "main"
+output = "out"
+"#,
+    );
+    broker.expect_every_id("out", 1, Duration::from_secs(30), &eventd);
+    let dead = broker.wait_for("dlq", Duration::from_secs(10), |records| {
+        !records.is_empty()
+    });
+    assert_eq!(dead.len(), 1, "{}", eventd.logs());
+    assert!(dead[0].payload.is_empty(), "sent without its body");
+    assert_eq!(dead[0].headers["eventd.source.offset"], "0");
+    assert!(dead[0].headers.contains_key("eventd.error"));
+}

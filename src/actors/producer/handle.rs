@@ -63,7 +63,7 @@ pub enum ProduceError {
 }
 
 impl ProduceError {
-    /// The topic the event was for, when it got that far.
+    /// The topic the event was for; empty for `NotRunning`.
     pub fn topic(&self) -> &str {
         match self {
             ProduceError::NotRunning => "",
@@ -194,8 +194,11 @@ impl ProducerHandle {
     pub async fn enqueue(&self, event: Outgoing) -> Result<PendingDelivery, ProduceError> {
         let result = self.try_enqueue(event).await;
         if let Err(error) = &result {
-            metrics::counter!(PRODUCER_MESSAGES, "topic" => error.topic().to_owned(), "outcome" => "refused")
-                .increment(1);
+            // NotRunning knows no topic; its senders retry once the producer is back.
+            if !matches!(error, ProduceError::NotRunning) {
+                metrics::counter!(PRODUCER_MESSAGES, "topic" => error.topic().to_owned(), "outcome" => "refused")
+                    .increment(1);
+            }
         }
         result
     }
