@@ -44,7 +44,13 @@ enum Outage {
     Crash,
 }
 
-/// Shorter than `kafka.session_timeout` (12s in tests): the group can keep its members.
+/// A clean broker restart well within the session timeout, as in a rolling restart:
+/// the group keeps its member. The session timeout is raised to 45s here because
+/// tansu takes up to 5s more to stop on SIGTERM, and because of a tansu quirk: when a
+/// member's session expires across a SIGTERM restart, tansu can keep the dead member as
+/// the group's leader, and every SyncGroup then answers "rebalance in progress" for
+/// good (seen with librdkafka's group log: JoinGroup names the old member as leader).
+/// A session that expires across a crash is the next test.
 #[test]
 fn every_event_is_handled_across_a_broker_restart() {
     every_event_is_handled_across(Outage::Stop, Duration::from_secs(5));
@@ -62,11 +68,11 @@ fn every_event_is_handled_across(outage: Outage, downtime: Duration) {
     let total = SETTLED + IN_FLIGHT + AFTER;
     let all = events(total, 100);
     broker.produce("like", &all[..SETTLED]);
-    let mut eventd = start_eventd_with_env(
-        &broker,
-        CONFIG,
-        &[("RUST_LOG", "info,librdkafka=debug".to_owned())],
-    );
+    let mut env = vec![("RUST_LOG", "info,librdkafka=debug".to_owned())];
+    if matches!(outage, Outage::Stop) {
+        env.push(("EVENTD__KAFKA__SESSION_TIMEOUT", "45s".to_owned()));
+    }
+    let mut eventd = start_eventd_with_env(&broker, CONFIG, &env);
     let settled = broker.wait_for("out", Duration::from_secs(60), |records| {
         ids(records).len() >= SETTLED
     });
