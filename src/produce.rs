@@ -390,26 +390,6 @@ enum SupervisorMsg {
     RestartProducer,
 }
 
-impl ProduceSupervisor {
-    async fn spawn_producer(
-        myself: &ActorRef<SupervisorMsg>,
-        args: &ProducerArgs,
-    ) -> Result<ActorRef<ProducerMsg>, ActorProcessingErr> {
-        let (producer, _) = Actor::spawn_linked(
-            Some("producer".to_owned()),
-            ProducerActor,
-            ProducerArgs {
-                config: args.config.clone(),
-                brokers: args.brokers.clone(),
-                handle: args.handle.clone(),
-            },
-            myself.get_cell(),
-        )
-        .await?;
-        Ok(producer)
-    }
-}
-
 impl Actor for ProduceSupervisor {
     type Msg = SupervisorMsg;
     type State = SupervisorState;
@@ -420,7 +400,7 @@ impl Actor for ProduceSupervisor {
         myself: ActorRef<Self::Msg>,
         args: ProducerArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let producer = Self::spawn_producer(&myself, &args).await?;
+        let producer = ProducerActor::spawn_supervised(myself.get_cell(), args.clone()).await?;
         Ok(SupervisorState {
             policy: RestartPolicy::new(args.config.supervision.clone()),
             args,
@@ -437,7 +417,9 @@ impl Actor for ProduceSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             SupervisorMsg::RestartProducer => {
-                state.producer = Some(Self::spawn_producer(&myself, &state.args).await?);
+                state.producer = Some(
+                    ProducerActor::spawn_supervised(myself.get_cell(), state.args.clone()).await?,
+                );
             }
         }
         Ok(())

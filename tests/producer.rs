@@ -291,6 +291,19 @@ fn embedded(broker: &Broker) -> &eventd::embedded::EmbeddedBroker {
     }
 }
 
+/// A consumer of `like` and a forward handler copying it to `out`.
+const COPY_LIKE_TO_OUT: &str = r#"
+[[consumers]]
+name = "main"
+topics = ["like"]
+
+[[handlers]]
+name = "copy"
+kind = "forward"
+consumer = "main"
+output = "out"
+"#;
+
 const FEW_RETRIES: &str = r#"
 [producer]
 retries = 3
@@ -353,22 +366,7 @@ fn the_daemon_counts_failed_deliveries_and_redelivers_the_events() {
     embedded(&broker)
         .fail_produce_requests(&[RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 12])
         .expect("inject");
-    let eventd = start_eventd(
-        &broker,
-        &format!(
-            r#"{FEW_RETRIES}
-[[consumers]]
-name = "main"
-topics = ["like"]
-
-[[handlers]]
-name = "copy"
-kind = "forward"
-consumer = "main"
-output = "out"
-"#
-        ),
-    );
+    let eventd = start_eventd(&broker, &format!("{FEW_RETRIES}\n{COPY_LIKE_TO_OUT}"));
     broker.expect_every_id("out", total, Duration::from_secs(40), &eventd);
     let failed = eventd.metric(
         "eventd_producer_messages_total",
@@ -402,17 +400,8 @@ fn a_fatal_producer_error_restarts_the_producer_without_losing_events() {
     broker.produce("like", &events(total, 50));
     let eventd = start_eventd(
         &broker,
-        r#"
-[[consumers]]
-name = "main"
-topics = ["like"]
-
-[[handlers]]
-name = "copy"
-kind = "forward"
-consumer = "main"
-output = "out"
-
+        &format!(
+            r#"{COPY_LIKE_TO_OUT}
 [[handlers]]
 name = "breaker"
 kind = "fault"
@@ -420,7 +409,8 @@ consumer = "main"
 action = "producer_fatal"
 offsets = [700]
 once = true
-"#,
+"#
+        ),
     );
     broker.expect_every_id("out", total, Duration::from_secs(60), &eventd);
     let restarts = eventd.metric("eventd_actor_restarts_total", &[("actor", "producer")]);
@@ -499,21 +489,7 @@ fn the_daemon_forwards_in_sync_mode_on_tansu() {
     broker.produce("like", &events(total, 25));
     let eventd = start_eventd(
         &broker,
-        r#"
-[producer]
-mode = "sync"
-
-[[consumers]]
-name = "main"
-topics = ["like"]
-
-[[handlers]]
-name = "copy"
-kind = "forward"
-consumer = "main"
-output = "out"
-concurrency = 2
-"#,
+        &format!("[producer]\nmode = \"sync\"\n{COPY_LIKE_TO_OUT}concurrency = 2\n"),
     );
     let out = broker.expect_every_id("out", total, Duration::from_secs(60), &eventd);
     for record in &out {
@@ -619,7 +595,8 @@ fn events_that_can_never_be_forwarded_are_dead_lettered() {
     broker.produce("like", &events);
     let eventd = start_eventd(
         &broker,
-        r#"
+        &format!(
+            r#"
 [producer]
 max_message_bytes = 2000
 
@@ -630,16 +607,8 @@ partition_field = "shard"
 [dead_letter]
 topic = "dlq"
 
-[[consumers]]
-name = "main"
-topics = ["like"]
-
-[[handlers]]
-name = "copy"
-kind = "forward"
-consumer = "main"
-output = "out"
-"#,
+{COPY_LIKE_TO_OUT}"#
+        ),
     );
     let dead = broker.wait_for("dlq", Duration::from_secs(30), |records| records.len() >= 3);
     let reasons: HashMap<i64, (String, usize)> = dead
@@ -753,23 +722,7 @@ fn an_oversized_malformed_event_is_dead_lettered_without_its_body() {
     broker.produce("like", &[("item-1".to_owned(), event(0, "item-1"))]);
     let eventd = start_eventd(
         &broker,
-        r#"
-[producer]
-max_message_bytes = 2000
-
-[dead_letter]
-topic = "dlq"
-
-[[consumers]]
-name = "main"
-topics = ["like"]
-
-[[handlers]]
-name = "copy"
-kind = "forward"
-consumer = "main"
-output = "out"
-"#,
+        &format!("[producer]\nmax_message_bytes = 2000\n[dead_letter]\ntopic = \"dlq\"\n{COPY_LIKE_TO_OUT}"),
     );
     broker.expect_every_id("out", 1, Duration::from_secs(30), &eventd);
     let dead = broker.wait_for("dlq", Duration::from_secs(10), |records| {

@@ -11,7 +11,7 @@ pub mod partitioner;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
 use rdkafka::producer::{Producer, ThreadedProducer};
 
 use crate::config::Config;
@@ -24,6 +24,7 @@ type KafkaProducer = ThreadedProducer<DeliveryContext>;
 
 pub struct ProducerActor;
 
+#[derive(Clone)]
 pub struct ProducerArgs {
     pub config: Arc<Config>,
     pub brokers: Brokers,
@@ -45,6 +46,17 @@ pub enum ProducerMsg {
 }
 
 impl ProducerActor {
+    /// Starts a ProducerActor whose failures go to `supervisor`.
+    pub async fn spawn_supervised(
+        supervisor: ActorCell,
+        args: ProducerArgs,
+    ) -> Result<ActorRef<ProducerMsg>, ActorProcessingErr> {
+        let (producer, _) =
+            Actor::spawn_linked(Some("producer".to_owned()), ProducerActor, args, supervisor)
+                .await?;
+        Ok(producer)
+    }
+
     /// A handle that works once the actor has started, and across its restarts.
     pub fn handle(config: &Config) -> ProducerHandle {
         ProducerHandle::new(&config.producer)

@@ -53,24 +53,12 @@ pub enum RootMsg {
     RestartProducer,
 }
 
-async fn spawn_producer(
-    myself: &ActorRef<RootMsg>,
-    config: &Arc<Config>,
-    brokers: &Brokers,
-    handle: &ProducerHandle,
-) -> Result<ActorRef<ProducerMsg>, ActorProcessingErr> {
-    let (producer, _) = Actor::spawn_linked(
-        Some("producer".to_owned()),
-        ProducerActor,
-        ProducerArgs {
-            config: config.clone(),
-            brokers: brokers.clone(),
-            handle: handle.clone(),
-        },
-        myself.get_cell(),
-    )
-    .await?;
-    Ok(producer)
+fn producer_args(config: &Arc<Config>, brokers: &Brokers, handle: &ProducerHandle) -> ProducerArgs {
+    ProducerArgs {
+        config: config.clone(),
+        brokers: brokers.clone(),
+        handle: handle.clone(),
+    }
 }
 
 impl Actor for RootSupervisor {
@@ -83,7 +71,11 @@ impl Actor for RootSupervisor {
         myself: ActorRef<RootMsg>,
         args: RootArgs,
     ) -> Result<RootState, ActorProcessingErr> {
-        let producer = spawn_producer(&myself, &args.config, &args.brokers, &args.producer).await?;
+        let producer = ProducerActor::spawn_supervised(
+            myself.get_cell(),
+            producer_args(&args.config, &args.brokers, &args.producer),
+        )
+        .await?;
         let pools = build_pools(&args.config);
         let (handlers, _) = Actor::spawn_linked(
             Some("handlers".to_owned()),
@@ -185,11 +177,9 @@ impl Actor for RootSupervisor {
             }
             RootMsg::RestartProducer => {
                 if !state.stopping {
-                    match spawn_producer(
-                        &myself,
-                        &state.config,
-                        &state.brokers,
-                        &state.producer_handle,
+                    match ProducerActor::spawn_supervised(
+                        myself.get_cell(),
+                        producer_args(&state.config, &state.brokers, &state.producer_handle),
                     )
                     .await
                     {
