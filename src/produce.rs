@@ -251,13 +251,21 @@ pub async fn run(mut config: Config, options: ProduceOptions) -> i32 {
             }
         };
         let topic = event.topic.clone();
-        let enqueued = tokio::select! {
-            biased;
-            _ = &mut interrupted => {
-                ended = Ended::Interrupted;
-                break;
+        let enqueued = if options.sync {
+            // Not cut short by Ctrl-C: the event may already be at the broker, and its
+            // line must be printed. The interrupt is seen right after.
+            handle.enqueue(event).await
+        } else {
+            // Cut short only before the event reaches librdkafka: after that, async
+            // enqueue returns without waiting.
+            tokio::select! {
+                biased;
+                _ = &mut interrupted => {
+                    ended = Ended::Interrupted;
+                    break;
+                }
+                enqueued = handle.enqueue(event) => enqueued,
             }
-            enqueued = handle.enqueue(event) => enqueued,
         };
         let settled = match enqueued {
             Ok(delivery) if options.sync => {

@@ -301,6 +301,8 @@ impl ProducerHandle {
         // The ProducerActor alone may keep a producer alive, so it can retire a broken
         // one off the async threads.
         drop(producer);
+        // In async mode nothing below awaits: a caller that drops this future at an
+        // await above knows the event was not sent (`eventd produce` relies on it).
         let patience = self.shared.message_timeout + DELIVERY_REPORT_GRACE;
         let state = match self.shared.mode {
             ProducerMode::Async => Pending::Waiting(receiver),
