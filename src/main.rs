@@ -34,7 +34,7 @@ enum Command {
 
 #[derive(clap::Args)]
 struct ProduceCommand {
-    /// Config file; its [kafka] and [producer] sections are used.
+    /// Config file; its [kafka], [producer] and [supervision] sections are used.
     #[arg(long, short)]
     config: Option<PathBuf>,
     /// Bootstrap servers, overriding kafka.brokers.
@@ -68,9 +68,9 @@ struct ProduceCommand {
 
 fn positive_rate(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
-        Ok(rate) if rate > 0.0 && rate.is_finite() => Ok(rate),
+        Ok(rate) if (0.001..=1e9).contains(&rate) => Ok(rate),
         _ => Err(format!(
-            "{text:?} is not a positive number of events per second"
+            "{text:?} is not a number of events per second from 0.001 to 1000000000"
         )),
     }
 }
