@@ -323,6 +323,28 @@ impl ProducerHandle {
         })
     }
 
+    /// Queues a dead-letter copy. A copy too large to send goes without its body: its
+    /// `eventd.source.*` headers still say where the original is, and nothing else
+    /// would ever let its offset move on.
+    pub async fn enqueue_dead_letter(
+        &self,
+        mut copy: Outgoing,
+    ) -> Result<PendingDelivery, ProduceError> {
+        let payload = std::mem::take(&mut copy.payload);
+        let whole = Outgoing {
+            payload,
+            ..copy.clone()
+        };
+        match self.enqueue(whole).await {
+            Err(error @ ProduceError::TooLarge { .. }) => {
+                tracing::warn!(topic = %copy.topic, %error,
+                    "too large for the dead-letter topic, sending it without its body");
+                self.enqueue(copy).await
+            }
+            result => result,
+        }
+    }
+
     /// Sends `event` and waits for the broker's acknowledgement.
     pub async fn send(&self, event: Outgoing) -> Result<Delivery, ProduceError> {
         self.enqueue(event).await?.wait().await

@@ -29,7 +29,7 @@ use tokio::task::JoinHandle;
 
 use super::context::{KafkaConsumer, KafkaPartitionQueue};
 use crate::actors::handler::{Batch, HandlerMsg, Router};
-use crate::actors::producer::{Outgoing, ProduceError, ProducerHandle};
+use crate::actors::producer::{Outgoing, ProducerHandle};
 use crate::event::{headers, DecodeError, Event, Source};
 use crate::telemetry::metrics::{
     EVENTS_CONSUMED, EVENTS_DEAD_LETTERED, EVENTS_INVALID, PARTITION_IN_FLIGHT,
@@ -344,7 +344,7 @@ impl PartitionWorkerState {
         };
         kafka_headers.extend(headers::source(&source));
         kafka_headers.push((headers::ERROR.to_owned(), error.to_string().into_bytes()));
-        let mut outgoing = Outgoing {
+        let outgoing = Outgoing {
             topic,
             key,
             payload: payload.unwrap_or_default(),
@@ -357,13 +357,12 @@ impl PartitionWorkerState {
             // The offset stays unstored until the dead-letter write is acknowledged.
             let mut backoff = Duration::from_millis(100);
             loop {
-                match producer.send(outgoing.clone()).await {
+                let sent = match producer.enqueue_dead_letter(outgoing.clone()).await {
+                    Ok(pending) => pending.wait().await,
+                    Err(error) => Err(error),
+                };
+                match sent {
                     Ok(_) => break,
-                    Err(error @ ProduceError::TooLarge { .. }) if !outgoing.payload.is_empty() => {
-                        // The headers still say where the original is.
-                        tracing::warn!(%error, offset, "too large for the dead-letter topic, sending it without its body");
-                        outgoing.payload.clear();
-                    }
                     Err(error) => {
                         tracing::error!(%error, offset, "dead-letter write failed, retrying");
                         tokio::time::sleep(backoff).await;

@@ -85,15 +85,7 @@ impl Forward {
         let mut copy = copy_of(event, topic, None);
         copy.headers
             .push((headers::ERROR.to_owned(), error.to_string().into_bytes()));
-        match self.producer.enqueue(copy.clone()).await {
-            Err(ProduceError::TooLarge { .. }) => {
-                // Too large for the dead-letter topic as well: the headers name where
-                // the original stays (source topic, partition, offset).
-                copy.payload = Vec::new();
-                Ok(self.producer.enqueue(copy).await?)
-            }
-            result => Ok(result?),
-        }
+        Ok(self.producer.enqueue_dead_letter(copy).await?)
     }
 }
 
