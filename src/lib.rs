@@ -13,6 +13,10 @@
 //!     └── PartitionConsumer × partitions  mode = "partitions": manual assignment
 //!         └── PartitionWorker
 //! telemetry                             /metrics, /healthz, /readyz
+//!
+//! eventd produce:
+//! ProducerSupervisor                    actors::producer: restarts it on fatal errors
+//! └── ProducerActor
 //! ```
 //!
 //! An offset is stored only after every handler routed an event has finished it (and

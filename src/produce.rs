@@ -9,15 +9,14 @@ use std::time::{Duration, Instant};
 
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
-use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use ractor::Actor;
 use rdkafka::producer::{BaseProducer, Producer};
 use serde_json::Value;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 
 use crate::actors::producer::{
-    Delivery, Outgoing, ProduceError, ProducerActor, ProducerArgs, ProducerMsg,
+    Delivery, Outgoing, ProduceError, ProducerActor, ProducerArgs, ProducerSupervisor,
 };
-use crate::actors::supervision::{FailureHistory, RestartPolicy, Verdict};
 use crate::config::{Config, DemoConfig, ProducerMode, EXIT_CONFIG};
 use crate::demo::synthetic_event;
 use crate::kafka::{plain_config, Brokers};
@@ -53,9 +52,9 @@ pub struct ProduceOptions {
 
 /// What happened to the events, for the closing summary.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct Tally {
-    pub sent: u64,
-    pub failed: u64,
+struct Tally {
+    sent: u64,
+    failed: u64,
 }
 
 enum Input {
@@ -205,7 +204,7 @@ pub async fn run(mut config: Config, options: ProduceOptions) -> i32 {
     let handle = ProducerActor::handle(&config);
     let spawned = Actor::spawn(
         None,
-        ProduceSupervisor,
+        ProducerSupervisor,
         ProducerArgs {
             config: Arc::new(config),
             brokers,
@@ -380,91 +379,6 @@ impl Pacing {
         }
         tokio::time::sleep_until(self.due).await;
         self.due += self.period;
-    }
-}
-
-/// Restarts the ProducerActor after a fatal producer error, as the daemon's root
-/// supervisor does, within the same `[supervision]` limits.
-struct ProduceSupervisor;
-
-struct SupervisorState {
-    args: ProducerArgs,
-    producer: Option<ActorRef<ProducerMsg>>,
-    policy: RestartPolicy,
-    history: FailureHistory,
-}
-
-enum SupervisorMsg {
-    RestartProducer,
-}
-
-impl Actor for ProduceSupervisor {
-    type Msg = SupervisorMsg;
-    type State = SupervisorState;
-    type Arguments = ProducerArgs;
-
-    async fn pre_start(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        args: ProducerArgs,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        let producer = ProducerActor::spawn_supervised(myself.get_cell(), args.clone()).await?;
-        Ok(SupervisorState {
-            policy: RestartPolicy::new(args.config.supervision.clone()),
-            args,
-            producer: Some(producer),
-            history: FailureHistory::default(),
-        })
-    }
-
-    async fn handle(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        message: SupervisorMsg,
-        state: &mut SupervisorState,
-    ) -> Result<(), ActorProcessingErr> {
-        match message {
-            SupervisorMsg::RestartProducer => {
-                state.producer = Some(
-                    ProducerActor::spawn_supervised(myself.get_cell(), state.args.clone()).await?,
-                );
-            }
-        }
-        Ok(())
-    }
-
-    async fn handle_supervisor_evt(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        event: SupervisionEvent,
-        state: &mut SupervisorState,
-    ) -> Result<(), ActorProcessingErr> {
-        let SupervisionEvent::ActorFailed(_, error) = event else {
-            return Ok(());
-        };
-        state.producer = None;
-        match state.history.fail(&mut state.policy, Instant::now()) {
-            Verdict::RestartAfter(delay) => {
-                tracing::warn!(%error, delay_ms = delay.as_millis() as u64, "producer failed, restarting");
-                myself.send_after(delay, || SupervisorMsg::RestartProducer);
-                Ok(())
-            }
-            // Senders then fail with "the producer is not running" and are counted.
-            Verdict::Meltdown => Err(format!("producer failed too often: {error}").into()),
-        }
-    }
-
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        state: &mut SupervisorState,
-    ) -> Result<(), ActorProcessingErr> {
-        if let Some(producer) = state.producer.take() {
-            let _ = producer
-                .stop_and_wait(None, Some(Duration::from_secs(10)))
-                .await;
-        }
-        Ok(())
     }
 }
 

@@ -7,6 +7,7 @@
 mod delivery;
 mod handle;
 pub mod partitioner;
+mod supervisor;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +20,7 @@ use crate::kafka::{producer_config, Brokers};
 
 pub use delivery::{Delivery, DeliveryContext};
 pub use handle::{Outgoing, PendingDelivery, ProduceError, ProducerHandle};
+pub use supervisor::ProducerSupervisor;
 
 type KafkaProducer = ThreadedProducer<DeliveryContext>;
 
