@@ -189,20 +189,7 @@ fn malformed_events_go_to_the_dead_letter_topic_and_do_not_stop_the_partition() 
     broker.produce("like", &good_after);
     let eventd = start_eventd(
         &broker,
-        r#"
-[[consumers]]
-name = "main"
-topics = ["like"]
-
-[[handlers]]
-name = "copy"
-kind = "forward"
-consumer = "main"
-output = "out"
-
-[dead_letter]
-topic = "dlq"
-"#,
+        &format!("{COPY_LIKE_TO_OUT}\n[dead_letter]\ntopic = \"dlq\"\n"),
     );
     let out = broker.wait_for("out", Duration::from_secs(30), |records| {
         ids(records).len() >= 200

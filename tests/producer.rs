@@ -291,19 +291,6 @@ fn embedded(broker: &Broker) -> &eventd::embedded::EmbeddedBroker {
     }
 }
 
-/// A consumer of `like` and a forward handler copying it to `out`.
-const COPY_LIKE_TO_OUT: &str = r#"
-[[consumers]]
-name = "main"
-topics = ["like"]
-
-[[handlers]]
-name = "copy"
-kind = "forward"
-consumer = "main"
-output = "out"
-"#;
-
 const FEW_RETRIES: &str = r#"
 [producer]
 retries = 3

@@ -383,6 +383,19 @@ pub struct Eventd {
     _dir: tempfile::TempDir,
 }
 
+/// A consumer of `like` and a forward handler copying it to `out`.
+pub const COPY_LIKE_TO_OUT: &str = r#"
+[[consumers]]
+name = "main"
+topics = ["like"]
+
+[[handlers]]
+name = "copy"
+kind = "forward"
+consumer = "main"
+output = "out"
+"#;
+
 /// Writes `config_body` (TOML without [kafka] and [metrics]) next to broker and metrics
 /// settings and starts `eventd run` on it.
 pub fn start_eventd(broker: &Broker, config_body: &str) -> Eventd {
