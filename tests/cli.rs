@@ -188,16 +188,7 @@ fn embedded_default_shows_the_pipeline_and_stops_cleanly() {
         "/readyz"
     );
 
-    eventd.signal("TERM");
-    let status = eventd.wait_exit(Duration::from_secs(25));
-    let logs = eventd.logs();
-    let status = status
-        .unwrap_or_else(|| panic!("eventd did not exit within 25s of SIGTERM; logs:\n{logs}"));
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "exit status after SIGTERM; logs:\n{logs}"
-    );
+    let logs = eventd.terminate(Duration::from_secs(25));
     assert!(
         logs.contains("offsets committed"),
         "no final offset commit logged:\n{logs}"
@@ -344,16 +335,7 @@ sample = 1.0
         "events logged after sample = 0.0 was reloaded"
     );
 
-    eventd.signal("TERM");
-    let status = eventd.wait_exit(Duration::from_secs(25));
-    let logs = eventd.logs();
-    let status = status
-        .unwrap_or_else(|| panic!("eventd did not exit within 25s of SIGTERM; logs:\n{logs}"));
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "exit status after SIGTERM; logs:\n{logs}"
-    );
+    eventd.terminate(Duration::from_secs(25));
 }
 
 /// Shutdown is made slow without fault injection: a count window holds events when the

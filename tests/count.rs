@@ -145,20 +145,6 @@ fn wait_handled(eventd: &Eventd, n: usize) {
     );
 }
 
-fn terminate(eventd: &mut Eventd, within: Duration) {
-    eventd.signal("TERM");
-    let status = eventd.wait_exit(within);
-    let logs = eventd.logs();
-    let status = status.unwrap_or_else(|| {
-        panic!("eventd did not exit within {within:?} of SIGTERM; logs:\n{logs}")
-    });
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "exit status after SIGTERM; logs:\n{logs}"
-    );
-}
-
 #[test]
 fn count_emits_correct_totals_per_value() {
     let broker = Broker::start(4, &[INPUT, OUTPUT]);
@@ -182,7 +168,7 @@ fn count_emits_correct_totals_per_value() {
         "eventd exited while counting"
     );
 
-    terminate(&mut eventd, Duration::from_secs(30));
+    eventd.terminate(Duration::from_secs(30));
     // Nothing is counted twice by the shutdown flush either.
     let after = sums(&broker.read_all(OUTPUT));
     assert_eq!(after, expected, "counts per value after shutdown");
@@ -257,7 +243,7 @@ fn partial_windows_are_emitted_on_shutdown() {
     let mut eventd = start_eventd(&broker, &config("1h"));
     wait_handled(&eventd, input.len());
 
-    terminate(&mut eventd, Duration::from_secs(30));
+    eventd.terminate(Duration::from_secs(30));
     let records = broker.read_all(OUTPUT);
     assert!(
         !records.is_empty(),

@@ -61,12 +61,8 @@ output = "out"
         "first run handled nothing: {}",
         eventd.logs()
     );
-    eventd.signal("TERM");
-    let status = eventd
-        .wait_exit(Duration::from_secs(25))
-        .expect("exits within the grace");
-    assert_eq!(status.code(), Some(0), "{}", eventd.logs());
-    assert!(eventd.logs().contains("offsets committed"));
+    let logs = eventd.terminate(Duration::from_secs(25));
+    assert!(logs.contains("offsets committed"));
     let first_run = ids(&broker.read_all("out"));
     assert!(
         !first_run.is_empty() && first_run.len() < total,

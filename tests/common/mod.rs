@@ -475,6 +475,22 @@ impl Eventd {
         assert!(status.success(), "kill -{signal} failed");
     }
 
+    /// Sends SIGTERM and expects a clean exit (0) within `within`; returns the logs.
+    pub fn terminate(&mut self, within: Duration) -> String {
+        self.signal("TERM");
+        let status = self.wait_exit(within);
+        let logs = self.logs();
+        let status = status.unwrap_or_else(|| {
+            panic!("eventd did not exit within {within:?} of SIGTERM; logs:\n{logs}")
+        });
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "exit status after SIGTERM; logs:\n{logs}"
+        );
+        logs
+    }
+
     /// Waits for the process to exit, at most `timeout`.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + timeout;
