@@ -25,8 +25,18 @@ pub struct EmbeddedBroker {
 impl EmbeddedBroker {
     /// Starts a one-broker cluster and creates `topics` with `partitions` each.
     pub fn start(partitions: i32, topics: &[String]) -> Result<Self, EmbeddedError> {
+        Self::start_cluster(1, partitions, topics)
+    }
+
+    /// Starts a cluster of `brokers` brokers (ids 1..=brokers) and creates `topics`
+    /// with `partitions` each, their leaders spread over the brokers.
+    pub fn start_cluster(
+        brokers: u32,
+        partitions: i32,
+        topics: &[String],
+    ) -> Result<Self, EmbeddedError> {
         let owner: BaseProducer = ClientConfig::new()
-            .set("test.mock.num.brokers", "1")
+            .set("test.mock.num.brokers", brokers.max(1).to_string())
             .set("log_level", "3")
             .create()
             .map_err(|e| EmbeddedError::Start(e.to_string()))?;
@@ -102,21 +112,50 @@ impl EmbeddedBroker {
         Ok(())
     }
 
-    /// Takes the (only) broker down or brings it back, as an outage would.
+    /// Takes broker 1 (the only one of `start`) down or brings it back, as an outage
+    /// would.
     pub fn set_available(&self, available: bool) -> Result<(), EmbeddedError> {
+        self.set_broker_available(1, available)
+    }
+
+    /// Takes broker `broker` down or brings it back.
+    pub fn set_broker_available(&self, broker: i32, available: bool) -> Result<(), EmbeddedError> {
         let cluster = Self::cluster_ptr(&self.owner)?;
-        // SAFETY: `cluster` is alive (owned by `self.owner`); broker 1 is the only one.
+        // SAFETY: `cluster` is alive (owned by `self.owner`).
         let err = unsafe {
             if available {
-                bindings::rd_kafka_mock_broker_set_up(cluster, 1)
+                bindings::rd_kafka_mock_broker_set_up(cluster, broker)
             } else {
-                bindings::rd_kafka_mock_broker_set_down(cluster, 1)
+                bindings::rd_kafka_mock_broker_set_down(cluster, broker)
             }
         };
         if err != bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
             return Err(EmbeddedError::Start(format!(
-                "cannot set the broker {}",
+                "cannot set broker {broker} {}",
                 if available { "up" } else { "down" }
+            )));
+        }
+        Ok(())
+    }
+
+    /// Makes broker `broker` the leader of `topic`'s `partition`.
+    pub fn set_leader(
+        &self,
+        topic: &str,
+        partition: i32,
+        broker: i32,
+    ) -> Result<(), EmbeddedError> {
+        let cluster = Self::cluster_ptr(&self.owner)?;
+        let name = CString::new(topic).map_err(|_| EmbeddedError::Topic {
+            topic: topic.to_owned(),
+        })?;
+        // SAFETY: `cluster` is alive (owned by `self.owner`) and `name` outlives the call.
+        let err = unsafe {
+            bindings::rd_kafka_mock_partition_set_leader(cluster, name.as_ptr(), partition, broker)
+        };
+        if err != bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+            return Err(EmbeddedError::Start(format!(
+                "cannot make broker {broker} the leader of {topic}/{partition}"
             )));
         }
         Ok(())

@@ -10,6 +10,7 @@ pub const EVENTS_HANDLED: &str = "eventd_events_handled_total";
 pub const EVENTS_INVALID: &str = "eventd_events_invalid_total";
 pub const EVENTS_DEAD_LETTERED: &str = "eventd_events_dead_lettered_total";
 pub const HANDLER_DURATION: &str = "eventd_handler_duration_seconds";
+pub const HANDLER_BATCH_SIZE: &str = "eventd_handler_batch_size";
 pub const PARTITION_IN_FLIGHT: &str = "eventd_partition_in_flight";
 pub const REBALANCES: &str = "eventd_rebalances_total";
 pub const OFFSETS_COMMITTED: &str = "eventd_offsets_committed_total";
@@ -26,6 +27,9 @@ const DURATION_BUCKETS: &[f64] = &[
     0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// Batch size buckets: single events (a starved partition) up to the largest read.
+const BATCH_SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0];
+
 /// Delivery latency buckets: a linger of milliseconds up to retries that run into
 /// `producer.message_timeout` (30s by default).
 const DELIVERY_BUCKETS: &[f64] = &[
@@ -37,6 +41,10 @@ const DELIVERY_BUCKETS: &[f64] = &[
 pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(HANDLER_DURATION.to_owned()), DURATION_BUCKETS)?
+        .set_buckets_for_metric(
+            Matcher::Full(HANDLER_BATCH_SIZE.to_owned()),
+            BATCH_SIZE_BUCKETS,
+        )?
         .set_buckets_for_metric(
             Matcher::Full(PRODUCER_DELIVERY.to_owned()),
             DELIVERY_BUCKETS,
@@ -67,7 +75,12 @@ fn describe() {
     describe_histogram!(
         HANDLER_DURATION,
         Unit::Seconds,
-        "Time a handler actor spent on one event, averaged over its batch"
+        "Time from a batch reaching its handler actor until it is finished (including the broker's acknowledgement of what it wrote), per event, averaged over the batch"
+    );
+    describe_histogram!(
+        HANDLER_BATCH_SIZE,
+        Unit::Count,
+        "Events per batch a handler actor received; batches of one from a busy partition mean it is starved"
     );
     describe_gauge!(
         PARTITION_IN_FLIGHT,

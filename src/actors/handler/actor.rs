@@ -1,5 +1,13 @@
 //! The handler actor: one member of a pool. It handles batches strictly in the order
 //! they arrive and tells the partition worker which offsets it finished.
+//!
+//! A batch that wrote events is finished only once the broker acknowledged them, but
+//! the actor does not wait for that before taking the next batch: with an idempotent
+//! producer librdkafka keeps each partition's order, so later copies cannot overtake
+//! earlier ones. Waiting would cost one producer linger per batch, and with small
+//! batches throughput would fall to one batch per linger. The acknowledgements are
+//! awaited beside the actor; a failed one fails the actor, as a failed write inside
+//! `handle` would, and its restart redelivers what was not finished.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,8 +18,8 @@ use tokio::task::JoinHandle;
 use super::kinds::{Behaviour, SlotMemory};
 use super::{Batch, HandlerMsg, HandlerPool};
 use crate::actors::consumer::partition_worker::PartitionWorkerMsg;
-use crate::actors::producer::ProducerHandle;
-use crate::telemetry::metrics::{EVENTS_HANDLED, HANDLER_DURATION};
+use crate::actors::producer::{PendingDelivery, ProducerHandle};
+use crate::telemetry::metrics::{EVENTS_HANDLED, HANDLER_BATCH_SIZE, HANDLER_DURATION};
 
 pub struct HandlerActor;
 
@@ -56,12 +64,13 @@ impl Actor for HandlerActor {
 
     async fn handle(
         &self,
-        _myself: ActorRef<HandlerMsg>,
+        myself: ActorRef<HandlerMsg>,
         message: HandlerMsg,
         state: &mut HandlerState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            HandlerMsg::Batch(batch) => handle_batch(state, batch).await?,
+            HandlerMsg::Batch(batch) => handle_batch(&myself, state, batch).await?,
+            HandlerMsg::WriteFailed(error) => return Err(error.into()),
             HandlerMsg::Flush(reply) => {
                 state.behaviour.flush(&state.pool, state.slot).await?;
                 let _ = reply.send(());
@@ -83,46 +92,96 @@ impl Actor for HandlerActor {
     }
 }
 
-async fn handle_batch(state: &mut HandlerState, batch: Batch) -> Result<(), ActorProcessingErr> {
+async fn handle_batch(
+    myself: &ActorRef<HandlerMsg>,
+    state: &mut HandlerState,
+    batch: Batch,
+) -> Result<(), ActorProcessingErr> {
     let Some(first) = batch.events.first() else {
         return Ok(());
     };
     let topic = first.source.topic.clone();
     let started = Instant::now();
+    metrics::histogram!(HANDLER_BATCH_SIZE, "handler" => state.pool.name.to_string())
+        .record(batch.events.len() as f64);
     let outcome = state.behaviour.handle(&state.pool, &batch).await?;
-    let count = batch.events.len();
-    let average = started.elapsed().as_secs_f64() / count as f64;
-    metrics::histogram!(HANDLER_DURATION, "handler" => state.pool.name.to_string())
-        .record_many(average, count);
-    let labels = |outcome: &'static str| {
-        [
-            ("handler", state.pool.name.to_string()),
-            ("topic", topic.to_string()),
-            ("outcome", outcome.to_owned()),
-        ]
+    let report = FinishedReport {
+        handler_name: state.pool.name.clone(),
+        topic,
+        started,
+        count: batch.events.len(),
+        skipped: outcome.skipped,
+        reply_to: batch.reply_to,
+        message: PartitionWorkerMsg::Finished {
+            handler: batch.handler,
+            slot: batch.slot,
+            offsets: batch.events.iter().map(|e| e.source.offset).collect(),
+            holds: outcome.holds,
+        },
     };
-    let skipped = outcome.skipped as u64;
-    if skipped > 0 {
-        metrics::counter!(EVENTS_HANDLED, &labels("skipped")).increment(skipped);
+    if outcome.writes.is_empty() {
+        report.send();
+        return Ok(());
     }
-    metrics::counter!(EVENTS_HANDLED, &labels("ok")).increment(count as u64 - skipped);
-    // The worker may be gone (partition revoked); then nothing waits for this report.
-    let _ = batch.reply_to.send_message(PartitionWorkerMsg::Finished {
-        handler: batch.handler,
-        slot: batch.slot,
-        offsets: batch.events.iter().map(|e| e.source.offset).collect(),
-        holds: outcome.holds,
+    let myself = myself.clone();
+    tokio::spawn(async move {
+        for write in outcome.writes {
+            if let Err(error) = write.wait().await {
+                // The actor restarts and the worker resends what this batch held.
+                let _ = myself.send_message(HandlerMsg::WriteFailed(format!(
+                    "handler {}: {error}",
+                    report.handler_name
+                )));
+                return;
+            }
+        }
+        report.send();
     });
     Ok(())
 }
 
+/// Everything needed to tell a worker that a batch is finished, once it is.
+struct FinishedReport {
+    handler_name: Arc<str>,
+    topic: Arc<str>,
+    started: Instant,
+    count: usize,
+    skipped: usize,
+    reply_to: ActorRef<PartitionWorkerMsg>,
+    message: PartitionWorkerMsg,
+}
+
+impl FinishedReport {
+    fn send(self) {
+        let average = self.started.elapsed().as_secs_f64() / self.count as f64;
+        metrics::histogram!(HANDLER_DURATION, "handler" => self.handler_name.to_string())
+            .record_many(average, self.count);
+        let labels = |outcome: &'static str| {
+            [
+                ("handler", self.handler_name.to_string()),
+                ("topic", self.topic.to_string()),
+                ("outcome", outcome.to_owned()),
+            ]
+        };
+        let skipped = self.skipped as u64;
+        if skipped > 0 {
+            metrics::counter!(EVENTS_HANDLED, &labels("skipped")).increment(skipped);
+        }
+        metrics::counter!(EVENTS_HANDLED, &labels("ok")).increment(self.count as u64 - skipped);
+        // The worker may be gone (partition revoked); then nothing waits for this report.
+        let _ = self.reply_to.send_message(self.message);
+    }
+}
+
 /// What a behaviour reports about a batch.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct BatchOutcome {
     /// Events the handler chose not to act on (no group_by value, not sampled...).
     pub skipped: usize,
     /// Count windows now holding offsets of this partition: (window start, first offset).
     pub holds: Vec<(i64, i64)>,
+    /// Writes the broker has yet to acknowledge; the batch is finished when they are.
+    pub writes: Vec<PendingDelivery>,
 }
 
 /// How often `count` checks for windows to close.

@@ -33,6 +33,9 @@ pub enum HandlerMsg {
     Flush(RpcReplyPort<()>),
     /// Periodic: close count windows whose end has passed.
     Tick,
+    /// A write of an earlier batch failed after `handle` returned; the actor fails so
+    /// its restart gets everything unfinished again.
+    WriteFailed(String),
 }
 
 /// A run of events of one partition for one handler actor.

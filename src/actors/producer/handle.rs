@@ -131,6 +131,8 @@ struct TopicPartitions {
 struct Shared {
     producer: ArcSwapOption<KafkaProducer>,
     mode: ProducerMode,
+    /// Idempotence: librdkafka keeps each partition's order even across retries.
+    idempotence: bool,
     max_message_bytes: u32,
     /// How long a send waits for a producer being restarted.
     message_timeout: Duration,
@@ -159,6 +161,7 @@ impl ProducerHandle {
             shared: Arc::new(Shared {
                 producer: ArcSwapOption::empty(),
                 mode: config.mode,
+                idempotence: config.idempotence,
                 max_message_bytes: config.max_message_bytes,
                 message_timeout: config.message_timeout,
                 in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
@@ -173,6 +176,13 @@ impl ProducerHandle {
 
     pub fn mode(&self) -> ProducerMode {
         self.shared.mode
+    }
+
+    /// True when events sent later can never land before events sent earlier to the
+    /// same partition, even when librdkafka retries, so a sender may go on sending
+    /// while earlier events await their acknowledgements.
+    pub fn keeps_partition_order(&self) -> bool {
+        self.shared.idempotence
     }
 
     pub(super) fn install(

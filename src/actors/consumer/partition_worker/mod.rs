@@ -3,7 +3,10 @@
 //! and stores the offset below which every event is finished.
 //!
 //! - Backpressure: with `max_in_flight` unfinished events it stops reading its queue;
-//!   the consumer keeps polling its main queue, so the member stays in the group.
+//!   the consumer keeps polling its main queue, so the member stays in the group. A
+//!   full partition is read again only once its unfinished events fall to the low mark
+//!   (half of `max_in_flight`): refilling as soon as one event finishes would read one
+//!   event at a time, and batches of one make every handler pay a round trip per event.
 //! - Order: events leave in offset order, and a pool sends one key to one actor.
 //! - Redelivery: each batch stays here until its actor reports it finished. When a
 //!   slot has a new actor (its generation moved), everything still held for that slot
@@ -45,6 +48,12 @@ const MAX_READ: usize = 512;
 const IDLE_WAKE: Duration = Duration::from_millis(200);
 
 pub struct PartitionWorker;
+
+/// Where a full partition resumes reading: half of `max_in_flight`, so each refill is
+/// a batch of at least that many events.
+fn low_mark(max_in_flight: usize) -> usize {
+    max_in_flight / 2
+}
 
 pub struct PartitionWorkerArgs {
     pub consumer_name: Arc<str>,
@@ -153,6 +162,10 @@ pub struct PartitionWorkerState {
     producer: ProducerHandle,
     dead_letter: Option<String>,
     max_in_flight: usize,
+    /// A full partition is read again only at or below this many unfinished events.
+    low_mark: usize,
+    /// Reached `max_in_flight` and not yet back down to `low_mark`.
+    full: bool,
     store_offsets: bool,
     inflight: InFlight,
     outstanding: HashMap<(usize, usize), Outstanding>,
@@ -171,6 +184,12 @@ pub struct PartitionWorkerState {
 
 impl PartitionWorkerState {
     fn read(&mut self, myself: &ActorRef<PartitionWorkerMsg>) {
+        if self.full {
+            if self.inflight.len() > self.low_mark {
+                return;
+            }
+            self.full = false;
+        }
         let budget = self
             .max_in_flight
             .saturating_sub(self.inflight.len())
@@ -190,9 +209,9 @@ impl PartitionWorkerState {
                 }
             }
         }
-        let full = taken.len() == MAX_READ;
+        let more_waiting = taken.len() == MAX_READ;
         self.dispatch(myself, taken);
-        if full {
+        if more_waiting {
             self.queue_poll(myself);
         }
     }
@@ -246,6 +265,9 @@ impl PartitionWorkerState {
         }
         for ((handler, slot), events) in batches {
             self.send(myself, handler, slot, events);
+        }
+        if self.inflight.len() >= self.max_in_flight {
+            self.full = true;
         }
         self.in_flight_gauge.set(self.inflight.len() as f64);
         self.store_if_moved();
@@ -391,7 +413,6 @@ impl PartitionWorkerState {
         offsets: Vec<i64>,
         holds: Vec<(i64, i64)>,
     ) {
-        let was_full = self.inflight.len() >= self.max_in_flight;
         for (window, offset) in holds {
             self.inflight.hold((handler, slot, window), offset);
         }
@@ -414,7 +435,7 @@ impl PartitionWorkerState {
                 let _ = reply.send(());
             }
         }
-        if was_full && !self.draining {
+        if self.full && self.inflight.len() <= self.low_mark && !self.draining {
             self.queue_poll(myself);
         }
     }
@@ -509,6 +530,8 @@ impl Actor for PartitionWorker {
             producer: args.producer,
             dead_letter: args.dead_letter,
             max_in_flight: args.max_in_flight,
+            low_mark: low_mark(args.max_in_flight),
+            full: false,
             store_offsets: args.store_offsets,
             inflight: InFlight::default(),
             outstanding: HashMap::new(),

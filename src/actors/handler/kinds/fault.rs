@@ -100,9 +100,13 @@ impl Fault {
                 }
             }
         }
-        if let Some(forward) = &self.forward {
-            forward.forward(&pool.name, &batch.events, None).await?;
-        }
-        Ok(BatchOutcome::default())
+        let writes = match &self.forward {
+            Some(forward) => forward.forward(&pool.name, &batch.events, None).await?,
+            None => Vec::new(),
+        };
+        Ok(BatchOutcome {
+            writes,
+            ..BatchOutcome::default()
+        })
     }
 }

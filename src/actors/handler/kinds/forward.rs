@@ -1,7 +1,9 @@
 //! `forward`: re-publish events to `output`, whole or reduced to `fields`. Each copy
 //! carries headers naming its source (topic, partition, offset) so consumers
 //! downstream can de-duplicate the repeats that at-least-once delivery allows. A batch
-//! is finished only after the broker acknowledged every copy.
+//! is finished only after the broker acknowledged every copy; with an idempotent
+//! producer the acknowledgements are awaited beside the actor (see `actor`), otherwise
+//! here, since retries could then reorder copies of one key.
 
 use std::sync::Arc;
 
@@ -40,18 +42,23 @@ impl Forward {
         batch: &Batch,
     ) -> Result<BatchOutcome, ActorProcessingErr> {
         let fields = pool.settings.load().fields.clone();
-        self.forward(&pool.name, &batch.events, fields.as_deref())
+        let writes = self
+            .forward(&pool.name, &batch.events, fields.as_deref())
             .await?;
-        Ok(BatchOutcome::default())
+        Ok(BatchOutcome {
+            writes,
+            ..BatchOutcome::default()
+        })
     }
 
-    /// Sends every event, pipelined, then waits for all acknowledgements.
+    /// Sends every event, pipelined. Returns the acknowledgements still to await when
+    /// the producer keeps partition order, after awaiting them here otherwise.
     pub async fn forward(
         &self,
         handler: &str,
         events: &[Arc<Event>],
         fields: Option<&[String]>,
-    ) -> Result<(), ActorProcessingErr> {
+    ) -> Result<Vec<PendingDelivery>, ActorProcessingErr> {
         let mut pending: Vec<PendingDelivery> = Vec::with_capacity(events.len());
         for event in events {
             let copy = copy_of(event, &self.output, fields);
@@ -63,10 +70,13 @@ impl Forward {
                 Err(error) => return Err(error.into()),
             }
         }
+        if self.producer.keeps_partition_order() {
+            return Ok(pending);
+        }
         for delivery in pending {
             delivery.wait().await?;
         }
-        Ok(())
+        Ok(Vec::new())
     }
 
     async fn dead_letter_instead(
