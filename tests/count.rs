@@ -37,13 +37,40 @@ fn known_input() -> (Vec<(String, String)>, BTreeMap<String, u64>) {
     (events, expected)
 }
 
+const GROUP: &str = "eventd-count-test";
+/// A topic only a `log` handler takes: its offsets are committed at once.
+const MARKER: &str = "marker";
+
+/// `config(window)` with the consumer also reading `MARKER`, which the count handler
+/// does not take.
+fn config_with_marker(window: &str) -> String {
+    config(window)
+        .replace(
+            &format!("topics = [\"{INPUT}\"]\nmembers"),
+            &format!("topics = [\"{INPUT}\", \"{MARKER}\"]\nmembers"),
+        )
+        .replace(
+            "kind = \"count\"",
+            &format!("kind = \"count\"\ntopics = [\"{INPUT}\"]"),
+        )
+        + &format!(
+            r#"
+[[handlers]]
+name = "markers"
+kind = "log"
+consumer = "analytics"
+topics = ["{MARKER}"]
+"#
+        )
+}
+
 fn config(window: &str) -> String {
     format!(
         r#"
 [[consumers]]
 name = "analytics"
 mode = "group"
-group_id = "eventd-count-test"
+group_id = "{GROUP}"
 topics = ["{INPUT}"]
 members = 1
 drain_timeout = "5s"
@@ -125,22 +152,22 @@ fn check_shape(records: &[Record], window_ms: i64) {
 }
 
 fn wait_handled(eventd: &Eventd, n: usize) {
-    let consumed = eventd.wait_until(Duration::from_secs(20), |e| {
-        e.metric("eventd_events_consumed_total", &[("consumer", "analytics")]) >= n as f64
-    });
+    let consumed = &[("consumer", "analytics"), ("topic", INPUT)];
+    let handled = &[("handler", HANDLER)];
     assert!(
-        consumed,
-        "eventd consumed {} of {n} events within 20s; logs:\n{}",
-        eventd.metric("eventd_events_consumed_total", &[("consumer", "analytics")]),
+        eventd.wait_until(Duration::from_secs(20), |e| {
+            e.metric_reaches("eventd_events_consumed_total", consumed, n as f64)
+        }),
+        "eventd consumed {:?} of {n} events within 20s; logs:\n{}",
+        eventd.metric_if_present("eventd_events_consumed_total", consumed),
         eventd.logs()
     );
-    let handled = eventd.wait_until(Duration::from_secs(10), |e| {
-        e.metric("eventd_events_handled_total", &[("handler", HANDLER)]) >= n as f64
-    });
     assert!(
-        handled,
-        "handler {HANDLER} finished {} of {n} events within 10s; logs:\n{}",
-        eventd.metric("eventd_events_handled_total", &[("handler", HANDLER)]),
+        eventd.wait_until(Duration::from_secs(10), |e| {
+            e.metric_reaches("eventd_events_handled_total", handled, n as f64)
+        }),
+        "handler {HANDLER} finished {:?} of {n} events within 10s; logs:\n{}",
+        eventd.metric_if_present("eventd_events_handled_total", handled),
         eventd.logs()
     );
 }
@@ -176,35 +203,30 @@ fn count_emits_correct_totals_per_value() {
 
 #[test]
 fn count_recounts_after_sigkill_and_never_loses() {
-    let broker = Broker::start(4, &[INPUT, OUTPUT]);
+    let broker = Broker::start(4, &[INPUT, OUTPUT, MARKER]);
     let (input, expected) = known_input();
     broker.produce(INPUT, &input);
 
     // A 1h window: nothing closes (nor is emitted) before the crash.
-    let eventd = start_eventd(&broker, &config("1h"));
+    let eventd = start_eventd(&broker, &config_with_marker("1h"));
     wait_handled(&eventd, input.len());
-    // auto.commit.interval.ms is 1000: let at least one commit of the stored offsets happen.
-    let committed = eventd.wait_until(Duration::from_secs(10), |e| {
-        e.metric(
-            "eventd_offsets_committed_total",
-            &[("consumer", "analytics")],
-        ) > 0.0
-    });
-    assert!(
-        committed,
-        "no offset commit within 10s; logs:\n{}",
-        eventd.logs()
-    );
-    let commits = eventd.metric(
-        "eventd_offsets_committed_total",
-        &[("consumer", "analytics")],
-    );
-    let _ = eventd.wait_until(Duration::from_secs(3), |e| {
-        e.metric(
-            "eventd_offsets_committed_total",
-            &[("consumer", "analytics")],
-        ) > commits
-    });
+    // Markers on a second topic of the same consumer are stored at once, and the
+    // auto-commit that sends them sends whatever was stored for `like` before: once the
+    // markers are committed, an unheld `like` offset would have been committed too.
+    broker.produce(MARKER, &events(3, 1));
+    broker.expect_committed_to_end(GROUP, MARKER, Duration::from_secs(20), &eventd);
+    let committed = broker.committed(GROUP, INPUT);
+    for (partition, _, high) in broker.watermarks(INPUT) {
+        let at = committed
+            .iter()
+            .find(|(p, _)| *p == partition)
+            .and_then(|(_, offset)| *offset);
+        assert!(
+            high == 0 || at.is_none_or(|at| at < high),
+            "{INPUT}/{partition}: committed {at:?} of {high} while its window is open; \
+             the window must hold the offset"
+        );
+    }
     eventd.signal("KILL");
     let mut eventd = eventd;
     assert!(
@@ -216,7 +238,7 @@ fn count_recounts_after_sigkill_and_never_loses() {
 
     // Same broker, same group, a short window: whatever was not emitted is counted again.
     let started = Instant::now();
-    let eventd = start_eventd(&broker, &config("2s"));
+    let eventd = start_eventd(&broker, &config_with_marker("2s"));
     let records = broker.wait_for(OUTPUT, Duration::from_secs(35), |records| {
         covers(&sums(records), &expected)
     });

@@ -284,13 +284,6 @@ fn murmur2_agrees_with_librdkafkas_java_compatible_partitioner() {
     }
 }
 
-fn embedded(broker: &Broker) -> &eventd::embedded::EmbeddedBroker {
-    match &broker.backend {
-        Backend::Embedded(embedded) => embedded,
-        Backend::Tansu(_) => panic!("error injection needs the embedded broker"),
-    }
-}
-
 const FEW_RETRIES: &str = r#"
 [producer]
 retries = 3
@@ -303,7 +296,8 @@ fn a_failed_delivery_is_retried_then_reported_as_failed() {
     let broker = Broker::start(1, &["like"]);
     let event = "{\"item_id\":\"a\"}\n";
 
-    embedded(&broker)
+    broker
+        .embedded()
         .fail_produce_requests(&[RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 3])
         .expect("inject");
     let retried = produce(&broker, FEW_RETRIES, &["--sync", "--topic", "like"], event);
@@ -315,7 +309,8 @@ fn a_failed_delivery_is_retried_then_reported_as_failed() {
     );
     assert_eq!(retried.placements(), [("like".to_owned(), 0, 0)]);
 
-    embedded(&broker)
+    broker
+        .embedded()
         .fail_produce_requests(&[RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 4])
         .expect("inject");
     let failed = produce(&broker, FEW_RETRIES, &["--sync", "--topic", "like"], event);
@@ -350,7 +345,8 @@ fn the_daemon_counts_failed_deliveries_and_redelivers_the_events() {
     let total = 300;
     broker.produce("like", &events(total, 20));
     // Queued after the test's own writes, so only eventd's produce requests fail.
-    embedded(&broker)
+    broker
+        .embedded()
         .fail_produce_requests(&[RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 12])
         .expect("inject");
     let eventd = start_eventd(&broker, &format!("{FEW_RETRIES}\n{COPY_LIKE_TO_OUT}"));
@@ -529,7 +525,7 @@ async fn async_sends_wait_while_max_in_flight_events_are_unacknowledged() {
     };
     handle.send(event(0)).await.expect("first event delivered");
 
-    embedded(&broker).set_available(false).expect("broker down");
+    broker.embedded().set_available(false).expect("broker down");
     let first = handle.enqueue(event(1)).await.expect("queued");
     let second = handle.enqueue(event(2)).await.expect("queued");
     let mut third = Box::pin(handle.enqueue(event(3)));
@@ -540,7 +536,7 @@ async fn async_sends_wait_while_max_in_flight_events_are_unacknowledged() {
         "a third send went out while two were unacknowledged"
     );
 
-    embedded(&broker).set_available(true).expect("broker up");
+    broker.embedded().set_available(true).expect("broker up");
     let third = tokio::time::timeout(Duration::from_secs(30), third)
         .await
         .expect("the third send goes once the broker acknowledges")
@@ -633,6 +629,7 @@ topic = "dlq"
     for record in &out {
         assert_eq!(Some(record.partition.to_string()), record.field("shard"));
     }
+    broker.expect_moved_on("main", "like", &eventd);
 }
 
 /// `eventd produce --sync | head -1`: once stdout is gone the command stops cleanly
@@ -673,7 +670,19 @@ fn produce_interrupted_reports_what_it_sent() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("eventd produce starts");
-    std::thread::sleep(Duration::from_secs(2));
+    // Interrupt once events are seen at the broker, so some were surely sent.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while broker
+        .watermarks("like")
+        .iter()
+        .all(|(_, low, high)| high == low)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "eventd produce wrote nothing within 20s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let status = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
@@ -719,4 +728,5 @@ fn an_oversized_malformed_event_is_dead_lettered_without_its_body() {
     assert!(dead[0].payload.is_empty(), "sent without its body");
     assert_eq!(dead[0].headers["eventd.source.offset"], "0");
     assert!(dead[0].headers.contains_key("eventd.error"));
+    broker.expect_moved_on("main", "like", &eventd);
 }

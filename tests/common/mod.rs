@@ -45,6 +45,23 @@ impl Broker {
         Broker::with_backend(Backend::Embedded(embedded), partitions, topics)
     }
 
+    /// A mock cluster of `brokers` brokers (ids 1..=brokers) with `topics` of
+    /// `partitions` each.
+    pub fn start_cluster(brokers: u32, partitions: i32, topics: &[&str]) -> Broker {
+        let names: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
+        let embedded = EmbeddedBroker::start_cluster(brokers, partitions, &names)
+            .expect("embedded broker starts");
+        Broker::with_backend(Backend::Embedded(embedded), partitions, topics)
+    }
+
+    /// The mock cluster, for fault injection; panics on tansu.
+    pub fn embedded(&self) -> &EmbeddedBroker {
+        match &self.backend {
+            Backend::Embedded(embedded) => embedded,
+            Backend::Tansu(_) => panic!("this test needs the embedded mock cluster"),
+        }
+    }
+
     /// A tansu process with sqlite storage and `topics` of `partitions` each.
     pub fn tansu(partitions: i32, topics: &[&str]) -> Broker {
         Broker::tansu_with(Storage::Sqlite, partitions, topics)
@@ -167,6 +184,95 @@ impl Broker {
                 (partition, low, high)
             })
             .collect()
+    }
+
+    /// The offsets `group` committed for each partition of `topic` (the next offset it
+    /// will read), None where it committed nothing. Reads without joining the group.
+    pub fn committed(&self, group: &str, topic: &str) -> Vec<(i32, Option<i64>)> {
+        let client: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap())
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("offset reader");
+        let mut list = TopicPartitionList::new();
+        for partition in 0..self.partitions_of(topic) {
+            list.add_partition(topic, partition);
+        }
+        let committed = client
+            .committed_offsets(list, Duration::from_secs(10))
+            .unwrap_or_else(|error| {
+                panic!(
+                    "committed offsets of group {group} on {topic}: {error}\nbroker log:\n{}",
+                    self.log_tail(20)
+                )
+            });
+        committed
+            .elements()
+            .iter()
+            .map(|e| {
+                let offset = match e.offset() {
+                    Offset::Offset(offset) => Some(offset),
+                    _ => None,
+                };
+                (e.partition(), offset)
+            })
+            .collect()
+    }
+
+    /// True once `group` has committed the high watermark of every partition of `topic`
+    /// (an empty partition may have no commit).
+    pub fn committed_to_end(&self, group: &str, topic: &str) -> bool {
+        let committed = self.committed(group, topic);
+        self.watermarks(topic).iter().all(|(partition, _, high)| {
+            committed.iter().any(|(p, offset)| {
+                p == partition && (*offset == Some(*high) || (*high == 0 && offset.is_none()))
+            })
+        })
+    }
+
+    /// Waits up to `patience` for `committed_to_end`; panics with both sides if not.
+    pub fn expect_committed_to_end(
+        &self,
+        group: &str,
+        topic: &str,
+        patience: Duration,
+        eventd: &Eventd,
+    ) {
+        let deadline = Instant::now() + patience;
+        while !self.committed_to_end(group, topic) {
+            if Instant::now() >= deadline {
+                panic!(
+                    "group {group} did not commit to the end of {topic} within {patience:?}: \
+                     committed {:?}, watermarks {:?}; logs:\n{}",
+                    self.committed(group, topic),
+                    self.watermarks(topic),
+                    eventd.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Waits until consumer `consumer` (group `eventd-<consumer>`) committed the end of
+    /// every partition of `topic` and has nothing of it in flight: nothing is stuck,
+    /// whatever was written around it.
+    pub fn expect_moved_on(&self, consumer: &str, topic: &str, eventd: &Eventd) {
+        self.expect_committed_to_end(
+            &format!("eventd-{consumer}"),
+            topic,
+            Duration::from_secs(20),
+            eventd,
+        );
+        let labels = [("consumer", consumer), ("topic", topic)];
+        assert!(
+            eventd.wait_until(Duration::from_secs(10), |e| {
+                e.metric_if_present("eventd_partition_in_flight", &labels) == Some(0.0)
+            }),
+            "{topic}: in flight {:?} after everything was committed; logs:\n{}",
+            eventd.metric_if_present("eventd_partition_in_flight", &labels),
+            eventd.logs()
+        );
     }
 
     pub fn producer(&self) -> BaseProducer {
@@ -528,24 +634,71 @@ impl Eventd {
         Some((status, body))
     }
 
-    /// Sum of every sample of `metric` whose labels contain all of `labels`.
+    /// True while the process has not exited (a zombie not yet waited for counts as
+    /// exited).
+    pub fn is_running(&self) -> bool {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()));
+        match stat {
+            Ok(stat) => stat
+                .rsplit_once(") ")
+                .and_then(|(_, rest)| rest.chars().next())
+                .is_some_and(|state| state != 'Z' && state != 'X'),
+            Err(_) => false,
+        }
+    }
+
+    /// The `/metrics` page. Panics if eventd has exited, or if it does not answer
+    /// within 10 s while running (the listener opens right after start).
+    pub fn scrape(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.http_get("/metrics") {
+                Some((200, body)) => return body,
+                answer => {
+                    if !self.is_running() {
+                        panic!(
+                            "eventd exited; cannot read /metrics; logs:\n{}",
+                            self.logs()
+                        );
+                    }
+                    if Instant::now() >= deadline {
+                        panic!(
+                            "/metrics did not answer within 10s (last answer {answer:?}); logs:\n{}",
+                            self.logs()
+                        );
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+
+    /// Sum of every sample of `metric` whose labels contain all of `labels`, or None
+    /// when no such sample is exported. A failed scrape panics.
+    pub fn metric_if_present(&self, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        samples(&self.scrape(), metric, labels)
+    }
+
+    /// As `metric_if_present`, but an absent series panics: a test reading a value
+    /// must not mistake "not exported" for 0.
     pub fn metric(&self, metric: &str, labels: &[(&str, &str)]) -> f64 {
-        let Some((200, body)) = self.http_get("/metrics") else {
-            return 0.0;
-        };
-        body.lines()
-            .filter(|line| line.starts_with(metric) && !line.starts_with('#'))
-            .filter(|line| {
-                let name_end = line.find(['{', ' ']).unwrap_or(line.len());
-                &line[..name_end] == metric
-            })
-            .filter(|line| {
-                labels
-                    .iter()
-                    .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
-            })
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        let body = self.scrape();
+        samples(&body, metric, labels).unwrap_or_else(|| {
+            panic!(
+                "no sample of {metric} with labels {labels:?} on /metrics:\n{}",
+                body.lines()
+                    .filter(|line| line.starts_with(metric))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+        })
+    }
+
+    /// True once `metric` (summed over samples matching `labels`) is exported and at
+    /// least `at_least`; for `wait_until` conditions.
+    pub fn metric_reaches(&self, metric: &str, labels: &[(&str, &str)], at_least: f64) -> bool {
+        self.metric_if_present(metric, labels)
+            .is_some_and(|value| value >= at_least)
     }
 
     /// Polls `condition` every 100ms until it holds or `timeout` passes.
@@ -563,6 +716,31 @@ impl Eventd {
         }
         condition(self)
     }
+}
+
+/// Sum of the samples of `metric` in a Prometheus page whose labels contain `labels`;
+/// None when there is none.
+fn samples(body: &str, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let values: Vec<f64> = body
+        .lines()
+        .filter(|line| line.starts_with(metric) && !line.starts_with('#'))
+        .filter(|line| {
+            let name_end = line.find(['{', ' ']).unwrap_or(line.len());
+            &line[..name_end] == metric
+        })
+        .filter(|line| {
+            labels
+                .iter()
+                .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
+        })
+        .map(|line| {
+            line.rsplit(' ')
+                .next()
+                .and_then(|value| value.parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("unreadable sample line: {line}"))
+        })
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
 }
 
 impl Drop for Eventd {

@@ -214,9 +214,9 @@ impl ConsumerClient {
                 })
                 .await;
                 match committed {
-                    Ok(Ok(()))
-                    | Ok(Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset))) => {
-                        tracing::info!(consumer = name, "offsets committed")
+                    Ok(Ok(())) => tracing::info!(consumer = name, "offsets committed"),
+                    Ok(Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset))) => {
+                        tracing::info!(consumer = name, "no new offsets to commit")
                     }
                     Ok(Err(error)) => {
                         tracing::warn!(consumer = name, %error, "final commit failed")
