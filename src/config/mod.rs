@@ -396,7 +396,7 @@ pub struct ConsumerConfig {
     pub assignment: Assignment,
     #[serde(default)]
     pub start: StartPosition,
-    /// Unfinished events per partition; a full partition is not read until some finish.
+    /// Unfinished events per partition; a full partition is read again once half finished.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
     /// How long a revoke or shutdown waits for in-flight events.
