@@ -17,6 +17,7 @@ RUN mkdir src benches \
  && touch src/lib.rs \
  && echo 'fn main() {}' > benches/produce.rs \
  && echo 'fn main() {}' > benches/forward.rs \
+ && echo 'fn main() {}' > benches/memory.rs \
  && cargo build --release --locked \
  && rm -rf src target/release/.fingerprint/eventd-*
 

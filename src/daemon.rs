@@ -1,7 +1,8 @@
 //! `eventd run`: start the tree, wait for signals, shut down within the grace.
 //!
-//! Exit codes: 0 clean shutdown, 1 grace expired (or startup failed), 70 supervision
-//! meltdown, 78 bad configuration, 130 second signal during shutdown.
+//! Exit codes: 0 clean shutdown, 1 grace expired (or startup failed), 69 a topic eventd
+//! writes to is missing (or no broker answered the check), 70 supervision meltdown, 78
+//! bad configuration, 130 second signal during shutdown.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,11 +19,14 @@ use crate::actors::root::{RootArgs, RootMsg, RootSupervisor};
 use crate::actors::Fatal;
 use crate::config::{Config, EXIT_CONFIG};
 use crate::embedded::EmbeddedBroker;
-use crate::kafka::Brokers;
+use crate::kafka::{check_written_topics, Brokers};
 use crate::telemetry::{self, Health};
 
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_GRACE_EXPIRED: i32 = 1;
+/// sysexits' EX_UNAVAILABLE: a topic eventd writes to is missing, or no broker answered.
+/// Unlike 78 it is worth restarting: the topic may be created meanwhile.
+pub const EXIT_UNAVAILABLE: i32 = 69;
 pub const EXIT_MELTDOWN: i32 = 70;
 pub const EXIT_SECOND_SIGNAL: i32 = 130;
 
@@ -68,6 +72,24 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> i32 {
             }
         },
     };
+
+    let check = {
+        let (config, brokers) = (config.clone(), brokers.clone());
+        tokio::task::spawn_blocking(move || check_written_topics(&config, &brokers)).await
+    };
+    match check {
+        Ok(problems) if problems.is_empty() => {}
+        Ok(problems) => {
+            for problem in problems {
+                tracing::error!(error = %problem, "cannot start");
+            }
+            return EXIT_UNAVAILABLE;
+        }
+        Err(error) => {
+            tracing::error!(%error, "topic check did not run");
+            return EXIT_GRACE_EXPIRED;
+        }
+    }
 
     let health = Arc::new(Health::default());
     let listen = match config.metrics.listen.parse() {

@@ -112,6 +112,36 @@ impl EmbeddedBroker {
         Ok(())
     }
 
+    /// Makes the next `errors.len()` produce requests to broker `broker` fail with these
+    /// errors, in order: a rejection that reaches only the topics that broker leads.
+    pub fn fail_produce_requests_on(
+        &self,
+        broker: i32,
+        errors: &[bindings::rd_kafka_resp_err_t],
+    ) -> Result<(), EmbeddedError> {
+        let cluster = Self::cluster_ptr(&self.owner)?;
+        for error in errors {
+            // SAFETY: `cluster` is alive (owned by `self.owner`); the variadic pair is
+            // (error code, round-trip time in ms), both C ints.
+            let err = unsafe {
+                bindings::rd_kafka_mock_broker_push_request_error_rtts(
+                    cluster,
+                    broker,
+                    rdkafka::types::RDKafkaApiKey::Produce as i16,
+                    1,
+                    *error as std::ffi::c_int,
+                    0 as std::ffi::c_int,
+                )
+            };
+            if err != bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+                return Err(EmbeddedError::Start(format!(
+                    "cannot inject produce errors on broker {broker}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Takes broker 1 (the only one of `start`) down or brings it back, as an outage
     /// would.
     pub fn set_available(&self, available: bool) -> Result<(), EmbeddedError> {

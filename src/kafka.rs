@@ -1,6 +1,10 @@
 //! librdkafka client settings shared by every consumer and the producer, built from the
 //! config so each client differs only where its role needs it.
 
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
 
 use crate::config::{Config, ConsumerConfig, NamedStart, StartPosition};
@@ -64,6 +68,19 @@ pub fn consumer_config(
         )
         // librdkafka's default of 1s stalls a busy partition after its local queue fills.
         .set("fetch.queue.backoff.ms", "20")
+        // Prefetch per partition is bounded by fetch_buffer (librdkafka's defaults are
+        // 64 MiB and 100,000 events per partition); one fetch response may add one
+        // more fetch_buffer before the queue counts as full.
+        .set(
+            "queued.max.messages.kbytes",
+            consumer.fetch_buffer.kib_ceil().to_string(),
+        )
+        .set("fetch.message.max.bytes", consumer.fetch_buffer.bytes().to_string())
+        // Enough queued events for two refills of a full partition.
+        .set(
+            "queued.min.messages",
+            (consumer.max_in_flight.max(1) * 2).to_string(),
+        )
         .set("enable.partition.eof", "false");
     if let Some(group_id) = group_id {
         client.set("group.id", group_id);
@@ -89,6 +106,15 @@ pub fn producer_config(config: &Config, brokers: &Brokers) -> ClientConfig {
         .set("compression.type", producer.compression.as_librdkafka())
         .set("message.max.bytes", producer.max_message_bytes.to_string())
         .set(
+            "queue.buffering.max.kbytes",
+            producer.max_buffer.kib_ceil().to_string(),
+        )
+        // The handle's permits bound the count; librdkafka's own count must not be lower.
+        .set(
+            "queue.buffering.max.messages",
+            producer.max_in_flight.max(1).to_string(),
+        )
+        .set(
             "message.timeout.ms",
             producer.message_timeout.as_millis().to_string(),
         )
@@ -110,4 +136,86 @@ pub fn plain_config(config: &Config, brokers: &Brokers) -> ClientConfig {
     let mut client = base(config, brokers);
     apply_options(config, &mut client);
     client
+}
+
+/// How long the startup check waits for the brokers' metadata.
+const TOPIC_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why eventd cannot start writing: a topic it writes to is missing, or no broker told.
+#[derive(Debug, thiserror::Error)]
+pub enum TopicCheckError {
+    #[error("{key}: topic {topic:?} does not exist on the brokers ({reason}); create it, eventd does not")]
+    Missing {
+        key: String,
+        topic: String,
+        reason: String,
+    },
+    #[error("cannot read topic metadata from {bootstrap}: {reason}")]
+    Unreachable { bootstrap: String, reason: String },
+}
+
+/// Topics eventd writes to, each with the config key that names it.
+pub fn written_topics(config: &Config) -> Vec<(String, String)> {
+    let mut topics: Vec<(String, String)> = config
+        .handlers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, handler)| {
+            let output = handler.output.as_ref()?;
+            Some((format!("handlers[{i}].output"), output.clone()))
+        })
+        .collect();
+    if let Some(topic) = &config.dead_letter.topic {
+        topics.push(("dead_letter.topic".to_owned(), topic.clone()));
+    }
+    topics
+}
+
+/// Checks that every topic eventd writes to exists, without creating any: a metadata
+/// request may create a topic on brokers with auto-creation on, and a dead-letter
+/// topic made that way (one partition, default retention) is not one an operator chose.
+/// Blocking; run it off the async threads.
+pub fn check_written_topics(config: &Config, brokers: &Brokers) -> Vec<TopicCheckError> {
+    let topics = written_topics(config);
+    if topics.is_empty() {
+        return Vec::new();
+    }
+    let client: BaseConsumer = match plain_config(config, brokers)
+        .set("allow.auto.create.topics", "false")
+        .create()
+    {
+        Ok(client) => client,
+        Err(error) => {
+            return vec![TopicCheckError::Unreachable {
+                bootstrap: brokers.bootstrap.clone(),
+                reason: error.to_string(),
+            }]
+        }
+    };
+    let mut problems = Vec::new();
+    for (key, topic) in topics {
+        match client.fetch_metadata(Some(&topic), TOPIC_CHECK_TIMEOUT) {
+            Err(error) => {
+                return vec![TopicCheckError::Unreachable {
+                    bootstrap: brokers.bootstrap.clone(),
+                    reason: error.to_string(),
+                }]
+            }
+            Ok(metadata) => {
+                let found = metadata.topics().iter().find(|t| t.name() == topic);
+                let reason = match found {
+                    None => Some("not listed".to_owned()),
+                    Some(t) => match t.error() {
+                        Some(error) => Some(RDKafkaErrorCode::from(error).to_string()),
+                        None if t.partitions().is_empty() => Some("no partitions".to_owned()),
+                        None => None,
+                    },
+                };
+                if let Some(reason) = reason {
+                    problems.push(TopicCheckError::Missing { key, topic, reason });
+                }
+            }
+        }
+    }
+    problems
 }

@@ -24,7 +24,7 @@ use crate::kafka::{plain_config, Brokers};
 /// sysexits' EX_NOINPUT: the input file cannot be read.
 pub const EXIT_NO_INPUT: i32 = 66;
 /// sysexits' EX_UNAVAILABLE: no broker answered.
-pub const EXIT_UNAVAILABLE: i32 = 69;
+pub use crate::daemon::EXIT_UNAVAILABLE;
 /// Stopped by Ctrl-C (SIGINT), as shells report it.
 pub const EXIT_INTERRUPTED: i32 = 130;
 

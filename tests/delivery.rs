@@ -280,3 +280,34 @@ fn malformed_events_go_to_the_dead_letter_topic_and_do_not_stop_the_partition() 
         "the log names the offset: {logs}"
     );
 }
+
+/// A committed offset the broker no longer has (retention deleted it) is reset by
+/// `auto.offset.reset`: events are skipped by policy, so eventd logs the reset with the
+/// old and new positions and counts it.
+#[test]
+fn an_offset_reset_is_logged_and_counted() {
+    let broker = Broker::start(1, &["like", "out"]);
+    broker.produce("like", &events(20, 4));
+    // Past the end: as if the broker had deleted everything up to offset 1000.
+    broker.commit("eventd-main", "like", 0, 1000);
+    let eventd = start_eventd(&broker, COPY_LIKE_TO_OUT);
+    broker.expect_every_id("out", 20, Duration::from_secs(30), &eventd);
+    assert!(
+        eventd.wait_until(Duration::from_secs(10), |e| e.metric_reaches(
+            "eventd_offset_resets_total",
+            &[("consumer", "main"), ("topic", "like")],
+            1.0
+        )),
+        "no offset reset counted; logs:\n{}",
+        eventd.logs()
+    );
+    let logs = eventd.logs();
+    let line = logs
+        .lines()
+        .find(|line| line.contains("offset reset"))
+        .unwrap_or_else(|| panic!("no offset reset logged:\n{logs}"));
+    assert!(
+        line.contains("offset 1000") && line.contains("BEGINNING") && line.contains("\"partition\":0"),
+        "the log line names the partition and both positions: {line}"
+    );
+}

@@ -5,6 +5,7 @@
 //! Every error names the file and the key at fault, so an operator can fix a config
 //! without reading the code.
 
+mod bytes;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use bytes::ByteSize;
 pub use validate::ConfigIssue;
 
 /// Exit code for a configuration the daemon refuses (sysexits' EX_CONFIG).
@@ -282,6 +284,9 @@ pub struct ProducerConfig {
     pub max_retry_backoff: Duration,
     /// Events sent and not yet acknowledged; a sender waits while this many are out.
     pub max_in_flight: usize,
+    /// Bytes of events librdkafka may hold unacknowledged
+    /// (`queue.buffering.max.kbytes`); a sender waits while it is full.
+    pub max_buffer: ByteSize,
     pub partitioner: PartitionerKind,
     /// `partitioner = "manual"`: the JSON field holding the partition number.
     pub partition_field: Option<String>,
@@ -304,7 +309,8 @@ impl Default for ProducerConfig {
             retries: 2_147_483_647,
             retry_backoff: Duration::from_millis(100),
             max_retry_backoff: Duration::from_secs(1),
-            max_in_flight: 100_000,
+            max_in_flight: 10_000,
+            max_buffer: ByteSize::mib(32),
             partitioner: PartitionerKind::Hash,
             partition_field: None,
             partition: None,
@@ -402,6 +408,11 @@ pub struct ConsumerConfig {
     /// How long a revoke or shutdown waits for in-flight events.
     #[serde(default = "default_drain_timeout", with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// Bytes librdkafka may fetch ahead per assigned partition
+    /// (`queued.max.messages.kbytes`, and `fetch.message.max.bytes` per fetch), so
+    /// memory follows the config rather than the backlog.
+    #[serde(default = "default_fetch_buffer")]
+    pub fetch_buffer: ByteSize,
     /// `group.instance.id = <client_id>-<name>-<member index>`.
     #[serde(default)]
     pub static_membership: bool,
@@ -423,6 +434,10 @@ const fn default_max_in_flight() -> usize {
 }
 const fn default_drain_timeout() -> Duration {
     Duration::from_secs(10)
+}
+/// librdkafka's own default is 64 MiB per partition (`queued.max.messages.kbytes`).
+const fn default_fetch_buffer() -> ByteSize {
+    ByteSize::mib(1)
 }
 
 impl ConsumerConfig {

@@ -6,7 +6,7 @@ use std::fmt;
 use std::time::Duration;
 
 use super::{
-    Acks, Config, ConsumerMode, FaultAction, HandlerConfig, HandlerKind, PartitionerConfig,
+    Acks, ByteSize, Config, ConsumerMode, FaultAction, HandlerConfig, HandlerKind, PartitionerConfig,
     PartitionerKind, StartPosition,
 };
 
@@ -172,6 +172,22 @@ impl Config {
         if producer.max_in_flight == 0 {
             issues.push("producer.max_in_flight", "must be at least 1");
         }
+        // librdkafka's limits for queue.buffering.max.messages and .kbytes.
+        if producer.max_in_flight > 2_147_483_647 {
+            issues.push("producer.max_in_flight", "must be at most 2147483647");
+        }
+        if producer.max_buffer.bytes() < u64::from(producer.max_message_bytes) {
+            issues.push(
+                "producer.max_buffer",
+                format!(
+                    "{} is below producer.max_message_bytes ({}): the largest event would never fit",
+                    producer.max_buffer, producer.max_message_bytes
+                ),
+            );
+        }
+        if producer.max_buffer.kib_ceil() > 2_147_483_647 {
+            issues.push("producer.max_buffer", "must be below 2048GiB");
+        }
         validate_partitioner(&producer.default_partitioner(), "producer", issues);
         for (topic, output) in &producer.outputs {
             validate_partitioner(output, &format!("producer.outputs.{topic:?}"), issues);
@@ -201,6 +217,14 @@ impl Config {
             }
             if consumer.max_in_flight == 0 {
                 issues.push(key("max_in_flight"), "must be at least 1");
+            }
+            // librdkafka's bounds for queued.max.messages.kbytes and
+            // fetch.message.max.bytes.
+            if consumer.fetch_buffer < ByteSize::kib(1) || consumer.fetch_buffer > ByteSize::mib(1000) {
+                issues.push(
+                    key("fetch_buffer"),
+                    format!("{} must be between 1KiB and 1000MiB", consumer.fetch_buffer),
+                );
             }
             if consumer.drain_timeout >= self.kafka.session_timeout {
                 issues.push(

@@ -12,9 +12,13 @@ pub const EVENTS_DEAD_LETTERED: &str = "eventd_events_dead_lettered_total";
 pub const HANDLER_DURATION: &str = "eventd_handler_duration_seconds";
 pub const HANDLER_BATCH_SIZE: &str = "eventd_handler_batch_size";
 pub const PARTITION_IN_FLIGHT: &str = "eventd_partition_in_flight";
+pub const PARTITION_BLOCKED: &str = "eventd_partition_blocked";
+pub const DEAD_LETTER_FAILURES: &str = "eventd_dead_letter_failures_total";
 pub const REBALANCES: &str = "eventd_rebalances_total";
 pub const OFFSETS_COMMITTED: &str = "eventd_offsets_committed_total";
 pub const COMMIT_FAILURES: &str = "eventd_commit_failures_total";
+pub const OFFSET_RESETS: &str = "eventd_offset_resets_total";
+pub const PARTITION_REWINDS: &str = "eventd_partition_rewinds_total";
 pub const PRODUCER_MESSAGES: &str = "eventd_producer_messages_total";
 pub const PRODUCER_QUEUE_DEPTH: &str = "eventd_producer_queue_depth";
 pub const PRODUCER_DELIVERY: &str = "eventd_producer_delivery_seconds";
@@ -86,6 +90,14 @@ fn describe() {
         PARTITION_IN_FLIGHT,
         "Events of a partition dispatched but not yet finished by every handler"
     );
+    describe_gauge!(
+        PARTITION_BLOCKED,
+        "1 while a write the partition's offset waits on keeps failing (a dead-letter write, or a rejected write with no dead-letter topic)"
+    );
+    describe_counter!(
+        DEAD_LETTER_FAILURES,
+        "Failed attempts to write to the dead-letter topic; each is retried with backoff"
+    );
     describe_counter!(
         REBALANCES,
         "Consumer group rebalances seen by a member, by kind (assign, revoke, error)"
@@ -95,6 +107,14 @@ fn describe() {
         "Partition offsets the broker confirmed as committed"
     );
     describe_counter!(COMMIT_FAILURES, "Offset commits the broker refused");
+    describe_counter!(
+        OFFSET_RESETS,
+        "Partitions whose stored offset no longer existed (retention deleted it), so auto.offset.reset moved them and skipped events"
+    );
+    describe_counter!(
+        PARTITION_REWINDS,
+        "Events that arrived below a partition's next offset; the partition restarts from an offset no later than theirs"
+    );
     describe_counter!(
         PRODUCER_MESSAGES,
         "Events produced, by topic and outcome (delivered, failed)"

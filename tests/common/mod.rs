@@ -220,6 +220,22 @@ impl Broker {
             .collect()
     }
 
+    /// Commits `offset` for `group` on one partition, as another member would.
+    pub fn commit(&self, group: &str, topic: &str, partition: i32, offset: i64) {
+        let client: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap())
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("offset writer");
+        let mut list = TopicPartitionList::new();
+        list.add_partition_offset(topic, partition, Offset::Offset(offset))
+            .expect("offset list");
+        client
+            .commit(&list, rdkafka::consumer::CommitMode::Sync)
+            .unwrap_or_else(|error| panic!("commit {offset} for {group} on {topic}/{partition}: {error}"));
+    }
+
     /// True once `group` has committed the high watermark of every partition of `topic`
     /// (an empty partition may have no commit).
     pub fn committed_to_end(&self, group: &str, topic: &str) -> bool {
@@ -279,6 +295,9 @@ impl Broker {
         ClientConfig::new()
             .set("bootstrap.servers", self.bootstrap())
             .set("linger.ms", "5")
+            // The Java client's batch size: a consumer receives whole batches, so the
+            // writer's batch size bounds how far one fetch overshoots.
+            .set("batch.size", "16384")
             .create()
             .expect("producer")
     }
@@ -645,6 +664,21 @@ impl Eventd {
                 .is_some_and(|state| state != 'Z' && state != 'X'),
             Err(_) => false,
         }
+    }
+
+    /// `(VmRSS, VmHWM)` of the process in bytes: resident now, and at its peak.
+    pub fn memory(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_else(|error| panic!("eventd's /proc status: {error}; logs:\n{}", self.logs()));
+        let field = |name: &str| -> u64 {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(name))
+                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .map(|kib| kib * 1024)
+                .unwrap_or_else(|| panic!("no {name} in /proc status:\n{status}"))
+        };
+        (field("VmRSS:"), field("VmHWM:"))
     }
 
     /// The `/metrics` page. Panics if eventd has exited, or if it does not answer

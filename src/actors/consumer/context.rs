@@ -12,13 +12,17 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use ractor::ActorRef;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::bindings::rd_kafka_resp_err_t as RDKafkaRespErr;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, RebalanceProtocol,
+};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::group_member::{AssignedPartition, GroupMemberMsg};
-use crate::telemetry::metrics::{COMMIT_FAILURES, OFFSETS_COMMITTED, REBALANCES};
+use crate::telemetry::metrics::{COMMIT_FAILURES, OFFSETS_COMMITTED, OFFSET_RESETS, REBALANCES};
 
 pub type KafkaConsumer = BaseConsumer<EventdContext>;
 pub type KafkaPartitionQueue = rdkafka::consumer::base_consumer::PartitionQueue<EventdContext>;
@@ -63,6 +67,26 @@ impl EventdContext {
     }
 }
 
+impl EventdContext {
+    /// Splits off the queue of every partition in `list`.
+    fn split_queues(&self, list: &TopicPartitionList) -> Vec<AssignedPartition> {
+        let Some(consumer) = self.consumer.get().and_then(Weak::upgrade) else {
+            return Vec::new();
+        };
+        partitions_of(list)
+            .into_iter()
+            .filter_map(|(topic, partition)| {
+                let queue = consumer.split_partition_queue(&topic, partition)?;
+                Some(AssignedPartition {
+                    topic,
+                    partition,
+                    queue,
+                })
+            })
+            .collect()
+    }
+}
+
 fn partitions_of(list: &TopicPartitionList) -> Vec<(String, i32)> {
     list.elements()
         .iter()
@@ -70,9 +94,118 @@ fn partitions_of(list: &TopicPartitionList) -> Vec<(String, i32)> {
         .collect()
 }
 
-impl ClientContext for EventdContext {}
+impl ClientContext for EventdContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        if let Some(reset) = OffsetReset::parse(fac, message) {
+            metrics::counter!(OFFSET_RESETS, "consumer" => self.consumer_name.to_string(), "topic" => reset.topic.to_owned())
+                .increment(1);
+            tracing::warn!(consumer = %self.consumer_name, topic = reset.topic, partition = reset.partition,
+                from = reset.from, to = reset.to, reason = reset.reason,
+                "offset reset: the stored offset is gone, events between are skipped by auto.offset.reset");
+            return;
+        }
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                tracing::error!(consumer = %self.consumer_name, fac, message, "librdkafka")
+            }
+            RDKafkaLogLevel::Warning => {
+                tracing::warn!(consumer = %self.consumer_name, fac, message, "librdkafka")
+            }
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(consumer = %self.consumer_name, fac, message, "librdkafka")
+            }
+            RDKafkaLogLevel::Debug => {
+                tracing::debug!(consumer = %self.consumer_name, fac, message, "librdkafka")
+            }
+        }
+    }
+}
+
+/// librdkafka's warning that a partition's position was reset by `auto.offset.reset`,
+/// e.g. `[thrd:main]: like [0]: offset reset (at offset 1000 (leader epoch -1), broker 1)
+/// to offset BEGINNING (leader epoch -1): fetch failed due to requested offset not available on
+/// the broker: Broker: Offset out of range`.
+#[derive(Debug, PartialEq, Eq)]
+struct OffsetReset<'a> {
+    topic: &'a str,
+    partition: i32,
+    from: &'a str,
+    to: &'a str,
+    reason: &'a str,
+}
+
+impl<'a> OffsetReset<'a> {
+    fn parse(fac: &str, message: &'a str) -> Option<OffsetReset<'a>> {
+        if fac != "OFFSET" {
+            return None;
+        }
+        let (head, rest) = message.split_once("]: offset reset (at ")?;
+        let (topic, partition) = head.rsplit_once(" [")?;
+        // Messages logged from librdkafka's threads start with "[thrd:NAME]: ".
+        let topic = match topic.strip_prefix("[thrd:") {
+            Some(rest) => rest.split_once("]: ")?.1,
+            None => topic,
+        };
+        let (from, rest) = rest.split_once(", broker ")?;
+        let (_, rest) = rest.split_once(") to ")?;
+        let (to, reason) = rest.split_once(": ").unwrap_or((rest, ""));
+        Some(OffsetReset {
+            topic,
+            partition: partition.parse().ok()?,
+            from,
+            to,
+            reason,
+        })
+    }
+}
 
 impl ConsumerContext for EventdContext {
+    /// As rust-rdkafka's default, except that an assign splits the new partitions'
+    /// queues before librdkafka starts fetching them, so no event of theirs can land on
+    /// the main queue first. (A split queue keeps its own forwarding across the fetch
+    /// start: librdkafka marks it as set by the application.)
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        if err != RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS {
+            let rebalance = match err {
+                RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => Rebalance::Revoke(tpl),
+                _ => Rebalance::Error(KafkaError::Rebalance(err.into())),
+            };
+            self.pre_rebalance(consumer, &rebalance);
+            let unassigned = match consumer.rebalance_protocol() {
+                RebalanceProtocol::Cooperative => consumer.incremental_unassign(tpl),
+                _ => consumer.unassign(),
+            };
+            if let Err(error) = unassigned {
+                tracing::error!(consumer = %self.consumer_name, %error, "cannot give partitions back");
+            }
+            self.post_rebalance(consumer, &rebalance);
+            return;
+        }
+        self.count("assign");
+        let partitions = self.split_queues(tpl);
+        let assigned = match consumer.rebalance_protocol() {
+            RebalanceProtocol::Cooperative => consumer.incremental_assign(tpl),
+            _ => consumer.assign(tpl),
+        };
+        if let Err(error) = assigned {
+            tracing::error!(consumer = %self.consumer_name, %error, "cannot take assigned partitions");
+        }
+        tracing::info!(consumer = %self.consumer_name,
+            partitions = ?partitions.iter().map(|p| (p.topic.as_str(), p.partition)).collect::<Vec<_>>(),
+            "partitions assigned");
+        if let Some(member) = &self.member {
+            let _ = member.send_message(GroupMemberMsg::Assigned(partitions));
+        }
+    }
+
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let Rebalance::Revoke(list) = rebalance else {
             return;
@@ -103,35 +236,9 @@ impl ConsumerContext for EventdContext {
     }
 
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(list) => {
-                self.count("assign");
-                let Some(consumer) = self.consumer.get().and_then(Weak::upgrade) else {
-                    return;
-                };
-                let partitions: Vec<AssignedPartition> = partitions_of(list)
-                    .into_iter()
-                    .filter_map(|(topic, partition)| {
-                        let queue = consumer.split_partition_queue(&topic, partition)?;
-                        Some(AssignedPartition {
-                            topic,
-                            partition,
-                            queue,
-                        })
-                    })
-                    .collect();
-                tracing::info!(consumer = %self.consumer_name,
-                    partitions = ?partitions.iter().map(|p| (p.topic.as_str(), p.partition)).collect::<Vec<_>>(),
-                    "partitions assigned");
-                if let Some(member) = &self.member {
-                    let _ = member.send_message(GroupMemberMsg::Assigned(partitions));
-                }
-            }
-            Rebalance::Revoke(_) => {}
-            Rebalance::Error(error) => {
-                self.count("error");
-                tracing::warn!(consumer = %self.consumer_name, %error, "rebalance error");
-            }
+        if let Rebalance::Error(error) = rebalance {
+            self.count("error");
+            tracing::warn!(consumer = %self.consumer_name, %error, "rebalance error");
         }
     }
 
@@ -276,4 +383,31 @@ fn spawn_poll_loop(
         }
         drop(consumer);
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_librdkafkas_offset_reset_warning() {
+        let message = "like [3]: offset reset (at offset 1000 (leader epoch -1), broker 1) to offset BEGINNING (leader epoch -1): fetch failed due to requested offset not available on the broker: Broker: Offset out of range";
+        assert_eq!(
+            OffsetReset::parse("OFFSET", message),
+            Some(OffsetReset {
+                topic: "like",
+                partition: 3,
+                from: "offset 1000 (leader epoch -1)",
+                to: "offset BEGINNING (leader epoch -1)",
+                reason: "fetch failed due to requested offset not available on the broker: Broker: Offset out of range",
+            })
+        );
+        let from_thread = format!("[thrd:main]: {message}");
+        assert_eq!(
+            OffsetReset::parse("OFFSET", &from_thread).map(|reset| (reset.topic, reset.partition)),
+            Some(("like", 3))
+        );
+        assert_eq!(OffsetReset::parse("FETCH", message), None);
+        assert_eq!(OffsetReset::parse("OFFSET", "like [3]: stored offset 5"), None);
+    }
 }

@@ -9,6 +9,8 @@
 //! awaited beside the actor; a failed one fails the actor, as a failed write inside
 //! `handle` would, and its restart redelivers what was not finished.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,7 +20,7 @@ use tokio::task::JoinHandle;
 use super::kinds::{Behaviour, SlotMemory};
 use super::{Batch, HandlerMsg, HandlerPool};
 use crate::actors::consumer::partition_worker::PartitionWorkerMsg;
-use crate::actors::producer::{PendingDelivery, ProducerHandle};
+use crate::actors::producer::ProducerHandle;
 use crate::telemetry::metrics::{EVENTS_HANDLED, HANDLER_BATCH_SIZE, HANDLER_DURATION};
 
 pub struct HandlerActor;
@@ -119,23 +121,22 @@ async fn handle_batch(
             holds: outcome.holds,
         },
     };
-    if outcome.writes.is_empty() {
+    let Some(settling) = outcome.settling else {
         report.send();
         return Ok(());
-    }
+    };
     let myself = myself.clone();
     tokio::spawn(async move {
-        for write in outcome.writes {
-            if let Err(error) = write.wait().await {
-                // The actor restarts and the worker resends what this batch held.
+        match settling.await {
+            Ok(()) => report.send(),
+            // The actor restarts and the worker resends what this batch held.
+            Err(error) => {
                 let _ = myself.send_message(HandlerMsg::WriteFailed(format!(
                     "handler {}: {error}",
                     report.handler_name
                 )));
-                return;
             }
         }
-        report.send();
     });
     Ok(())
 }
@@ -180,9 +181,13 @@ pub struct BatchOutcome {
     pub skipped: usize,
     /// Count windows now holding offsets of this partition: (window start, first offset).
     pub holds: Vec<(i64, i64)>,
-    /// Writes the broker has yet to acknowledge; the batch is finished when they are.
-    pub writes: Vec<PendingDelivery>,
+    /// Writes still to be settled (acknowledged, or set aside); the batch is finished
+    /// when this resolves.
+    pub settling: Option<Settling>,
 }
+
+/// Resolves once every write of a batch is settled; an error fails the actor.
+pub type Settling = Pin<Box<dyn Future<Output = Result<(), ActorProcessingErr>> + Send>>;
 
 /// How often `count` checks for windows to close.
 pub fn tick_period_for(window: Duration) -> Duration {

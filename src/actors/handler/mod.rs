@@ -22,6 +22,7 @@ use std::sync::Arc;
 use ractor::{ActorRef, RpcReplyPort};
 
 use crate::actors::consumer::partition_worker::PartitionWorkerMsg;
+use crate::actors::producer::dead_letter::Blocked;
 use crate::event::Event;
 
 /// Messages of a handler actor.
@@ -42,6 +43,8 @@ pub enum HandlerMsg {
 pub struct Batch {
     pub events: Vec<Arc<Event>>,
     pub reply_to: ActorRef<PartitionWorkerMsg>,
+    /// The source partition's blocked marker, for writes its offset waits on.
+    pub blocked: Arc<Blocked>,
     /// Which pool and which actor in it, echoed back in the finished report.
     pub handler: usize,
     pub slot: usize,

@@ -8,7 +8,7 @@ use std::time::Instant;
 use metrics::{Counter, Gauge, Histogram};
 use parking_lot::Mutex;
 use ractor::ActorRef;
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{DeliveryResult, ProducerContext};
 use rdkafka::ClientContext;
@@ -24,9 +24,26 @@ pub struct Delivery {
     pub offset: i64,
 }
 
+/// Why librdkafka gave up on an event: its error code (none when the report never
+/// came) and the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryFailure {
+    pub code: Option<RDKafkaErrorCode>,
+    pub reason: String,
+}
+
+impl DeliveryFailure {
+    pub fn without_code(reason: impl Into<String>) -> Self {
+        Self {
+            code: None,
+            reason: reason.into(),
+        }
+    }
+}
+
 /// What travels with one event through librdkafka and comes back in its report.
 pub struct Ticket {
-    pub reply: oneshot::Sender<Result<Delivery, String>>,
+    pub reply: oneshot::Sender<Result<Delivery, DeliveryFailure>>,
     pub enqueued: Instant,
     pub permit: OwnedSemaphorePermit,
 }
@@ -90,7 +107,10 @@ impl ProducerContext for DeliveryContext {
             }
             Err((error, message)) => {
                 self.count(message.topic(), false);
-                Err(error.to_string())
+                Err(DeliveryFailure {
+                    code: error.rdkafka_error_code(),
+                    reason: error.to_string(),
+                })
             }
         };
         let Ticket { reply, permit, .. } = *ticket;

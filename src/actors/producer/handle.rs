@@ -15,7 +15,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer};
 use tokio::sync::{oneshot, Semaphore};
 
-use super::delivery::{Delivery, Ticket};
+use super::delivery::{Delivery, DeliveryFailure, Ticket};
 use super::partitioner::{PartitionError, Partitioners};
 use super::KafkaProducer;
 use crate::config::{ProducerConfig, ProducerMode};
@@ -58,8 +58,11 @@ pub enum ProduceError {
     Metadata { topic: String, reason: String },
     #[error("cannot enqueue event for topic {topic:?}: {reason}")]
     Enqueue { topic: String, reason: String },
-    #[error("delivery to topic {topic:?} failed: {reason}")]
-    Delivery { topic: String, reason: String },
+    #[error("delivery to topic {topic:?} failed: {}", .failure.reason)]
+    Delivery {
+        topic: String,
+        failure: DeliveryFailure,
+    },
 }
 
 impl ProduceError {
@@ -78,11 +81,43 @@ impl ProduceError {
     /// True when sending the same event again can never work, so it must go to the
     /// dead-letter topic rather than be retried.
     pub fn is_permanent(&self) -> bool {
-        matches!(
-            self,
-            ProduceError::TooLarge { .. } | ProduceError::Partition { .. }
-        )
+        match self {
+            ProduceError::TooLarge { .. } | ProduceError::Partition { .. } => true,
+            ProduceError::Delivery {
+                failure:
+                    DeliveryFailure {
+                        code: Some(code), ..
+                    },
+                ..
+            } => is_permanent_rejection(*code),
+            _ => false,
+        }
     }
+}
+
+/// Delivery errors that a resend of the same event cannot cure. librdkafka retries
+/// retriable errors itself until `message_timeout`; what reaches a delivery report is
+/// one of these, or `_MSG_TIMED_OUT` (the broker may come back: the event is
+/// redelivered), or an error of a producer being replaced (`_FATAL`, purges).
+pub fn is_permanent_rejection(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        // The topic's own max.message.bytes is below the event.
+        RDKafkaErrorCode::MessageSizeTooLarge
+            | RDKafkaErrorCode::MessageBatchTooLarge
+            // A keyless write to a compacted topic, a bad header or timestamp.
+            | RDKafkaErrorCode::InvalidRecord
+            | RDKafkaErrorCode::InvalidTimestamp
+            | RDKafkaErrorCode::UnsupportedForMessageFormat
+            | RDKafkaErrorCode::PolicyViolation
+            | RDKafkaErrorCode::TopicAuthorizationFailed
+            | RDKafkaErrorCode::ClusterAuthorizationFailed
+            | RDKafkaErrorCode::InvalidTopic
+            | RDKafkaErrorCode::UnknownTopicOrPartition
+            | RDKafkaErrorCode::UnknownTopic
+            | RDKafkaErrorCode::UnknownPartition
+            | RDKafkaErrorCode::InvalidRequiredAcks
+    )
 }
 
 /// Resolves when the broker acknowledged (or finally refused) one event.
@@ -95,8 +130,8 @@ pub struct PendingDelivery {
 }
 
 enum Pending {
-    Waiting(oneshot::Receiver<Result<Delivery, String>>),
-    Reported(Result<Delivery, String>),
+    Waiting(oneshot::Receiver<Result<Delivery, DeliveryFailure>>),
+    Reported(Result<Delivery, DeliveryFailure>),
 }
 
 impl PendingDelivery {
@@ -104,20 +139,22 @@ impl PendingDelivery {
         let topic = self.topic.clone();
         self.report()
             .await
-            .map_err(|reason| ProduceError::Delivery { topic, reason })
+            .map_err(|failure| ProduceError::Delivery { topic, failure })
     }
 
-    async fn report(self) -> Result<Delivery, String> {
+    async fn report(self) -> Result<Delivery, DeliveryFailure> {
         match self.state {
             Pending::Reported(report) => report,
             Pending::Waiting(receiver) => match tokio::time::timeout(self.patience, receiver).await
             {
                 Ok(Ok(report)) => report,
-                Ok(Err(_)) => Err("the producer stopped before the delivery report".to_owned()),
-                Err(_) => Err(format!(
+                Ok(Err(_)) => Err(DeliveryFailure::without_code(
+                    "the producer stopped before the delivery report",
+                )),
+                Err(_) => Err(DeliveryFailure::without_code(format!(
                     "no delivery report within {}",
                     humantime::format_duration(self.patience)
-                )),
+                ))),
             },
         }
     }

@@ -4,6 +4,7 @@
 //! it creates it, fails on a fatal producer error so its supervisor starts a fresh one,
 //! and flushes it on stop.
 
+pub mod dead_letter;
 mod delivery;
 mod handle;
 pub mod partitioner;
@@ -18,8 +19,8 @@ use rdkafka::producer::{Producer, ThreadedProducer};
 use crate::config::Config;
 use crate::kafka::{producer_config, Brokers};
 
-pub use delivery::{Delivery, DeliveryContext};
-pub use handle::{Outgoing, PendingDelivery, ProduceError, ProducerHandle};
+pub use delivery::{Delivery, DeliveryContext, DeliveryFailure};
+pub use handle::{is_permanent_rejection, Outgoing, PendingDelivery, ProduceError, ProducerHandle};
 pub use supervisor::ProducerSupervisor;
 
 type KafkaProducer = ThreadedProducer<DeliveryContext>;

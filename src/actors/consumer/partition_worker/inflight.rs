@@ -7,6 +7,15 @@ use std::collections::{BTreeMap, HashMap};
 /// A count window holding offsets: (handler, slot, window start).
 pub type HoldKey = (usize, usize, i64);
 
+/// How an offset relates to what was dispatched before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// The next offset, or past a gap.
+    InOrder,
+    /// Below the next offset to dispatch.
+    Behind { next: i64 },
+}
+
 #[derive(Debug, Default)]
 pub struct InFlight {
     /// Dispatched offsets with the number of handlers still working on each.
@@ -18,14 +27,20 @@ pub struct InFlight {
 }
 
 impl InFlight {
-    /// True unless `offset` was already dispatched (a redelivery after reordering).
-    pub fn is_new(&self, offset: i64) -> bool {
-        self.next.is_none_or(|next| offset >= next)
+    /// Whether `offset` may be dispatched next. Gaps above the next offset are legal
+    /// (compaction, transaction markers); an offset below it is not: events there
+    /// were never dispatched or were already, and the offsets stored since may have
+    /// passed them.
+    pub fn arrival(&self, offset: i64) -> Arrival {
+        match self.next {
+            Some(next) if offset < next => Arrival::Behind { next },
+            _ => Arrival::InOrder,
+        }
     }
 
     /// Records a dispatched offset that `handlers` handlers must finish.
     pub fn dispatched(&mut self, offset: i64, handlers: u32) {
-        debug_assert!(self.is_new(offset));
+        debug_assert_eq!(self.arrival(offset), Arrival::InOrder);
         if handlers > 0 {
             self.pending.insert(offset, handlers);
         }
@@ -119,8 +134,22 @@ mod tests {
         inflight.dispatched(5, 0);
         inflight.dispatched(9, 0);
         assert_eq!(inflight.committable(), Some(10));
-        assert!(!inflight.is_new(7));
-        assert!(inflight.is_new(10));
+        assert_eq!(inflight.arrival(10), Arrival::InOrder);
+        assert_eq!(inflight.arrival(25), Arrival::InOrder, "a gap above is legal");
+    }
+
+    #[test]
+    fn an_offset_below_the_next_is_behind_never_quietly_dropped() {
+        let mut inflight = InFlight::default();
+        assert_eq!(inflight.arrival(40), Arrival::InOrder, "the first offset starts anywhere");
+        inflight.dispatched(40, 1);
+        inflight.dispatched(41, 1);
+        inflight.finished(40);
+        inflight.finished(41);
+        assert_eq!(inflight.committable(), Some(42));
+        // A stray from the main queue: the stored offset already passed it.
+        assert_eq!(inflight.arrival(37), Arrival::Behind { next: 42 });
+        assert_eq!(inflight.arrival(41), Arrival::Behind { next: 42 });
     }
 
     #[test]

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use metrics::{Counter, Gauge};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use rdkafka::consumer::Consumer;
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
@@ -33,12 +33,20 @@ use tokio::task::JoinHandle;
 use super::context::{KafkaConsumer, KafkaPartitionQueue};
 use crate::actors::handler::{Batch, HandlerMsg, Router};
 use crate::actors::producer::{Outgoing, ProducerHandle};
+use crate::actors::producer::dead_letter::{write_dead_letter, Blocked};
 use crate::event::{headers, DecodeError, Event, Source};
 use crate::telemetry::metrics::{
-    EVENTS_CONSUMED, EVENTS_DEAD_LETTERED, EVENTS_INVALID, PARTITION_IN_FLIGHT,
+    EVENTS_CONSUMED, EVENTS_INVALID, PARTITION_IN_FLIGHT, PARTITION_REWINDS,
 };
 
-pub use inflight::InFlight;
+pub use inflight::{Arrival, InFlight};
+
+/// An event below the next offset to dispatch.
+#[derive(Debug, Clone, Copy)]
+pub struct Behind {
+    offset: i64,
+    next: i64,
+}
 
 /// Handler id of dead-letter writes in finished reports.
 const DEAD_LETTER: usize = usize::MAX;
@@ -180,13 +188,15 @@ pub struct PartitionWorkerState {
     consumed: Counter,
     invalid: Counter,
     in_flight_gauge: Gauge,
+    /// Marked while a write this partition's offset waits on keeps failing.
+    blocked: Arc<Blocked>,
 }
 
 impl PartitionWorkerState {
-    fn read(&mut self, myself: &ActorRef<PartitionWorkerMsg>) {
+    fn read(&mut self, myself: &ActorRef<PartitionWorkerMsg>) -> Result<(), Behind> {
         if self.full {
             if self.inflight.len() > self.low_mark {
-                return;
+                return Ok(());
             }
             self.full = false;
         }
@@ -195,7 +205,7 @@ impl PartitionWorkerState {
             .saturating_sub(self.inflight.len())
             .min(MAX_READ);
         let Some((queue, _)) = &self.source else {
-            return;
+            return Ok(());
         };
         let mut taken = Vec::with_capacity(budget.min(64));
         while taken.len() < budget {
@@ -210,21 +220,32 @@ impl PartitionWorkerState {
             }
         }
         let more_waiting = taken.len() == MAX_READ;
-        self.dispatch(myself, taken);
+        self.dispatch(myself, taken)?;
         if more_waiting {
             self.queue_poll(myself);
         }
+        Ok(())
     }
 
-    fn dispatch(&mut self, myself: &ActorRef<PartitionWorkerMsg>, taken: Vec<Taken>) {
+    /// Hands `taken` to the handlers; stops at an event below the next offset.
+    fn dispatch(
+        &mut self,
+        myself: &ActorRef<PartitionWorkerMsg>,
+        taken: Vec<Taken>,
+    ) -> Result<(), Behind> {
         if taken.is_empty() {
-            return;
+            return Ok(());
         }
         let settings = self.router.snapshot();
         let mut batches: HashMap<(usize, usize), Vec<Arc<Event>>> = HashMap::new();
+        let mut behind = None;
         for message in taken {
-            if !self.inflight.is_new(message.offset) {
-                continue;
+            if let Arrival::Behind { next } = self.inflight.arrival(message.offset) {
+                behind = Some(Behind {
+                    offset: message.offset,
+                    next,
+                });
+                break;
             }
             self.consumed.increment(1);
             let body = match message.body {
@@ -270,7 +291,52 @@ impl PartitionWorkerState {
             self.full = true;
         }
         self.in_flight_gauge.set(self.inflight.len() as f64);
-        self.store_if_moved();
+        match behind {
+            Some(behind) => Err(behind),
+            None => {
+                self.store_if_moved();
+                Ok(())
+            }
+        }
+    }
+
+    /// An event arrived below the next offset: it was never dispatched, or was but
+    /// the offsets stored since may have passed it. Skipping it could lose it, so the
+    /// stored and committed offset go back to no later than it, and the worker fails:
+    /// its member restarts and reads the partition again from there.
+    async fn rewind(&mut self, behind: Behind) -> ActorProcessingErr {
+        metrics::counter!(PARTITION_REWINDS, "consumer" => self.consumer_name.to_string(), "topic" => self.topic.to_string())
+            .increment(1);
+        let restart_at = self
+            .inflight
+            .committable()
+            .map_or(behind.offset, |stored| stored.min(behind.offset));
+        tracing::error!(consumer = %self.consumer_name, topic = %self.topic, partition = self.partition,
+            offset = behind.offset, next = behind.next, restart_at,
+            "event below the partition's next offset; restarting the partition from an earlier offset");
+        if let (true, Some((_, client))) = (self.store_offsets, &self.source) {
+            let mut list = TopicPartitionList::with_capacity(1);
+            if list
+                .add_partition_offset(&self.topic, self.partition, Offset::Offset(restart_at))
+                .is_ok()
+            {
+                let client = client.clone();
+                let committed = tokio::task::spawn_blocking(move || {
+                    client.store_offsets(&list)?;
+                    client.commit(&list, CommitMode::Sync)
+                })
+                .await;
+                if !matches!(committed, Ok(Ok(()))) {
+                    tracing::error!(consumer = %self.consumer_name, topic = %self.topic, partition = self.partition,
+                        restart_at, result = ?committed, "cannot commit the earlier offset; the restart resumes from the last commit");
+                }
+            }
+        }
+        format!(
+            "{}/{}: offset {} arrived below the next offset {}",
+            self.topic, self.partition, behind.offset, behind.next
+        )
+        .into()
     }
 
     /// Sends `fresh` to a slot, preceded by everything the slot's previous actor held.
@@ -311,6 +377,7 @@ impl PartitionWorkerState {
                 .send_message(HandlerMsg::Batch(Batch {
                     events,
                     reply_to: myself.clone(),
+                    blocked: self.blocked.clone(),
                     handler,
                     slot,
                 }))
@@ -374,34 +441,21 @@ impl PartitionWorkerState {
         };
         let producer = self.producer.clone();
         let worker = myself.clone();
-        let counter = metrics::counter!(EVENTS_DEAD_LETTERED, "topic" => self.topic.to_string());
+        let blocked = self.blocked.clone();
         tokio::spawn(async move {
             // The offset stays unstored until the dead-letter write is acknowledged.
-            let mut backoff = Duration::from_millis(100);
-            loop {
-                let sent = match producer.enqueue_dead_letter(outgoing.clone()).await {
-                    Ok(pending) => pending.wait().await,
-                    Err(error) => Err(error),
-                };
-                match sent {
-                    Ok(_) => break,
-                    Err(error) => {
-                        tracing::error!(%error, offset, "dead-letter write failed, retrying");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(10));
-                        if worker.get_status() != ractor::ActorStatus::Running {
-                            return;
-                        }
-                    }
-                }
+            let written = write_dead_letter(&producer, outgoing, &source, &blocked, || {
+                worker.get_status() == ractor::ActorStatus::Running
+            })
+            .await;
+            if written {
+                let _ = worker.send_message(PartitionWorkerMsg::Finished {
+                    handler: DEAD_LETTER,
+                    slot: 0,
+                    offsets: vec![offset],
+                    holds: Vec::new(),
+                });
             }
-            counter.increment(1);
-            let _ = worker.send_message(PartitionWorkerMsg::Finished {
-                handler: DEAD_LETTER,
-                slot: 0,
-                offsets: vec![offset],
-                holds: Vec::new(),
-            });
         });
     }
 
@@ -519,6 +573,11 @@ impl Actor for PartitionWorker {
             "partition" => args.partition.to_string());
         tracing::info!(consumer = %args.consumer_name, topic = %args.topic, partition = args.partition, "partition worker started");
         Ok(PartitionWorkerState {
+            blocked: Arc::new(Blocked::new(
+                &args.consumer_name,
+                &args.topic,
+                args.partition,
+            )),
             consumed: metrics::counter!(EVENTS_CONSUMED, &labels),
             invalid: metrics::counter!(EVENTS_INVALID, &labels),
             in_flight_gauge,
@@ -554,13 +613,17 @@ impl Actor for PartitionWorker {
                 state.poll_queued.store(false, Ordering::Release);
                 state.resend_to_restarted(&myself);
                 if !state.draining {
-                    state.read(&myself);
+                    if let Err(behind) = state.read(&myself) {
+                        return Err(state.rewind(behind).await);
+                    }
                 }
             }
             PartitionWorkerMsg::Stray(message) => {
                 if !state.draining {
                     let taken = Taken::from_message(&message);
-                    state.dispatch(&myself, vec![taken]);
+                    if let Err(behind) = state.dispatch(&myself, vec![taken]) {
+                        return Err(state.rewind(behind).await);
+                    }
                 }
             }
             PartitionWorkerMsg::Finished {

@@ -100,12 +100,12 @@ impl Fault {
                 }
             }
         }
-        let writes = match &self.forward {
-            Some(forward) => forward.forward(&pool.name, &batch.events, None).await?,
-            None => Vec::new(),
+        let settling = match &self.forward {
+            Some(forward) => forward.forward(&pool.name, batch, None).await?,
+            None => None,
         };
         Ok(BatchOutcome {
-            writes,
+            settling,
             ..BatchOutcome::default()
         })
     }

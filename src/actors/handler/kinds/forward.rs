@@ -1,17 +1,23 @@
 //! `forward`: re-publish events to `output`, whole or reduced to `fields`. Each copy
 //! carries headers naming its source (topic, partition, offset) so consumers
-//! downstream can de-duplicate the repeats that at-least-once delivery allows. A batch
-//! is finished only after the broker acknowledged every copy; with an idempotent
-//! producer the acknowledgements are awaited beside the actor (see `actor`), otherwise
-//! here, since retries could then reorder copies of one key.
+//! downstream can de-duplicate the repeats that at-least-once delivery allows.
+//!
+//! A batch is finished only once every copy is settled: acknowledged by the broker, or,
+//! when the write can never succeed (too large, no valid partition, or refused by the
+//! broker for good), written to the dead-letter topic with the reason. With an
+//! idempotent producer the settling runs beside the actor (see `actor`); otherwise here,
+//! since retries could then reorder copies of one key. A copy that failed for a
+//! reason that may pass (a timeout) fails the actor, whose restart sends it again.
 
 use std::sync::Arc;
 
-use ractor::ActorProcessingErr;
+use ractor::{ActorProcessingErr, ActorRef, ActorStatus};
 use serde_json::{Map, Value};
 
-use super::super::actor::BatchOutcome;
+use super::super::actor::{BatchOutcome, Settling};
 use super::super::{Batch, HandlerPool};
+use crate::actors::consumer::partition_worker::PartitionWorkerMsg;
+use crate::actors::producer::dead_letter::{write_dead_letter, Blocked, Retry};
 use crate::actors::producer::{Outgoing, PendingDelivery, ProduceError, ProducerHandle};
 use crate::config::HandlerConfig;
 use crate::event::{headers, Event};
@@ -19,8 +25,26 @@ use crate::event::{headers, Event};
 pub struct Forward {
     output: String,
     producer: ProducerHandle,
-    /// Where an event that can never be forwarded (too large, no valid partition) goes.
+    /// Where an event that can never be forwarded goes.
     dead_letter: Option<String>,
+}
+
+/// A copy on its way: queued in the producer, or refused before it was queued.
+enum Copy {
+    Queued(Arc<Event>, PendingDelivery),
+    Refused(Arc<Event>, ProduceError),
+}
+
+/// What settling a batch's copies needs, owned so it can run beside the actor.
+struct Settle {
+    handler: Arc<str>,
+    output: String,
+    fields: Option<Vec<String>>,
+    producer: ProducerHandle,
+    dead_letter: Option<String>,
+    blocked: Arc<Blocked>,
+    worker: ActorRef<PartitionWorkerMsg>,
+    copies: Vec<Copy>,
 }
 
 impl Forward {
@@ -42,60 +66,111 @@ impl Forward {
         batch: &Batch,
     ) -> Result<BatchOutcome, ActorProcessingErr> {
         let fields = pool.settings.load().fields.clone();
-        let writes = self
-            .forward(&pool.name, &batch.events, fields.as_deref())
-            .await?;
+        let settling = self.forward(&pool.name, batch, fields).await?;
         Ok(BatchOutcome {
-            writes,
+            settling,
             ..BatchOutcome::default()
         })
     }
 
-    /// Sends every event, pipelined. Returns the acknowledgements still to await when
-    /// the producer keeps partition order, after awaiting them here otherwise.
+    /// Queues a copy of every event of `batch`, pipelined. Returns the settling still
+    /// to await when the producer keeps partition order, after awaiting it here
+    /// otherwise.
     pub async fn forward(
         &self,
-        handler: &str,
-        events: &[Arc<Event>],
-        fields: Option<&[String]>,
-    ) -> Result<Vec<PendingDelivery>, ActorProcessingErr> {
-        let mut pending: Vec<PendingDelivery> = Vec::with_capacity(events.len());
-        for event in events {
-            let copy = copy_of(event, &self.output, fields);
+        handler: &Arc<str>,
+        batch: &Batch,
+        fields: Option<Vec<String>>,
+    ) -> Result<Option<Settling>, ActorProcessingErr> {
+        let mut copies = Vec::with_capacity(batch.events.len());
+        for event in &batch.events {
+            let copy = copy_of(event, &self.output, fields.as_deref());
             match self.producer.enqueue(copy).await {
-                Ok(delivery) => pending.push(delivery),
+                Ok(delivery) => copies.push(Copy::Queued(event.clone(), delivery)),
                 Err(error) if error.is_permanent() => {
-                    pending.push(self.dead_letter_instead(handler, event, &error).await?);
+                    copies.push(Copy::Refused(event.clone(), error))
                 }
                 Err(error) => return Err(error.into()),
             }
         }
+        let settle = Settle {
+            handler: handler.clone(),
+            output: self.output.clone(),
+            fields,
+            producer: self.producer.clone(),
+            dead_letter: self.dead_letter.clone(),
+            blocked: batch.blocked.clone(),
+            worker: batch.reply_to.clone(),
+            copies,
+        };
         if self.producer.keeps_partition_order() {
-            return Ok(pending);
+            return Ok(Some(Box::pin(settle.run())));
         }
-        for delivery in pending {
-            delivery.wait().await?;
+        settle.run().await?;
+        Ok(None)
+    }
+}
+
+impl Settle {
+    async fn run(mut self) -> Result<(), ActorProcessingErr> {
+        let mut refused = Vec::new();
+        for copy in std::mem::take(&mut self.copies) {
+            match copy {
+                Copy::Queued(event, delivery) => match delivery.wait().await {
+                    Ok(_) => {}
+                    Err(error) if error.is_permanent() => refused.push((event, error)),
+                    Err(error) => return Err(error.into()),
+                },
+                Copy::Refused(event, error) => refused.push((event, error)),
+            }
         }
-        Ok(Vec::new())
+        for (event, error) in refused {
+            self.set_aside(&event, &error).await;
+        }
+        Ok(())
     }
 
-    async fn dead_letter_instead(
-        &self,
-        handler: &str,
-        event: &Event,
-        error: &ProduceError,
-    ) -> Result<PendingDelivery, ActorProcessingErr> {
+    /// An event no resend can forward: to the dead-letter topic with the reason, or,
+    /// with none set, retried at the longest backoff with its partition marked blocked,
+    /// because skipping it would lose it.
+    async fn set_aside(&self, event: &Event, error: &ProduceError) {
+        let worker_running = || self.worker.get_status() == ActorStatus::Running;
         let Some(topic) = &self.dead_letter else {
-            return Err(
-                format!("handler {handler}: {error}; no [dead_letter] topic is set").into(),
-            );
+            let mut retry = Retry::new(&self.blocked);
+            let mut error = error.to_string();
+            loop {
+                retry
+                    .failed(
+                        &format!("handler {}: forward (no [dead_letter] topic is set)", self.handler),
+                        &self.output,
+                        &event.source,
+                        &error,
+                    )
+                    .await;
+                if !worker_running() {
+                    retry.done();
+                    return;
+                }
+                let copy = copy_of(event, &self.output, self.fields.as_deref());
+                let sent = match self.producer.enqueue(copy).await {
+                    Ok(delivery) => delivery.wait().await,
+                    Err(refused) => Err(refused),
+                };
+                match sent {
+                    Ok(_) => {
+                        retry.done();
+                        return;
+                    }
+                    Err(again) => error = again.to_string(),
+                }
+            }
         };
-        tracing::error!(handler, topic = %event.source.topic, partition = event.source.partition,
-            offset = event.source.offset, %error, "event cannot be forwarded, dead-lettered");
+        tracing::error!(handler = %self.handler, topic = %event.source.topic, partition = event.source.partition,
+            offset = event.source.offset, %error, dead_letter = %topic, "event cannot be forwarded, dead-lettered");
         let mut copy = copy_of(event, topic, None);
         copy.headers
             .push((headers::ERROR.to_owned(), error.to_string().into_bytes()));
-        Ok(self.producer.enqueue_dead_letter(copy).await?)
+        write_dead_letter(&self.producer, copy, &event.source, &self.blocked, worker_running).await;
     }
 }
 
