@@ -29,7 +29,9 @@ fn main() {
             .parse::<usize>()
             .ok()
             .filter(|n| *n > 0)
-            .unwrap_or_else(|| panic!("EVENTD_BENCH_MEMORY_EVENTS={text:?} is not a positive number")),
+            .unwrap_or_else(|| {
+                panic!("EVENTD_BENCH_MEMORY_EVENTS={text:?} is not a positive number")
+            }),
         Err(_) => 1_000_000,
     };
     let mut peaks = Vec::new();
@@ -54,12 +56,18 @@ fn main() {
     let mut missed = Vec::new();
     for (backlog, peak) in &peaks {
         if *peak > PEAK_LIMIT {
-            missed.push(format!("{backlog} events: peak {} MiB above 256 MiB", peak >> 20));
+            missed.push(format!(
+                "{backlog} events: peak {} MiB above 256 MiB",
+                peak >> 20
+            ));
         }
     }
     let growth = peaks[1].1 as f64 / peaks[0].1 as f64;
     if growth > 1.10 {
-        missed.push(format!("twice the backlog raised the peak by {:.1}%", (growth - 1.0) * 100.0));
+        missed.push(format!(
+            "twice the backlog raised the peak by {:.1}%",
+            (growth - 1.0) * 100.0
+        ));
     }
     if !missed.is_empty() {
         eprintln!("targets missed: {}", missed.join("; "));
@@ -90,7 +98,10 @@ fn peak_with_backlog(backlog: usize) -> u64 {
             broker.produce(topic, &chunk);
         }
     }
-    eprintln!("produced {backlog} events in {:.1}s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "produced {backlog} events in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
     let mut eventd = start_eventd(
         &broker,
         r#"
@@ -109,7 +120,11 @@ sleep = "1ms"
     );
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        assert!(Instant::now() < deadline, "eventd handled too little: {}", eventd.logs());
+        assert!(
+            Instant::now() < deadline,
+            "eventd handled too little: {}",
+            eventd.logs()
+        );
         let handled = eventd
             .metric_if_present("eventd_events_handled_total", &[("handler", "slow")])
             .unwrap_or_default();

@@ -75,7 +75,10 @@ pub fn consumer_config(
             "queued.max.messages.kbytes",
             consumer.fetch_buffer.kib_ceil().to_string(),
         )
-        .set("fetch.message.max.bytes", consumer.fetch_buffer.bytes().to_string())
+        .set(
+            "fetch.message.max.bytes",
+            consumer.fetch_buffer.bytes().to_string(),
+        )
         // Enough queued events for two refills of a full partition.
         .set(
             "queued.min.messages",

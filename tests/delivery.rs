@@ -307,7 +307,9 @@ fn an_offset_reset_is_logged_and_counted() {
         .find(|line| line.contains("offset reset"))
         .unwrap_or_else(|| panic!("no offset reset logged:\n{logs}"));
     assert!(
-        line.contains("offset 1000") && line.contains("BEGINNING") && line.contains("\"partition\":0"),
+        line.contains("offset 1000")
+            && line.contains("BEGINNING")
+            && line.contains("\"partition\":0"),
         "the log line names the partition and both positions: {line}"
     );
 }

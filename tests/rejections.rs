@@ -82,16 +82,23 @@ fn a_write_the_broker_rejects_for_good_is_dead_lettered() {
     );
     let reasons: HashSet<&str> = dlq
         .iter()
-        .map(|r| r.headers.get("eventd.error").map(String::as_str).unwrap_or("none"))
+        .map(|r| {
+            r.headers
+                .get("eventd.error")
+                .map(String::as_str)
+                .unwrap_or("none")
+        })
         .collect();
     assert!(
         reasons
             .iter()
-            .all(|r| r.contains("Message size too large") || r.contains("Topic authorization failed")),
+            .all(|r| r.contains("Message size too large")
+                || r.contains("Topic authorization failed")),
         "dead-letter reasons: {reasons:?}"
     );
     assert!(
-        dlq.iter().all(|r| r.headers.get("eventd.source.topic").map(String::as_str) == Some("like")),
+        dlq.iter()
+            .all(|r| r.headers.get("eventd.source.topic").map(String::as_str) == Some("like")),
         "dead-lettered copies name their source"
     );
     assert_eq!(
@@ -122,8 +129,9 @@ fn a_missing_output_or_dead_letter_topic_stops_startup_with_69() {
         .set("allow.auto.create.topics", "false")
         .create()
         .expect("metadata client");
-    let metadata = rdkafka::consumer::Consumer::fetch_metadata(&client, None, Duration::from_secs(10))
-        .expect("metadata");
+    let metadata =
+        rdkafka::consumer::Consumer::fetch_metadata(&client, None, Duration::from_secs(10))
+            .expect("metadata");
     let names: Vec<&str> = metadata.topics().iter().map(|t| t.name()).collect();
     assert!(
         !names.contains(&"out") && !names.contains(&"dlq"),
@@ -164,7 +172,9 @@ fn a_failing_dead_letter_write_blocks_its_partition_visibly_until_it_lands() {
         Some(200),
         "/healthz while a dead-letter write fails"
     );
-    let dlq = broker.wait_for("dlq", Duration::from_secs(60), |records| !records.is_empty());
+    let dlq = broker.wait_for("dlq", Duration::from_secs(60), |records| {
+        !records.is_empty()
+    });
     assert_eq!(dlq.len(), 1, "{}", eventd.logs());
     assert!(
         eventd.wait_until(Duration::from_secs(10), |e| {

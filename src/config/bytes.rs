@@ -34,9 +34,9 @@ impl ByteSize {
             .find(|c: char| !c.is_ascii_digit())
             .unwrap_or(text.len());
         let (digits, unit) = text.split_at(split);
-        let number: u64 = digits
-            .parse()
-            .map_err(|_| format!("{text:?} is not a size such as 1048576, \"512KiB\" or \"1MiB\""))?;
+        let number: u64 = digits.parse().map_err(|_| {
+            format!("{text:?} is not a size such as 1048576, \"512KiB\" or \"1MiB\"")
+        })?;
         let scale: u64 = match unit.trim() {
             "" | "B" => 1,
             "KiB" => 1024,

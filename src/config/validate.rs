@@ -6,8 +6,8 @@ use std::fmt;
 use std::time::Duration;
 
 use super::{
-    Acks, ByteSize, Config, ConsumerMode, FaultAction, HandlerConfig, HandlerKind, PartitionerConfig,
-    PartitionerKind, StartPosition,
+    Acks, ByteSize, Config, ConsumerMode, FaultAction, HandlerConfig, HandlerKind,
+    PartitionerConfig, PartitionerKind, StartPosition,
 };
 
 /// One broken rule: the key at fault and what is wrong with it.
@@ -220,7 +220,9 @@ impl Config {
             }
             // librdkafka's bounds for queued.max.messages.kbytes and
             // fetch.message.max.bytes.
-            if consumer.fetch_buffer < ByteSize::kib(1) || consumer.fetch_buffer > ByteSize::mib(1000) {
+            if consumer.fetch_buffer < ByteSize::kib(1)
+                || consumer.fetch_buffer > ByteSize::mib(1000)
+            {
                 issues.push(
                     key("fetch_buffer"),
                     format!("{} must be between 1KiB and 1000MiB", consumer.fetch_buffer),

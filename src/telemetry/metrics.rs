@@ -113,7 +113,7 @@ fn describe() {
     );
     describe_counter!(
         PARTITION_REWINDS,
-        "Events that arrived below a partition's next offset; the partition restarts from an offset no later than theirs"
+        "Events that arrived below every offset a partition worker dispatched (they reached the main queue first); the partition restarts from an offset no later than theirs"
     );
     describe_counter!(
         PRODUCER_MESSAGES,

@@ -233,7 +233,9 @@ impl Broker {
             .expect("offset list");
         client
             .commit(&list, rdkafka::consumer::CommitMode::Sync)
-            .unwrap_or_else(|error| panic!("commit {offset} for {group} on {topic}/{partition}: {error}"));
+            .unwrap_or_else(|error| {
+                panic!("commit {offset} for {group} on {topic}/{partition}: {error}")
+            });
     }
 
     /// True once `group` has committed the high watermark of every partition of `topic`
@@ -669,12 +671,20 @@ impl Eventd {
     /// `(VmRSS, VmHWM)` of the process in bytes: resident now, and at its peak.
     pub fn memory(&self) -> (u64, u64) {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_else(|error| panic!("eventd's /proc status: {error}; logs:\n{}", self.logs()));
+            .unwrap_or_else(|error| {
+                panic!("eventd's /proc status: {error}; logs:\n{}", self.logs())
+            });
         let field = |name: &str| -> u64 {
             status
                 .lines()
                 .find_map(|line| line.strip_prefix(name))
-                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .and_then(|rest| {
+                    rest.trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                })
                 .map(|kib| kib * 1024)
                 .unwrap_or_else(|| panic!("no {name} in /proc status:\n{status}"))
         };

@@ -408,6 +408,9 @@ mod tests {
             Some(("like", 3))
         );
         assert_eq!(OffsetReset::parse("FETCH", message), None);
-        assert_eq!(OffsetReset::parse("OFFSET", "like [3]: stored offset 5"), None);
+        assert_eq!(
+            OffsetReset::parse("OFFSET", "like [3]: stored offset 5"),
+            None
+        );
     }
 }

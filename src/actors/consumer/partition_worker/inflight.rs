@@ -12,7 +12,9 @@ pub type HoldKey = (usize, usize, i64);
 pub enum Arrival {
     /// The next offset, or past a gap.
     InOrder,
-    /// Below the next offset to dispatch.
+    /// Dispatched before by this worker.
+    Repeat,
+    /// Below anything this worker dispatched: never dispatched here.
     Behind { next: i64 },
 }
 
@@ -20,6 +22,8 @@ pub enum Arrival {
 pub struct InFlight {
     /// Dispatched offsets with the number of handlers still working on each.
     pending: BTreeMap<i64, u32>,
+    /// The first offset dispatched.
+    first: Option<i64>,
     /// One past the highest offset dispatched so far.
     next: Option<i64>,
     /// First offset each unemitted count window counted from this partition.
@@ -28,12 +32,16 @@ pub struct InFlight {
 
 impl InFlight {
     /// Whether `offset` may be dispatched next. Gaps above the next offset are legal
-    /// (compaction, transaction markers); an offset below it is not: events there
-    /// were never dispatched or were already, and the offsets stored since may have
-    /// passed them.
+    /// (compaction, transaction markers). Between the first offset dispatched and the
+    /// next, an offset is a repeat: the queue delivers in order, so it was dispatched
+    /// already (librdkafka fetches again after some errors), and a gap there never
+    /// fills. Below the first offset, it was never dispatched (it reached the main
+    /// queue before the partition's queue was split), and the offsets stored since may
+    /// have passed it.
     pub fn arrival(&self, offset: i64) -> Arrival {
-        match self.next {
-            Some(next) if offset < next => Arrival::Behind { next },
+        match (self.first, self.next) {
+            (Some(first), Some(next)) if offset < first => Arrival::Behind { next },
+            (_, Some(next)) if offset < next => Arrival::Repeat,
             _ => Arrival::InOrder,
         }
     }
@@ -44,6 +52,7 @@ impl InFlight {
         if handlers > 0 {
             self.pending.insert(offset, handlers);
         }
+        self.first.get_or_insert(offset);
         self.next = Some(offset + 1);
     }
 
@@ -135,13 +144,21 @@ mod tests {
         inflight.dispatched(9, 0);
         assert_eq!(inflight.committable(), Some(10));
         assert_eq!(inflight.arrival(10), Arrival::InOrder);
-        assert_eq!(inflight.arrival(25), Arrival::InOrder, "a gap above is legal");
+        assert_eq!(
+            inflight.arrival(25),
+            Arrival::InOrder,
+            "a gap above is legal"
+        );
     }
 
     #[test]
-    fn an_offset_below_the_next_is_behind_never_quietly_dropped() {
+    fn an_offset_below_the_first_is_behind_never_quietly_dropped() {
         let mut inflight = InFlight::default();
-        assert_eq!(inflight.arrival(40), Arrival::InOrder, "the first offset starts anywhere");
+        assert_eq!(
+            inflight.arrival(40),
+            Arrival::InOrder,
+            "the first offset starts anywhere"
+        );
         inflight.dispatched(40, 1);
         inflight.dispatched(41, 1);
         inflight.finished(40);
@@ -149,7 +166,9 @@ mod tests {
         assert_eq!(inflight.committable(), Some(42));
         // A stray from the main queue: the stored offset already passed it.
         assert_eq!(inflight.arrival(37), Arrival::Behind { next: 42 });
-        assert_eq!(inflight.arrival(41), Arrival::Behind { next: 42 });
+        // Fetched again after an error: already dispatched here.
+        assert_eq!(inflight.arrival(41), Arrival::Repeat);
+        assert_eq!(inflight.arrival(42), Arrival::InOrder);
     }
 
     #[test]

@@ -32,8 +32,8 @@ use tokio::task::JoinHandle;
 
 use super::context::{KafkaConsumer, KafkaPartitionQueue};
 use crate::actors::handler::{Batch, HandlerMsg, Router};
-use crate::actors::producer::{Outgoing, ProducerHandle};
 use crate::actors::producer::dead_letter::{write_dead_letter, Blocked};
+use crate::actors::producer::{Outgoing, ProducerHandle};
 use crate::event::{headers, DecodeError, Event, Source};
 use crate::telemetry::metrics::{
     EVENTS_CONSUMED, EVENTS_INVALID, PARTITION_IN_FLIGHT, PARTITION_REWINDS,
@@ -41,7 +41,7 @@ use crate::telemetry::metrics::{
 
 pub use inflight::{Arrival, InFlight};
 
-/// An event below the next offset to dispatch.
+/// An event below every offset this worker dispatched.
 #[derive(Debug, Clone, Copy)]
 pub struct Behind {
     offset: i64,
@@ -227,7 +227,8 @@ impl PartitionWorkerState {
         Ok(())
     }
 
-    /// Hands `taken` to the handlers; stops at an event below the next offset.
+    /// Hands `taken` to the handlers, skipping repeats; stops at an event below
+    /// anything dispatched here.
     fn dispatch(
         &mut self,
         myself: &ActorRef<PartitionWorkerMsg>,
@@ -240,12 +241,20 @@ impl PartitionWorkerState {
         let mut batches: HashMap<(usize, usize), Vec<Arc<Event>>> = HashMap::new();
         let mut behind = None;
         for message in taken {
-            if let Arrival::Behind { next } = self.inflight.arrival(message.offset) {
-                behind = Some(Behind {
-                    offset: message.offset,
-                    next,
-                });
-                break;
+            match self.inflight.arrival(message.offset) {
+                Arrival::InOrder => {}
+                Arrival::Repeat => {
+                    tracing::debug!(consumer = %self.consumer_name, topic = %self.topic,
+                        partition = self.partition, offset = message.offset, "already dispatched, skipped");
+                    continue;
+                }
+                Arrival::Behind { next } => {
+                    behind = Some(Behind {
+                        offset: message.offset,
+                        next,
+                    });
+                    break;
+                }
             }
             self.consumed.increment(1);
             let body = match message.body {
@@ -300,10 +309,10 @@ impl PartitionWorkerState {
         }
     }
 
-    /// An event arrived below the next offset: it was never dispatched, or was but
-    /// the offsets stored since may have passed it. Skipping it could lose it, so the
-    /// stored and committed offset go back to no later than it, and the worker fails:
-    /// its member restarts and reads the partition again from there.
+    /// An event arrived below the first offset this worker dispatched: it was never
+    /// dispatched, and the offsets stored since may have passed it. Skipping it could
+    /// lose it, so the stored and committed offset go back to no later than it, and the
+    /// worker fails: its member restarts and reads the partition again from there.
     async fn rewind(&mut self, behind: Behind) -> ActorProcessingErr {
         metrics::counter!(PARTITION_REWINDS, "consumer" => self.consumer_name.to_string(), "topic" => self.topic.to_string())
             .increment(1);
@@ -313,7 +322,7 @@ impl PartitionWorkerState {
             .map_or(behind.offset, |stored| stored.min(behind.offset));
         tracing::error!(consumer = %self.consumer_name, topic = %self.topic, partition = self.partition,
             offset = behind.offset, next = behind.next, restart_at,
-            "event below the partition's next offset; restarting the partition from an earlier offset");
+            "event below the partition's first dispatched offset; restarting the partition from an earlier offset");
         if let (true, Some((_, client))) = (self.store_offsets, &self.source) {
             let mut list = TopicPartitionList::with_capacity(1);
             if list
@@ -333,7 +342,7 @@ impl PartitionWorkerState {
             }
         }
         format!(
-            "{}/{}: offset {} arrived below the next offset {}",
+            "{}/{}: offset {} arrived below the offsets dispatched (next {})",
             self.topic, self.partition, behind.offset, behind.next
         )
         .into()

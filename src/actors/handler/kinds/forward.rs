@@ -141,7 +141,10 @@ impl Settle {
             loop {
                 retry
                     .failed(
-                        &format!("handler {}: forward (no [dead_letter] topic is set)", self.handler),
+                        &format!(
+                            "handler {}: forward (no [dead_letter] topic is set)",
+                            self.handler
+                        ),
                         &self.output,
                         &event.source,
                         &error,
@@ -170,7 +173,14 @@ impl Settle {
         let mut copy = copy_of(event, topic, None);
         copy.headers
             .push((headers::ERROR.to_owned(), error.to_string().into_bytes()));
-        write_dead_letter(&self.producer, copy, &event.source, &self.blocked, worker_running).await;
+        write_dead_letter(
+            &self.producer,
+            copy,
+            &event.source,
+            &self.blocked,
+            worker_running,
+        )
+        .await;
     }
 }
 
