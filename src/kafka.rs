@@ -4,28 +4,28 @@
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::ClientConfig;
 
-use crate::config::{Config, ConsumerConfig, NamedStart, StartPosition};
+use crate::config::options::{applies_to, is_secret, Role};
+use crate::config::{Config, ConfigIssue, ConsumerConfig, NamedStart, StartPosition};
 
-/// Settings common to every client; `kafka.options` is applied last so operators can
-/// override anything eventd sets.
+/// Settings common to every client. `kafka.options` is applied last, each property
+/// only to the clients it is for; the properties eventd owns are refused there by
+/// validation, so an option never overrides them.
 fn base(config: &Config, brokers: &Brokers) -> ClientConfig {
     let mut client = ClientConfig::new();
     client
         .set("bootstrap.servers", &brokers.bootstrap)
         .set("client.id", &config.kafka.client_id);
-    if brokers.embedded {
-        // The embedded broker answers an empty fetch only after fetch.wait.max.ms.
-        client.set("fetch.wait.max.ms", "10");
-    }
     client
 }
 
-fn apply_options(config: &Config, client: &mut ClientConfig) {
+fn apply_options(config: &Config, client: &mut ClientConfig, role: Role) {
     for (key, value) in &config.kafka.options {
-        client.set(key, value);
+        if applies_to(key, role) {
+            client.set(key, value);
+        }
     }
 }
 
@@ -50,14 +50,17 @@ pub fn consumer_config(
     client
         .set("enable.auto.offset.store", "false")
         .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "1000")
+        .set(
+            "auto.commit.interval.ms",
+            consumer.commit_interval.as_millis().max(1).to_string(),
+        )
         .set(
             "session.timeout.ms",
             config.kafka.session_timeout.as_millis().to_string(),
         )
         .set(
             "partition.assignment.strategy",
-            consumer.assignment.as_librdkafka(),
+            consumer.assignment().as_librdkafka(),
         )
         .set(
             "auto.offset.reset",
@@ -85,13 +88,17 @@ pub fn consumer_config(
             (consumer.max_in_flight.max(1) * 2).to_string(),
         )
         .set("enable.partition.eof", "false");
+    if brokers.embedded {
+        // The embedded broker answers an empty fetch only after fetch.wait.max.ms.
+        client.set("fetch.wait.max.ms", "10");
+    }
     if let Some(group_id) = group_id {
         client.set("group.id", group_id);
     }
     if let Some(instance_id) = instance_id {
         client.set("group.instance.id", instance_id);
     }
-    apply_options(config, &mut client);
+    apply_options(config, &mut client, Role::Consumer);
     client
 }
 
@@ -130,15 +137,138 @@ pub fn producer_config(config: &Config, brokers: &Brokers) -> ClientConfig {
             "retry.backoff.max.ms",
             producer.max_retry_backoff.as_millis().to_string(),
         );
-    apply_options(config, &mut client);
+    apply_options(config, &mut client, Role::Producer);
     client
 }
 
 /// Admin and metadata clients.
 pub fn plain_config(config: &Config, brokers: &Brokers) -> ClientConfig {
     let mut client = base(config, brokers);
-    apply_options(config, &mut client);
+    apply_options(config, &mut client, Role::Plain);
     client
+}
+
+/// Builds every client configuration the daemon would use (each consumer entry, the
+/// producer) without creating a client or connecting, so a misspelled property or a
+/// bad value is reported by `check-config`, naming the key. A secret's value is never
+/// repeated in the message.
+pub fn check_client_configs(config: &Config) -> Vec<ConfigIssue> {
+    let brokers = Brokers {
+        bootstrap: config
+            .kafka
+            .brokers
+            .clone()
+            .unwrap_or_else(|| "localhost:9092".to_owned()),
+        embedded: config.kafka.brokers.is_none(),
+    };
+    let mut clients: Vec<ClientConfig> = config
+        .consumers
+        .iter()
+        .map(|consumer| consumer_config(config, &brokers, consumer, Some("check"), None))
+        .collect();
+    clients.push(producer_config(config, &brokers));
+    let mut issues: Vec<ConfigIssue> = Vec::new();
+    for client in clients {
+        let Err(error) = client.create_native_config() else {
+            continue;
+        };
+        let issue = config_issue(config, error);
+        if !issues.contains(&issue) {
+            issues.push(issue);
+        }
+    }
+    issues
+}
+
+/// The issue for a property librdkafka refused, naming the key; a secret's value is
+/// cut from librdkafka's message, which quotes it.
+fn config_issue(config: &Config, error: KafkaError) -> ConfigIssue {
+    let key_of = |property: &str| {
+        if config.kafka.options.contains_key(property) {
+            format!("kafka.options.{property:?}")
+        } else {
+            format!("librdkafka property {property:?} (set by eventd)")
+        }
+    };
+    match error {
+        KafkaError::ClientConfig(_, description, property, value) => ConfigIssue {
+            key: key_of(&property),
+            message: if is_secret(&property) && !value.is_empty() {
+                description.replace(&value, "<redacted>")
+            } else {
+                description
+            },
+        },
+        // A NUL byte in a name or value; the error says where, not what.
+        other => ConfigIssue {
+            key: "kafka.options".to_owned(),
+            message: format!("cannot be passed to librdkafka: {other}"),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::types::RDKafkaConfRes;
+
+    #[test]
+    fn a_refused_secret_is_named_but_not_shown() {
+        let mut config = Config::default();
+        config
+            .kafka
+            .options
+            .insert("ssl.key.password".to_owned(), "hunter2".to_owned());
+        let issue = config_issue(
+            &config,
+            KafkaError::ClientConfig(
+                RDKafkaConfRes::RD_KAFKA_CONF_INVALID,
+                "Invalid value \"hunter2\" for configuration property \"ssl.key.password\""
+                    .to_owned(),
+                "ssl.key.password".to_owned(),
+                "hunter2".to_owned(),
+            ),
+        );
+        assert_eq!(issue.key, "kafka.options.\"ssl.key.password\"");
+        assert!(!issue.message.contains("hunter2"), "{}", issue.message);
+        assert!(issue.message.contains("<redacted>"));
+    }
+
+    #[test]
+    fn each_client_gets_only_its_own_options() {
+        let mut config = Config::default();
+        for (key, value) in [("fetch.wait.max.ms", "50"), ("batch.size", "16384")] {
+            config
+                .kafka
+                .options
+                .insert(key.to_owned(), value.to_owned());
+        }
+        let brokers = Brokers {
+            bootstrap: "localhost:9092".to_owned(),
+            embedded: false,
+        };
+        let producer = producer_config(&config, &brokers);
+        assert_eq!(producer.get("fetch.wait.max.ms"), None);
+        assert_eq!(producer.get("batch.size"), Some("16384"));
+        let consumer = consumer_config(
+            &config,
+            &brokers,
+            &config
+                .consumers
+                .first()
+                .cloned()
+                .unwrap_or_else(test_consumer),
+            None,
+            None,
+        );
+        assert_eq!(consumer.get("fetch.wait.max.ms"), Some("50"));
+        assert_eq!(consumer.get("batch.size"), None);
+    }
+
+    fn test_consumer() -> ConsumerConfig {
+        serde_json::from_value(serde_json::json!({"name": "c", "topics": ["t"]}))
+            .unwrap_or_else(|error| panic!("consumer config: {error}"))
+    }
 }
 
 /// How long the startup check waits for the brokers' metadata.

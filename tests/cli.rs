@@ -129,6 +129,50 @@ fn bad_config_exits_78_naming_the_key() {
     );
     assert_refused(&orphan, &["handlers[0].consumer"]);
 
+    // A raw option eventd owns is refused, naming the key to use instead.
+    let owned = write(
+        &dir,
+        "owned.toml",
+        &format!("[kafka.options]\n\"enable.auto.offset.store\" = \"true\"\n\"session.timeout.ms\" = \"6000\"\n{VALID_BODY}"),
+    );
+    assert_refused(
+        &owned,
+        &[
+            "kafka.options.\"enable.auto.offset.store\"",
+            "kafka.options.\"session.timeout.ms\"",
+            "kafka.session_timeout",
+        ],
+    );
+
+    // A misspelled librdkafka property is caught without connecting.
+    let misspelled = write(
+        &dir,
+        "misspelled.toml",
+        &format!("[kafka.options]\n\"socket.keepalive.enabel\" = \"true\"\n{VALID_BODY}"),
+    );
+    assert_refused(&misspelled, &["kafka.options.\"socket.keepalive.enabel\""]);
+
+    // A secret librdkafka cannot take is refused without repeating it.
+    let secret = write(
+        &dir,
+        "secret.toml",
+        &format!("[kafka.options]\n\"ssl.key.password\" = \"hunter2\\u0000\"\n{VALID_BODY}"),
+    );
+    assert_refused(&secret, &["kafka.options"]);
+    let check = check_config(&secret);
+    let report = format!("{}{}", text(&check.stdout), text(&check.stderr));
+    assert!(!report.contains("hunter2"), "the secret leaked:\n{report}");
+
+    // Smaller holes, each naming its key.
+    let holes = write(
+        &dir,
+        "holes.toml",
+        &format!(
+            "[producer]\nacks = \"0\"\nidempotence = false\n[log]\nlevel = \"info,=bogus[\"\n[dead_letter]\ntopic = \"like\"\n{VALID_BODY}"
+        ),
+    );
+    assert_refused(&holes, &["producer.acks", "log.level", "dead_letter.topic"]);
+
     // The README's config is valid.
     let readme = manifest_path("config/eventd.toml");
     let check = check_config(&readme);

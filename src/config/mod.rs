@@ -6,6 +6,7 @@
 //! without reading the code.
 
 mod bytes;
+pub mod options;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -395,11 +396,10 @@ pub struct ConsumerConfig {
     /// Consumer group of `mode = "group"`; defaults to `eventd-<name>`.
     pub group_id: Option<String>,
     pub topics: Vec<String>,
-    /// Group members this process runs for this consumer.
-    #[serde(default = "default_members")]
-    pub members: usize,
-    #[serde(default = "default_assignment")]
-    pub assignment: Assignment,
+    /// Group members this process runs for this consumer (group mode; 1 if unset).
+    pub(super) members: Option<usize>,
+    /// Group mode; cooperative-sticky if unset.
+    pub(super) assignment: Option<Assignment>,
     #[serde(default)]
     pub start: StartPosition,
     /// Unfinished events per partition; a full partition is read again once half finished.
@@ -408,6 +408,10 @@ pub struct ConsumerConfig {
     /// How long a revoke or shutdown waits for in-flight events.
     #[serde(default = "default_drain_timeout", with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// How often stored offsets are committed (`auto.commit.interval.ms`): after a
+    /// crash, events handled since the last commit are delivered again.
+    #[serde(default = "default_commit_interval", with = "humantime_serde")]
+    pub commit_interval: Duration,
     /// Bytes librdkafka may fetch ahead per assigned partition
     /// (`queued.max.messages.kbytes`, and `fetch.message.max.bytes` per fetch), so
     /// memory follows the config rather than the backlog.
@@ -435,12 +439,24 @@ const fn default_max_in_flight() -> usize {
 const fn default_drain_timeout() -> Duration {
     Duration::from_secs(10)
 }
+/// sarama's `Offsets.CommitInterval`; librdkafka's default is 5s.
+const fn default_commit_interval() -> Duration {
+    Duration::from_secs(1)
+}
 /// librdkafka's own default is 64 MiB per partition (`queued.max.messages.kbytes`).
 const fn default_fetch_buffer() -> ByteSize {
     ByteSize::mib(1)
 }
 
 impl ConsumerConfig {
+    pub fn members(&self) -> usize {
+        self.members.unwrap_or(default_members())
+    }
+
+    pub fn assignment(&self) -> Assignment {
+        self.assignment.unwrap_or(default_assignment())
+    }
+
     pub fn group_id(&self) -> String {
         self.group_id
             .clone()

@@ -6,7 +6,7 @@ use std::fmt;
 use std::time::Duration;
 
 use super::{
-    Acks, ByteSize, Config, ConsumerMode, FaultAction, HandlerConfig, HandlerKind,
+    options, Acks, ByteSize, Config, ConsumerMode, FaultAction, HandlerConfig, HandlerKind,
     PartitionerConfig, PartitionerKind, StartPosition,
 };
 
@@ -81,6 +81,8 @@ impl Config {
         self.validate_kafka(&mut issues);
         self.validate_consumers(&mut issues);
         self.validate_handlers(&mut issues);
+        self.validate_written_topics(&mut issues);
+        self.validate_client_configs(&mut issues);
         issues.into_result()
     }
 
@@ -88,7 +90,83 @@ impl Config {
     pub fn validate_producer_side(&self) -> Result<(), Vec<ConfigIssue>> {
         let mut issues = Issues(Vec::new());
         self.validate_kafka(&mut issues);
+        self.validate_client_configs(&mut issues);
         issues.into_result()
+    }
+
+    /// Raw options must not take over what eventd owns, and every client configuration
+    /// must build (names and values librdkafka accepts).
+    fn validate_client_configs(&self, issues: &mut Issues) {
+        let mut owned_set = false;
+        for property in self.kafka.options.keys() {
+            if let Some(instead) = options::owned(property) {
+                owned_set = true;
+                issues.push(
+                    format!("kafka.options.{property:?}"),
+                    format!("is set by eventd; use {instead}"),
+                );
+            }
+        }
+        if !owned_set {
+            issues.0.extend(crate::kafka::check_client_configs(self));
+        }
+    }
+
+    /// Topics written must not feed back into what is read, and must be named.
+    fn validate_written_topics(&self, issues: &mut Issues) {
+        if let Some(topic) = &self.dead_letter.topic {
+            if topic.trim().is_empty() {
+                issues.push(
+                    "dead_letter.topic",
+                    "must not be empty; remove it to log and count undecodable events only",
+                );
+            }
+            for consumer in &self.consumers {
+                if consumer.topics.contains(topic) {
+                    issues.push(
+                        "dead_letter.topic",
+                        format!("{topic:?} is read by consumer {:?}: its dead-lettered events would be read again", consumer.name),
+                    );
+                }
+            }
+        }
+        for (i, handler) in self.handlers.iter().enumerate() {
+            let (Some(output), Some(consumer)) =
+                (&handler.output, self.consumer(&handler.consumer))
+            else {
+                continue;
+            };
+            if consumer.topics.contains(output) {
+                issues.push(
+                    format!("handlers[{i}].output"),
+                    format!("{output:?} is read by consumer {:?}, which feeds this handler: every event would loop", consumer.name),
+                );
+            }
+        }
+        // A producer-wide manual partitioner would also place dead-letter copies and
+        // count records, which carry no partition field of their own.
+        if self.producer.partitioner == PartitionerKind::Manual {
+            let mut exposed: Vec<(String, &String)> = self
+                .handlers
+                .iter()
+                .enumerate()
+                .filter(|(_, h)| h.kind == HandlerKind::Count)
+                .filter_map(|(i, h)| Some((format!("handlers[{i}].output"), h.output.as_ref()?)))
+                .collect();
+            if let Some(topic) = &self.dead_letter.topic {
+                exposed.push(("dead_letter.topic".to_owned(), topic));
+            }
+            for (key, topic) in exposed {
+                if !self.producer.outputs.contains_key(topic) {
+                    issues.push(
+                        "producer.partitioner",
+                        format!(
+                            "\"manual\" would also place {key} = {topic:?}; set it per topic in [producer.outputs.\"<topic>\"] instead, or give {topic:?} its own partitioner there"
+                        ),
+                    );
+                }
+            }
+        }
     }
 
     fn validate_kafka(&self, issues: &mut Issues) {
@@ -105,6 +183,21 @@ impl Config {
         }
         if !(1..=1000).contains(&self.embedded.partitions) {
             issues.push("embedded.partitions", "must be between 1 and 1000");
+        }
+        if self.producer.acks == Acks::None {
+            issues.push(
+                "producer.acks",
+                "\"0\" gives up at-least-once: a write counts as done before any broker has it; use \"1\" or \"all\"",
+            );
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            issues.push(
+                "log.level",
+                format!(
+                    "{:?} is not a filter such as \"info\" or \"eventd=debug,info\"",
+                    self.log.level
+                ),
+            );
         }
         if self.producer.idempotence && self.producer.acks != Acks::All {
             issues.push(
@@ -228,6 +321,9 @@ impl Config {
                     format!("{} must be between 1KiB and 1000MiB", consumer.fetch_buffer),
                 );
             }
+            if consumer.commit_interval < Duration::from_millis(1) {
+                issues.push(key("commit_interval"), "must be at least 1ms");
+            }
             if consumer.drain_timeout >= self.kafka.session_timeout {
                 issues.push(
                     key("drain_timeout"),
@@ -240,7 +336,7 @@ impl Config {
             }
             match consumer.mode {
                 ConsumerMode::Group => {
-                    if consumer.members == 0 {
+                    if consumer.members() == 0 {
                         issues.push(key("members"), "must be at least 1");
                     }
                     if !matches!(consumer.start, StartPosition::Named(_)) {
@@ -257,6 +353,18 @@ impl Config {
                     }
                 }
                 ConsumerMode::Partitions => {
+                    for (field, set) in [
+                        ("members", consumer.members.is_some()),
+                        ("assignment", consumer.assignment.is_some()),
+                        ("static_membership", consumer.static_membership),
+                    ] {
+                        if set {
+                            issues.push(
+                                key(field),
+                                "only for mode = \"group\"; a partitions consumer reads every partition itself",
+                            );
+                        }
+                    }
                     if consumer.group_id.is_some() {
                         issues.push(
                             key("group_id"),
@@ -433,6 +541,59 @@ mod tests {
     #[test]
     fn minimal_config_is_valid() {
         assert!(parse(BASE).validate().is_ok());
+    }
+
+    #[test]
+    fn group_only_keys_are_refused_on_a_partitions_consumer() {
+        let config = parse(
+            &BASE.replace(
+                "topics = [\"like\", \"comment\"]",
+                "topics = [\"like\", \"comment\"]\nmode = \"partitions\"\nmembers = 2\nassignment = \"range\"\nstatic_membership = true",
+            ),
+        );
+        assert_eq!(
+            keys(&config),
+            vec![
+                "consumers[0].members",
+                "consumers[0].assignment",
+                "consumers[0].static_membership"
+            ]
+        );
+    }
+
+    #[test]
+    fn written_topics_must_not_loop_into_what_is_read() {
+        let config = parse(&format!(
+            "{BASE}\n[[handlers]]\nname = \"copy\"\nkind = \"forward\"\nconsumer = \"analytics\"\noutput = \"like\"\n[dead_letter]\ntopic = \"comment\"\n"
+        ));
+        assert_eq!(
+            keys(&config),
+            vec!["dead_letter.topic", "handlers[1].output"]
+        );
+        let empty = parse(&format!("{BASE}\n[dead_letter]\ntopic = \"\"\n"));
+        assert_eq!(keys(&empty), vec!["dead_letter.topic"]);
+    }
+
+    #[test]
+    fn a_producer_wide_manual_partitioner_must_spare_dead_letters_and_counts() {
+        let manual = "[producer]\npartitioner = \"manual\"\npartition_field = \"shard\"\n";
+        let config = parse(&format!("{manual}{BASE}\n[dead_letter]\ntopic = \"dlq\"\n"));
+        assert_eq!(keys(&config), vec!["producer.partitioner"]);
+        let exempt = parse(&format!(
+            "{manual}[producer.outputs.dlq]\npartitioner = \"hash\"\n{BASE}\n[dead_letter]\ntopic = \"dlq\"\n"
+        ));
+        assert_eq!(keys(&exempt), Vec::<String>::new());
+    }
+
+    #[test]
+    fn raw_options_eventd_owns_are_refused() {
+        let config = parse(&format!(
+            "[kafka.options]\n\"enable.auto.commit\" = \"false\"\n\"socket.keepalive.enable\" = \"true\"\n{BASE}"
+        ));
+        let issues = config.validate().unwrap_err();
+        assert_eq!(issues.len(), 1, "{issues:?}");
+        assert_eq!(issues[0].key, "kafka.options.\"enable.auto.commit\"");
+        assert!(issues[0].message.contains("consumers[].commit_interval"));
     }
 
     #[test]

@@ -254,7 +254,7 @@ impl Actor for ConsumerSupervisor {
         for (index, consumer) in state.config.consumers.iter().enumerate() {
             match consumer.mode {
                 ConsumerMode::Group => {
-                    roles.extend((0..consumer.members).map(|member| Role::Member {
+                    roles.extend((0..consumer.members()).map(|member| Role::Member {
                         consumer: index,
                         index: member,
                     }));

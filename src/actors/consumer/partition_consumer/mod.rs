@@ -141,12 +141,13 @@ impl Actor for PartitionConsumer {
             tokio::task::spawn_blocking(move || start_offset(&client, &consumer, &topic, partition))
                 .await??
         };
-        let mut assignment = TopicPartitionList::new();
-        assignment.add_partition_offset(&topic, partition, start)?;
-        client.assign(&assignment)?;
+        // Split before assigning, so no fetched event can land on the main queue first.
         let queue = client
             .split_partition_queue(&topic, partition)
             .ok_or_else(|| format!("cannot read {topic}/{partition}"))?;
+        let mut assignment = TopicPartitionList::new();
+        assignment.add_partition_offset(&topic, partition, start)?;
+        client.assign(&assignment)?;
         let (worker, _) = Actor::spawn_linked(
             None,
             PartitionWorker,
