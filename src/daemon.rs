@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::actors::producer::ProducerActor;
 use crate::actors::root::{RootArgs, RootMsg, RootSupervisor};
-use crate::actors::Fatal;
+use crate::actors::{Deadline, Fatal};
 use crate::config::{Config, EXIT_CONFIG};
 use crate::embedded::EmbeddedBroker;
 use crate::kafka::{check_written_topics, Brokers};
@@ -141,16 +141,32 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> i32 {
         .enabled
         .then(|| crate::demo::spawn(config.demo.clone(), producer.clone(), demo_stopped));
 
+    // A reload runs beside this loop, so a shutdown signal or a meltdown is never
+    // held up by one; a SIGHUP while one runs starts the next once it is done.
+    let mut reloading: Option<tokio::task::JoinHandle<()>> = None;
+    let mut reload_again = false;
     loop {
         tokio::select! {
             signal = signals.next() => match signal {
-                Some(SIGHUP) => reload(&root, config_path.as_deref()).await,
+                Some(SIGHUP) => {
+                    if reloading.as_ref().is_some_and(|task| !task.is_finished()) {
+                        reload_again = true;
+                    } else {
+                        reloading = Some(tokio::spawn(reload(root.clone(), config_path.clone())));
+                    }
+                }
                 Some(signal) => {
                     tracing::info!(signal, "shutdown requested");
                     break;
                 }
                 None => break,
             },
+            _ = async { if let Some(task) = reloading.as_mut() { let _ = task.await; } }, if reloading.as_ref().is_some_and(|task| !task.is_finished()) => {
+                reloading = None;
+                if std::mem::take(&mut reload_again) {
+                    reloading = Some(tokio::spawn(reload(root.clone(), config_path.clone())));
+                }
+            }
             Some(Fatal::Meltdown { supervisor, actor }) = fatal_rx.recv() => {
                 tracing::error!(supervisor, actor, "supervision meltdown: restarts exceeded supervision.max_restarts within supervision.restart_window");
                 health.set_alive(false);
@@ -164,43 +180,70 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> i32 {
         }
     }
 
+    // The grace counts from the signal: everything below shares it.
+    let grace = config.shutdown.grace;
+    let deadline = Deadline::after(grace);
     health.set_ready(false);
+    if let Some(task) = reloading.take() {
+        task.abort();
+    }
     let _ = stop_demo.send(true);
     if let Some(demo) = demo {
-        let _ = demo.await;
+        let _ = tokio::time::timeout(deadline.left(), demo).await;
     }
-    let grace = config.shutdown.grace;
     tracing::info!(grace = %humantime::format_duration(grace), "draining");
-    let shutdown = root.call(RootMsg::Shutdown, None);
+    let shutdown = root.call(
+        |reply| RootMsg::Shutdown(deadline, reply),
+        Some(deadline.left()),
+    );
     // The process exits right after; stopping the embedded broker before that would
     // only make the remaining clients log connection errors.
     std::mem::forget(_embedded);
-    tokio::select! {
-        finished = tokio::time::timeout(grace, shutdown) => match finished {
-            Ok(_) => {
-                tracing::info!("shutdown complete");
-                EXIT_OK
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            finished = &mut shutdown => return match finished {
+                Ok(ractor::rpc::CallResult::Success(unfinished)) if unfinished.is_empty() => {
+                    tracing::info!("shutdown complete");
+                    EXIT_OK
+                }
+                Ok(ractor::rpc::CallResult::Success(unfinished)) => {
+                    for step in &unfinished {
+                        tracing::error!(step = %step, "shutdown step not finished");
+                    }
+                    tracing::error!(producer_queue = producer.queue_depth(),
+                        "shutdown incomplete; exiting with work pending");
+                    EXIT_GRACE_EXPIRED
+                }
+                Ok(ractor::rpc::CallResult::Timeout) => {
+                    tracing::error!(pending = *progress.lock(), producer_queue = producer.queue_depth(),
+                        "shutdown grace expired; exiting with work pending");
+                    EXIT_GRACE_EXPIRED
+                }
+                Ok(ractor::rpc::CallResult::SenderError) | Err(_) => {
+                    tracing::error!(pending = *progress.lock(), producer_queue = producer.queue_depth(),
+                        "shutdown did not complete: the actor tree stopped answering; exiting with work pending");
+                    EXIT_GRACE_EXPIRED
+                }
+            },
+            signal = signals.next() => match signal {
+                Some(SIGHUP) => tracing::warn!("reload ignored: shutting down"),
+                _ => {
+                    tracing::warn!("second signal: exiting now");
+                    return EXIT_SECOND_SIGNAL;
+                }
+            },
+            Some(Fatal::Meltdown { supervisor, actor }) = fatal_rx.recv() => {
+                tracing::error!(supervisor, actor, "supervision meltdown during shutdown");
+                return EXIT_MELTDOWN;
             }
-            Err(_) => {
-                tracing::error!(pending = *progress.lock(), producer_queue = producer.queue_depth(),
-                    "shutdown grace expired; exiting with work pending");
-                EXIT_GRACE_EXPIRED
-            }
-        },
-        _ = signals.next() => {
-            tracing::warn!("second signal: exiting now");
-            EXIT_SECOND_SIGNAL
-        }
-        Some(Fatal::Meltdown { supervisor, actor }) = fatal_rx.recv() => {
-            tracing::error!(supervisor, actor, "supervision meltdown during shutdown");
-            EXIT_MELTDOWN
         }
     }
 }
 
 /// SIGHUP: a valid config is applied where it can be; an invalid one is refused.
-async fn reload(root: &ractor::ActorRef<RootMsg>, path: Option<&std::path::Path>) {
-    match Config::load(path) {
+async fn reload(root: ractor::ActorRef<RootMsg>, path: Option<PathBuf>) {
+    match Config::load(path.as_deref()) {
         Err(error) => {
             for line in error.lines() {
                 tracing::error!(error = %line, "reload refused; keeping the running config");

@@ -436,10 +436,24 @@ output = "item_stats"
         eventd.logs()
     );
     // The flush now waits on deliveries that cannot happen (up to drain_timeout, 5s),
-    // so the shutdown is under way when the second signal lands.
+    // so the shutdown is under way when the signals land.
     assert!(
         eventd.is_running(),
         "shutdown with an unreachable broker finished at once, so a second signal cannot be tested; logs:\n{}",
+        eventd.logs()
+    );
+    // SIGHUP asks for a reload, not an exit: it is not a second signal.
+    eventd.signal("HUP");
+    assert!(
+        eventd.wait_until(Duration::from_secs(5), |e| e
+            .logs()
+            .contains("reload ignored: shutting down")),
+        "SIGHUP during shutdown not acknowledged; logs:\n{}",
+        eventd.logs()
+    );
+    assert!(
+        eventd.is_running(),
+        "SIGHUP during shutdown ended the process; logs:\n{}",
         eventd.logs()
     );
     let started = std::time::Instant::now();

@@ -15,3 +15,26 @@ pub enum Fatal {
 
 /// Where supervisors report a `Fatal`; `main` turns it into an exit code.
 pub type FatalSender = tokio::sync::mpsc::UnboundedSender<Fatal>;
+
+/// When the shutdown must be over (`shutdown.grace` after the signal). Every step takes
+/// its wait from what is left, so fixed waits cannot add up past the grace.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline(std::time::Instant);
+
+impl Deadline {
+    pub fn after(grace: std::time::Duration) -> Self {
+        Self(std::time::Instant::now() + grace)
+    }
+
+    /// Time left, zero once passed.
+    pub fn left(&self) -> std::time::Duration {
+        self.0.saturating_duration_since(std::time::Instant::now())
+    }
+
+    /// Time left keeping `reserve` for the steps after this one; at least 1 ms.
+    pub fn left_before(&self, reserve: std::time::Duration) -> std::time::Duration {
+        self.left()
+            .saturating_sub(reserve)
+            .max(std::time::Duration::from_millis(1))
+    }
+}

@@ -10,6 +10,10 @@ use super::{
     PartitionerConfig, PartitionerKind, StartPosition,
 };
 
+/// What a shutdown needs after the longest drain: final commit, close, handler stop,
+/// producer flush.
+const SHUTDOWN_MARGIN: Duration = Duration::from_secs(5);
+
 /// One broken rule: the key at fault and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigIssue {
@@ -321,6 +325,18 @@ impl Config {
                     format!("{} must be between 1KiB and 1000MiB", consumer.fetch_buffer),
                 );
             }
+            if consumer.drain_timeout + SHUTDOWN_MARGIN > self.shutdown.grace {
+                issues.push(
+                    "shutdown.grace",
+                    format!(
+                        "{} must exceed {} ({}) by at least {}: the final commit, close and producer flush follow the drain",
+                        humantime::format_duration(self.shutdown.grace),
+                        key("drain_timeout"),
+                        humantime::format_duration(consumer.drain_timeout),
+                        humantime::format_duration(SHUTDOWN_MARGIN)
+                    ),
+                );
+            }
             if consumer.commit_interval < Duration::from_millis(1) {
                 issues.push(key("commit_interval"), "must be at least 1ms");
             }
@@ -544,6 +560,16 @@ mod tests {
     }
 
     #[test]
+    fn the_grace_leaves_room_after_the_longest_drain() {
+        let mut config = parse(BASE);
+        config.shutdown.grace = Duration::from_secs(12);
+        config.consumers[0].drain_timeout = Duration::from_secs(8);
+        assert_eq!(keys(&config), vec!["shutdown.grace"]);
+        config.consumers[0].drain_timeout = Duration::from_secs(7);
+        assert_eq!(keys(&config), Vec::<String>::new());
+    }
+
+    #[test]
     fn group_only_keys_are_refused_on_a_partitions_consumer() {
         let config = parse(
             &BASE.replace(
@@ -600,6 +626,7 @@ mod tests {
     fn drain_timeout_must_be_below_session_timeout() {
         let mut config = parse(BASE);
         config.consumers[0].drain_timeout = Duration::from_secs(45);
+        config.shutdown.grace = Duration::from_secs(60);
         assert_eq!(keys(&config), vec!["consumers[0].drain_timeout"]);
     }
 

@@ -22,6 +22,7 @@ use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::group_member::{AssignedPartition, GroupMemberMsg};
+use crate::actors::Deadline;
 use crate::telemetry::metrics::{COMMIT_FAILURES, OFFSETS_COMMITTED, OFFSET_RESETS, REBALANCES};
 
 pub type KafkaConsumer = BaseConsumer<EventdContext>;
@@ -36,8 +37,27 @@ pub struct EventdContext {
     revoke_wait: Duration,
     /// The consumer itself, to split partition queues inside the assign callback.
     consumer: OnceLock<Weak<KafkaConsumer>>,
-    /// Set once shutdown has drained and committed; later revokes are the close's own.
-    closing: Arc<AtomicBool>,
+    /// Where its owner stands: shutting down, closing.
+    lifecycle: Arc<Lifecycle>,
+}
+
+/// What a consumer's owner tells its callbacks about where it stands.
+#[derive(Debug, Default)]
+pub struct Lifecycle {
+    /// A shutdown started handing every partition back; a revoke leaves that to it.
+    shutting_down: AtomicBool,
+    /// The final commit is done; later revokes and commits are the close's own.
+    closing: AtomicBool,
+}
+
+impl Lifecycle {
+    fn shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+
+    fn closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
 }
 
 impl EventdContext {
@@ -45,14 +65,14 @@ impl EventdContext {
         consumer_name: Arc<str>,
         member: Option<ActorRef<GroupMemberMsg>>,
         revoke_wait: Duration,
-        closing: Arc<AtomicBool>,
+        lifecycle: Arc<Lifecycle>,
     ) -> Self {
         Self {
             consumer_name,
             member,
             revoke_wait,
             consumer: OnceLock::new(),
-            closing,
+            lifecycle,
         }
     }
 
@@ -179,18 +199,32 @@ impl ConsumerContext for EventdContext {
                 _ => Rebalance::Error(KafkaError::Rebalance(err.into())),
             };
             self.pre_rebalance(consumer, &rebalance);
-            let unassigned = match consumer.rebalance_protocol() {
+            let protocol = consumer.rebalance_protocol();
+            let unassigned = match protocol {
                 RebalanceProtocol::Cooperative => consumer.incremental_unassign(tpl),
                 _ => consumer.unassign(),
             };
             if let Err(error) = unassigned {
                 tracing::error!(consumer = %self.consumer_name, %error, "cannot give partitions back");
             }
+            if self.lifecycle.shutting_down() && !matches!(protocol, RebalanceProtocol::Cooperative)
+            {
+                // An eager revoke leaves the member nothing, and it is closing: leaving
+                // now spares the close a rejoin whose answer it would have to wait for.
+                consumer.unsubscribe();
+            }
             self.post_rebalance(consumer, &rebalance);
             return;
         }
         self.count("assign");
-        let partitions = self.split_queues(tpl);
+        // During shutdown nothing takes new partitions: their events stay unread and
+        // the next owner reads them. A split queue waiting in the busy member's mailbox
+        // would also keep the client from closing.
+        let partitions = if self.lifecycle.shutting_down() {
+            Vec::new()
+        } else {
+            self.split_queues(tpl)
+        };
         let assigned = match consumer.rebalance_protocol() {
             RebalanceProtocol::Cooperative => consumer.incremental_assign(tpl),
             _ => consumer.assign(tpl),
@@ -213,19 +247,25 @@ impl ConsumerContext for EventdContext {
         self.count("revoke");
         let partitions = partitions_of(list);
         tracing::info!(consumer = %self.consumer_name, ?partitions, "partitions revoked");
-        if self.closing.load(Ordering::Acquire) {
+        if self.lifecycle.closing() {
             return;
         }
-        let Some(member) = &self.member else {
+        if self.lifecycle.shutting_down() {
+            // The member is busy handing everything back and cannot take a revoke:
+            // commit what is finished now, the rest is redelivered to the next owner.
+            tracing::warn!(consumer = %self.consumer_name,
+                "partitions revoked during shutdown: committing what is finished; events still in flight will be redelivered");
+        } else if let Some(member) = &self.member {
+            let (done, wait) = mpsc::channel();
+            if member
+                .send_message(GroupMemberMsg::Revoke { partitions, done })
+                .is_ok()
+                && wait.recv_timeout(self.revoke_wait).is_err()
+            {
+                tracing::warn!(consumer = %self.consumer_name, "revoke did not finish in time; uncommitted events will be redelivered");
+            }
+        } else {
             return;
-        };
-        let (done, wait) = mpsc::channel();
-        if member
-            .send_message(GroupMemberMsg::Revoke { partitions, done })
-            .is_ok()
-            && wait.recv_timeout(self.revoke_wait).is_err()
-        {
-            tracing::warn!(consumer = %self.consumer_name, "revoke did not finish in time; uncommitted events will be redelivered");
         }
         match consumer.commit_consumer_state(CommitMode::Sync) {
             Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
@@ -257,7 +297,7 @@ impl ConsumerContext for EventdContext {
             Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
             // librdkafka's own commit on close, after eventd's synchronous final commit
             // succeeded; it races the group's rebalance and carries nothing new.
-            Err(error) if self.closing.load(Ordering::Acquire) => {
+            Err(error) if self.lifecycle.closing() => {
                 tracing::debug!(consumer = %self.consumer_name, %error, "commit on close not needed");
             }
             Err(error) => {
@@ -269,6 +309,10 @@ impl ConsumerContext for EventdContext {
     }
 }
 
+/// Of the grace, what the final commit leaves for stopping the polling thread (which
+/// closes the client).
+const POLL_THREAD_RESERVE: Duration = Duration::from_millis(1000);
+
 /// A consumer client with the thread that serves its main queue (rebalances, commits,
 /// errors). However its owner ends, dropping this stops the thread, which then closes
 /// the client off the async runtime once nothing else holds it.
@@ -277,8 +321,8 @@ pub struct ConsumerClient {
     consumer: Option<Arc<KafkaConsumer>>,
     poll_thread: Option<JoinHandle<()>>,
     stop_polling: Arc<AtomicBool>,
-    /// Shared with the context: set once the final commit is done.
-    closing: Arc<AtomicBool>,
+    /// Shared with the context.
+    lifecycle: Arc<Lifecycle>,
 }
 
 impl ConsumerClient {
@@ -286,7 +330,7 @@ impl ConsumerClient {
     pub fn start(
         name: String,
         consumer: Arc<KafkaConsumer>,
-        closing: Arc<AtomicBool>,
+        lifecycle: Arc<Lifecycle>,
         stray: impl Fn(OwnedMessage) + Send + 'static,
     ) -> std::io::Result<Self> {
         let stop_polling = Arc::new(AtomicBool::new(false));
@@ -301,7 +345,7 @@ impl ConsumerClient {
             consumer: Some(consumer),
             poll_thread: Some(poll_thread),
             stop_polling,
-            closing,
+            lifecycle,
         })
     }
 
@@ -310,42 +354,69 @@ impl ConsumerClient {
         self.consumer.as_ref()
     }
 
+    /// From now on a revoke does not hand partitions over: the shutdown in progress
+    /// hands every partition back and commits itself.
+    pub fn shutting_down(&self) {
+        self.lifecycle.shutting_down.store(true, Ordering::Release);
+    }
+
     /// Commits what was stored (when `commit`), then closes the client on its polling
-    /// thread and waits for that.
-    pub async fn close(&mut self, commit: bool) {
+    /// thread and waits for that, all by `deadline`; false (and logged) if the commit
+    /// or the close did not finish by then.
+    pub async fn close(&mut self, commit: bool, deadline: Deadline) -> bool {
+        let mut in_time = true;
         let name = self.name.as_str();
         if let Some(client) = self.consumer.take() {
             if commit {
-                let committed = tokio::task::spawn_blocking(move || {
-                    client.commit_consumer_state(CommitMode::Sync)
-                })
+                let committed = tokio::time::timeout(
+                    deadline.left_before(POLL_THREAD_RESERVE),
+                    tokio::task::spawn_blocking(move || {
+                        client.commit_consumer_state(CommitMode::Sync)
+                    }),
+                )
                 .await;
                 match committed {
-                    Ok(Ok(())) => tracing::info!(consumer = name, "offsets committed"),
-                    Ok(Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset))) => {
+                    Ok(Ok(Ok(()))) => tracing::info!(consumer = name, "offsets committed"),
+                    Ok(Ok(Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)))) => {
                         tracing::info!(consumer = name, "no new offsets to commit")
                     }
-                    Ok(Err(error)) => {
+                    Ok(Ok(Err(error))) => {
                         tracing::warn!(consumer = name, %error, "final commit failed")
                     }
-                    Err(error) => {
+                    Ok(Err(error)) => {
                         tracing::warn!(consumer = name, %error, "final commit did not run")
+                    }
+                    Err(_) => {
+                        in_time = false;
+                        tracing::warn!(
+                            consumer = name,
+                            "final commit did not finish within the grace; events since the last commit will be redelivered"
+                        )
                     }
                 }
             }
         }
-        self.closing.store(true, Ordering::Release);
+        self.lifecycle.closing.store(true, Ordering::Release);
         self.stop_polling.store(true, Ordering::Release);
         if let Some(thread) = self.poll_thread.take() {
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+            let joined = tokio::time::timeout(
+                deadline.left(),
+                tokio::task::spawn_blocking(move || thread.join()),
+            )
+            .await;
+            if joined.is_err() {
+                tracing::warn!(consumer = name, "consumer did not close within the grace");
+                return false;
+            }
         }
         tracing::info!(consumer = name, "consumer closed");
+        in_time
     }
 }
 
 impl Drop for ConsumerClient {
     fn drop(&mut self) {
-        self.closing.store(true, Ordering::Release);
+        self.lifecycle.closing.store(true, Ordering::Release);
         self.stop_polling.store(true, Ordering::Release);
     }
 }

@@ -73,8 +73,11 @@ pub async fn hand_back(
             }
         }
     }
+    let stop_wait = left()
+        .max(Duration::from_millis(100))
+        .min(Duration::from_secs(2));
     let stops = partitions
         .iter()
-        .map(|p| p.worker.stop_and_wait(None, Some(Duration::from_secs(2))));
+        .map(|p| p.worker.stop_and_wait(None, Some(stop_wait)));
     futures::future::join_all(stops).await;
 }

@@ -22,7 +22,7 @@ use self::partition_consumer::{PartitionConsumer, PartitionConsumerArgs, Partiti
 use crate::actors::handler::{HandlerPool, Router};
 use crate::actors::producer::ProducerHandle;
 use crate::actors::supervision::{FailureHistory, RestartPolicy, Verdict};
-use crate::actors::{Fatal, FatalSender};
+use crate::actors::{Deadline, Fatal, FatalSender};
 use crate::config::{Config, ConsumerMode};
 use crate::kafka::{plain_config, Brokers};
 use crate::telemetry::metrics::ACTOR_RESTARTS;
@@ -81,8 +81,9 @@ pub struct ConsumerSupervisorState {
 pub enum ConsumerSupervisorMsg {
     /// Start a failed child again; sent after its backoff.
     Restart(RoleToken),
-    /// Drain, commit and close every consumer, then reply.
-    Shutdown(RpcReplyPort<()>),
+    /// Drain, commit and close every consumer by the deadline, then reply with the
+    /// ones that did not finish in time.
+    Shutdown(Deadline, RpcReplyPort<Vec<String>>),
 }
 
 /// A child's role, opaque outside this module.
@@ -303,28 +304,42 @@ impl Actor for ConsumerSupervisor {
                     }
                 }
             }
-            ConsumerSupervisorMsg::Shutdown(reply) => {
+            ConsumerSupervisorMsg::Shutdown(deadline, reply) => {
                 state.stopping = true;
-                let calls = state.children.values().map(|(_, child)| async move {
-                    match child {
-                        Child::Member(actor) => actor
-                            .call(GroupMemberMsg::Shutdown, None)
-                            .await
-                            .map(|_| ())
-                            .map_err(|e| e.to_string()),
-                        Child::Partition(actor) => actor
-                            .call(PartitionConsumerMsg::Shutdown, None)
-                            .await
-                            .map(|_| ())
-                            .map_err(|e| e.to_string()),
+                let patience = Some(deadline.left());
+                let config = state.config.clone();
+                let calls = state.children.values().map(|(role, child)| {
+                    let label = role.actor_label(&config);
+                    async move {
+                        let answered = match child {
+                            Child::Member(actor) => actor
+                                .call(|port| GroupMemberMsg::Shutdown(deadline, port), patience)
+                                .await
+                                .map_err(|error| error.to_string()),
+                            Child::Partition(actor) => actor
+                                .call(
+                                    |port| PartitionConsumerMsg::Shutdown(deadline, port),
+                                    patience,
+                                )
+                                .await
+                                .map_err(|error| error.to_string()),
+                        };
+                        match answered {
+                            Ok(ractor::rpc::CallResult::Success(true)) => None,
+                            Ok(ractor::rpc::CallResult::Success(false)) => {
+                                Some(format!("{label}: commit or close did not finish in time"))
+                            }
+                            Ok(_) => Some(format!("{label}: did not finish in time")),
+                            Err(error) => Some(format!("{label}: {error}")),
+                        }
                     }
                 });
-                for result in futures::future::join_all(calls).await {
-                    if let Err(error) = result {
-                        tracing::warn!(%error, "consumer did not shut down cleanly");
-                    }
-                }
-                let _ = reply.send(());
+                let unfinished: Vec<String> = futures::future::join_all(calls)
+                    .await
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                let _ = reply.send(unfinished);
             }
         }
         Ok(())

@@ -13,7 +13,7 @@ use super::kinds::SlotMemory;
 use super::{HandlerActor, HandlerArgs, HandlerPool, HandlerSettings};
 use crate::actors::producer::ProducerHandle;
 use crate::actors::supervision::{FailureHistory, RestartPolicy, Verdict};
-use crate::actors::{Fatal, FatalSender};
+use crate::actors::{Deadline, Fatal, FatalSender};
 use crate::config::Config;
 use crate::telemetry::metrics::ACTOR_RESTARTS;
 
@@ -53,8 +53,9 @@ pub enum HandlerSupervisorMsg {
     /// Apply the reloadable settings (topics, filter, sample, fields) of `config`;
     /// replies with what could not be applied without a restart.
     Reload(Arc<Config>, RpcReplyPort<Vec<String>>),
-    /// Stop every handler actor and reply; failures from now on are not restarted.
-    Shutdown(RpcReplyPort<()>),
+    /// Stop every handler actor by the deadline and reply; failures from now on are
+    /// not restarted.
+    Shutdown(Deadline, RpcReplyPort<()>),
 }
 
 /// Builds the pools of `config`, one per `[[handlers]]` entry.
@@ -210,10 +211,13 @@ impl Actor for HandlerSupervisor {
             HandlerSupervisorMsg::Reload(config, reply) => {
                 let _ = reply.send(apply_reload(&state.pools, &config));
             }
-            HandlerSupervisorMsg::Shutdown(reply) => {
+            HandlerSupervisorMsg::Shutdown(deadline, reply) => {
                 state.stopping = true;
                 myself
-                    .stop_children_and_wait(None, Some(Duration::from_secs(5)))
+                    .stop_children_and_wait(
+                        None,
+                        Some(deadline.left_before(Duration::from_millis(1000))),
+                    )
                     .await;
                 let _ = reply.send(());
             }

@@ -13,7 +13,7 @@ use crate::actors::handler::{
 };
 use crate::actors::producer::{ProducerActor, ProducerArgs, ProducerHandle, ProducerMsg};
 use crate::actors::supervision::{FailureHistory, RestartPolicy, Verdict};
-use crate::actors::{Fatal, FatalSender};
+use crate::actors::{Deadline, Fatal, FatalSender};
 use crate::config::Config;
 use crate::kafka::Brokers;
 use crate::telemetry::metrics::ACTOR_RESTARTS;
@@ -45,13 +45,22 @@ pub struct RootState {
 
 /// Messages of the RootSupervisor.
 pub enum RootMsg {
-    /// Stop everything in order; reply when done.
-    Shutdown(RpcReplyPort<()>),
+    /// Stop everything in order by the deadline; reply with the steps that did not
+    /// finish (none after a clean shutdown).
+    Shutdown(Deadline, RpcReplyPort<Vec<String>>),
     /// Apply a new, validated config; reply with what needs a restart to apply.
     Reload(Arc<Config>, RpcReplyPort<Vec<String>>),
     /// Start the producer again after its backoff.
     RestartProducer,
 }
+
+/// Of the grace, what the steps after the consumers' keep: stopping handlers and
+/// flushing the producer.
+const AFTER_CONSUMERS: Duration = Duration::from_millis(1500);
+/// What the producer flush keeps after the handlers stop.
+const AFTER_HANDLERS: Duration = Duration::from_millis(1000);
+/// Left for logging and exiting once everything is done.
+const EXIT_MARGIN: Duration = Duration::from_millis(200);
 
 fn producer_args(config: &Arc<Config>, brokers: &Brokers, handle: &ProducerHandle) -> ProducerArgs {
     ProducerArgs {
@@ -124,42 +133,56 @@ impl Actor for RootSupervisor {
         state: &mut RootState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            RootMsg::Shutdown(reply) => {
+            RootMsg::Shutdown(deadline, reply) => {
                 state.stopping = true;
+                let mut unfinished = Vec::new();
                 *state.progress.lock() = "draining and committing consumers";
-                if let Err(error) = state
+                match state
                     .consumers
-                    .call(ConsumerSupervisorMsg::Shutdown, None)
+                    .call(
+                        |port| ConsumerSupervisorMsg::Shutdown(deadline, port),
+                        Some(deadline.left_before(AFTER_CONSUMERS)),
+                    )
                     .await
                 {
-                    tracing::warn!(%error, "consumer supervisor did not shut down cleanly");
+                    Ok(ractor::rpc::CallResult::Success(consumers)) => unfinished.extend(consumers),
+                    _ => unfinished
+                        .push("consumers did not drain, commit and close in time".to_owned()),
                 }
                 *state.progress.lock() = "stopping handlers";
-                let _ = state
+                let stopped = state
                     .handlers
-                    .call(HandlerSupervisorMsg::Shutdown, None)
+                    .call(
+                        |port| HandlerSupervisorMsg::Shutdown(deadline, port),
+                        Some(deadline.left_before(AFTER_HANDLERS)),
+                    )
                     .await;
+                if !matches!(stopped, Ok(ractor::rpc::CallResult::Success(()))) {
+                    unfinished.push("handlers did not stop in time".to_owned());
+                }
                 *state.progress.lock() = "flushing the producer";
-                if let Some(producer) = &state.producer {
-                    if let Ok(ractor::rpc::CallResult::Success(left)) = producer
-                        .call(
-                            |reply| ProducerMsg::Flush(Duration::from_secs(10), reply),
-                            None,
-                        )
-                        .await
-                    {
-                        if left == 0 {
-                            tracing::info!("producer flushed");
-                        } else {
-                            tracing::warn!(
-                                unacknowledged = left,
-                                "producer flush left events unacknowledged"
-                            );
+                match &state.producer {
+                    Some(producer) => {
+                        let budget = deadline.left_before(EXIT_MARGIN);
+                        match producer
+                            .call(
+                                |reply| ProducerMsg::Flush(budget, reply),
+                                Some(budget + Duration::from_millis(50)),
+                            )
+                            .await
+                        {
+                            Ok(ractor::rpc::CallResult::Success(0)) => {
+                                tracing::info!("producer flushed")
+                            }
+                            Ok(ractor::rpc::CallResult::Success(left)) => unfinished
+                                .push(format!("producer flush left {left} events unacknowledged")),
+                            _ => unfinished.push("producer did not flush in time".to_owned()),
                         }
                     }
+                    None => unfinished.push("no producer was running to flush".to_owned()),
                 }
                 *state.progress.lock() = "done";
-                let _ = reply.send(());
+                let _ = reply.send(unfinished);
             }
             RootMsg::Reload(config, reply) => {
                 let needs_restart = match state

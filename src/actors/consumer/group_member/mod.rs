@@ -3,7 +3,6 @@
 //! through `handback` when the group revokes them or the daemon stops.
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicBool;
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
@@ -11,14 +10,20 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent
 use rdkafka::consumer::Consumer;
 use rdkafka::message::{Message, OwnedMessage};
 
-use super::context::{ConsumerClient, EventdContext, KafkaConsumer, KafkaPartitionQueue};
+use super::context::{
+    ConsumerClient, EventdContext, KafkaConsumer, KafkaPartitionQueue, Lifecycle,
+};
 use super::handback::{hand_back, OwnedPartition};
 use super::partition_worker::{PartitionWorker, PartitionWorkerArgs, PartitionWorkerMsg};
 use super::ConsumerShared;
+use crate::actors::Deadline;
 use crate::config::ConsumerConfig;
 use crate::kafka::consumer_config;
 
 pub struct GroupMember;
+
+/// Of the grace, what a shutdown keeps for the commit and close after the hand-back.
+pub const CLOSE_RESERVE: std::time::Duration = std::time::Duration::from_millis(2500);
 
 pub struct GroupMemberArgs {
     pub shared: ConsumerShared,
@@ -45,8 +50,9 @@ pub enum GroupMemberMsg {
     },
     /// An event that arrived on the main queue; its worker takes it.
     Stray(OwnedMessage),
-    /// Hand every partition back, commit, leave the group and close.
-    Shutdown(RpcReplyPort<()>),
+    /// Hand every partition back, commit, leave the group and close, by the deadline;
+    /// reply whether the client closed in time.
+    Shutdown(Deadline, RpcReplyPort<bool>),
 }
 
 pub struct GroupMemberState {
@@ -105,12 +111,12 @@ impl Actor for GroupMember {
                 shared.config.kafka.client_id, consumer.name, args.index
             )
         });
-        let closing = Arc::new(AtomicBool::new(false));
+        let lifecycle = Arc::new(Lifecycle::default());
         let context = EventdContext::new(
             Arc::from(consumer.name.as_str()),
             Some(myself.clone()),
             consumer.drain_timeout + Duration::from_secs(2),
-            closing.clone(),
+            lifecycle.clone(),
         );
         let client: KafkaConsumer = consumer_config(
             &shared.config,
@@ -125,7 +131,7 @@ impl Actor for GroupMember {
         let topics: Vec<&str> = consumer.topics.iter().map(String::as_str).collect();
         client.subscribe(&topics)?;
         let stray_to = myself.clone();
-        let client = ConsumerClient::start(name.clone(), client, closing, move |message| {
+        let client = ConsumerClient::start(name.clone(), client, lifecycle, move |message| {
             let _ = stray_to.send_message(GroupMemberMsg::Stray(message));
         })?;
         tracing::info!(member = %name, group_id, ?topics, "group member started");
@@ -194,18 +200,24 @@ impl Actor for GroupMember {
                     let _ = worker.send_message(PartitionWorkerMsg::Stray(message));
                 }
             }
-            GroupMemberMsg::Shutdown(reply) => {
+            GroupMemberMsg::Shutdown(deadline, reply) => {
+                // A revoke from now on (another member leaving) must not wait on this
+                // actor, which is busy here: this hand-back covers every partition.
+                state.client.shutting_down();
                 let all: Vec<(String, i32)> = state.workers.keys().cloned().collect();
                 let owned = state.take_workers(&all);
                 hand_back(
                     &state.name,
                     owned,
                     &state.shared.router,
-                    state.consumer.drain_timeout,
+                    state
+                        .consumer
+                        .drain_timeout
+                        .min(deadline.left_before(CLOSE_RESERVE)),
                 )
                 .await;
-                state.client.close(true).await;
-                let _ = reply.send(());
+                let closed = state.client.close(true, deadline).await;
+                let _ = reply.send(closed);
                 myself.stop(Some("shutdown".to_owned()));
             }
         }

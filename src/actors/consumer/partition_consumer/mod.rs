@@ -3,7 +3,6 @@
 //! every event) from the configured start, or from the position committed under
 //! `commit_group` when there is one, and runs one PartitionWorker for it.
 
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,10 +11,12 @@ use rdkafka::consumer::Consumer;
 use rdkafka::message::OwnedMessage;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::context::{ConsumerClient, EventdContext, KafkaConsumer};
+use super::context::{ConsumerClient, EventdContext, KafkaConsumer, Lifecycle};
+use super::group_member::CLOSE_RESERVE;
 use super::handback::{hand_back, OwnedPartition};
 use super::partition_worker::{PartitionWorker, PartitionWorkerArgs, PartitionWorkerMsg};
 use super::ConsumerShared;
+use crate::actors::Deadline;
 use crate::config::{ConsumerConfig, NamedStart, StartPosition};
 use crate::kafka::consumer_config;
 
@@ -32,8 +33,9 @@ pub struct PartitionConsumerArgs {
 pub enum PartitionConsumerMsg {
     /// An event that arrived on the main queue; the worker takes it.
     Stray(OwnedMessage),
-    /// Hand the partition back, commit when committing, close.
-    Shutdown(RpcReplyPort<()>),
+    /// Hand the partition back, commit when committing, close, by the deadline; reply
+    /// whether the client closed in time.
+    Shutdown(Deadline, RpcReplyPort<bool>),
 }
 
 pub struct PartitionConsumerState {
@@ -109,12 +111,12 @@ impl Actor for PartitionConsumer {
             partition,
         } = args;
         let name = format!("{}/{topic}/{partition}", consumer.name);
-        let closing = Arc::new(AtomicBool::new(false));
+        let lifecycle = Arc::new(Lifecycle::default());
         let context = EventdContext::new(
             Arc::from(consumer.name.as_str()),
             None,
             Duration::ZERO,
-            closing.clone(),
+            lifecycle.clone(),
         );
         // librdkafka assigns only with a group id; without commit_group it names no
         // group anyone joins, and nothing is committed under it.
@@ -167,7 +169,7 @@ impl Actor for PartitionConsumer {
         )
         .await?;
         let stray_to = myself.clone();
-        let client = ConsumerClient::start(name.clone(), client, closing, move |message| {
+        let client = ConsumerClient::start(name.clone(), client, lifecycle, move |message| {
             let _ = stray_to.send_message(PartitionConsumerMsg::Stray(message));
         })?;
         tracing::info!(consumer = %consumer.name, %topic, partition, ?start, "partition consumer started");
@@ -194,7 +196,7 @@ impl Actor for PartitionConsumer {
                     let _ = worker.send_message(PartitionWorkerMsg::Stray(message));
                 }
             }
-            PartitionConsumerMsg::Shutdown(reply) => {
+            PartitionConsumerMsg::Shutdown(deadline, reply) => {
                 let owned: Vec<OwnedPartition> = state
                     .worker
                     .take()
@@ -209,14 +211,17 @@ impl Actor for PartitionConsumer {
                     &state.name,
                     owned,
                     &state.shared.router,
-                    state.consumer.drain_timeout,
+                    state
+                        .consumer
+                        .drain_timeout
+                        .min(deadline.left_before(CLOSE_RESERVE)),
                 )
                 .await;
-                state
+                let closed = state
                     .client
-                    .close(state.consumer.commit_group.is_some())
+                    .close(state.consumer.commit_group.is_some(), deadline)
                     .await;
-                let _ = reply.send(());
+                let _ = reply.send(closed);
                 myself.stop(Some("shutdown".to_owned()));
             }
         }

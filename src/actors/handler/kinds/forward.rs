@@ -6,8 +6,9 @@
 //! when the write can never succeed (too large, no valid partition, or refused by the
 //! broker for good), written to the dead-letter topic with the reason. With an
 //! idempotent producer the settling runs beside the actor (see `actor`); otherwise here,
-//! since retries could then reorder copies of one key. A copy that failed for a
-//! reason that may pass (a timeout) fails the actor, whose restart sends it again.
+//! since retries could then reorder copies of one key. A copy that failed for a reason
+//! that may pass (a broker restarting, a timeout) is sent again with backoff, so it
+//! lands after later copies of its key that were already written.
 
 use std::sync::Arc;
 
@@ -114,20 +115,74 @@ impl Forward {
 impl Settle {
     async fn run(mut self) -> Result<(), ActorProcessingErr> {
         let mut refused = Vec::new();
+        let mut failed = Vec::new();
         for copy in std::mem::take(&mut self.copies) {
             match copy {
                 Copy::Queued(event, delivery) => match delivery.wait().await {
                     Ok(_) => {}
                     Err(error) if error.is_permanent() => refused.push((event, error)),
-                    Err(error) => return Err(error.into()),
+                    Err(error) => failed.push((event, error)),
                 },
                 Copy::Refused(event, error) => refused.push((event, error)),
             }
         }
+        refused.extend(self.send_again(failed).await);
         for (event, error) in refused {
             self.set_aside(&event, &error).await;
         }
         Ok(())
+    }
+
+    /// Copies whose delivery failed for a reason that may pass (the broker was
+    /// restarting, a timeout): sent again together with doubling backoff, their
+    /// partition shown blocked meanwhile, until each lands or is refused for good
+    /// (returned), or the partition is gone. Failing the actor instead would let one
+    /// outage use up the restart budget of a handler that did nothing wrong.
+    async fn send_again(
+        &self,
+        mut failed: Vec<(Arc<Event>, ProduceError)>,
+    ) -> Vec<(Arc<Event>, ProduceError)> {
+        let mut refused = Vec::new();
+        let Some((first, _)) = failed.first() else {
+            return refused;
+        };
+        let source = first.source.clone();
+        let mut retry = Retry::new(&self.blocked);
+        while let Some((_, error)) = failed.first() {
+            retry
+                .failed(
+                    &format!(
+                        "handler {}: forward of {} events",
+                        self.handler,
+                        failed.len()
+                    ),
+                    &self.output,
+                    &source,
+                    &error.to_string(),
+                )
+                .await;
+            if self.worker.get_status() != ActorStatus::Running {
+                break;
+            }
+            let mut queued = Vec::with_capacity(failed.len());
+            for (event, _) in std::mem::take(&mut failed) {
+                let copy = copy_of(&event, &self.output, self.fields.as_deref());
+                match self.producer.enqueue(copy).await {
+                    Ok(delivery) => queued.push((event, delivery)),
+                    Err(error) if error.is_permanent() => refused.push((event, error)),
+                    Err(error) => failed.push((event, error)),
+                }
+            }
+            for (event, delivery) in queued {
+                match delivery.wait().await {
+                    Ok(_) => {}
+                    Err(error) if error.is_permanent() => refused.push((event, error)),
+                    Err(error) => failed.push((event, error)),
+                }
+            }
+        }
+        retry.done();
+        refused
     }
 
     /// An event no resend can forward: to the dead-letter topic with the reason, or,

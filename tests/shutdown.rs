@@ -1,0 +1,82 @@
+//! Shutdown ends within `shutdown.grace`, whatever the group does meanwhile.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Two members share one partition's group: on SIGTERM the idle member leaves at once,
+/// so the group revokes the busy member's partition while that member is still
+/// draining a slow backlog. The revoke must not wait on the busy member (which is
+/// shutting down and hands every partition back itself), so the group's rebalance is
+/// not held up, and eventd exits 0 within the grace.
+#[test]
+fn a_revoke_during_shutdown_does_not_hold_it_past_the_grace() {
+    let broker = Broker::start(1, &["like"]);
+    broker.produce("like", &events(1_000, 10));
+    let mut eventd = start_eventd(
+        &broker,
+        r#"
+[shutdown]
+grace = "10s"
+
+[[consumers]]
+name = "main"
+topics = ["like"]
+members = 2
+assignment = "range"
+drain_timeout = "5s"
+max_in_flight = 20
+
+[[handlers]]
+name = "slow"
+kind = "fault"
+consumer = "main"
+action = "sleep"
+every = 1
+sleep = "500ms"
+"#,
+    );
+    assert!(
+        eventd.wait_until(Duration::from_secs(30), |e| e.metric_reaches(
+            "eventd_events_handled_total",
+            &[("handler", "slow")],
+            5.0
+        )),
+        "nothing handled; logs:\n{}",
+        eventd.logs()
+    );
+    let signalled = Instant::now();
+    eventd.signal("TERM");
+    let status = eventd.wait_exit(Duration::from_secs(30));
+    let took = signalled.elapsed();
+    let logs = eventd.logs();
+    eprintln!("{logs}");
+    let status =
+        status.unwrap_or_else(|| panic!("eventd still runs 30s after SIGTERM; logs:\n{logs}"));
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit after {took:?} (grace 10s); logs:\n{logs}"
+    );
+    assert!(
+        took <= Duration::from_secs(11),
+        "shutdown took {took:?}, past the 10s grace; logs:\n{logs}"
+    );
+    let after_signal = logs
+        .split_once("\"message\":\"draining\"")
+        .map(|(_, after)| after)
+        .unwrap_or_else(|| panic!("no draining logged:\n{logs}"));
+    assert!(
+        after_signal.lines().any(|line| line.contains("\"partitions revoked\"")
+            && line.contains("(\\\"like\\\", 0)")),
+        "the group did not revoke the busy partition during the shutdown, so this test showed nothing; logs:\n{logs}"
+    );
+    // Waiting on the busy member would hold the whole group's rebalance (the next
+    // owner gets nothing meanwhile) for up to drain_timeout + 2s.
+    assert!(
+        !logs.contains("revoke did not finish in time"),
+        "the revoke waited on the member that was shutting down; logs:\n{logs}"
+    );
+}
