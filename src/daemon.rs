@@ -116,6 +116,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> i32 {
             producer: producer.clone(),
             fatal: fatal_tx,
             progress: progress.clone(),
+            health: health.clone(),
         },
     )
     .await;

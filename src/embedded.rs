@@ -99,12 +99,22 @@ impl EmbeddedBroker {
         &self,
         errors: &[bindings::rd_kafka_resp_err_t],
     ) -> Result<(), EmbeddedError> {
+        self.fail_requests(rdkafka::types::RDKafkaApiKey::Produce, errors)
+    }
+
+    /// Makes the next `errors.len()` requests of one kind (any broker) fail with these
+    /// errors, in order.
+    pub fn fail_requests(
+        &self,
+        api: rdkafka::types::RDKafkaApiKey,
+        errors: &[bindings::rd_kafka_resp_err_t],
+    ) -> Result<(), EmbeddedError> {
         let cluster = Self::cluster_ptr(&self.owner)?;
         // SAFETY: `cluster` is alive (owned by `self.owner`); librdkafka copies `errors`.
         unsafe {
             bindings::rd_kafka_mock_push_request_errors_array(
                 cluster,
-                rdkafka::types::RDKafkaApiKey::Produce as i16,
+                api as i16,
                 errors.len(),
                 errors.as_ptr(),
             );

@@ -16,6 +16,25 @@ pub enum Fatal {
 /// Where supervisors report a `Fatal`; `main` turns it into an exit code.
 pub type FatalSender = tokio::sync::mpsc::UnboundedSender<Fatal>;
 
+/// Drops `value` off the async threads when this is its last reference: dropping the
+/// last reference to a librdkafka client closes it (a consumer polls until closed, a
+/// producer flushes), which must not block a tokio worker.
+pub fn release_client<T: Send + Sync + 'static>(value: std::sync::Arc<T>) {
+    if let Some(last) = std::sync::Arc::into_inner(value) {
+        drop_off_runtime(last);
+    }
+}
+
+/// Drops `value` on a blocking thread (inline outside a tokio runtime).
+pub fn drop_off_runtime<T: Send + 'static>(value: T) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            runtime.spawn_blocking(move || drop(value));
+        }
+        Err(_) => drop(value),
+    }
+}
+
 /// When the shutdown must be over (`shutdown.grace` after the signal). Every step takes
 /// its wait from what is left, so fixed waits cannot add up past the grace.
 #[derive(Debug, Clone, Copy)]

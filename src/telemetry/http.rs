@@ -1,7 +1,7 @@
 //! `/metrics`, `/healthz` and `/readyz` on `metrics.listen`.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -16,11 +16,45 @@ use tokio::net::TcpListener;
 pub struct Health {
     /// The actor tree is up and no supervisor has given up.
     alive: AtomicBool,
-    /// Consumers run and no shutdown has begun.
+    /// The tree started and no shutdown has begun.
     ready: AtomicBool,
+    /// Consumers not yet consuming: a group member before its first assignment (an
+    /// empty one counts), a partition consumer before its partition is assigned.
+    starting: AtomicUsize,
+}
+
+/// One consumer on its way to consuming; readiness waits for it until `started` (or
+/// until it is dropped, when its consumer failed: its replacement registers anew).
+#[derive(Debug)]
+pub struct Starting {
+    health: Arc<Health>,
+    done: AtomicBool,
+}
+
+impl Starting {
+    pub fn started(&self) {
+        if !self.done.swap(true, Ordering::AcqRel) {
+            self.health.starting.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        self.started();
+    }
 }
 
 impl Health {
+    /// Registers a consumer that readiness must wait for.
+    pub fn starting(self: &Arc<Self>) -> Starting {
+        self.starting.fetch_add(1, Ordering::AcqRel);
+        Starting {
+            health: self.clone(),
+            done: AtomicBool::new(false),
+        }
+    }
+
     pub fn set_alive(&self, alive: bool) {
         self.alive.store(alive, Ordering::SeqCst);
     }
@@ -31,7 +65,22 @@ impl Health {
         self.alive.load(Ordering::SeqCst)
     }
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst)
+        self.ready.load(Ordering::SeqCst) && self.starting.load(Ordering::SeqCst) == 0
+    }
+
+    /// Why `/readyz` says what it says, in one line.
+    fn readiness(&self) -> (bool, String) {
+        let waiting = self.starting.load(Ordering::SeqCst);
+        if !self.ready.load(Ordering::SeqCst) {
+            (false, "not ready: starting or shutting down\n".to_owned())
+        } else if waiting > 0 {
+            (
+                false,
+                format!("not ready: {waiting} consumer(s) waiting for their first assignment\n"),
+            )
+        } else {
+            (true, "ready\n".to_owned())
+        }
     }
 }
 
@@ -75,10 +124,9 @@ async fn healthz(State(state): State<AppState>) -> (StatusCode, &'static str) {
     }
 }
 
-async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
-    if state.health.is_ready() {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
+    match state.health.readiness() {
+        (true, why) => (StatusCode::OK, why),
+        (false, why) => (StatusCode::SERVICE_UNAVAILABLE, why),
     }
 }

@@ -3,4 +3,4 @@
 pub mod http;
 pub mod metrics;
 
-pub use http::{serve, Health};
+pub use http::{serve, Health, Starting};

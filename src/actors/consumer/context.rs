@@ -24,6 +24,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use super::group_member::{AssignedPartition, GroupMemberMsg};
 use crate::actors::Deadline;
 use crate::telemetry::metrics::{COMMIT_FAILURES, OFFSETS_COMMITTED, OFFSET_RESETS, REBALANCES};
+use crate::telemetry::Starting;
 
 pub type KafkaConsumer = BaseConsumer<EventdContext>;
 pub type KafkaPartitionQueue = rdkafka::consumer::base_consumer::PartitionQueue<EventdContext>;
@@ -39,6 +40,8 @@ pub struct EventdContext {
     consumer: OnceLock<Weak<KafkaConsumer>>,
     /// Where its owner stands: shutting down, closing.
     lifecycle: Arc<Lifecycle>,
+    /// Readiness waits for this consumer's first assignment (group members).
+    starting: Option<Starting>,
 }
 
 /// What a consumer's owner tells its callbacks about where it stands.
@@ -66,6 +69,7 @@ impl EventdContext {
         member: Option<ActorRef<GroupMemberMsg>>,
         revoke_wait: Duration,
         lifecycle: Arc<Lifecycle>,
+        starting: Option<Starting>,
     ) -> Self {
         Self {
             consumer_name,
@@ -73,6 +77,7 @@ impl EventdContext {
             revoke_wait,
             consumer: OnceLock::new(),
             lifecycle,
+            starting,
         }
     }
 
@@ -217,6 +222,9 @@ impl ConsumerContext for EventdContext {
             return;
         }
         self.count("assign");
+        if let Some(starting) = &self.starting {
+            starting.started();
+        }
         // During shutdown nothing takes new partitions: their events stay unread and
         // the next owner reads them. A split queue waiting in the busy member's mailbox
         // would also keep the client from closing.
@@ -418,6 +426,12 @@ impl Drop for ConsumerClient {
     fn drop(&mut self) {
         self.lifecycle.closing.store(true, Ordering::Release);
         self.stop_polling.store(true, Ordering::Release);
+        // Closed without `close` (the owner failed): the polling thread normally holds
+        // the last reference, but should it be gone, closing must not block a tokio
+        // worker.
+        if let Some(consumer) = self.consumer.take() {
+            crate::actors::release_client(consumer);
+        }
     }
 }
 

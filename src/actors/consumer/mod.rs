@@ -26,6 +26,7 @@ use crate::actors::{Deadline, Fatal, FatalSender};
 use crate::config::{Config, ConsumerMode};
 use crate::kafka::{plain_config, Brokers};
 use crate::telemetry::metrics::ACTOR_RESTARTS;
+use crate::telemetry::Health;
 
 /// What every consumer child needs besides its own config.
 #[derive(Clone)]
@@ -34,6 +35,7 @@ pub struct ConsumerShared {
     pub brokers: Brokers,
     pub router: Router,
     pub producer: ProducerHandle,
+    pub health: Arc<Health>,
 }
 
 pub struct ConsumerSupervisor;
@@ -44,6 +46,7 @@ pub struct ConsumerSupervisorArgs {
     pub pools: Vec<Arc<HandlerPool>>,
     pub producer: ProducerHandle,
     pub fatal: FatalSender,
+    pub health: Arc<Health>,
 }
 
 /// What a child is, so a failed one can be started again the same way.
@@ -74,6 +77,7 @@ pub struct ConsumerSupervisorState {
     history: HashMap<Role, FailureHistory>,
     policy: RestartPolicy,
     fatal: FatalSender,
+    health: Arc<Health>,
     stopping: bool,
 }
 
@@ -104,6 +108,7 @@ impl ConsumerSupervisor {
             brokers: state.brokers.clone(),
             router: Router::for_consumer(&state.pools, &consumer.name),
             producer: state.producer.clone(),
+            health: state.health.clone(),
         };
         let child = match &role {
             Role::Member { index, .. } => {
@@ -249,6 +254,7 @@ impl Actor for ConsumerSupervisor {
             children: HashMap::new(),
             history: HashMap::new(),
             fatal: args.fatal,
+            health: args.health,
             stopping: false,
         };
         let mut roles = Vec::new();

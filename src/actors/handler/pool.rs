@@ -3,7 +3,6 @@
 //! which slots see an event.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -45,30 +44,44 @@ impl HandlerSettings {
 
 /// One actor position of a pool.
 pub struct Slot {
-    actor: RwLock<Option<ActorRef<HandlerMsg>>>,
-    /// Bumped each time a new actor takes the slot; workers resend what the old one held.
-    generation: AtomicU64,
+    /// The actor and its generation, published together: a worker that saw a new actor
+    /// with the old generation would send it new events before resending what the old
+    /// actor held, and a newer event of a key would overtake an older one.
+    current: RwLock<SlotActor>,
+}
+
+/// Who holds a slot now. The generation is bumped each time a new actor takes the
+/// slot; workers resend what the old one held.
+#[derive(Clone, Default)]
+pub struct SlotActor {
+    pub actor: Option<ActorRef<HandlerMsg>>,
+    pub generation: u64,
 }
 
 impl Slot {
     fn new() -> Self {
         Self {
-            actor: RwLock::new(None),
-            generation: AtomicU64::new(0),
+            current: RwLock::new(SlotActor::default()),
         }
     }
 
+    /// The actor with its generation, read together.
+    pub fn current(&self) -> SlotActor {
+        self.current.read().clone()
+    }
+
     pub fn actor(&self) -> Option<ActorRef<HandlerMsg>> {
-        self.actor.read().clone()
+        self.current.read().actor.clone()
     }
 
     pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
+        self.current.read().generation
     }
 
     pub(super) fn install(&self, actor: ActorRef<HandlerMsg>) {
-        *self.actor.write() = Some(actor);
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        let mut current = self.current.write();
+        current.actor = Some(actor);
+        current.generation += 1;
     }
 }
 
@@ -190,5 +203,82 @@ impl Router {
             result?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use ractor::{Actor, ActorProcessingErr};
+
+    use super::*;
+
+    struct Idle;
+
+    impl Actor for Idle {
+        type Msg = HandlerMsg;
+        type State = ();
+        type Arguments = ();
+
+        async fn pre_start(
+            &self,
+            _myself: ActorRef<HandlerMsg>,
+            _args: (),
+        ) -> Result<(), ActorProcessingErr> {
+            Ok(())
+        }
+    }
+
+    /// A worker reads a slot while the supervisor replaces its actor: every snapshot
+    /// must pair an actor with the generation it was installed under.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slot_publishes_its_actor_and_generation_together() {
+        let mut actors = Vec::new();
+        for _ in 0..2 {
+            let (actor, _) = Actor::spawn(None, Idle, ()).await.expect("idle actor");
+            actors.push(actor);
+        }
+        let slot = Arc::new(Slot::new());
+        let done = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (slot, done) = (slot.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut seen = Vec::new();
+                while !done.load(Ordering::Acquire) {
+                    let current = slot.current();
+                    if let Some(actor) = current.actor {
+                        seen.push((current.generation, actor.get_id()));
+                    }
+                }
+                seen
+            })
+        };
+        let mut installed = HashMap::new();
+        for round in 0..200_000usize {
+            let actor = actors[round % 2].clone();
+            installed.insert(slot.generation() + 1, actor.get_id());
+            slot.install(actor);
+        }
+        done.store(true, Ordering::Release);
+        let seen = reader.join().expect("reader");
+        assert!(!seen.is_empty());
+        let torn: Vec<_> = seen
+            .iter()
+            .filter(|(generation, id)| installed.get(generation) != Some(id))
+            .take(5)
+            .collect();
+        assert!(
+            torn.is_empty(),
+            "{} of {} snapshots paired an actor with another generation, e.g. {torn:?}",
+            seen.iter()
+                .filter(|(generation, id)| installed.get(generation) != Some(id))
+                .count(),
+            seen.len()
+        );
+        for actor in actors {
+            actor.stop(None);
+        }
     }
 }

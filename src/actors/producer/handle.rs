@@ -160,6 +160,26 @@ impl PendingDelivery {
     }
 }
 
+/// A producer reference held while sending. Should it turn out to be the last (the
+/// ProducerActor replaced the producer meanwhile), it is dropped off the async threads:
+/// dropping a producer flushes.
+struct Held(Option<Arc<KafkaProducer>>);
+
+impl Held {
+    /// The producer; only `drop` empties it.
+    fn get(&self) -> Result<&Arc<KafkaProducer>, ProduceError> {
+        self.0.as_ref().ok_or(ProduceError::NotRunning)
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(producer) = self.0.take() {
+            crate::actors::release_client(producer);
+        }
+    }
+}
+
 struct TopicPartitions {
     count: i32,
     checked: Instant,
@@ -176,9 +196,10 @@ struct Shared {
     in_flight: Arc<Semaphore>,
     partitioners: Partitioners,
     partition_counts: Mutex<HashMap<String, TopicPartitions>>,
-    /// One metadata request at a time for topics not yet known, so the first events
-    /// of a new topic do not each ask the broker.
-    first_fetch: tokio::sync::Mutex<()>,
+    /// One metadata request at a time per topic not yet known, so the first events of
+    /// a new topic do not each ask the broker, and a slow answer for one topic does
+    /// not hold up sends to the others.
+    first_fetch: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Bumped each time a producer is installed, so a sender that met a broken one can
     /// wait for the next without holding on to the broken one.
     generation: AtomicU64,
@@ -204,7 +225,7 @@ impl ProducerHandle {
                 in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
                 partitioners: Partitioners::new(config),
                 partition_counts: Mutex::new(HashMap::new()),
-                first_fetch: tokio::sync::Mutex::new(()),
+                first_fetch: Mutex::new(HashMap::new()),
                 generation: AtomicU64::new(0),
                 queue_depth: metrics::gauge!(PRODUCER_QUEUE_DEPTH),
             }),
@@ -273,8 +294,9 @@ impl ProducerHandle {
             .acquire_owned()
             .await
             .map_err(|_| ProduceError::NotRunning)?;
-        let (mut producer, mut generation) = self.running_producer().await?;
-        let count = self.partition_count(&producer, &event.topic).await?;
+        let (producer, mut generation) = self.running_producer().await?;
+        let mut producer = Held(Some(producer));
+        let count = self.partition_count(producer.get()?, &event.topic).await?;
         let partition = self
             .shared
             .partitioners
@@ -311,7 +333,10 @@ impl ProducerHandle {
         self.shared.queue_depth.increment(1.0);
         let mut backoff = Duration::from_millis(1);
         let sent = loop {
-            match producer.send(record) {
+            let Ok(current) = producer.get() else {
+                break Err(ProduceError::NotRunning);
+            };
+            match current.send(record) {
                 Ok(()) => break Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     record = back;
@@ -323,7 +348,10 @@ impl ProducerHandle {
                     record = back;
                     drop(producer);
                     match self.producer_after(generation).await {
-                        Ok(next) => (producer, generation) = next,
+                        Ok((next, next_generation)) => {
+                            producer = Held(Some(next));
+                            generation = next_generation;
+                        }
                         Err(error) => {
                             self.shared.queue_depth.decrement(1.0);
                             return Err(error);
@@ -463,7 +491,15 @@ impl ProducerHandle {
             });
             return Ok(count);
         }
-        let _only_fetch = self.shared.first_fetch.lock().await;
+        // One metadata request per new topic; senders to other topics do not wait.
+        let topic_lock = self
+            .shared
+            .first_fetch
+            .lock()
+            .entry(topic.to_owned())
+            .or_default()
+            .clone();
+        let _only_fetch = topic_lock.lock().await;
         if let Some(entry) = self.shared.partition_counts.lock().get(topic) {
             return Ok(entry.count);
         }

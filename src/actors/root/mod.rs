@@ -17,6 +17,7 @@ use crate::actors::{Deadline, Fatal, FatalSender};
 use crate::config::Config;
 use crate::kafka::Brokers;
 use crate::telemetry::metrics::ACTOR_RESTARTS;
+use crate::telemetry::Health;
 
 pub struct RootSupervisor;
 
@@ -27,6 +28,8 @@ pub struct RootArgs {
     pub fatal: FatalSender,
     /// What shutdown is doing now, for the log line when the grace expires.
     pub progress: Arc<Mutex<&'static str>>,
+    /// Readiness waits for every consumer to start consuming.
+    pub health: Arc<Health>,
 }
 
 pub struct RootState {
@@ -107,6 +110,7 @@ impl Actor for RootSupervisor {
                 pools,
                 producer: args.producer.clone(),
                 fatal: args.fatal.clone(),
+                health: args.health.clone(),
             },
             myself.get_cell(),
         )

@@ -117,6 +117,7 @@ impl Actor for GroupMember {
             Some(myself.clone()),
             consumer.drain_timeout + Duration::from_secs(2),
             lifecycle.clone(),
+            Some(shared.health.starting()),
         );
         let client: KafkaConsumer = consumer_config(
             &shared.config,

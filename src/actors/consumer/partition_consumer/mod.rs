@@ -117,6 +117,8 @@ impl Actor for PartitionConsumer {
             None,
             Duration::ZERO,
             lifecycle.clone(),
+            // Consuming starts in pre_start, before the tree reports it is up.
+            None,
         );
         // librdkafka assigns only with a group id; without commit_group it names no
         // group anyone joins, and nothing is committed under it.

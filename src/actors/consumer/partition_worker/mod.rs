@@ -360,7 +360,8 @@ impl PartitionWorkerState {
             return;
         };
         let target = &route.pool.slots[slot];
-        let generation = target.generation();
+        let current = target.current();
+        let generation = current.generation;
         let outstanding = self.outstanding.entry((handler, slot)).or_default();
         let mut events: Vec<Arc<Event>> = if outstanding.generation != generation {
             outstanding.events.values().cloned().collect()
@@ -381,7 +382,7 @@ impl PartitionWorkerState {
         if events.is_empty() {
             return;
         }
-        let delivered = target.actor().is_some_and(|actor| {
+        let delivered = current.actor.is_some_and(|actor| {
             actor
                 .send_message(HandlerMsg::Batch(Batch {
                     events,
@@ -677,7 +678,10 @@ impl Actor for PartitionWorker {
         state: &mut PartitionWorkerState,
     ) -> Result<(), ActorProcessingErr> {
         state.waker.abort();
-        state.source = None;
+        // The queue and the client close the consumer if they are its last references.
+        if let Some(source) = state.source.take() {
+            crate::actors::drop_off_runtime(source);
+        }
         state.in_flight_gauge.set(0.0);
         tracing::info!(consumer = %state.consumer_name, topic = %state.topic, partition = state.partition,
             stored = state.stored, in_flight = state.inflight.len(), "partition worker stopped");
