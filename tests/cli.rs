@@ -163,6 +163,14 @@ fn bad_config_exits_78_naming_the_key() {
     let report = format!("{}{}", text(&check.stdout), text(&check.stderr));
     assert!(!report.contains("hunter2"), "the secret leaked:\n{report}");
 
+    // A placeholder with nothing behind it.
+    let unset = write(
+        &dir,
+        "unset.toml",
+        &format!("[kafka]\nclient_id = \"eventd-${{EVENTD_TEST_UNSET_VAR}}\"\n{VALID_BODY}"),
+    );
+    assert_refused(&unset, &["kafka.client_id", "EVENTD_TEST_UNSET_VAR"]);
+
     // Smaller holes, each naming its key.
     let holes = write(
         &dir,

@@ -18,6 +18,7 @@ pub const REBALANCES: &str = "eventd_rebalances_total";
 pub const OFFSETS_COMMITTED: &str = "eventd_offsets_committed_total";
 pub const COMMIT_FAILURES: &str = "eventd_commit_failures_total";
 pub const OFFSET_RESETS: &str = "eventd_offset_resets_total";
+pub const CONSUMER_FENCED: &str = "eventd_consumer_fenced_total";
 pub const PARTITION_REWINDS: &str = "eventd_partition_rewinds_total";
 pub const PRODUCER_MESSAGES: &str = "eventd_producer_messages_total";
 pub const PRODUCER_QUEUE_DEPTH: &str = "eventd_producer_queue_depth";
@@ -107,6 +108,10 @@ fn describe() {
         "Partition offsets the broker confirmed as committed"
     );
     describe_counter!(COMMIT_FAILURES, "Offset commits the broker refused");
+    describe_counter!(
+        CONSUMER_FENCED,
+        "Static group members fenced because another consumer joined with the same group.instance.id"
+    );
     describe_counter!(
         OFFSET_RESETS,
         "Partitions whose stored offset no longer existed (retention deleted it), so auto.offset.reset moved them and skipped events"

@@ -333,20 +333,32 @@ pub struct ConsumerClient {
     lifecycle: Arc<Lifecycle>,
 }
 
+/// What the main queue hands a consumer's owner.
+pub enum MainQueueEvent {
+    /// An event of an assigned partition that arrived on the main queue.
+    Stray(OwnedMessage),
+    /// librdkafka gave the client up (e.g. a static member fenced by another with the
+    /// same `group.instance.id`); it can do nothing more.
+    Fatal {
+        code: RDKafkaErrorCode,
+        reason: String,
+    },
+}
+
 impl ConsumerClient {
-    /// Starts polling `consumer`; events that reach the main queue go to `stray`.
+    /// Starts polling `consumer`; what reaches the main queue goes to `on_event`.
     pub fn start(
         name: String,
         consumer: Arc<KafkaConsumer>,
         lifecycle: Arc<Lifecycle>,
-        stray: impl Fn(OwnedMessage) + Send + 'static,
+        on_event: impl Fn(MainQueueEvent) + Send + 'static,
     ) -> std::io::Result<Self> {
         let stop_polling = Arc::new(AtomicBool::new(false));
         let poll_thread = spawn_poll_loop(
             format!("poll-{name}"),
             consumer.clone(),
             stop_polling.clone(),
-            stray,
+            on_event,
         )?;
         Ok(Self {
             name,
@@ -437,12 +449,12 @@ impl Drop for ConsumerClient {
 
 /// The thread that serves a consumer's main queue (rebalances, commits, errors) until
 /// `stop` is set, then drops its reference, which closes the consumer when it is the
-/// last one. Events that reach the main queue go to `stray`.
+/// last one. Events that reach the main queue, and a fatal error, go to `on_event`.
 fn spawn_poll_loop(
     name: String,
     consumer: Arc<KafkaConsumer>,
     stop: Arc<AtomicBool>,
-    stray: impl Fn(OwnedMessage) + Send + 'static,
+    on_event: impl Fn(MainQueueEvent) + Send + 'static,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new().name(name).spawn(move || {
         while !stop.load(Ordering::Acquire) {
@@ -455,7 +467,18 @@ fn spawn_poll_loop(
                         offset = message.offset(),
                         "event on the main queue"
                     );
-                    stray(message.detach());
+                    on_event(MainQueueEvent::Stray(message.detach()));
+                }
+                Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
+                    let (code, reason) = consumer
+                        .client()
+                        .fatal_error()
+                        .unwrap_or((code, "fatal consumer error".to_owned()));
+                    on_event(MainQueueEvent::Fatal { code, reason });
+                    // Nothing more comes from a failed client; its owner restarts it.
+                    while !stop.load(Ordering::Acquire) {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
                 }
                 Some(Err(error)) => tracing::warn!(%error, "consumer error"),
             }

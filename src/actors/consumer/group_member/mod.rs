@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use rdkafka::consumer::Consumer;
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Message, OwnedMessage};
 
 use super::context::{
-    ConsumerClient, EventdContext, KafkaConsumer, KafkaPartitionQueue, Lifecycle,
+    ConsumerClient, EventdContext, KafkaConsumer, KafkaPartitionQueue, Lifecycle, MainQueueEvent,
 };
 use super::handback::{hand_back, OwnedPartition};
 use super::partition_worker::{PartitionWorker, PartitionWorkerArgs, PartitionWorkerMsg};
@@ -19,6 +20,7 @@ use super::ConsumerShared;
 use crate::actors::Deadline;
 use crate::config::ConsumerConfig;
 use crate::kafka::consumer_config;
+use crate::telemetry::metrics::CONSUMER_FENCED;
 
 pub struct GroupMember;
 
@@ -50,6 +52,11 @@ pub enum GroupMemberMsg {
     },
     /// An event that arrived on the main queue; its worker takes it.
     Stray(OwnedMessage),
+    /// The client failed for good (fenced, ...): the member fails and is restarted.
+    ClientFailed {
+        code: RDKafkaErrorCode,
+        reason: String,
+    },
     /// Hand every partition back, commit, leave the group and close, by the deadline;
     /// reply whether the client closed in time.
     Shutdown(Deadline, RpcReplyPort<bool>),
@@ -59,6 +66,8 @@ pub struct GroupMemberState {
     shared: ConsumerShared,
     consumer: ConsumerConfig,
     name: String,
+    /// `group.instance.id` with static membership.
+    instance_id: Option<String>,
     client: ConsumerClient,
     workers: HashMap<(String, i32), ActorRef<PartitionWorkerMsg>>,
 }
@@ -131,15 +140,21 @@ impl Actor for GroupMember {
         EventdContext::attach(&client);
         let topics: Vec<&str> = consumer.topics.iter().map(String::as_str).collect();
         client.subscribe(&topics)?;
-        let stray_to = myself.clone();
-        let client = ConsumerClient::start(name.clone(), client, lifecycle, move |message| {
-            let _ = stray_to.send_message(GroupMemberMsg::Stray(message));
+        let events_to = myself.clone();
+        let client = ConsumerClient::start(name.clone(), client, lifecycle, move |event| {
+            let _ = events_to.send_message(match event {
+                MainQueueEvent::Stray(message) => GroupMemberMsg::Stray(message),
+                MainQueueEvent::Fatal { code, reason } => {
+                    GroupMemberMsg::ClientFailed { code, reason }
+                }
+            });
         })?;
         tracing::info!(member = %name, group_id, ?topics, "group member started");
         Ok(GroupMemberState {
             shared,
             consumer,
             name,
+            instance_id,
             client,
             workers: HashMap::new(),
         })
@@ -194,6 +209,18 @@ impl Actor for GroupMember {
                 )
                 .await;
                 let _ = done.send(());
+            }
+            GroupMemberMsg::ClientFailed { code, reason } => {
+                if code == RDKafkaErrorCode::FencedInstanceId {
+                    metrics::counter!(CONSUMER_FENCED, "consumer" => state.consumer.name.clone())
+                        .increment(1);
+                    tracing::error!(member = %state.name, instance_id = state.instance_id.as_deref().unwrap_or(""),
+                        reason, "static member fenced: another consumer joined with the same group.instance.id; \
+                        give each instance its own kafka.client_id (e.g. \"eventd-${{HOSTNAME}}\" in a StatefulSet)");
+                } else {
+                    tracing::error!(member = %state.name, ?code, reason, "consumer failed for good, restarting it");
+                }
+                return Err(format!("consumer of {} failed: {reason}", state.name).into());
             }
             GroupMemberMsg::Stray(message) => {
                 let key = (message.topic().to_owned(), message.partition());

@@ -11,7 +11,7 @@ use rdkafka::consumer::Consumer;
 use rdkafka::message::OwnedMessage;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::context::{ConsumerClient, EventdContext, KafkaConsumer, Lifecycle};
+use super::context::{ConsumerClient, EventdContext, KafkaConsumer, Lifecycle, MainQueueEvent};
 use super::group_member::CLOSE_RESERVE;
 use super::handback::{hand_back, OwnedPartition};
 use super::partition_worker::{PartitionWorker, PartitionWorkerArgs, PartitionWorkerMsg};
@@ -33,6 +33,8 @@ pub struct PartitionConsumerArgs {
 pub enum PartitionConsumerMsg {
     /// An event that arrived on the main queue; the worker takes it.
     Stray(OwnedMessage),
+    /// The client failed for good: the consumer fails and is restarted.
+    ClientFailed(String),
     /// Hand the partition back, commit when committing, close, by the deadline; reply
     /// whether the client closed in time.
     Shutdown(Deadline, RpcReplyPort<bool>),
@@ -170,9 +172,12 @@ impl Actor for PartitionConsumer {
             myself.get_cell(),
         )
         .await?;
-        let stray_to = myself.clone();
-        let client = ConsumerClient::start(name.clone(), client, lifecycle, move |message| {
-            let _ = stray_to.send_message(PartitionConsumerMsg::Stray(message));
+        let events_to = myself.clone();
+        let client = ConsumerClient::start(name.clone(), client, lifecycle, move |event| {
+            let _ = events_to.send_message(match event {
+                MainQueueEvent::Stray(message) => PartitionConsumerMsg::Stray(message),
+                MainQueueEvent::Fatal { reason, .. } => PartitionConsumerMsg::ClientFailed(reason),
+            });
         })?;
         tracing::info!(consumer = %consumer.name, %topic, partition, ?start, "partition consumer started");
         Ok(PartitionConsumerState {
@@ -197,6 +202,10 @@ impl Actor for PartitionConsumer {
                 if let Some(worker) = &state.worker {
                     let _ = worker.send_message(PartitionWorkerMsg::Stray(message));
                 }
+            }
+            PartitionConsumerMsg::ClientFailed(reason) => {
+                tracing::error!(consumer = %state.name, reason, "consumer failed for good, restarting it");
+                return Err(format!("consumer of {} failed: {reason}", state.name).into());
             }
             PartitionConsumerMsg::Shutdown(deadline, reply) => {
                 let owned: Vec<OwnedPartition> = state
