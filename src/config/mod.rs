@@ -693,7 +693,7 @@ impl Config {
                 message: err.inner().to_string(),
             })?;
         config
-            .expand_placeholders(|name| placeholder_value(name))
+            .expand_placeholders(placeholder_value)
             .map_err(|issues| ConfigError::Invalid {
                 source_name: source_name.clone(),
                 issues,
@@ -814,6 +814,12 @@ fn expand(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String,
     Ok(out)
 }
 
+impl fmt::Display for HandlerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[cfg(test)]
 mod placeholder_tests {
     use super::expand;
@@ -838,11 +844,5 @@ mod placeholder_tests {
             .unwrap_err()
             .contains("MISSING"));
         assert!(expand("a-${HOSTNAME", lookup).is_err());
-    }
-}
-
-impl fmt::Display for HandlerKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
