@@ -20,6 +20,7 @@ use crate::actors::{Deadline, Fatal};
 use crate::config::{Config, EXIT_CONFIG};
 use crate::embedded::EmbeddedBroker;
 use crate::kafka::{check_written_topics, Brokers};
+use crate::telemetry::metrics::CONFIG_RELOADS;
 use crate::telemetry::{self, Health};
 
 pub const EXIT_OK: i32 = 0;
@@ -242,31 +243,47 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> i32 {
     }
 }
 
-/// SIGHUP: a valid config is applied where it can be; an invalid one is refused.
+/// SIGHUP: a valid config is applied where it can be, and every changed key that needs
+/// a restart is logged by name; an invalid one is refused and the running one kept.
 async fn reload(root: ractor::ActorRef<RootMsg>, path: Option<PathBuf>) {
-    match Config::load(path.as_deref()) {
+    let outcome = |outcome: &'static str| {
+        metrics::counter!(CONFIG_RELOADS, "outcome" => outcome).increment(1);
+    };
+    let config = match Config::load(path.as_deref()) {
+        Ok(config) => Arc::new(config),
         Err(error) => {
             for line in error.lines() {
                 tracing::error!(error = %line, "reload refused; keeping the running config");
             }
+            outcome("refused");
+            return;
         }
-        Ok(config) => {
-            let config = Arc::new(config);
-            match root
-                .call(
-                    |reply| RootMsg::Reload(config, reply),
-                    Some(std::time::Duration::from_secs(10)),
-                )
-                .await
-            {
-                Ok(ractor::rpc::CallResult::Success(needs_restart)) => {
-                    for change in &needs_restart {
-                        tracing::warn!(change = %change, "config change needs a restart; not applied");
-                    }
-                    tracing::info!("config reloaded");
-                }
-                _ => tracing::error!("reload not applied: the actor tree did not answer"),
-            }
-        }
+    };
+    let report = root
+        .call(
+            |reply| RootMsg::Reload(config, reply),
+            Some(std::time::Duration::from_secs(10)),
+        )
+        .await;
+    let Ok(ractor::rpc::CallResult::Success(report)) = report else {
+        tracing::error!("reload not applied: the actor tree did not answer");
+        outcome("failed");
+        return;
+    };
+    for key in &report.applied {
+        tracing::info!(key = %key, "config change applied");
     }
+    for key in &report.needs_restart {
+        tracing::warn!(key = %key, "config change needs a restart; not applied");
+    }
+    tracing::info!(
+        applied = report.applied.len(),
+        needs_restart = report.needs_restart.len(),
+        "config reloaded"
+    );
+    outcome(if report.needs_restart.is_empty() {
+        "applied"
+    } else {
+        "partial"
+    });
 }

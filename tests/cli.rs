@@ -390,6 +390,41 @@ sample = 1.0
         "events logged after sample = 0.0 was reloaded"
     );
 
+    // A change outside what applies live is named, not silently dropped.
+    std::fs::write(
+        &eventd.config,
+        good.replace("sample = 1.0", "sample = 0.0")
+            .replace("drain_timeout = \"5s\"", "drain_timeout = \"6s\"")
+            + "\n[producer]\nlinger = \"7ms\"\n",
+    )
+    .expect("write config needing a restart");
+    eventd.signal("HUP");
+    let partial = |e: &Eventd| {
+        e.metric_reaches(
+            "eventd_config_reloads_total",
+            &[("outcome", "partial")],
+            1.0,
+        )
+    };
+    assert!(
+        eventd.wait_until(Duration::from_secs(15), partial),
+        "no partial reload counted; logs:\n{}",
+        eventd.logs()
+    );
+    let logs = eventd.logs();
+    for key in ["consumers[0].drain_timeout", "producer.linger"] {
+        assert!(
+            logs.lines()
+                .any(|line| line.contains("needs a restart") && line.contains(key)),
+            "{key} not named as needing a restart:\n{logs}"
+        );
+    }
+    assert_eq!(
+        eventd.metric("eventd_config_reloads_total", &[("outcome", "refused")]),
+        1.0
+    );
+    assert!(eventd.metric("eventd_config_reloads_total", &[("outcome", "applied")]) >= 1.0);
+
     eventd.terminate(Duration::from_secs(25));
 }
 

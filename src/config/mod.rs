@@ -14,7 +14,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub use bytes::ByteSize;
 pub use validate::ConfigIssue;
@@ -67,7 +67,7 @@ fn format_issues(source_name: &str, issues: &[ConfigIssue]) -> String {
 }
 
 /// The whole daemon configuration.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub kafka: KafkaConfig,
@@ -83,7 +83,7 @@ pub struct Config {
     pub log: LogConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaConfig {
     /// Bootstrap servers; unset runs the embedded broker.
@@ -107,7 +107,7 @@ impl Default for KafkaConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EmbeddedConfig {
     /// Partitions of every topic the embedded broker creates.
@@ -120,7 +120,7 @@ impl Default for EmbeddedConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DemoConfig {
     pub enabled: bool,
@@ -143,7 +143,7 @@ impl Default for DemoConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DemoTopics {
     pub browse: String,
@@ -163,7 +163,7 @@ impl Default for DemoTopics {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Acks {
     #[serde(rename = "0")]
@@ -183,7 +183,7 @@ impl Acks {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Compression {
     None,
@@ -205,7 +205,7 @@ impl Compression {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ProducerMode {
     /// Each send waits for its delivery report before the caller goes on.
@@ -224,7 +224,7 @@ impl ProducerMode {
 }
 
 /// How an event's partition is chosen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PartitionerKind {
     /// FNV-1a 32-bit of the key, placed as sarama's default partitioner does.
@@ -250,7 +250,7 @@ impl PartitionerKind {
 }
 
 /// Partitioner settings, for the whole producer or for one output topic.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PartitionerConfig {
     pub partitioner: PartitionerKind,
@@ -260,7 +260,7 @@ pub struct PartitionerConfig {
     pub partition: Option<i32>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProducerConfig {
     pub mode: ProducerMode,
@@ -338,14 +338,14 @@ impl ProducerConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ConsumerMode {
     Group,
     Partitions,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 pub enum Assignment {
     #[serde(rename = "range")]
     Range,
@@ -366,7 +366,7 @@ impl Assignment {
 }
 
 /// Where a consumer starts when it has no committed position.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum StartPosition {
     Named(NamedStart),
@@ -374,7 +374,7 @@ pub enum StartPosition {
     Timestamp { timestamp: String },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NamedStart {
     Earliest,
@@ -387,7 +387,7 @@ impl Default for StartPosition {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConsumerConfig {
     pub name: String,
@@ -464,7 +464,7 @@ impl ConsumerConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HandlerKind {
     Log,
@@ -485,7 +485,7 @@ impl HandlerKind {
 }
 
 /// One condition on an event field, e.g. `action = { equals = "add" }`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum FieldCondition {
     Equals(serde_json::Value),
@@ -503,7 +503,7 @@ impl FieldCondition {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FaultAction {
     Fail,
@@ -513,7 +513,7 @@ pub enum FaultAction {
     ProducerFatal,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HandlerConfig {
     pub name: String,
@@ -558,14 +558,14 @@ const fn default_concurrency() -> usize {
     1
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeadLetterConfig {
     /// Where events that cannot be decoded are written; unset logs and counts them only.
     pub topic: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SupervisionConfig {
     /// More restarts than this within `restart_window` ends the daemon (exit 70).
@@ -590,7 +590,7 @@ impl Default for SupervisionConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     /// Address of /metrics, /healthz and /readyz.
@@ -605,7 +605,7 @@ impl Default for MetricsConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShutdownConfig {
     /// Everything after SIGTERM must finish within this, or the daemon exits 1.
@@ -621,7 +621,7 @@ impl Default for ShutdownConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
     /// JSON when stdout is not a terminal, pretty otherwise.
@@ -630,7 +630,7 @@ pub enum LogFormat {
     Pretty,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     pub format: LogFormat,
@@ -730,6 +730,18 @@ impl Config {
         }
     }
 
+    /// Every key whose value differs between `self` and `other`, as dotted paths
+    /// (`producer.linger`, `handlers[1].sample`). Names only: values may be secrets.
+    pub fn changed_keys(&self, other: &Config) -> Vec<String> {
+        let (Ok(before), Ok(after)) = (serde_json::to_value(self), serde_json::to_value(other))
+        else {
+            return vec!["(the whole config: it cannot be compared)".to_owned()];
+        };
+        let mut changed = Vec::new();
+        diff_values(String::new(), &before, &after, &mut changed);
+        changed
+    }
+
     pub fn consumer(&self, name: &str) -> Option<&ConsumerConfig> {
         self.consumers.iter().find(|c| c.name == name)
     }
@@ -770,6 +782,50 @@ impl Config {
                 .for_each(|topic| add(topic));
         }
         topics
+    }
+}
+
+/// Appends to `changed` the dotted paths below `path` where `before` and `after` differ.
+fn diff_values(
+    path: String,
+    before: &serde_json::Value,
+    after: &serde_json::Value,
+    changed: &mut Vec<String>,
+) {
+    use serde_json::Value;
+    let join = |key: &str| {
+        if path.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{path}.{key}")
+        }
+    };
+    match (before, after) {
+        (Value::Object(a), Value::Object(b)) => {
+            let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            for key in keys {
+                let null = Value::Null;
+                diff_values(
+                    join(key),
+                    a.get(key).unwrap_or(&null),
+                    b.get(key).unwrap_or(&null),
+                    changed,
+                );
+            }
+        }
+        (Value::Array(a), Value::Array(b)) if a.iter().chain(b).all(Value::is_object) => {
+            for i in 0..a.len().max(b.len()) {
+                let null = Value::Null;
+                diff_values(
+                    format!("{path}[{i}]"),
+                    a.get(i).unwrap_or(&null),
+                    b.get(i).unwrap_or(&null),
+                    changed,
+                );
+            }
+        }
+        (a, b) if a != b => changed.push(path),
+        _ => {}
     }
 }
 

@@ -19,6 +19,7 @@ pub const OFFSETS_COMMITTED: &str = "eventd_offsets_committed_total";
 pub const COMMIT_FAILURES: &str = "eventd_commit_failures_total";
 pub const OFFSET_RESETS: &str = "eventd_offset_resets_total";
 pub const CONSUMER_FENCED: &str = "eventd_consumer_fenced_total";
+pub const CONFIG_RELOADS: &str = "eventd_config_reloads_total";
 pub const PARTITION_REWINDS: &str = "eventd_partition_rewinds_total";
 pub const PRODUCER_MESSAGES: &str = "eventd_producer_messages_total";
 pub const PRODUCER_QUEUE_DEPTH: &str = "eventd_producer_queue_depth";
@@ -108,6 +109,10 @@ fn describe() {
         "Partition offsets the broker confirmed as committed"
     );
     describe_counter!(COMMIT_FAILURES, "Offset commits the broker refused");
+    describe_counter!(
+        CONFIG_RELOADS,
+        "SIGHUP reloads by outcome: applied (every change in effect), partial (some keys need a restart), refused (invalid config kept out), failed"
+    );
     describe_counter!(
         CONSUMER_FENCED,
         "Static group members fenced because another consumer joined with the same group.instance.id"

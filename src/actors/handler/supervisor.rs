@@ -51,7 +51,7 @@ pub enum HandlerSupervisorMsg {
     /// Start a new actor in a slot whose actor failed; sent after the backoff.
     Restart { handler: usize, slot: usize },
     /// Apply the reloadable settings (topics, filter, sample, fields) of `config`;
-    /// replies with what could not be applied without a restart.
+    /// replies with the handlers (names) it could not apply to without a restart.
     Reload(Arc<Config>, RpcReplyPort<Vec<String>>),
     /// Stop every handler actor by the deadline and reply; failures from now on are
     /// not restarted.
@@ -245,9 +245,11 @@ impl Actor for HandlerSupervisor {
     }
 }
 
-/// Applies what can change while running; returns what needs a restart.
+/// Applies to running handlers what can change live (`topics`, `filter`, `sample`,
+/// `fields`) where nothing else of the handler changed; returns the names of the
+/// handlers it could not apply to.
 fn apply_reload(pools: &[Arc<HandlerPool>], config: &Config) -> Vec<String> {
-    let mut needs_restart = Vec::new();
+    let mut not_applied = Vec::new();
     for pool in pools {
         match config.handlers.iter().find(|h| *h.name == *pool.name) {
             Some(handler)
@@ -261,17 +263,8 @@ fn apply_reload(pools: &[Arc<HandlerPool>], config: &Config) -> Vec<String> {
                 pool.settings
                     .store(Arc::new(HandlerSettings::from_config(config, handler)));
             }
-            Some(_) => needs_restart.push(format!(
-                "handler {:?}: kind, consumer, concurrency, output, group_by or window changed",
-                pool.name
-            )),
-            None => needs_restart.push(format!("handler {:?} was removed", pool.name)),
+            _ => not_applied.push(pool.name.to_string()),
         }
     }
-    for handler in &config.handlers {
-        if !pools.iter().any(|p| *p.name == *handler.name) {
-            needs_restart.push(format!("handler {:?} is new", handler.name));
-        }
-    }
-    needs_restart
+    not_applied
 }

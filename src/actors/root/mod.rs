@@ -51,10 +51,42 @@ pub enum RootMsg {
     /// Stop everything in order by the deadline; reply with the steps that did not
     /// finish (none after a clean shutdown).
     Shutdown(Deadline, RpcReplyPort<Vec<String>>),
-    /// Apply a new, validated config; reply with what needs a restart to apply.
-    Reload(Arc<Config>, RpcReplyPort<Vec<String>>),
+    /// Apply what can change live of a new, validated config; reply with the changed
+    /// keys, applied or needing a restart.
+    Reload(Arc<Config>, RpcReplyPort<ReloadReport>),
     /// Start the producer again after its backoff.
     RestartProducer,
+}
+
+/// What a reload changed, as config keys (never values: some are secrets).
+#[derive(Debug, Default)]
+pub struct ReloadReport {
+    /// Changed and now in effect.
+    pub applied: Vec<String>,
+    /// Changed, but in effect only after a restart.
+    pub needs_restart: Vec<String>,
+}
+
+/// Keys a running handler takes without a restart: `handlers[i].topics`, `.filter`,
+/// `.sample`, `.fields`, for a handler that is the same one (name) in both configs and
+/// whose other keys did not change.
+fn applies_live(key: &str, running: &Config, new: &Config, not_applied: &[String]) -> bool {
+    let Some(rest) = key.strip_prefix("handlers[") else {
+        return false;
+    };
+    let Some((index, field)) = rest.split_once("].") else {
+        return false;
+    };
+    let Ok(index) = index.parse::<usize>() else {
+        return false;
+    };
+    let field = field.split(['.', '[']).next().unwrap_or(field);
+    let (Some(before), Some(after)) = (running.handlers.get(index), new.handlers.get(index)) else {
+        return false;
+    };
+    matches!(field, "topics" | "filter" | "sample" | "fields")
+        && before.name == after.name
+        && !not_applied.contains(&after.name)
 }
 
 /// Of the grace, what the steps after the consumers' keep: stopping handlers and
@@ -189,18 +221,34 @@ impl Actor for RootSupervisor {
                 let _ = reply.send(unfinished);
             }
             RootMsg::Reload(config, reply) => {
-                let needs_restart = match state
+                let changed = state.config.changed_keys(&config);
+                let not_applied = match state
                     .handlers
                     .call(
-                        |port| HandlerSupervisorMsg::Reload(config, port),
+                        |port| HandlerSupervisorMsg::Reload(config.clone(), port),
                         Some(Duration::from_secs(5)),
                     )
                     .await
                 {
-                    Ok(ractor::rpc::CallResult::Success(list)) => list,
-                    _ => vec!["handler supervisor did not answer".to_owned()],
+                    Ok(ractor::rpc::CallResult::Success(names)) => Some(names),
+                    _ => None,
                 };
-                let _ = reply.send(needs_restart);
+                let report = match not_applied {
+                    None => ReloadReport {
+                        applied: Vec::new(),
+                        needs_restart: changed,
+                    },
+                    Some(not_applied) => {
+                        let (applied, needs_restart) = changed.into_iter().partition(|key| {
+                            applies_live(key, &state.config, &config, &not_applied)
+                        });
+                        ReloadReport {
+                            applied,
+                            needs_restart,
+                        }
+                    }
+                };
+                let _ = reply.send(report);
             }
             RootMsg::RestartProducer => {
                 if !state.stopping {
