@@ -23,7 +23,7 @@ use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use common::{events, start_eventd, Broker};
+use common::{env_count, events, start_eventd, Broker};
 
 const PARTITIONS: i32 = 4;
 const KEYS: usize = 500;
@@ -31,16 +31,7 @@ const MAX_IN_FLIGHT: usize = 200;
 const PATIENCE: Duration = Duration::from_secs(120);
 
 fn main() {
-    let total = match std::env::var("EVENTD_BENCH_FORWARD_EVENTS") {
-        Ok(text) => text
-            .parse::<usize>()
-            .ok()
-            .filter(|n| *n > 0)
-            .unwrap_or_else(|| {
-                panic!("EVENTD_BENCH_FORWARD_EVENTS={text:?} is not a positive number")
-            }),
-        Err(_) => 40_000,
-    };
+    let total = env_count("EVENTD_BENCH_FORWARD_EVENTS", 40_000);
     let broker = Broker::start(PARTITIONS, &["like", "out-eventd", "out-bare"]);
     broker.produce("like", &events(total, KEYS));
     eprintln!(

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use common::{event, start_eventd, Broker, Storage};
+use common::{env_count, event, start_eventd, Broker, Storage};
 
 const TOPICS: [&str; 4] = ["browse", "like", "favorite", "comment"];
 const PARTITIONS: i32 = 4;
@@ -24,16 +24,7 @@ const PEAK_LIMIT: u64 = 256 << 20;
 const HANDLED_BEFORE_READING: f64 = 20_000.0;
 
 fn main() {
-    let smaller = match std::env::var("EVENTD_BENCH_MEMORY_EVENTS") {
-        Ok(text) => text
-            .parse::<usize>()
-            .ok()
-            .filter(|n| *n > 0)
-            .unwrap_or_else(|| {
-                panic!("EVENTD_BENCH_MEMORY_EVENTS={text:?} is not a positive number")
-            }),
-        Err(_) => 1_000_000,
-    };
+    let smaller = env_count("EVENTD_BENCH_MEMORY_EVENTS", 1_000_000);
     let mut peaks = Vec::new();
     for backlog in [smaller, 2 * smaller] {
         let peak = peak_with_backlog(backlog);

@@ -493,6 +493,19 @@ pub fn events(count: usize, keys: usize) -> Vec<(String, String)> {
         .collect()
 }
 
+/// A positive count from the environment variable `name`, else `default`; anything
+/// else set there is a mistake worth stopping for.
+pub fn env_count(name: &str, default: usize) -> usize {
+    match std::env::var(name) {
+        Ok(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n > 0)
+            .unwrap_or_else(|| panic!("{name}={text:?} is not a positive number")),
+        Err(_) => default,
+    }
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .expect("bind")
