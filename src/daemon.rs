@@ -151,7 +151,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> i32 {
         tokio::select! {
             signal = signals.next() => match signal {
                 Some(SIGHUP) => {
-                    if reloading.as_ref().is_some_and(|task| !task.is_finished()) {
+                    if reloading.is_some() {
                         reload_again = true;
                     } else {
                         reloading = Some(tokio::spawn(reload(root.clone(), config_path.clone())));
@@ -163,7 +163,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> i32 {
                 }
                 None => break,
             },
-            _ = async { if let Some(task) = reloading.as_mut() { let _ = task.await; } }, if reloading.as_ref().is_some_and(|task| !task.is_finished()) => {
+            // Cleared only here, so a SIGHUP that set reload_again is never lost.
+            _ = async { if let Some(task) = reloading.as_mut() { let _ = task.await; } }, if reloading.is_some() => {
                 reloading = None;
                 if std::mem::take(&mut reload_again) {
                     reloading = Some(tokio::spawn(reload(root.clone(), config_path.clone())));

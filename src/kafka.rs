@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::ClientConfig;
@@ -87,7 +88,15 @@ pub fn consumer_config(
             "queued.min.messages",
             (consumer.max_in_flight.max(1) * 2).to_string(),
         )
-        .set("enable.partition.eof", "false");
+        .set("enable.partition.eof", "false")
+        // librdkafka's default, set because eventd's promise depends on it: aborted
+        // transactions are never handed to handlers.
+        .set("isolation.level", "read_committed");
+    // The default comes from the log filter, but offset resets are counted from
+    // librdkafka's warning: it must reach the log callback whatever is printed.
+    if (client.log_level as i32) < (RDKafkaLogLevel::Warning as i32) {
+        client.set_log_level(RDKafkaLogLevel::Warning);
+    }
     if brokers.embedded {
         // The embedded broker answers an empty fetch only after fetch.wait.max.ms.
         client.set("fetch.wait.max.ms", "10");

@@ -249,11 +249,11 @@ fn embedded_default_shows_the_pipeline_and_stops_cleanly() {
 
 #[test]
 fn sighup_with_a_bad_config_keeps_running() {
-    let broker = Broker::start(2, &["like"]);
+    let broker = Broker::start(2, &["like", "browse"]);
     let body = r#"
 [[consumers]]
 name = "analytics"
-topics = ["like"]
+topics = ["like", "browse"]
 drain_timeout = "5s"
 
 [[handlers]]
@@ -390,11 +390,14 @@ sample = 1.0
         "events logged after sample = 0.0 was reloaded"
     );
 
-    // A change outside what applies live is named, not silently dropped.
+    // A change outside what applies live is named, not silently dropped, and not half
+    // applied either: the handler takes its topics from the consumer, which reads
+    // "browse" until a restart, so "browse" events still reach the handler.
     std::fs::write(
         &eventd.config,
         good.replace("sample = 1.0", "sample = 0.0")
             .replace("drain_timeout = \"5s\"", "drain_timeout = \"6s\"")
+            .replace(r#"topics = ["like", "browse"]"#, r#"topics = ["like"]"#)
             + "\n[producer]\nlinger = \"7ms\"\n",
     )
     .expect("write config needing a restart");
@@ -412,13 +415,37 @@ sample = 1.0
         eventd.logs()
     );
     let logs = eventd.logs();
-    for key in ["consumers[0].drain_timeout", "producer.linger"] {
+    for key in [
+        "consumers[0].drain_timeout",
+        "consumers[0].topics",
+        "producer.linger",
+    ] {
         assert!(
             logs.lines()
                 .any(|line| line.contains("needs a restart") && line.contains(key)),
             "{key} not named as needing a restart:\n{logs}"
         );
     }
+    // The running config is the baseline of the next reload: sample = 0.0, applied by
+    // the second reload, is no change for the third.
+    let sample_applied = logs
+        .lines()
+        .filter(|line| {
+            line.contains("config change applied") && line.contains("handlers[0].sample")
+        })
+        .count();
+    assert_eq!(
+        sample_applied, 1,
+        "handlers[0].sample reported as applied {sample_applied} times over two reloads that set it once:\n{logs}"
+    );
+    let skipped_before = skipped(&eventd).expect("events were skipped under sample = 0.0");
+    broker.produce("browse", &batch(3000));
+    assert!(
+        eventd.wait_until(Duration::from_secs(15), |e| at_least(skipped(e), skipped_before + 10.0)),
+        "\"browse\" events, still read by the running consumer, did not reach the handler (skipped {skipped_before} -> {:?}); logs:\n{}",
+        skipped(&eventd),
+        eventd.logs()
+    );
     assert_eq!(
         eventd.metric("eventd_config_reloads_total", &[("outcome", "refused")]),
         1.0

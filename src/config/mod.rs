@@ -742,6 +742,39 @@ impl Config {
         changed
     }
 
+    /// `self` with the live keys of `new`'s handlers taken in (`topics`, `filter`,
+    /// `sample`, `fields`), for each handler that is the same one in both: same name and
+    /// nothing else of it changed. Everything else stays as it runs, so a handler whose
+    /// topics come from its consumer keeps following the running consumer until a
+    /// restart. Returns the names of the handlers whose live keys were not taken.
+    pub fn with_live_handler_changes(&self, new: &Config) -> (Config, Vec<String>) {
+        let mut effective = self.clone();
+        let mut not_applied = Vec::new();
+        for running in &mut effective.handlers {
+            let Some(wanted) = new.handlers.iter().find(|h| h.name == running.name) else {
+                continue;
+            };
+            let mut rest_of_it = wanted.clone();
+            rest_of_it.topics = running.topics.clone();
+            rest_of_it.filter = running.filter.clone();
+            rest_of_it.sample = running.sample;
+            rest_of_it.fields = running.fields.clone();
+            let same_handler = matches!(
+                (serde_json::to_value(&rest_of_it), serde_json::to_value(&*running)),
+                (Ok(a), Ok(b)) if a == b
+            );
+            if same_handler {
+                running.topics = wanted.topics.clone();
+                running.filter = wanted.filter.clone();
+                running.sample = wanted.sample;
+                running.fields = wanted.fields.clone();
+            } else {
+                not_applied.push(running.name.clone());
+            }
+        }
+        (effective, not_applied)
+    }
+
     pub fn consumer(&self, name: &str) -> Option<&ConsumerConfig> {
         self.consumers.iter().find(|c| c.name == name)
     }

@@ -147,21 +147,35 @@ impl Config {
                 );
             }
         }
-        // A producer-wide manual partitioner would also place dead-letter copies and
-        // count records, which carry no partition field of their own.
-        if self.producer.partitioner == PartitionerKind::Manual {
-            let mut exposed: Vec<(String, &String)> = self
-                .handlers
-                .iter()
-                .enumerate()
-                .filter(|(_, h)| h.kind == HandlerKind::Count)
-                .filter_map(|(i, h)| Some((format!("handlers[{i}].output"), h.output.as_ref()?)))
-                .collect();
-            if let Some(topic) = &self.dead_letter.topic {
-                exposed.push(("dead_letter.topic".to_owned(), topic));
-            }
-            for (key, topic) in exposed {
-                if !self.producer.outputs.contains_key(topic) {
+        // Dead-letter copies and count records carry no partition field of their own, so
+        // the partitioner that places them (their topic's own, else the producer's) may
+        // not read one: "manual" with a fixed partition is fine, a field is not.
+        let mut exposed: Vec<(String, &String)> = self
+            .handlers
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| h.kind == HandlerKind::Count)
+            .filter_map(|(i, h)| Some((format!("handlers[{i}].output"), h.output.as_ref()?)))
+            .collect();
+        if let Some(topic) = &self.dead_letter.topic {
+            exposed.push(("dead_letter.topic".to_owned(), topic));
+        }
+        for (key, topic) in exposed {
+            match self.producer.outputs.get(topic) {
+                Some(own)
+                    if own.partitioner == PartitionerKind::Manual && own.partition.is_none() =>
+                {
+                    issues.push(
+                        format!("producer.outputs.{topic:?}.partitioner"),
+                        format!(
+                            "\"manual\" reads a partition field, which the records of {key} = {topic:?} do not have; set a fixed partition or another partitioner"
+                        ),
+                    );
+                }
+                Some(_) => {}
+                None if self.producer.partitioner == PartitionerKind::Manual
+                    && self.producer.partition.is_none() =>
+                {
                     issues.push(
                         "producer.partitioner",
                         format!(
@@ -169,6 +183,7 @@ impl Config {
                         ),
                     );
                 }
+                None => {}
             }
         }
     }
@@ -609,6 +624,17 @@ mod tests {
             "{manual}[producer.outputs.dlq]\npartitioner = \"hash\"\n{BASE}\n[dead_letter]\ntopic = \"dlq\"\n"
         ));
         assert_eq!(keys(&exempt), Vec::<String>::new());
+        let own_manual = parse(&format!(
+            "[producer.outputs.dlq]\npartitioner = \"manual\"\npartition_field = \"shard\"\n{BASE}\n[dead_letter]\ntopic = \"dlq\"\n"
+        ));
+        assert_eq!(
+            keys(&own_manual),
+            vec!["producer.outputs.\"dlq\".partitioner"]
+        );
+        let fixed = parse(&format!(
+            "[producer.outputs.dlq]\npartitioner = \"manual\"\npartition = 0\n{BASE}\n[dead_letter]\ntopic = \"dlq\"\n"
+        ));
+        assert_eq!(keys(&fixed), Vec::<String>::new());
     }
 
     #[test]

@@ -646,7 +646,10 @@ impl Eventd {
     }
 
     pub fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        // An unreadable log is a failure, never "" that a negative check would pass on.
+        std::fs::read_to_string(&self.log).unwrap_or_else(|error| {
+            panic!("cannot read eventd's log {}: {error}", self.log.display())
+        })
     }
 
     /// GET `path` on the metrics port: (status code, body).

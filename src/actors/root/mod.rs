@@ -222,31 +222,33 @@ impl Actor for RootSupervisor {
             }
             RootMsg::Reload(config, reply) => {
                 let changed = state.config.changed_keys(&config);
-                let not_applied = match state
+                // The handlers get the running config with only their live keys taken
+                // from the new one, and it becomes the baseline of the next reload.
+                let (effective, mut not_applied) = state.config.with_live_handler_changes(&config);
+                let effective = Arc::new(effective);
+                let answered = state
                     .handlers
                     .call(
-                        |port| HandlerSupervisorMsg::Reload(config.clone(), port),
+                        |port| HandlerSupervisorMsg::Reload(effective.clone(), port),
                         Some(Duration::from_secs(5)),
                     )
-                    .await
-                {
-                    Ok(ractor::rpc::CallResult::Success(names)) => Some(names),
-                    _ => None,
-                };
-                let report = match not_applied {
-                    None => ReloadReport {
-                        applied: Vec::new(),
-                        needs_restart: changed,
-                    },
-                    Some(not_applied) => {
+                    .await;
+                let report = match answered {
+                    Ok(ractor::rpc::CallResult::Success(names)) => {
+                        not_applied.extend(names);
                         let (applied, needs_restart) = changed.into_iter().partition(|key| {
                             applies_live(key, &state.config, &config, &not_applied)
                         });
+                        state.config = effective;
                         ReloadReport {
                             applied,
                             needs_restart,
                         }
                     }
+                    _ => ReloadReport {
+                        applied: Vec::new(),
+                        needs_restart: changed,
+                    },
                 };
                 let _ = reply.send(report);
             }
