@@ -205,30 +205,9 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> i32 {
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            finished = &mut shutdown => return match finished {
-                Ok(ractor::rpc::CallResult::Success(unfinished)) if unfinished.is_empty() => {
-                    tracing::info!("shutdown complete");
-                    EXIT_OK
-                }
-                Ok(ractor::rpc::CallResult::Success(unfinished)) => {
-                    for step in &unfinished {
-                        tracing::error!(step = %step, "shutdown step not finished");
-                    }
-                    tracing::error!(producer_queue = producer.queue_depth(),
-                        "shutdown incomplete; exiting with work pending");
-                    EXIT_GRACE_EXPIRED
-                }
-                Ok(ractor::rpc::CallResult::Timeout) => {
-                    tracing::error!(pending = *progress.lock(), producer_queue = producer.queue_depth(),
-                        "shutdown grace expired; exiting with work pending");
-                    EXIT_GRACE_EXPIRED
-                }
-                Ok(ractor::rpc::CallResult::SenderError) | Err(_) => {
-                    tracing::error!(pending = *progress.lock(), producer_queue = producer.queue_depth(),
-                        "shutdown did not complete: the actor tree stopped answering; exiting with work pending");
-                    EXIT_GRACE_EXPIRED
-                }
-            },
+            finished = &mut shutdown => {
+                return shutdown_exit_code(finished, *progress.lock(), producer.queue_depth())
+            }
             signal = signals.next() => match signal {
                 Some(SIGHUP) => tracing::warn!("reload ignored: shutting down"),
                 _ => {
@@ -244,13 +223,62 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> i32 {
     }
 }
 
+/// The exit code of the root's answer to `Shutdown`, each outcome logged: 0 only when
+/// the root answered and every step finished.
+fn shutdown_exit_code(
+    finished: Result<ractor::rpc::CallResult<Vec<String>>, ractor::MessagingErr<RootMsg>>,
+    pending: &str,
+    producer_queue: i32,
+) -> i32 {
+    match finished {
+        Ok(ractor::rpc::CallResult::Success(unfinished)) if unfinished.is_empty() => {
+            tracing::info!("shutdown complete");
+            EXIT_OK
+        }
+        Ok(ractor::rpc::CallResult::Success(unfinished)) => {
+            for step in &unfinished {
+                tracing::error!(step = %step, "shutdown step not finished");
+            }
+            tracing::error!(
+                producer_queue,
+                "shutdown incomplete; exiting with work pending"
+            );
+            EXIT_GRACE_EXPIRED
+        }
+        Ok(ractor::rpc::CallResult::Timeout) => {
+            tracing::error!(
+                pending,
+                producer_queue,
+                "shutdown grace expired; exiting with work pending"
+            );
+            EXIT_GRACE_EXPIRED
+        }
+        Ok(ractor::rpc::CallResult::SenderError) | Err(_) => {
+            tracing::error!(pending, producer_queue,
+                "shutdown did not complete: the actor tree stopped answering; exiting with work pending");
+            EXIT_GRACE_EXPIRED
+        }
+    }
+}
+
 /// SIGHUP: a valid config is applied where it can be, and every changed key that needs
 /// a restart is logged by name; an invalid one is refused and the running one kept.
 async fn reload(root: ractor::ActorRef<RootMsg>, path: Option<PathBuf>) {
     let outcome = |outcome: &'static str| {
         metrics::counter!(CONFIG_RELOADS, "outcome" => outcome).increment(1);
     };
-    let config = match Config::load(path.as_deref()) {
+    tracing::info!("reload requested");
+    // Reading and checking the file is blocking work (a config on a slow or stuck
+    // mount must not hold a runtime thread).
+    let loaded = match tokio::task::spawn_blocking(move || Config::load(path.as_deref())).await {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            tracing::error!(%error, "reload not applied: reading the config failed");
+            outcome("failed");
+            return;
+        }
+    };
+    let config = match loaded {
         Ok(config) => Arc::new(config),
         Err(error) => {
             for line in error.lines() {
@@ -287,4 +315,31 @@ async fn reload(root: ractor::ActorRef<RootMsg>, path: Option<PathBuf>) {
     } else {
         "partial"
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ractor::rpc::CallResult;
+
+    #[test]
+    fn only_a_finished_shutdown_exits_0() {
+        assert_eq!(
+            shutdown_exit_code(Ok(CallResult::Success(Vec::new())), "done", 0),
+            EXIT_OK
+        );
+        for unfinished in [
+            Ok(CallResult::Success(vec![
+                "producer did not flush in time".to_owned()
+            ])),
+            Ok(CallResult::Timeout),
+            Ok(CallResult::SenderError),
+            Err(ractor::MessagingErr::ChannelClosed),
+        ] {
+            assert_eq!(
+                shutdown_exit_code(unfinished, "draining", 3),
+                EXIT_GRACE_EXPIRED
+            );
+        }
+    }
 }

@@ -216,70 +216,6 @@ fn config_issue(config: &Config, error: KafkaError) -> ConfigIssue {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use rdkafka::types::RDKafkaConfRes;
-
-    #[test]
-    fn a_refused_secret_is_named_but_not_shown() {
-        let mut config = Config::default();
-        config
-            .kafka
-            .options
-            .insert("ssl.key.password".to_owned(), "hunter2".to_owned());
-        let issue = config_issue(
-            &config,
-            KafkaError::ClientConfig(
-                RDKafkaConfRes::RD_KAFKA_CONF_INVALID,
-                "Invalid value \"hunter2\" for configuration property \"ssl.key.password\""
-                    .to_owned(),
-                "ssl.key.password".to_owned(),
-                "hunter2".to_owned(),
-            ),
-        );
-        assert_eq!(issue.key, "kafka.options.\"ssl.key.password\"");
-        assert!(!issue.message.contains("hunter2"), "{}", issue.message);
-        assert!(issue.message.contains("<redacted>"));
-    }
-
-    #[test]
-    fn each_client_gets_only_its_own_options() {
-        let mut config = Config::default();
-        for (key, value) in [("fetch.wait.max.ms", "50"), ("batch.size", "16384")] {
-            config
-                .kafka
-                .options
-                .insert(key.to_owned(), value.to_owned());
-        }
-        let brokers = Brokers {
-            bootstrap: "localhost:9092".to_owned(),
-            embedded: false,
-        };
-        let producer = producer_config(&config, &brokers);
-        assert_eq!(producer.get("fetch.wait.max.ms"), None);
-        assert_eq!(producer.get("batch.size"), Some("16384"));
-        let consumer = consumer_config(
-            &config,
-            &brokers,
-            &config
-                .consumers
-                .first()
-                .cloned()
-                .unwrap_or_else(test_consumer),
-            None,
-            None,
-        );
-        assert_eq!(consumer.get("fetch.wait.max.ms"), Some("50"));
-        assert_eq!(consumer.get("batch.size"), None);
-    }
-
-    fn test_consumer() -> ConsumerConfig {
-        serde_json::from_value(serde_json::json!({"name": "c", "topics": ["t"]}))
-            .unwrap_or_else(|error| panic!("consumer config: {error}"))
-    }
-}
-
 /// How long the startup check waits for the brokers' metadata.
 const TOPIC_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -360,4 +296,87 @@ pub fn check_written_topics(config: &Config, brokers: &Brokers) -> Vec<TopicChec
         }
     }
     problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::types::RDKafkaConfRes;
+
+    #[test]
+    fn a_refused_secret_is_named_but_not_shown() {
+        let mut config = Config::default();
+        config
+            .kafka
+            .options
+            .insert("ssl.key.password".to_owned(), "hunter2".to_owned());
+        let issue = config_issue(
+            &config,
+            KafkaError::ClientConfig(
+                RDKafkaConfRes::RD_KAFKA_CONF_INVALID,
+                "Invalid value \"hunter2\" for configuration property \"ssl.key.password\""
+                    .to_owned(),
+                "ssl.key.password".to_owned(),
+                "hunter2".to_owned(),
+            ),
+        );
+        assert_eq!(issue.key, "kafka.options.\"ssl.key.password\"");
+        assert!(!issue.message.contains("hunter2"), "{}", issue.message);
+        assert!(issue.message.contains("<redacted>"));
+    }
+
+    #[test]
+    fn each_client_gets_only_its_own_options() {
+        let mut config = Config::default();
+        for (key, value) in [("fetch.wait.max.ms", "50"), ("batch.size", "16384")] {
+            config
+                .kafka
+                .options
+                .insert(key.to_owned(), value.to_owned());
+        }
+        let brokers = Brokers {
+            bootstrap: "localhost:9092".to_owned(),
+            embedded: false,
+        };
+        let producer = producer_config(&config, &brokers);
+        assert_eq!(producer.get("fetch.wait.max.ms"), None);
+        assert_eq!(producer.get("batch.size"), Some("16384"));
+        let consumer = consumer_config(
+            &config,
+            &brokers,
+            &config
+                .consumers
+                .first()
+                .cloned()
+                .unwrap_or_else(test_consumer),
+            None,
+            None,
+        );
+        assert_eq!(consumer.get("fetch.wait.max.ms"), Some("50"));
+        assert_eq!(consumer.get("batch.size"), None);
+    }
+
+    #[test]
+    fn commit_interval_and_fetch_buffer_reach_librdkafka() {
+        let config = Config::default();
+        let brokers = Brokers {
+            bootstrap: "localhost:9092".to_owned(),
+            embedded: false,
+        };
+        let consumer: ConsumerConfig = serde_json::from_value(serde_json::json!({
+            "name": "c", "topics": ["t"], "commit_interval": "250ms", "fetch_buffer": "256KiB"
+        }))
+        .unwrap_or_else(|error| panic!("consumer config: {error}"));
+        let client = consumer_config(&config, &brokers, &consumer, Some("g"), None);
+        assert_eq!(client.get("auto.commit.interval.ms"), Some("250"));
+        assert_eq!(client.get("queued.max.messages.kbytes"), Some("256"));
+        assert_eq!(client.get("fetch.message.max.bytes"), Some("262144"));
+        assert_eq!(client.get("enable.auto.offset.store"), Some("false"));
+        assert_eq!(client.get("isolation.level"), Some("read_committed"));
+    }
+
+    fn test_consumer() -> ConsumerConfig {
+        serde_json::from_value(serde_json::json!({"name": "c", "topics": ["t"]}))
+            .unwrap_or_else(|error| panic!("consumer config: {error}"))
+    }
 }

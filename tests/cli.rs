@@ -113,6 +113,17 @@ fn bad_config_exits_78_naming_the_key() {
     );
     assert_refused(&drain, &["consumers[0].drain_timeout"]);
 
+    // A commit interval of zero would commit on every poll.
+    let commit = write(
+        &dir,
+        "commit.toml",
+        &VALID_BODY.replace(
+            "topics = [\"like\"]\n",
+            "topics = [\"like\"]\ncommit_interval = \"0ms\"\n",
+        ),
+    );
+    assert_refused(&commit, &["consumers[0].commit_interval"]);
+
     // An unknown key is refused, not ignored.
     let unknown = write(
         &dir,

@@ -110,6 +110,88 @@ fn a_write_the_broker_rejects_for_good_is_dead_lettered() {
     broker.expect_moved_on("main", "like", &eventd);
 }
 
+/// A count record the broker refuses for good is dead-lettered with the reason instead
+/// of failing the handler (whose restart would meet the same refusal until the
+/// meltdown); no count is lost and the partition's offset reaches its end.
+#[test]
+fn a_count_record_the_broker_rejects_for_good_is_dead_lettered() {
+    let broker = Broker::start_cluster(2, 1, &["like", "counts", "dlq"]);
+    let cluster = broker.embedded();
+    cluster.set_leader("like", 0, 1).expect("like on broker 1");
+    cluster.set_leader("dlq", 0, 1).expect("dlq on broker 1");
+    cluster
+        .set_leader("counts", 0, 2)
+        .expect("counts on broker 2");
+    cluster
+        .fail_produce_requests_on(2, &[RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE])
+        .expect("inject");
+    let total = 200;
+    broker.produce("like", &events(total, 5));
+    let eventd = start_eventd(
+        &broker,
+        r#"
+[dead_letter]
+topic = "dlq"
+
+[[consumers]]
+name = "main"
+topics = ["like"]
+
+[[handlers]]
+name = "tally"
+kind = "count"
+consumer = "main"
+group_by = "item_id"
+window = "1s"
+output = "counts"
+"#,
+    );
+    let counted = |records: &[Record]| -> u64 {
+        records
+            .iter()
+            .map(|r| {
+                let json: serde_json::Value =
+                    serde_json::from_slice(&r.payload).expect("count record is JSON");
+                json["count"].as_u64().expect("count record has a count")
+            })
+            .sum()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let (out, dlq) = loop {
+        let (out, dlq) = (broker.read_all("counts"), broker.read_all("dlq"));
+        if counted(&out) + counted(&dlq) >= total as u64 || std::time::Instant::now() >= deadline {
+            break (out, dlq);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        !dlq.is_empty(),
+        "no count record dead-lettered though the broker rejected one; logs:\n{}",
+        eventd.logs()
+    );
+    assert!(
+        dlq.iter().all(|r| r
+            .headers
+            .get("eventd.error")
+            .is_some_and(|e| e.contains("Message size too large"))),
+        "dead-lettered count records carry the broker's reason"
+    );
+    assert_eq!(
+        counted(&out) + counted(&dlq),
+        total as u64,
+        "counts emitted ({}) and dead-lettered ({}) add up to the events produced",
+        counted(&out),
+        counted(&dlq)
+    );
+    assert_eq!(
+        eventd.metric_if_present("eventd_actor_restarts_total", &[("actor", "handler/tally")]),
+        None,
+        "the count handler was restarted over a permanent rejection; logs:\n{}",
+        eventd.logs()
+    );
+    broker.expect_moved_on("main", "like", &eventd);
+}
+
 /// An output or dead-letter topic that does not exist stops startup with 69 (worth a
 /// restart once the topic exists, unlike 78), naming the key; eventd does not create it.
 #[test]

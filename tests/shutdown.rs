@@ -80,3 +80,67 @@ sleep = "500ms"
         "the revoke waited on the member that was shutting down; logs:\n{logs}"
     );
 }
+
+/// A reload that takes long (a 200 MB config file: seconds of parsing) holds up neither
+/// the SIGTERM that follows nor the shutdown: draining starts before the reload ends,
+/// and eventd exits 0 within the grace.
+#[test]
+fn a_slow_reload_does_not_hold_up_sigterm() {
+    let broker = Broker::start(1, &["like"]);
+    let mut eventd = start_eventd(
+        &broker,
+        r#"
+[shutdown]
+grace = "10s"
+
+[[consumers]]
+name = "main"
+topics = ["like"]
+drain_timeout = "2s"
+
+[[handlers]]
+name = "activity-log"
+kind = "log"
+consumer = "main"
+"#,
+    );
+    assert!(
+        eventd.wait_until(Duration::from_secs(20), |e| {
+            e.http_get("/readyz").map(|r| r.0) == Some(200)
+        }),
+        "/readyz not 200 within 20s; logs:\n{}",
+        eventd.logs()
+    );
+    {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&eventd.config)
+            .expect("open config");
+        let line = format!("#{}\n", "x".repeat(99));
+        let block = line.repeat(10_000);
+        for _ in 0..200 {
+            file.write_all(block.as_bytes()).expect("grow config");
+        }
+    }
+    eventd.signal("HUP");
+    assert!(
+        eventd.wait_until(Duration::from_secs(10), |e| e
+            .logs()
+            .contains("reload requested")),
+        "SIGHUP not taken; logs:\n{}",
+        eventd.logs()
+    );
+    let logs = eventd.terminate(Duration::from_secs(11));
+    let (before_draining, _) = logs
+        .split_once("\"message\":\"draining\"")
+        .unwrap_or_else(|| panic!("no draining logged:\n{logs}"));
+    assert!(
+        !before_draining.contains("config reloaded") && !before_draining.contains("reload refused"),
+        "the shutdown waited for the reload to end; logs:\n{logs}"
+    );
+    assert!(
+        logs.contains("shutdown complete"),
+        "no \"shutdown complete\"; logs:\n{logs}"
+    );
+}

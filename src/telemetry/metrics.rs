@@ -21,6 +21,7 @@ pub const OFFSET_RESETS: &str = "eventd_offset_resets_total";
 pub const CONSUMER_FENCED: &str = "eventd_consumer_fenced_total";
 pub const CONFIG_RELOADS: &str = "eventd_config_reloads_total";
 pub const PARTITION_REWINDS: &str = "eventd_partition_rewinds_total";
+pub const PARTITION_REPEATS: &str = "eventd_partition_repeats_total";
 pub const PRODUCER_MESSAGES: &str = "eventd_producer_messages_total";
 pub const PRODUCER_QUEUE_DEPTH: &str = "eventd_producer_queue_depth";
 pub const PRODUCER_DELIVERY: &str = "eventd_producer_delivery_seconds";
@@ -124,6 +125,10 @@ fn describe() {
     describe_counter!(
         PARTITION_REWINDS,
         "Events that arrived below every offset a partition worker dispatched (they reached the main queue first); the partition restarts from an offset no later than theirs"
+    );
+    describe_counter!(
+        PARTITION_REPEATS,
+        "Events delivered again at an offset their partition worker had dispatched already (librdkafka fetches again after some broker errors); not dispatched twice"
     );
     describe_counter!(
         PRODUCER_MESSAGES,

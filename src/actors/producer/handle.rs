@@ -57,7 +57,12 @@ pub enum ProduceError {
     #[error("cannot learn the partitions of topic {topic:?}: {reason}")]
     Metadata { topic: String, reason: String },
     #[error("cannot enqueue event for topic {topic:?}: {reason}")]
-    Enqueue { topic: String, reason: String },
+    Enqueue {
+        topic: String,
+        reason: String,
+        /// librdkafka's code, when it gave one: some refusals are permanent.
+        code: Option<RDKafkaErrorCode>,
+    },
     #[error("delivery to topic {topic:?} failed: {}", .failure.reason)]
     Delivery {
         topic: String,
@@ -89,6 +94,9 @@ impl ProduceError {
                         code: Some(code), ..
                     },
                 ..
+            } => is_permanent_rejection(*code),
+            ProduceError::Enqueue {
+                code: Some(code), ..
             } => is_permanent_rejection(*code),
             _ => false,
         }
@@ -365,6 +373,7 @@ impl ProducerHandle {
                     break Err(ProduceError::Enqueue {
                         topic: event.topic.clone(),
                         reason: error.to_string(),
+                        code: error.rdkafka_error_code(),
                     })
                 }
             }

@@ -36,7 +36,7 @@ use crate::actors::producer::dead_letter::{write_dead_letter, Blocked};
 use crate::actors::producer::{Outgoing, ProducerHandle};
 use crate::event::{headers, DecodeError, Event, Source};
 use crate::telemetry::metrics::{
-    EVENTS_CONSUMED, EVENTS_INVALID, PARTITION_IN_FLIGHT, PARTITION_REWINDS,
+    EVENTS_CONSUMED, EVENTS_INVALID, PARTITION_IN_FLIGHT, PARTITION_REPEATS, PARTITION_REWINDS,
 };
 
 pub use inflight::{Arrival, InFlight};
@@ -240,12 +240,12 @@ impl PartitionWorkerState {
         let settings = self.router.snapshot();
         let mut batches: HashMap<(usize, usize), Vec<Arc<Event>>> = HashMap::new();
         let mut behind = None;
+        let mut repeats = Vec::new();
         for message in taken {
             match self.inflight.arrival(message.offset) {
                 Arrival::InOrder => {}
                 Arrival::Repeat => {
-                    tracing::debug!(consumer = %self.consumer_name, topic = %self.topic,
-                        partition = self.partition, offset = message.offset, "already dispatched, skipped");
+                    repeats.push(message.offset);
                     continue;
                 }
                 Arrival::Behind { next } => {
@@ -295,6 +295,14 @@ impl PartitionWorkerState {
         }
         for ((handler, slot), events) in batches {
             self.send(myself, handler, slot, events);
+        }
+        if let (Some(first), Some(last)) = (repeats.first(), repeats.last()) {
+            // Offsets never change what they hold, so an offset between the first
+            // dispatched and the next was handed out already or never existed.
+            metrics::counter!(PARTITION_REPEATS, "consumer" => self.consumer_name.to_string(), "topic" => self.topic.to_string())
+                .increment(repeats.len() as u64);
+            tracing::info!(consumer = %self.consumer_name, topic = %self.topic, partition = self.partition,
+                first, last, events = repeats.len(), "events delivered again below the next offset; dispatched before, not again");
         }
         if self.inflight.len() >= self.max_in_flight {
             self.full = true;

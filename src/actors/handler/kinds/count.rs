@@ -19,10 +19,10 @@ use serde_json::json;
 use super::super::actor::BatchOutcome;
 use super::super::{Batch, HandlerPool};
 use crate::actors::consumer::partition_worker::PartitionWorkerMsg;
-use crate::actors::producer::{Outgoing, ProducerHandle};
+use crate::actors::producer::{Outgoing, ProduceError, ProducerHandle};
 use crate::config::HandlerConfig;
-use crate::event::Event;
-use crate::telemetry::metrics::COUNT_WINDOWS_EMITTED;
+use crate::event::{headers, Event};
+use crate::telemetry::metrics::{COUNT_WINDOWS_EMITTED, EVENTS_DEAD_LETTERED};
 
 /// Open windows of one slot, by start time in epoch milliseconds.
 #[derive(Default)]
@@ -44,6 +44,8 @@ pub struct Count {
     output: String,
     producer: ProducerHandle,
     windows: Arc<Mutex<CountWindows>>,
+    /// Where a record the broker refuses for good goes, so its window can close.
+    dead_letter: Option<String>,
 }
 
 impl Count {
@@ -51,6 +53,7 @@ impl Count {
         config: &HandlerConfig,
         producer: ProducerHandle,
         windows: Arc<Mutex<CountWindows>>,
+        dead_letter: Option<String>,
     ) -> Self {
         Self {
             group_by: config.group_by.clone().unwrap_or_default(),
@@ -58,6 +61,7 @@ impl Count {
             output: config.output.clone().unwrap_or_default(),
             producer,
             windows,
+            dead_letter,
         }
     }
 
@@ -157,6 +161,7 @@ impl Count {
         let end = start + self.window_ms();
         let topics: Vec<&String> = window.topics.iter().collect();
         let mut pending = Vec::with_capacity(window.counts.len());
+        let mut refused = Vec::new();
         for (value, count) in &window.counts {
             let record = json!({
                 "group_by": self.group_by,
@@ -167,20 +172,57 @@ impl Count {
                 "topics": topics,
                 "partial": partial,
             });
-            pending.push(
-                self.producer
-                    .enqueue(Outgoing {
-                        topic: self.output.clone(),
-                        key: Some(value.as_bytes().to_vec()),
-                        payload: record.to_string().into_bytes(),
-                        headers: Vec::new(),
-                    })
-                    .await?,
+            let record = Outgoing {
+                topic: self.output.clone(),
+                key: Some(value.as_bytes().to_vec()),
+                payload: record.to_string().into_bytes(),
+                headers: Vec::new(),
+            };
+            match self.producer.enqueue(record.clone()).await {
+                Ok(delivery) => pending.push((record, delivery)),
+                Err(error) if error.is_permanent() => refused.push((record, error)),
+                Err(error) => return Err(error.into()),
+            }
+        }
+        for (record, delivery) in pending {
+            match delivery.wait().await {
+                Ok(_) => {}
+                Err(error) if error.is_permanent() => refused.push((record, error)),
+                Err(error) => return Err(error.into()),
+            }
+        }
+        for (record, error) in refused {
+            self.set_aside(record, &error).await?;
+        }
+        Ok(())
+    }
+
+    /// A record the broker refuses for good (a resend would fail the same way, and
+    /// failing the actor would restart it into the same refusal until the meltdown): to
+    /// the dead-letter topic with the reason. With no dead-letter topic the error
+    /// stands, so the window is kept and its offsets stay held.
+    async fn set_aside(
+        &self,
+        mut record: Outgoing,
+        error: &ProduceError,
+    ) -> Result<(), ActorProcessingErr> {
+        let Some(topic) = &self.dead_letter else {
+            return Err(
+                format!("{error} (no [dead_letter] topic is set to take the record)").into(),
             );
-        }
-        for delivery in pending {
-            delivery.wait().await?;
-        }
+        };
+        tracing::error!(output = %self.output, %error, dead_letter = %topic,
+            "count record refused by the broker, dead-lettered");
+        record.topic = topic.clone();
+        record
+            .headers
+            .push((headers::ERROR.to_owned(), error.to_string().into_bytes()));
+        self.producer
+            .enqueue_dead_letter(record)
+            .await?
+            .wait()
+            .await?;
+        metrics::counter!(EVENTS_DEAD_LETTERED, "topic" => self.output.clone()).increment(1);
         Ok(())
     }
 }

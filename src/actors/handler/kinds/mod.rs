@@ -60,9 +60,14 @@ impl Behaviour {
     pub fn new(args: &HandlerArgs) -> Behaviour {
         let config = &args.pool.config;
         match (config.kind, &args.memory) {
-            (HandlerKind::Count, SlotMemory::Count(windows)) => Behaviour::Count(
-                count::Count::new(config, args.producer.clone(), windows.clone()),
-            ),
+            (HandlerKind::Count, SlotMemory::Count(windows)) => {
+                Behaviour::Count(count::Count::new(
+                    config,
+                    args.producer.clone(),
+                    windows.clone(),
+                    args.dead_letter.clone(),
+                ))
+            }
             #[cfg(feature = "fault-injection")]
             (HandlerKind::Fault, SlotMemory::Fault(memory)) => Behaviour::Fault(fault::Fault::new(
                 config,
