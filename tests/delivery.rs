@@ -73,7 +73,11 @@ output = "out"
         eventd.logs()
     );
     let logs = eventd.terminate(Duration::from_secs(25));
-    assert!(logs.contains("offsets committed"), "{logs}");
+    // The last commit at shutdown finds nothing new when auto-commit just sent it all.
+    assert!(
+        logs.contains("offsets committed") || logs.contains("no new offsets to commit"),
+        "no final commit logged at shutdown: {logs}"
+    );
     let committed: HashMap<i32, i64> = broker
         .committed(GROUP, "like")
         .into_iter()
