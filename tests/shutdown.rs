@@ -144,3 +144,43 @@ consumer = "main"
         "no \"shutdown complete\"; logs:\n{logs}"
     );
 }
+
+/// A consumer that handled nothing has nothing to commit at shutdown, and says so:
+/// "offsets committed" is logged only for a commit that happened.
+#[test]
+fn an_idle_consumer_commits_nothing_and_says_so() {
+    let broker = Broker::start(1, &["like"]);
+    let mut eventd = start_eventd(
+        &broker,
+        r#"
+[[consumers]]
+name = "main"
+topics = ["like"]
+drain_timeout = "2s"
+
+[[handlers]]
+name = "activity-log"
+kind = "log"
+consumer = "main"
+"#,
+    );
+    assert!(
+        eventd.wait_until(Duration::from_secs(20), |e| e.metric_reaches(
+            "eventd_rebalances_total",
+            &[("consumer", "main"), ("kind", "assign")],
+            1.0
+        )),
+        "no assignment; logs:\n{}",
+        eventd.logs()
+    );
+    let logs = eventd.terminate(Duration::from_secs(25));
+    assert!(
+        logs.contains("no new offsets to commit"),
+        "the final commit of an idle consumer is not reported; logs:\n{logs}"
+    );
+    assert!(
+        !logs.contains("\"offsets committed\""),
+        "a commit was reported though nothing was handled; logs:\n{logs}"
+    );
+    assert_eq!(broker.committed("eventd-main", "like"), vec![(0, None)]);
+}
