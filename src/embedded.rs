@@ -200,4 +200,26 @@ impl EmbeddedBroker {
         }
         Ok(())
     }
+
+    /// Makes broker `broker` the coordinator of consumer group `group`, as a
+    /// coordinator failover would.
+    pub fn set_group_coordinator(&self, group: &str, broker: i32) -> Result<(), EmbeddedError> {
+        let cluster = Self::cluster_ptr(&self.owner)?;
+        let kind = CString::new("group").map_err(|_| EmbeddedError::Topic {
+            topic: group.to_owned(),
+        })?;
+        let key = CString::new(group).map_err(|_| EmbeddedError::Topic {
+            topic: group.to_owned(),
+        })?;
+        // SAFETY: `cluster` is alive (owned by `self.owner`); both strings outlive the call.
+        let err = unsafe {
+            bindings::rd_kafka_mock_coordinator_set(cluster, kind.as_ptr(), key.as_ptr(), broker)
+        };
+        if err != bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+            return Err(EmbeddedError::Start(format!(
+                "cannot make broker {broker} the coordinator of group {group}"
+            )));
+        }
+        Ok(())
+    }
 }

@@ -114,9 +114,7 @@ fn every_event_is_handled_across(outage: Outage, downtime: Duration) {
     );
 
     broker.produce("like", &all[SETTLED + IN_FLIGHT..]);
-    let out = broker.wait_for("out", Duration::from_secs(120), |records| {
-        ids(records).len() >= total
-    });
+    let out = out_after_restart(&broker, total, Duration::from_secs(120));
     let missing = missing_ids(&out, total);
     let phase = |id: &usize| match *id {
         id if id < SETTLED => "settled before the outage",
@@ -139,11 +137,98 @@ fn every_event_is_handled_across(outage: Outage, downtime: Duration) {
     assert_running(&mut eventd, "after catching up");
 }
 
+/// Reads `out` until it holds `total` ids or `patience` passes. tansu's own failure
+/// after a restart (its storage service gone, every request unanswered) is met with
+/// one more restart, which eventd must ride out as well; a second one fails the test
+/// as the broker's fault.
+fn out_after_restart(broker: &Broker, total: usize, patience: Duration) -> Vec<Record> {
+    let deadline = Instant::now() + patience;
+    let mut storage_restarts = 0;
+    loop {
+        let round = Duration::from_secs(10).min(deadline.saturating_duration_since(Instant::now()));
+        let out = broker.wait_for("out", round, |records| ids(records).len() >= total);
+        if ids(&out).len() >= total || Instant::now() >= deadline {
+            return out;
+        }
+        if broker.storage_failed() {
+            assert!(
+                storage_restarts == 0,
+                "tansu's storage failed again after a restart; broker log:\n{}",
+                broker.log_tail(30)
+            );
+            eprintln!(
+                "tansu's storage service failed after the restart; restarting tansu once more"
+            );
+            storage_restarts += 1;
+            broker.restart();
+        }
+    }
+}
+
 fn assert_running(eventd: &mut Eventd, when: &str) {
     let status = eventd.child.try_wait().expect("try_wait on eventd");
     assert!(
         status.is_none(),
         "eventd exited {when} with {status:?}; logs:\n{}",
         eventd.logs()
+    );
+}
+
+/// **Shutdown inside a broker outage.** tansu (sqlite) stops while events are in
+/// flight and eventd gets SIGTERM while it is down: eventd ends within the grace with
+/// exit 1 and logs which step could not finish (the final commit, the close); once
+/// tansu is back on the same port and storage, a restarted eventd forwards every
+/// event, so the shutdown lost nothing.
+#[test]
+fn shutdown_inside_a_broker_outage_exits_1_within_the_grace_and_loses_nothing() {
+    let broker = Broker::tansu(2, &["like", "out"]);
+    let total = SETTLED + IN_FLIGHT;
+    let all = events(total, 100);
+    broker.produce("like", &all[..SETTLED]);
+    let config = CONFIG.replace(
+        "max_in_flight = 200",
+        "max_in_flight = 200\ndrain_timeout = \"3s\"",
+    ) + "\n[shutdown]\ngrace = \"10s\"\n";
+    let mut eventd = start_eventd(&broker, &config);
+    broker.expect_every_id("out", SETTLED, Duration::from_secs(60), &eventd);
+    broker.produce("like", &all[SETTLED..]);
+    broker.stop();
+    let signalled = Instant::now();
+    eventd.signal("TERM");
+    let status = eventd.wait_exit(Duration::from_secs(11));
+    let took = signalled.elapsed();
+    let logs = eventd.logs();
+    let status = status.unwrap_or_else(|| {
+        panic!("eventd still runs {took:?} after SIGTERM (grace 10s); logs:\n{logs}")
+    });
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "exit after {took:?} with the broker down; logs:\n{logs}"
+    );
+    let unfinished: Vec<&str> = logs
+        .lines()
+        .filter(|line| {
+            line.contains("shutdown step not finished") || line.contains("shutdown grace expired")
+        })
+        .collect();
+    assert!(
+        unfinished.iter().any(|line| line.contains("main")),
+        "no log line names the consumer whose commit or close could not finish; logs:\n{logs}"
+    );
+    eprintln!("shutdown in an outage: exit 1 after {took:?}: {unfinished:?}");
+
+    broker.restart();
+    let eventd = eventd.restart();
+    let out = out_after_restart(&broker, total, Duration::from_secs(120));
+    let missing = missing_ids(&out, total);
+    assert!(
+        missing.is_empty(),
+        "{} of {total} ids never reached `out` after a shutdown inside an outage, e.g. {:?}; \
+         eventd logs:\n{}\nbroker log:\n{}",
+        missing.len(),
+        &missing[..missing.len().min(10)],
+        eventd.logs(),
+        broker.log_tail(30)
     );
 }

@@ -50,6 +50,17 @@ impl Deadline {
         self.0.saturating_duration_since(std::time::Instant::now())
     }
 
+    /// This deadline moved `reserve` earlier (not before now): what a step hands to
+    /// the steps it waits on, so they give up, and say why, before it does.
+    pub fn reserving(&self, reserve: std::time::Duration) -> Deadline {
+        let now = std::time::Instant::now();
+        Self(
+            self.0
+                .checked_sub(reserve)
+                .map_or(now, |earlier| earlier.max(now)),
+        )
+    }
+
     /// Time left keeping `reserve` for the steps after this one; at least 1 ms.
     pub fn left_before(&self, reserve: std::time::Duration) -> std::time::Duration {
         self.left()

@@ -3,6 +3,7 @@
 //! the test writes, and Kafka clients to feed and read topics.
 #![allow(dead_code)]
 
+pub mod checker;
 pub mod tansu;
 
 use std::collections::{HashMap, HashSet};
@@ -135,6 +136,15 @@ impl Broker {
         self.tansu_process().restart();
     }
 
+    /// Whether tansu's storage service died since its last start (see
+    /// `Tansu::storage_failed`); never for the embedded broker.
+    pub fn storage_failed(&self) -> bool {
+        match &self.backend {
+            Backend::Embedded(_) => false,
+            Backend::Tansu(tansu) => tansu.storage_failed(),
+        }
+    }
+
     /// The broker's own log tail for failure messages; empty for the embedded broker.
     pub fn log_tail(&self, lines: usize) -> String {
         match &self.backend {
@@ -189,6 +199,21 @@ impl Broker {
     /// The offsets `group` committed for each partition of `topic` (the next offset it
     /// will read), None where it committed nothing. Reads without joining the group.
     pub fn committed(&self, group: &str, topic: &str) -> Vec<(i32, Option<i64>)> {
+        self.try_committed(group, topic).unwrap_or_else(|error| {
+            panic!(
+                "committed offsets of group {group} on {topic}: {error}\nbroker log:\n{}",
+                self.log_tail(20)
+            )
+        })
+    }
+
+    /// As `committed`, with the error of a broker that did not answer in 10 s, for
+    /// samples taken under load where one missed sample is no failure.
+    pub fn try_committed(
+        &self,
+        group: &str,
+        topic: &str,
+    ) -> Result<Vec<(i32, Option<i64>)>, KafkaError> {
         let client: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", self.bootstrap())
             .set("group.id", group)
@@ -199,15 +224,8 @@ impl Broker {
         for partition in 0..self.partitions_of(topic) {
             list.add_partition(topic, partition);
         }
-        let committed = client
-            .committed_offsets(list, Duration::from_secs(10))
-            .unwrap_or_else(|error| {
-                panic!(
-                    "committed offsets of group {group} on {topic}: {error}\nbroker log:\n{}",
-                    self.log_tail(20)
-                )
-            });
-        committed
+        let committed = client.committed_offsets(list, Duration::from_secs(10))?;
+        Ok(committed
             .elements()
             .iter()
             .map(|e| {
@@ -217,7 +235,7 @@ impl Broker {
                 };
                 (e.partition(), offset)
             })
-            .collect()
+            .collect())
     }
 
     /// Commits `offset` for `group` on one partition, as another member would.
@@ -520,6 +538,8 @@ pub struct Eventd {
     pub metrics_port: u16,
     pub log: PathBuf,
     pub config: PathBuf,
+    /// Extra environment of the daemon, given again on `restart`.
+    env: Vec<(String, String)>,
     _dir: tempfile::TempDir,
 }
 
@@ -584,6 +604,10 @@ pub fn start_with(
         metrics_port,
         log,
         config,
+        env: env
+            .iter()
+            .map(|(key, value)| (key.to_string(), value.clone()))
+            .collect(),
         _dir: dir,
     }
 }
@@ -603,7 +627,12 @@ impl Eventd {
     pub fn restart(mut self) -> Eventd {
         let _ = self.child.wait();
         let dir = std::mem::replace(&mut self._dir, tempfile::tempdir().expect("tempdir"));
-        start_with(dir, self.config.clone(), self.metrics_port, &[])
+        let env: Vec<(&str, String)> = self
+            .env
+            .iter()
+            .map(|(key, value)| (key.as_str(), value.clone()))
+            .collect();
+        start_with(dir, self.config.clone(), self.metrics_port, &env)
     }
 
     pub fn signal(&self, signal: &str) {

@@ -94,6 +94,8 @@ fn applies_live(key: &str, running: &Config, new: &Config, not_applied: &[String
 const AFTER_CONSUMERS: Duration = Duration::from_millis(1500);
 /// What the producer flush keeps after the handlers stop.
 const AFTER_HANDLERS: Duration = Duration::from_millis(1000);
+/// Between the consumers' deadline and the root's: time for their answer to arrive.
+const ANSWER_MARGIN: Duration = Duration::from_millis(300);
 /// Left for logging and exiting once everything is done.
 const EXIT_MARGIN: Duration = Duration::from_millis(200);
 
@@ -176,7 +178,14 @@ impl Actor for RootSupervisor {
                 match state
                     .consumers
                     .call(
-                        |port| ConsumerSupervisorMsg::Shutdown(deadline, port),
+                        // The consumers' own deadline comes first, so a member that
+                        // cannot commit or close is named rather than timed out here.
+                        |port| {
+                            ConsumerSupervisorMsg::Shutdown(
+                                deadline.reserving(AFTER_CONSUMERS + ANSWER_MARGIN),
+                                port,
+                            )
+                        },
                         Some(deadline.left_before(AFTER_CONSUMERS)),
                     )
                     .await
