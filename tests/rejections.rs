@@ -96,6 +96,12 @@ fn a_write_the_broker_rejects_for_good_is_dead_lettered() {
                 || r.contains("Topic authorization failed")),
         "dead-letter reasons: {reasons:?}"
     );
+    // One rejection of each kind: the size one arrives in delivery reports, the
+    // authorization one also at enqueue for later writes to the topic.
+    assert!(
+        reasons.iter().any(|r| r.contains("Message size too large")),
+        "no copy dead-lettered for the broker's size rejection: {reasons:?}"
+    );
     assert!(
         dlq.iter()
             .all(|r| r.headers.get("eventd.source.topic").map(String::as_str) == Some("like")),
