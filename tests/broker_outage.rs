@@ -11,9 +11,16 @@ use common::*;
 
 // librdkafka's group protocol log (with RUST_LOG below), shown only when the test
 // fails: it tells a broker that never answers a rejoin from a consumer that never asks.
+//
+// Idempotence is off: tansu 0.6 panics on an idempotent producer's first write after
+// a restart ("more or less than one row" in its idempotent_message_check), and its
+// storage service then answers no request at all, which no client can ride out.
 const CONFIG: &str = r#"
 [kafka.options]
 debug = "cgrp"
+
+[producer]
+idempotence = false
 
 [[consumers]]
 name = "main"
@@ -137,32 +144,9 @@ fn every_event_is_handled_across(outage: Outage, downtime: Duration) {
     assert_running(&mut eventd, "after catching up");
 }
 
-/// Reads `out` until it holds `total` ids or `patience` passes. tansu's own failure
-/// after a restart (its storage service gone, every request unanswered) is met with
-/// one more restart, which eventd must ride out as well; a second one fails the test
-/// as the broker's fault.
+/// Reads `out` until it holds `total` ids or `patience` passes.
 fn out_after_restart(broker: &Broker, total: usize, patience: Duration) -> Vec<Record> {
-    let deadline = Instant::now() + patience;
-    let mut storage_restarts = 0;
-    loop {
-        let round = Duration::from_secs(10).min(deadline.saturating_duration_since(Instant::now()));
-        let out = broker.wait_for("out", round, |records| ids(records).len() >= total);
-        if ids(&out).len() >= total || Instant::now() >= deadline {
-            return out;
-        }
-        if broker.storage_failed() {
-            assert!(
-                storage_restarts == 0,
-                "tansu's storage failed again after a restart; broker log:\n{}",
-                broker.log_tail(30)
-            );
-            eprintln!(
-                "tansu's storage service failed after the restart; restarting tansu once more"
-            );
-            storage_restarts += 1;
-            broker.restart();
-        }
-    }
+    broker.wait_for("out", patience, |records| ids(records).len() >= total)
 }
 
 fn assert_running(eventd: &mut Eventd, when: &str) {

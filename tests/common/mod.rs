@@ -136,15 +136,6 @@ impl Broker {
         self.tansu_process().restart();
     }
 
-    /// Whether tansu's storage service died since its last start (see
-    /// `Tansu::storage_failed`); never for the embedded broker.
-    pub fn storage_failed(&self) -> bool {
-        match &self.backend {
-            Backend::Embedded(_) => false,
-            Backend::Tansu(tansu) => tansu.storage_failed(),
-        }
-    }
-
     /// The broker's own log tail for failure messages; empty for the embedded broker.
     pub fn log_tail(&self, lines: usize) -> String {
         match &self.backend {

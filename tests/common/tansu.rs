@@ -268,18 +268,6 @@ impl Tansu {
     }
 
     /// The last `lines` lines tansu printed, for failure messages.
-    /// True when, since its last start, tansu logged that its storage service is gone
-    /// (`UnableToSend`). Seen with sqlite storage some seconds after a SIGTERM
-    /// restart: the broker still accepts connections but answers no request until it
-    /// is restarted, which is a broker failure, not a client one.
-    pub fn storage_failed(&self) -> bool {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let since_start = text
-            .rsplit_once("=== eventd tests: starting")
-            .map_or(text.as_str(), |(_, last)| last);
-        since_start.contains("UnableToSend")
-    }
-
     pub fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();
