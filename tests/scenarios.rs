@@ -87,6 +87,26 @@ fn try_committed_offsets(
     Ok(offsets)
 }
 
+/// One tansu scenario at a time, with a longer session: tansu's sqlite storage slows
+/// under several brokers at once, and a heartbeat left unanswered past the harness's
+/// 12 s session costs the member its partitions mid-scenario.
+static TANSU_SCENARIO: std::sync::Mutex<()> = std::sync::Mutex::new(());
+const TANSU_SESSION: (&str, &str) = ("EVENTD__KAFKA__SESSION_TIMEOUT", "45s");
+
+fn tansu_scenario() -> std::sync::MutexGuard<'static, ()> {
+    TANSU_SCENARIO
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn start_on_tansu(broker: &Broker, config: &str) -> Eventd {
+    start_eventd_with_env(
+        broker,
+        config,
+        &[(TANSU_SESSION.0, TANSU_SESSION.1.to_owned())],
+    )
+}
+
 /// The broker of a scenario whose group changes members. tansu 0.6's group coordinator
 /// was seen not to finish a rebalance after a member was killed or left (the member
 /// that stayed was revoked and never assigned again, or a restarted one was assigned
@@ -115,10 +135,11 @@ fn forwarded(eventd: &Eventd) -> f64 {
 #[test]
 fn baseline_every_event_once_in_order_and_committed_to_the_end() {
     let total = scaled(20_000);
+    let _one_at_a_time = tansu_scenario();
     let broker = Broker::tansu(4, &all_topics());
     produce_spread(&broker, 0, total);
     let started = Instant::now();
-    let mut eventd = start_eventd(&broker, FORWARD_ALL);
+    let mut eventd = start_on_tansu(&broker, FORWARD_ALL);
     let delivery = sink_after(&broker, total, Duration::from_secs(240), &eventd);
     eprintln!(
         "baseline: {} in {:?}",
@@ -222,8 +243,9 @@ output = "sink"
 #[test]
 fn fast_revoke_and_reassign_keeps_every_partition_flowing() {
     let total = scaled(8_000);
+    let _one_at_a_time = tansu_scenario();
     let broker = Broker::tansu(4, &all_topics());
-    let first = start_eventd(&broker, FORWARD_ALL);
+    let first = start_on_tansu(&broker, FORWARD_ALL);
     assert!(
         first.wait_until(Duration::from_secs(60), |e| {
             e.http_get("/readyz").map(|r| r.0) == Some(200)
@@ -232,7 +254,7 @@ fn fast_revoke_and_reassign_keeps_every_partition_flowing() {
         first.logs()
     );
     produce_spread(&broker, 0, total / 2);
-    let mut second = start_eventd(&broker, FORWARD_ALL);
+    let mut second = start_on_tansu(&broker, FORWARD_ALL);
     assert!(
         first.wait_until(Duration::from_secs(60), |e| e.metric_reaches(
             "eventd_rebalances_total",
@@ -265,9 +287,10 @@ fn fast_revoke_and_reassign_keeps_every_partition_flowing() {
 #[test]
 fn a_handler_panicking_under_load_loses_nothing_and_other_partitions_flow() {
     let total = scaled(10_000);
+    let _one_at_a_time = tansu_scenario();
     let broker = Broker::tansu(4, &all_topics());
     produce_spread(&broker, 0, total);
-    let eventd = start_eventd(
+    let eventd = start_eventd_with_env(
         &broker,
         r#"
 [supervision]
@@ -291,6 +314,7 @@ once = true
 concurrency = 4
 output = "sink"
 "#,
+        &[(TANSU_SESSION.0, TANSU_SESSION.1.to_owned())],
     );
     let restarts = |e: &Eventd| {
         e.metric_if_present("eventd_actor_restarts_total", &[("actor", "handler/copy")])
@@ -860,6 +884,7 @@ output = "counts"
 #[test]
 fn a_static_member_restarted_quickly_causes_no_rebalance() {
     let total = scaled(4_000);
+    let _one_at_a_time = tansu_scenario();
     let broker = Broker::tansu(4, &all_topics());
     let config = FORWARD_ALL.replace(
         "name = \"main\"\n",
