@@ -95,9 +95,17 @@ impl ProduceError {
                     },
                 ..
             } => is_permanent_rejection(*code),
+            // librdkafka's own unknown-topic and unknown-partition refusals at enqueue
+            // come from metadata that may be stale (a topic being created or grown).
             ProduceError::Enqueue {
                 code: Some(code), ..
-            } => is_permanent_rejection(*code),
+            } => {
+                is_permanent_rejection(*code)
+                    && !matches!(
+                        code,
+                        RDKafkaErrorCode::UnknownTopic | RDKafkaErrorCode::UnknownPartition
+                    )
+            }
             _ => false,
         }
     }
