@@ -335,6 +335,8 @@ output = "sink"
     let sink = broker.expect_every_id(SINK, total, Duration::from_secs(120), &eventd);
     let delivery = Delivery::check(&produced_ids(total), &sink);
     let restarted = restarts(&eventd);
+    // A last sample once everything is in: restarts can outlast the sampling loop.
+    samples.push((restarted, committed_offsets(&broker, GROUP)));
     eprintln!(
         "panics: {restarted} restarts, {} commit samples, {}",
         samples.len(),
