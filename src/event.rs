@@ -1,9 +1,20 @@
-//! An engagement event as handlers see it: the decoded JSON body plus the Kafka
-//! coordinates, key, headers and timestamp it came with.
+//! An engagement event as handlers see it: the JSON body as it arrived, validated once,
+//! plus the Kafka coordinates, key, headers and timestamp it came with.
+//!
+//! The body is never built into a JSON tree. Decoding checks the whole payload and
+//! the required fields in one pass and remembers where the fields that handlers read
+//! (filters, `group_by`, `fields`, routing) sit in it; reading one of those is a slice,
+//! reading any other field parses the payload again. `forward` writes the original
+//! bytes on unchanged.
 
+use std::borrow::Cow;
+use std::fmt;
 use std::sync::Arc;
 
-use serde_json::{Map, Value};
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde_json::value::RawValue;
+use serde_json::Value;
+use smallvec::SmallVec;
 
 /// Where an event came from; also what its offset bookkeeping is keyed by.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -21,7 +32,7 @@ pub struct Event {
     pub headers: Vec<(String, Vec<u8>)>,
     /// Kafka message timestamp in epoch milliseconds, when the broker gave one.
     pub timestamp: Option<i64>,
-    pub body: Map<String, Value>,
+    pub body: Body,
 }
 
 /// Why a payload is not an event.
@@ -41,65 +52,319 @@ pub enum DecodeError {
     BadTimestamp,
 }
 
+/// Fields every event must have.
+const REQUIRED: [&str; 3] = ["user_id", "item_id", "ts"];
+const ITEM_ID: usize = 1;
+
+/// Names of the optional fields whose place in the body decoding records, because
+/// the handlers of a consumer read them.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct FieldNames {
+    names: Vec<Box<str>>,
+}
+
+impl FieldNames {
+    /// `names` without the required fields (always recorded) and without repeats.
+    pub fn new<'a>(names: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut kept: Vec<Box<str>> = Vec::new();
+        for name in names {
+            if !REQUIRED.contains(&name) && !kept.iter().any(|k| &**k == name) {
+                kept.push(name.into());
+            }
+        }
+        Self { names: kept }
+    }
+
+    fn position(&self, name: &str) -> Option<usize> {
+        self.names.iter().position(|n| &**n == name)
+    }
+}
+
+/// Byte range of one value in the payload; `end == 0` means absent (a JSON value is
+/// never empty).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Span {
+    start: u32,
+    end: u32,
+}
+
+impl Span {
+    const ABSENT: Span = Span { start: 0, end: 0 };
+
+    fn of(raw: &RawValue, payload: &[u8]) -> Span {
+        let start = raw.get().as_ptr() as usize - payload.as_ptr() as usize;
+        Span {
+            start: start as u32,
+            end: (start + raw.get().len()) as u32,
+        }
+    }
+
+    fn is_present(self) -> bool {
+        self.end != 0
+    }
+}
+
+/// A validated JSON object: the payload bytes and where the fields of interest are.
+#[derive(Clone)]
+pub struct Body {
+    payload: Box<[u8]>,
+    required: [Span; 3],
+    names: Arc<FieldNames>,
+    recorded: SmallVec<[Span; 2]>,
+}
+
+impl fmt::Debug for Body {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&String::from_utf8_lossy(&self.payload))
+    }
+}
+
 impl Event {
-    /// Decodes a payload, enforcing the required fields `user_id`, `item_id` and `ts`.
+    /// Decodes a payload, enforcing the required fields `user_id`, `item_id` and `ts`
+    /// and recording where the fields in `names` are.
     ///
     /// ```
-    /// use eventd::event::{DecodeError, Event};
+    /// use std::sync::Arc;
+    /// use eventd::event::{Body, DecodeError, Event, FieldNames};
     ///
-    /// let body = Event::decode(Some(br#"{"user_id":"u1","item_id":"item-7","ts":1764000000000,"text":"hi"}"#))
+    /// let names = Arc::new(FieldNames::new(["text"]));
+    /// let body = Event::decode(Some(br#"{"user_id":"u1","item_id":"item-7","ts":1764000000000,"text":"hi"}"#), &names)
     ///     .expect("a valid event");
-    /// assert_eq!(body["text"], "hi"); // unknown fields pass through
+    /// assert_eq!(body.text("text").as_deref(), Some("hi")); // unknown fields pass through
     /// assert_eq!(
-    ///     Event::decode(Some(br#"{"user_id":"u1","ts":1}"#)),
+    ///     Event::decode(Some(br#"{"user_id":"u1","ts":1}"#), &names).map(|_| ()),
     ///     Err(DecodeError::MissingField("item_id"))
     /// );
     /// ```
-    pub fn decode(payload: Option<&[u8]>) -> Result<Map<String, Value>, DecodeError> {
+    pub fn decode(payload: Option<&[u8]>, names: &Arc<FieldNames>) -> Result<Body, DecodeError> {
         let payload = payload
             .filter(|p| !p.is_empty())
             .ok_or(DecodeError::Empty)?;
-        let value: Value =
-            serde_json::from_slice(payload).map_err(|e| DecodeError::NotJson(e.to_string()))?;
-        let Value::Object(body) = value else {
-            return Err(DecodeError::NotAnObject);
-        };
-        for field in ["user_id", "item_id"] {
-            match body.get(field) {
-                None => return Err(DecodeError::MissingField(field)),
-                Some(Value::String(s)) if !s.is_empty() => {}
-                Some(Value::Number(_)) => {}
-                Some(_) => return Err(DecodeError::BadId(field)),
+        let mut required = [Span::ABSENT; 3];
+        let mut recorded: SmallVec<[Span; 2]> =
+            SmallVec::from_elem(Span::ABSENT, names.names.len());
+        let mut deserializer = serde_json::Deserializer::from_slice(payload);
+        let scanned = Scan {
+            payload,
+            names,
+            required: &mut required,
+            recorded: &mut recorded,
+        }
+        .deserialize(&mut deserializer)
+        .and_then(|()| deserializer.end());
+        if let Err(error) = scanned {
+            return Err(not_an_event(payload, error));
+        }
+        for (i, field) in REQUIRED.iter().enumerate().take(2) {
+            let raw = text_of(payload, required[i]).ok_or(DecodeError::MissingField(field))?;
+            let valid = match raw.as_bytes()[0] {
+                // Escapes always stand for at least one character.
+                b'"' => raw.len() > 2,
+                b'-' | b'0'..=b'9' => true,
+                _ => false,
+            };
+            if !valid {
+                return Err(DecodeError::BadId(field));
             }
         }
-        match body.get("ts") {
-            None => return Err(DecodeError::MissingField("ts")),
-            Some(Value::Number(n)) if n.as_i64().is_some_and(|ms| ms >= 0) => {}
-            Some(Value::String(s)) if chrono::DateTime::parse_from_rfc3339(s).is_ok() => {}
-            Some(_) => return Err(DecodeError::BadTimestamp),
+        let ts = text_of(payload, required[2]).ok_or(DecodeError::MissingField("ts"))?;
+        let valid_ts = match ts.as_bytes()[0] {
+            b'"' => {
+                string_value(ts).is_some_and(|s| chrono::DateTime::parse_from_rfc3339(&s).is_ok())
+            }
+            _ => ts.parse::<i64>().is_ok_and(|ms| ms >= 0),
+        };
+        if !valid_ts {
+            return Err(DecodeError::BadTimestamp);
         }
-        Ok(body)
+        Ok(Body {
+            payload: payload.into(),
+            required,
+            names: names.clone(),
+            recorded,
+        })
     }
 
-    /// The value of `field` as a string, for grouping and routing.
-    pub fn field_text(&self, field: &str) -> Option<String> {
-        match self.body.get(field)? {
-            Value::String(s) => Some(s.clone()),
-            Value::Null => None,
-            other => Some(other.to_string()),
-        }
+    /// The value of `field` as text, for grouping and routing: a string's contents, a
+    /// number or other value as JSON; `None` when absent or null.
+    pub fn field_text(&self, field: &str) -> Option<Cow<'_, str>> {
+        self.body.text(field)
     }
 
     /// Bytes that decide which actor of a pool handles this event: the Kafka key when
     /// there is one, else the item id, so events of one key keep their order.
-    pub fn routing_key(&self) -> &[u8] {
+    pub fn routing_key(&self) -> Cow<'_, [u8]> {
         if let Some(key) = &self.key {
-            return key;
+            return Cow::Borrowed(key);
         }
-        match self.body.get("item_id") {
-            Some(Value::String(s)) => s.as_bytes(),
-            _ => &[],
+        match text_of(&self.body.payload, self.body.required[ITEM_ID]) {
+            Some(raw) if raw.starts_with('"') => match string_value(raw) {
+                Some(Cow::Borrowed(s)) => Cow::Borrowed(s.as_bytes()),
+                Some(Cow::Owned(s)) => Cow::Owned(s.into_bytes()),
+                None => Cow::Borrowed(&[]),
+            },
+            _ => Cow::Borrowed(&[]),
         }
+    }
+}
+
+impl Body {
+    /// The payload exactly as it arrived.
+    pub fn bytes(&self) -> &[u8] {
+        &self.payload
+    }
+
+    /// The payload as text (a valid JSON document is valid UTF-8).
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.payload).unwrap_or_default()
+    }
+
+    /// The JSON text of `field`'s value, as written in the payload.
+    pub fn raw(&self, field: &str) -> Option<&str> {
+        if let Some(i) = REQUIRED.iter().position(|r| *r == field) {
+            return text_of(&self.payload, self.required[i]);
+        }
+        match self.names.position(field) {
+            Some(i) => text_of(&self.payload, self.recorded[i]),
+            None => text_of(&self.payload, find(&self.payload, field)),
+        }
+    }
+
+    /// `field`'s value, parsed.
+    pub fn get(&self, field: &str) -> Option<Value> {
+        serde_json::from_str(self.raw(field)?).ok()
+    }
+
+    /// `field` as text: a string's contents, a number as written, other values as
+    /// compact JSON; `None` when absent or null.
+    pub fn text(&self, field: &str) -> Option<Cow<'_, str>> {
+        let raw = self.raw(field)?;
+        match raw.as_bytes()[0] {
+            b'"' => string_value(raw),
+            b'n' => None,
+            b'-' | b'0'..=b'9' if raw.bytes().all(|b| b == b'-' || b.is_ascii_digit()) => {
+                Some(Cow::Borrowed(raw))
+            }
+            _ => serde_json::from_str::<Value>(raw)
+                .ok()
+                .map(|value| Cow::Owned(value.to_string())),
+        }
+    }
+}
+
+fn text_of(payload: &[u8], span: Span) -> Option<&str> {
+    if !span.is_present() {
+        return None;
+    }
+    std::str::from_utf8(payload.get(span.start as usize..span.end as usize)?).ok()
+}
+
+/// The contents of a JSON string literal; borrowed unless it has escapes.
+fn string_value(raw: &str) -> Option<Cow<'_, str>> {
+    let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
+    if !inner.contains('\\') {
+        return Some(Cow::Borrowed(inner));
+    }
+    serde_json::from_str::<String>(raw).ok().map(Cow::Owned)
+}
+
+/// Says why a payload that failed the scan is not an event.
+fn not_an_event(payload: &[u8], error: serde_json::Error) -> DecodeError {
+    // The scan accepts only objects and stops at the first byte of anything else,
+    // which may be valid JSON or not.
+    if error.is_data() {
+        return match serde_json::from_slice::<IgnoredAny>(payload) {
+            Ok(_) => DecodeError::NotAnObject,
+            Err(error) => DecodeError::NotJson(error.to_string()),
+        };
+    }
+    DecodeError::NotJson(error.to_string())
+}
+
+/// Where the last `field` of a payload already validated is.
+fn find(payload: &[u8], field: &str) -> Span {
+    let names = Arc::new(FieldNames {
+        names: vec![field.into()],
+    });
+    let mut required = [Span::ABSENT; 3];
+    let mut recorded: SmallVec<[Span; 2]> = SmallVec::from_elem(Span::ABSENT, 1);
+    let mut deserializer = serde_json::Deserializer::from_slice(payload);
+    let scanned = Scan {
+        payload,
+        names: &names,
+        required: &mut required,
+        recorded: &mut recorded,
+    }
+    .deserialize(&mut deserializer);
+    match scanned {
+        Ok(()) => recorded[0],
+        Err(_) => Span::ABSENT,
+    }
+}
+
+/// One pass over a JSON object: every value is checked, the wanted ones are recorded.
+struct Scan<'a> {
+    payload: &'a [u8],
+    names: &'a FieldNames,
+    required: &'a mut [Span; 3],
+    recorded: &'a mut SmallVec<[Span; 2]>,
+}
+
+impl<'de, 'a> DeserializeSeed<'de> for Scan<'a> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de, 'a> Visitor<'de> for Scan<'a> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<(), M::Error> {
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            let slot = match REQUIRED.iter().position(|r| *r == key.0) {
+                Some(i) => Some(&mut self.required[i]),
+                None => self.names.position(&key.0).map(|i| &mut self.recorded[i]),
+            };
+            match slot {
+                // Later duplicates win, as in any JSON object reader.
+                Some(slot) => {
+                    let raw: &'de RawValue = map.next_value()?;
+                    *slot = Span::of(raw, self.payload);
+                }
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An object key, borrowed from the payload unless it has escapes.
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string key")
+            }
+            fn visit_borrowed_str<E>(self, key: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(key)))
+            }
+            fn visit_str<E>(self, key: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(key.to_owned())))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
     }
 }
 
@@ -144,31 +409,109 @@ pub fn slot_for(bytes: &[u8], slots: usize) -> usize {
 mod tests {
     use super::*;
 
+    fn decode(payload: &[u8]) -> Result<Body, DecodeError> {
+        Event::decode(Some(payload), &Arc::new(FieldNames::new(["extra", "n"])))
+    }
+
     #[test]
     fn decodes_required_fields_and_keeps_unknown_ones() {
-        let body = Event::decode(Some(
-            br#"{"user_id":"u1","item_id":7,"ts":"2026-11-01T00:00:00Z","extra":[1]}"#,
-        ))
-        .unwrap();
-        assert_eq!(body["extra"], serde_json::json!([1]));
+        let payload = br#"{"user_id":"u1","item_id":7,"ts":"2026-11-01T00:00:00Z","extra":[1], "other" : {"a":1}}"#;
+        let body = decode(payload).unwrap();
+        assert_eq!(body.get("extra"), Some(serde_json::json!([1])));
+        // Not recorded while decoding: found by reading the payload again.
+        assert_eq!(body.raw("other"), Some(r#"{"a":1}"#));
+        assert_eq!(body.bytes(), payload, "the payload is kept byte for byte");
     }
 
     #[test]
     fn rejects_what_is_not_an_event() {
-        assert_eq!(Event::decode(None), Err(DecodeError::Empty));
+        let names = Arc::new(FieldNames::default());
+        assert_eq!(
+            Event::decode(None, &names).map(|_| ()),
+            Err(DecodeError::Empty)
+        );
+        assert!(matches!(decode(b"{oops"), Err(DecodeError::NotJson(_))));
         assert!(matches!(
-            Event::decode(Some(b"{oops")),
+            decode(br#"{"user_id":"u","item_id":"i","ts":1} trailing"#),
             Err(DecodeError::NotJson(_))
         ));
-        assert_eq!(Event::decode(Some(b"[1]")), Err(DecodeError::NotAnObject));
+        assert!(matches!(
+            decode(br#"{"user_id":"u","item_id":"i","ts":1,"bad":[1,}"#),
+            Err(DecodeError::NotJson(_))
+        ));
+        assert_eq!(decode(b"[1]").map(|_| ()), Err(DecodeError::NotAnObject));
         assert_eq!(
-            Event::decode(Some(br#"{"user_id":"u","ts":1}"#)),
+            decode(b"\"text\"").map(|_| ()),
+            Err(DecodeError::NotAnObject)
+        );
+        assert!(matches!(decode(b"[1, }"), Err(DecodeError::NotJson(_))));
+        assert_eq!(
+            decode(br#"{"user_id":"u","ts":1}"#).map(|_| ()),
             Err(DecodeError::MissingField("item_id"))
         );
         assert_eq!(
-            Event::decode(Some(br#"{"user_id":"u","item_id":"i","ts":"yesterday"}"#)),
-            Err(DecodeError::BadTimestamp)
+            decode(br#"{"user_id":"","item_id":"i","ts":1}"#).map(|_| ()),
+            Err(DecodeError::BadId("user_id"))
         );
+        assert_eq!(
+            decode(br#"{"user_id":"u","item_id":null,"ts":1}"#).map(|_| ()),
+            Err(DecodeError::BadId("item_id"))
+        );
+        for ts in [
+            r#""yesterday""#,
+            "-1",
+            "1.5",
+            "18446744073709551615",
+            "true",
+        ] {
+            let payload = format!(r#"{{"user_id":"u","item_id":"i","ts":{ts}}}"#);
+            assert_eq!(
+                decode(payload.as_bytes()).map(|_| ()),
+                Err(DecodeError::BadTimestamp),
+                "ts {ts}"
+            );
+        }
+    }
+
+    #[test]
+    fn field_text_reads_strings_numbers_and_escapes() {
+        let body = decode(
+            br#"{"user_id":"u\u0031","item_id":"i","ts":1,"n":-12,"f":1.50,"z":null,"o":[1, 2]}"#,
+        )
+        .unwrap();
+        assert_eq!(body.text("user_id").as_deref(), Some("u1"));
+        assert_eq!(body.text("n").as_deref(), Some("-12"));
+        assert_eq!(body.text("f").as_deref(), Some("1.5"));
+        assert_eq!(body.text("z"), None);
+        assert_eq!(body.text("o").as_deref(), Some("[1,2]"));
+        assert_eq!(body.text("absent"), None);
+    }
+
+    #[test]
+    fn a_repeated_field_reads_as_its_last_value() {
+        let body =
+            decode(br#"{"user_id":"u","item_id":"a","ts":1,"item_id":"b","n":1,"n":2}"#).unwrap();
+        assert_eq!(body.text("item_id").as_deref(), Some("b"));
+        assert_eq!(body.text("n").as_deref(), Some("2"));
+    }
+
+    #[test]
+    fn routing_key_is_the_kafka_key_else_the_item_id() {
+        let body = decode(br#"{"user_id":"u","item_id":"item-7","ts":1}"#).unwrap();
+        let mut event = Event {
+            source: Source {
+                topic: Arc::from("like"),
+                partition: 0,
+                offset: 0,
+            },
+            key: None,
+            headers: Vec::new(),
+            timestamp: None,
+            body,
+        };
+        assert_eq!(&*event.routing_key(), b"item-7");
+        event.key = Some(b"k".to_vec());
+        assert_eq!(&*event.routing_key(), b"k");
     }
 
     #[test]

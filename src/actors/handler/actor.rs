@@ -9,11 +9,13 @@
 //! awaited beside the actor; a failed one fails the actor, as a failed write inside
 //! `handle` would, and its restart redelivers what was not finished.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use metrics::{Counter, Histogram};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
 
@@ -38,6 +40,7 @@ pub struct HandlerState {
     pool: Arc<HandlerPool>,
     slot: usize,
     behaviour: Behaviour,
+    metrics: HandlerMetrics,
     /// Drives window closing for `count`.
     ticker: Option<JoinHandle<()>>,
 }
@@ -57,6 +60,7 @@ impl Actor for HandlerActor {
             .tick_period()
             .map(|period| myself.send_interval(period, || HandlerMsg::Tick));
         Ok(HandlerState {
+            metrics: HandlerMetrics::new(&args.pool.name),
             pool: args.pool,
             slot: args.slot,
             behaviour,
@@ -102,14 +106,14 @@ async fn handle_batch(
     let Some(first) = batch.events.first() else {
         return Ok(());
     };
-    let topic = first.source.topic.clone();
+    let handled = state.metrics.handled(&first.source.topic);
     let started = Instant::now();
-    metrics::histogram!(HANDLER_BATCH_SIZE, "handler" => state.pool.name.to_string())
-        .record(batch.events.len() as f64);
+    state.metrics.batch_size.record(batch.events.len() as f64);
     let outcome = state.behaviour.handle(&state.pool, &batch).await?;
     let report = FinishedReport {
         handler_name: state.pool.name.clone(),
-        topic,
+        handled,
+        duration: state.metrics.duration.clone(),
         started,
         count: batch.events.len(),
         skipped: outcome.skipped,
@@ -141,10 +145,56 @@ async fn handle_batch(
     Ok(())
 }
 
+/// Metric handles of one actor, registered once rather than looked up per batch.
+struct HandlerMetrics {
+    handler: Arc<str>,
+    batch_size: Histogram,
+    duration: Histogram,
+    /// `eventd_events_handled_total` by topic: (ok, skipped).
+    handled: HashMap<Arc<str>, Handled>,
+}
+
+#[derive(Clone)]
+struct Handled {
+    ok: Counter,
+    skipped: Counter,
+}
+
+impl HandlerMetrics {
+    fn new(handler: &Arc<str>) -> Self {
+        Self {
+            handler: handler.clone(),
+            batch_size: metrics::histogram!(HANDLER_BATCH_SIZE, "handler" => handler.to_string()),
+            duration: metrics::histogram!(HANDLER_DURATION, "handler" => handler.to_string()),
+            handled: HashMap::new(),
+        }
+    }
+
+    fn handled(&mut self, topic: &Arc<str>) -> Handled {
+        if let Some(handled) = self.handled.get(topic) {
+            return handled.clone();
+        }
+        let labels = |outcome: &'static str| {
+            [
+                ("handler", self.handler.to_string()),
+                ("topic", topic.to_string()),
+                ("outcome", outcome.to_owned()),
+            ]
+        };
+        let handled = Handled {
+            ok: metrics::counter!(EVENTS_HANDLED, &labels("ok")),
+            skipped: metrics::counter!(EVENTS_HANDLED, &labels("skipped")),
+        };
+        self.handled.insert(topic.clone(), handled.clone());
+        handled
+    }
+}
+
 /// Everything needed to tell a worker that a batch is finished, once it is.
 struct FinishedReport {
     handler_name: Arc<str>,
-    topic: Arc<str>,
+    handled: Handled,
+    duration: Histogram,
     started: Instant,
     count: usize,
     skipped: usize,
@@ -155,20 +205,12 @@ struct FinishedReport {
 impl FinishedReport {
     fn send(self) {
         let average = self.started.elapsed().as_secs_f64() / self.count as f64;
-        metrics::histogram!(HANDLER_DURATION, "handler" => self.handler_name.to_string())
-            .record_many(average, self.count);
-        let labels = |outcome: &'static str| {
-            [
-                ("handler", self.handler_name.to_string()),
-                ("topic", self.topic.to_string()),
-                ("outcome", outcome.to_owned()),
-            ]
-        };
+        self.duration.record_many(average, self.count);
         let skipped = self.skipped as u64;
         if skipped > 0 {
-            metrics::counter!(EVENTS_HANDLED, &labels("skipped")).increment(skipped);
+            self.handled.skipped.increment(skipped);
         }
-        metrics::counter!(EVENTS_HANDLED, &labels("ok")).increment(self.count as u64 - skipped);
+        self.handled.ok.increment(self.count as u64 - skipped);
         // The worker may be gone (partition revoked); then nothing waits for this report.
         let _ = self.reply_to.send_message(self.message);
     }

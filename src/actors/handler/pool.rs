@@ -12,7 +12,7 @@ use ractor::ActorRef;
 
 use super::HandlerMsg;
 use crate::config::{Config, FieldCondition, HandlerConfig, HandlerKind};
-use crate::event::{slot_for, Event};
+use crate::event::{slot_for, Event, FieldNames};
 
 /// What of a handler can change on reload without restarting it.
 #[derive(Debug, Clone)]
@@ -38,7 +38,7 @@ impl HandlerSettings {
             && self
                 .filter
                 .iter()
-                .all(|(field, condition)| condition.matches(event.body.get(field)))
+                .all(|(field, condition)| condition.matches(event.body.get(field).as_ref()))
     }
 }
 
@@ -124,7 +124,7 @@ impl HandlerPool {
                 let value = event.field_text(field).unwrap_or_default();
                 slot_for(value.as_bytes(), self.slots.len())
             }
-            None => slot_for(event.routing_key(), self.slots.len()),
+            None => slot_for(&event.routing_key(), self.slots.len()),
         }
     }
 }
@@ -158,6 +158,17 @@ impl Router {
             .iter()
             .map(|route| route.pool.settings.load_full())
             .collect()
+    }
+
+    /// The fields these settings and pools read, for decoding to record.
+    pub fn field_names(&self, settings: &[Arc<HandlerSettings>]) -> FieldNames {
+        let mut names: Vec<&str> = Vec::new();
+        for (route, settings) in self.routes.iter().zip(settings) {
+            names.extend(settings.filter.keys().map(String::as_str));
+            names.extend(settings.fields.iter().flatten().map(String::as_str));
+            names.extend(route.pool.group_by.as_deref());
+        }
+        FieldNames::new(names)
     }
 
     /// Calls `each(route index, slot)` for every handler that wants `event`.

@@ -2,7 +2,7 @@
 //! offsets count windows still hold, and from that the offset safe to store (the next
 //! offset to read after a restart).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, VecDeque};
 
 /// A count window holding offsets: (handler, slot, window start).
 pub type HoldKey = (usize, usize, i64);
@@ -20,8 +20,12 @@ pub enum Arrival {
 
 #[derive(Debug, Default)]
 pub struct InFlight {
-    /// Dispatched offsets with the number of handlers still working on each.
-    pending: BTreeMap<i64, u32>,
+    /// Dispatched offsets in increasing order, with the number of handlers still
+    /// working on each; finished ones leave from the front. Offsets are dispatched in
+    /// order, so this is a queue, not a map.
+    pending: VecDeque<(i64, u32)>,
+    /// Entries of `pending` with handlers left.
+    unfinished: usize,
     /// The first offset dispatched.
     first: Option<i64>,
     /// One past the highest offset dispatched so far.
@@ -50,7 +54,8 @@ impl InFlight {
     pub fn dispatched(&mut self, offset: i64, handlers: u32) {
         debug_assert_eq!(self.arrival(offset), Arrival::InOrder);
         if handlers > 0 {
-            self.pending.insert(offset, handlers);
+            self.pending.push_back((offset, handlers));
+            self.unfinished += 1;
         }
         self.first.get_or_insert(offset);
         self.next = Some(offset + 1);
@@ -58,10 +63,18 @@ impl InFlight {
 
     /// One handler finished `offset`.
     pub fn finished(&mut self, offset: i64) {
-        if let Some(left) = self.pending.get_mut(&offset) {
-            *left -= 1;
-            if *left == 0 {
-                self.pending.remove(&offset);
+        let Ok(at) = self.pending.binary_search_by_key(&offset, |(o, _)| *o) else {
+            return;
+        };
+        let left = &mut self.pending[at].1;
+        if *left == 0 {
+            return;
+        }
+        *left -= 1;
+        if *left == 0 {
+            self.unfinished -= 1;
+            while self.pending.front().is_some_and(|(_, left)| *left == 0) {
+                self.pending.pop_front();
             }
         }
     }
@@ -79,11 +92,11 @@ impl InFlight {
 
     /// Offsets dispatched and not yet finished by every handler.
     pub fn len(&self) -> usize {
-        self.pending.len()
+        self.unfinished
     }
 
     pub fn is_empty(&self) -> bool {
-        self.pending.is_empty()
+        self.unfinished == 0
     }
 
     pub fn holds(&self) -> usize {
@@ -94,7 +107,7 @@ impl InFlight {
     /// last dispatched. `None` before anything was dispatched.
     pub fn committable(&self) -> Option<i64> {
         let next = self.next?;
-        let lowest_pending = self.pending.keys().next().copied().unwrap_or(next);
+        let lowest_pending = self.pending.front().map_or(next, |(offset, _)| *offset);
         let lowest_held = self.holds.values().min().copied().unwrap_or(next);
         Some(lowest_pending.min(lowest_held))
     }
@@ -125,6 +138,25 @@ mod tests {
         // Committed offset is the next one to read, one past the last finished.
         assert_eq!(inflight.committable(), Some(15));
         assert!(inflight.is_empty());
+    }
+
+    #[test]
+    fn offsets_finished_out_of_order_release_only_from_the_lowest() {
+        let mut inflight = InFlight::default();
+        for offset in [3, 4, 7, 8] {
+            inflight.dispatched(offset, 1);
+        }
+        inflight.finished(7);
+        inflight.finished(4);
+        inflight.finished(4); // a repeat report
+        inflight.finished(5); // never dispatched
+        assert_eq!(inflight.len(), 2);
+        assert_eq!(inflight.committable(), Some(3));
+        inflight.finished(3);
+        assert_eq!(inflight.committable(), Some(8));
+        inflight.finished(8);
+        assert!(inflight.is_empty());
+        assert_eq!(inflight.committable(), Some(9));
     }
 
     #[test]

@@ -16,7 +16,7 @@
 
 mod inflight;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,7 +34,7 @@ use super::context::{KafkaConsumer, KafkaPartitionQueue};
 use crate::actors::handler::{Batch, HandlerMsg, Router};
 use crate::actors::producer::dead_letter::{write_dead_letter, Blocked};
 use crate::actors::producer::{Outgoing, ProducerHandle};
-use crate::event::{headers, DecodeError, Event, Source};
+use crate::event::{headers, Body, DecodeError, Event, FieldNames, Source};
 use crate::telemetry::metrics::{
     EVENTS_CONSUMED, EVENTS_INVALID, PARTITION_IN_FLIGHT, PARTITION_REPEATS, PARTITION_REWINDS,
 };
@@ -116,7 +116,68 @@ pub struct FinalPosition {
 struct Outstanding {
     /// Slot generation the events were sent to; a different one means resend.
     generation: u64,
-    events: std::collections::BTreeMap<i64, Arc<Event>>,
+    events: SentEvents,
+}
+
+/// Events of one slot in offset order; finished ones are emptied in place and leave
+/// from the front, so sending and finishing cost no map insert or removal.
+#[derive(Default)]
+struct SentEvents {
+    events: VecDeque<(i64, Option<Arc<Event>>)>,
+    unfinished: usize,
+}
+
+impl SentEvents {
+    fn push(&mut self, event: Arc<Event>) {
+        let offset = event.source.offset;
+        match self.events.back() {
+            Some((last, _)) if *last >= offset => {
+                // Not reached while offsets are dispatched in order; kept sorted anyway.
+                match self.events.binary_search_by_key(&offset, |(o, _)| *o) {
+                    Ok(at) => {
+                        if self.events[at].1.replace(event).is_none() {
+                            self.unfinished += 1;
+                        }
+                    }
+                    Err(at) => {
+                        self.events.insert(at, (offset, Some(event)));
+                        self.unfinished += 1;
+                    }
+                }
+            }
+            _ => {
+                self.events.push_back((offset, Some(event)));
+                self.unfinished += 1;
+            }
+        }
+    }
+
+    /// Whether `offset` was held here (and is now released).
+    fn finish(&mut self, offset: i64) -> bool {
+        let Ok(at) = self.events.binary_search_by_key(&offset, |(o, _)| *o) else {
+            return false;
+        };
+        if self.events[at].1.take().is_none() {
+            return false;
+        }
+        self.unfinished -= 1;
+        while self
+            .events
+            .front()
+            .is_some_and(|(_, event)| event.is_none())
+        {
+            self.events.pop_front();
+        }
+        true
+    }
+
+    fn unfinished(&self) -> impl Iterator<Item = &Arc<Event>> {
+        self.events.iter().filter_map(|(_, event)| event.as_ref())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.unfinished == 0
+    }
 }
 
 /// One decoded (or undecodable) message, detached from librdkafka's buffer.
@@ -125,14 +186,14 @@ struct Taken {
     key: Option<Vec<u8>>,
     headers: Vec<(String, Vec<u8>)>,
     timestamp: Option<i64>,
-    body: Result<serde_json::Map<String, serde_json::Value>, Undecodable>,
+    body: Result<Body, Undecodable>,
 }
 
 /// Why an event could not be decoded, with its original payload for the dead-letter copy.
 type Undecodable = (DecodeError, Option<Vec<u8>>);
 
 impl Taken {
-    fn from_message<M: Message>(message: &M) -> Taken {
+    fn from_message<M: Message>(message: &M, names: &Arc<FieldNames>) -> Taken {
         let headers = message
             .headers()
             .map(|headers| {
@@ -152,7 +213,7 @@ impl Taken {
             key: message.key().map(<[u8]>::to_vec),
             headers,
             timestamp: message.timestamp().to_millis(),
-            body: Event::decode(message.payload())
+            body: Event::decode(message.payload(), names)
                 .map_err(|error| (error, message.payload().map(<[u8]>::to_vec))),
         }
     }
@@ -207,11 +268,12 @@ impl PartitionWorkerState {
         let Some((queue, _)) = &self.source else {
             return Ok(());
         };
+        let names = self.field_names();
         let mut taken = Vec::with_capacity(budget.min(64));
         while taken.len() < budget {
             match queue.poll(Duration::ZERO) {
                 None => break,
-                Some(Ok(message)) => taken.push(Taken::from_message(&message)),
+                Some(Ok(message)) => taken.push(Taken::from_message(&message, &names)),
                 Some(Err(error)) => {
                     tracing::warn!(consumer = %self.consumer_name, topic = %self.topic,
                         partition = self.partition, %error, "consume error");
@@ -225,6 +287,11 @@ impl PartitionWorkerState {
             self.queue_poll(myself);
         }
         Ok(())
+    }
+
+    /// The fields this partition's handlers read, as their settings stand now.
+    fn field_names(&self) -> Arc<FieldNames> {
+        Arc::new(self.router.field_names(&self.router.snapshot()))
     }
 
     /// Hands `taken` to the handlers, skipping repeats; stops at an event below
@@ -372,7 +439,7 @@ impl PartitionWorkerState {
         let generation = current.generation;
         let outstanding = self.outstanding.entry((handler, slot)).or_default();
         let mut events: Vec<Arc<Event>> = if outstanding.generation != generation {
-            outstanding.events.values().cloned().collect()
+            outstanding.events.unfinished().cloned().collect()
         } else {
             Vec::with_capacity(fresh.len())
         };
@@ -381,9 +448,7 @@ impl PartitionWorkerState {
                 handler = %route.pool.name, slot, events = events.len(), "redelivering to restarted handler");
         }
         for event in fresh {
-            outstanding
-                .events
-                .insert(event.source.offset, event.clone());
+            outstanding.events.push(event.clone());
             events.push(event);
         }
         outstanding.generation = generation;
@@ -495,7 +560,7 @@ impl PartitionWorkerState {
         } else if let Some(outstanding) = self.outstanding.get_mut(&(handler, slot)) {
             for offset in offsets {
                 // A repeat report (after a resend) must not finish an offset twice.
-                if outstanding.events.remove(&offset).is_some() {
+                if outstanding.events.finish(offset) {
                     self.inflight.finished(offset);
                 }
             }
@@ -638,7 +703,7 @@ impl Actor for PartitionWorker {
             }
             PartitionWorkerMsg::Stray(message) => {
                 if !state.draining {
-                    let taken = Taken::from_message(&message);
+                    let taken = Taken::from_message(&message, &state.field_names());
                     if let Err(behind) = state.dispatch(&myself, vec![taken]) {
                         return Err(state.rewind(behind).await);
                     }
@@ -694,5 +759,50 @@ impl Actor for PartitionWorker {
         tracing::info!(consumer = %state.consumer_name, topic = %state.topic, partition = state.partition,
             stored = state.stored, in_flight = state.inflight.len(), "partition worker stopped");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::FieldNames;
+
+    fn event(offset: i64) -> Arc<Event> {
+        let payload = br#"{"user_id":"u","item_id":"i","ts":1}"#;
+        Arc::new(Event {
+            source: Source {
+                topic: Arc::from("like"),
+                partition: 0,
+                offset,
+            },
+            key: None,
+            headers: Vec::new(),
+            timestamp: None,
+            body: Event::decode(Some(payload), &Arc::new(FieldNames::default()))
+                .expect("a valid event"),
+        })
+    }
+
+    fn offsets(sent: &SentEvents) -> Vec<i64> {
+        sent.unfinished().map(|e| e.source.offset).collect()
+    }
+
+    #[test]
+    fn sent_events_resend_what_is_unfinished_in_offset_order() {
+        let mut sent = SentEvents::default();
+        for offset in [10, 11, 12, 14] {
+            sent.push(event(offset));
+        }
+        assert!(sent.finish(12));
+        assert!(!sent.finish(12), "a repeat report finishes nothing");
+        assert!(!sent.finish(13), "never sent");
+        assert_eq!(offsets(&sent), [10, 11, 14]);
+        assert!(sent.finish(10));
+        assert!(sent.finish(11));
+        assert_eq!(offsets(&sent), [14]);
+        sent.push(event(13));
+        assert_eq!(offsets(&sent), [13, 14], "kept in order even if sent late");
+        assert!(sent.finish(14) && sent.finish(13));
+        assert!(sent.is_empty());
     }
 }

@@ -7,6 +7,7 @@
 //! restarts. Counts are per process: with several processes (or an early emit on
 //! revoke and shutdown) one (value, window) may appear in several records, which sum.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,7 +78,7 @@ impl Count {
         let now = Utc::now().timestamp_millis();
         let start = now - now.rem_euclid(self.window_ms());
         let mut outcome = BatchOutcome::default();
-        let counted: Vec<(String, &Event)> = batch
+        let counted: Vec<(Cow<'_, str>, &Event)> = batch
             .events
             .iter()
             .filter_map(|event| Some((event.field_text(&self.group_by)?, &**event)))
@@ -90,7 +91,13 @@ impl Count {
         let mut store = self.windows.lock();
         let window = store.windows.entry(start).or_default();
         for (value, event) in counted {
-            *window.counts.entry(value).or_default() += 1;
+            // Most values are counted already: no key allocation for them.
+            match window.counts.get_mut(&*value) {
+                Some(count) => *count += 1,
+                None => {
+                    window.counts.insert(value.into_owned(), 1);
+                }
+            }
             if !window.topics.contains(&*event.source.topic) {
                 window.topics.insert(event.source.topic.to_string());
             }

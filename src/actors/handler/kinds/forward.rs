@@ -13,7 +13,6 @@
 use std::sync::Arc;
 
 use ractor::{ActorProcessingErr, ActorRef, ActorStatus};
-use serde_json::{Map, Value};
 
 use super::super::actor::{BatchOutcome, Settling};
 use super::super::{Batch, HandlerPool};
@@ -241,22 +240,40 @@ impl Settle {
 
 /// The event as written to `topic`: same key and headers plus the source headers.
 pub fn copy_of(event: &Event, topic: &str, fields: Option<&[String]>) -> Outgoing {
-    let body = match fields {
-        Some(fields) => {
-            let reduced: Map<String, Value> = fields
-                .iter()
-                .filter_map(|f| event.body.get(f).map(|v| (f.clone(), v.clone())))
-                .collect();
-            Value::Object(reduced)
-        }
-        None => Value::Object(event.body.clone()),
+    let payload = match fields {
+        Some(fields) => reduced(event, fields),
+        // The payload was validated on the way in: it goes on byte for byte.
+        None => event.body.bytes().to_vec(),
     };
     let mut kafka_headers = event.headers.clone();
     kafka_headers.extend(headers::source(&event.source));
     Outgoing {
         topic: topic.to_owned(),
         key: event.key.clone(),
-        payload: body.to_string().into_bytes(),
+        payload,
         headers: kafka_headers,
     }
+}
+
+/// A JSON object of `fields` only, each value copied as written; absent ones left out.
+fn reduced(event: &Event, fields: &[String]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(event.body.bytes().len());
+    out.push(b'{');
+    for (i, field) in fields.iter().enumerate() {
+        if fields[..i].contains(field) {
+            continue;
+        }
+        let Some(raw) = event.body.raw(field) else {
+            continue;
+        };
+        if out.len() > 1 {
+            out.push(b',');
+        }
+        // Writing a string to a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut out, field);
+        out.push(b':');
+        out.extend_from_slice(raw.as_bytes());
+    }
+    out.push(b'}');
+    out
 }

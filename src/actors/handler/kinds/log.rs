@@ -30,7 +30,7 @@ impl Log {
                 partition = event.source.partition,
                 offset = event.source.offset,
                 key = key.as_deref().unwrap_or(""),
-                event = %serde_json::Value::Object(event.body.clone()),
+                event = event.body.as_str(),
                 "event"
             );
         }
