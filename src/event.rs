@@ -29,11 +29,14 @@ pub struct Source {
 pub struct Event {
     pub source: Source,
     pub key: Option<Vec<u8>>,
-    pub headers: Vec<(String, Vec<u8>)>,
+    pub headers: Headers,
     /// Kafka message timestamp in epoch milliseconds, when the broker gave one.
     pub timestamp: Option<i64>,
     pub body: Body,
 }
+
+/// Kafka headers by name. Names eventd adds are static, so adding them allocates none.
+pub type Headers = Vec<(Cow<'static, str>, Vec<u8>)>;
 
 /// Why a payload is not an event.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -371,6 +374,8 @@ impl<'de> serde::Deserialize<'de> for Key<'de> {
 /// Headers eventd adds to what it writes, so consumers downstream can trace and
 /// de-duplicate events.
 pub mod headers {
+    use std::borrow::Cow;
+
     use super::Source;
 
     pub const SOURCE_TOPIC: &str = "eventd.source.topic";
@@ -380,17 +385,14 @@ pub mod headers {
     pub const ERROR: &str = "eventd.error";
 
     /// Topic, partition and offset of `source`, as UTF-8 text.
-    pub fn source(source: &Source) -> [(String, Vec<u8>); 3] {
+    pub fn source(source: &Source) -> [(Cow<'static, str>, Vec<u8>); 3] {
         [
-            (SOURCE_TOPIC.to_owned(), source.topic.as_bytes().to_vec()),
+            (SOURCE_TOPIC.into(), source.topic.as_bytes().to_vec()),
             (
-                SOURCE_PARTITION.to_owned(),
+                SOURCE_PARTITION.into(),
                 source.partition.to_string().into_bytes(),
             ),
-            (
-                SOURCE_OFFSET.to_owned(),
-                source.offset.to_string().into_bytes(),
-            ),
+            (SOURCE_OFFSET.into(), source.offset.to_string().into_bytes()),
         ]
     }
 }

@@ -34,7 +34,7 @@ pub struct Outgoing {
     pub topic: String,
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
-    pub headers: Vec<(String, Vec<u8>)>,
+    pub headers: crate::event::Headers,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -152,17 +152,27 @@ enum Pending {
 
 impl PendingDelivery {
     pub async fn wait(self) -> Result<Delivery, ProduceError> {
+        let deadline = tokio::time::Instant::now() + self.patience;
+        self.wait_by(deadline).await
+    }
+
+    /// As `wait`, with a deadline shared by many waits (a batch reads the clock once).
+    pub async fn wait_by(self, deadline: tokio::time::Instant) -> Result<Delivery, ProduceError> {
         let topic = self.topic.clone();
-        self.report()
+        self.report(deadline)
             .await
             .map_err(|failure| ProduceError::Delivery { topic, failure })
     }
 
-    async fn report(self) -> Result<Delivery, DeliveryFailure> {
+    /// When a wait that starts now gives up on its report.
+    pub fn deadline(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + self.patience
+    }
+
+    async fn report(self, deadline: tokio::time::Instant) -> Result<Delivery, DeliveryFailure> {
         match self.state {
             Pending::Reported(report) => report,
-            Pending::Waiting(receiver) => match tokio::time::timeout(self.patience, receiver).await
-            {
+            Pending::Waiting(receiver) => match tokio::time::timeout_at(deadline, receiver).await {
                 Ok(Ok(report)) => report,
                 Ok(Err(_)) => Err(DeliveryFailure::without_code(
                     "the producer stopped before the delivery report",
@@ -404,7 +414,7 @@ impl ProducerHandle {
                     state: Pending::Waiting(receiver),
                     patience,
                 }
-                .report()
+                .report(tokio::time::Instant::now() + patience)
                 .await,
             ),
         };
@@ -457,6 +467,13 @@ impl ProducerHandle {
     /// A producer installed after generation `broken` (any, for `u64::MAX`), waiting
     /// up to `message_timeout` for the ProducerActor's restart.
     async fn producer_after(&self, broken: u64) -> Result<(Arc<KafkaProducer>, u64), ProduceError> {
+        // The common case, without reading the clock.
+        let generation = self.shared.generation.load(Ordering::Acquire);
+        if generation != broken {
+            if let Some(producer) = self.current() {
+                return Ok((producer, generation));
+            }
+        }
         let deadline = Instant::now() + self.shared.message_timeout;
         let mut backoff = Duration::from_millis(10);
         loop {

@@ -16,6 +16,7 @@
 
 mod inflight;
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -184,7 +185,7 @@ impl SentEvents {
 struct Taken {
     offset: i64,
     key: Option<Vec<u8>>,
-    headers: Vec<(String, Vec<u8>)>,
+    headers: crate::event::Headers,
     timestamp: Option<i64>,
     body: Result<Body, Undecodable>,
 }
@@ -201,7 +202,7 @@ impl Taken {
                     .iter()
                     .map(|h| {
                         (
-                            h.key.to_owned(),
+                            Cow::Owned(h.key.to_owned()),
                             h.value.map(<[u8]>::to_vec).unwrap_or_default(),
                         )
                     })
@@ -497,7 +498,7 @@ impl PartitionWorkerState {
         myself: &ActorRef<PartitionWorkerMsg>,
         offset: i64,
         key: Option<Vec<u8>>,
-        mut kafka_headers: Vec<(String, Vec<u8>)>,
+        mut kafka_headers: crate::event::Headers,
         payload: Option<Vec<u8>>,
         error: DecodeError,
     ) {
@@ -515,7 +516,7 @@ impl PartitionWorkerState {
             offset,
         };
         kafka_headers.extend(headers::source(&source));
-        kafka_headers.push((headers::ERROR.to_owned(), error.to_string().into_bytes()));
+        kafka_headers.push((headers::ERROR.into(), error.to_string().into_bytes()));
         let outgoing = Outgoing {
             topic,
             key,

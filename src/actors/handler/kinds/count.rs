@@ -223,7 +223,7 @@ impl Count {
         record.topic = topic.clone();
         record
             .headers
-            .push((headers::ERROR.to_owned(), error.to_string().into_bytes()));
+            .push((headers::ERROR.into(), error.to_string().into_bytes()));
         self.producer
             .enqueue_dead_letter(record)
             .await?

@@ -115,9 +115,13 @@ impl Settle {
     async fn run(mut self) -> Result<(), ActorProcessingErr> {
         let mut refused = Vec::new();
         let mut failed = Vec::new();
+        let mut deadline = None;
         for copy in std::mem::take(&mut self.copies) {
             match copy {
-                Copy::Queued(event, delivery) => match delivery.wait().await {
+                Copy::Queued(event, delivery) => match {
+                    let by = *deadline.get_or_insert_with(|| delivery.deadline());
+                    delivery.wait_by(by).await
+                } {
                     Ok(_) => {}
                     Err(error) if error.is_permanent() => refused.push((event, error)),
                     Err(error) => failed.push((event, error)),
@@ -226,7 +230,7 @@ impl Settle {
             offset = event.source.offset, %error, dead_letter = %topic, "event cannot be forwarded, dead-lettered");
         let mut copy = copy_of(event, topic, None);
         copy.headers
-            .push((headers::ERROR.to_owned(), error.to_string().into_bytes()));
+            .push((headers::ERROR.into(), error.to_string().into_bytes()));
         write_dead_letter(
             &self.producer,
             copy,
