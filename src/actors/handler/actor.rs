@@ -20,8 +20,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
 
 use super::kinds::{Behaviour, SlotMemory};
-use super::{Batch, HandlerMsg, HandlerPool};
-use crate::actors::consumer::partition_worker::PartitionWorkerMsg;
+use super::{Batch, BatchSource, HandlerMsg, HandlerPool};
 use crate::actors::producer::ProducerHandle;
 use crate::telemetry::metrics::{EVENTS_HANDLED, HANDLER_BATCH_SIZE, HANDLER_DURATION};
 
@@ -118,12 +117,10 @@ async fn handle_batch(
         count: batch.events.len(),
         skipped: outcome.skipped,
         reply_to: batch.reply_to,
-        message: PartitionWorkerMsg::Finished {
-            handler: batch.handler,
-            slot: batch.slot,
-            offsets: batch.events.iter().map(|e| e.source.offset).collect(),
-            holds: outcome.holds,
-        },
+        handler: batch.handler,
+        slot: batch.slot,
+        offsets: batch.events.iter().map(|e| e.source.offset).collect(),
+        holds: outcome.holds,
     };
     let Some(settling) = outcome.settling else {
         report.send();
@@ -198,8 +195,11 @@ struct FinishedReport {
     started: Instant,
     count: usize,
     skipped: usize,
-    reply_to: ActorRef<PartitionWorkerMsg>,
-    message: PartitionWorkerMsg,
+    reply_to: Arc<dyn BatchSource>,
+    handler: usize,
+    slot: usize,
+    offsets: Vec<i64>,
+    holds: Vec<(i64, i64)>,
 }
 
 impl FinishedReport {
@@ -212,7 +212,8 @@ impl FinishedReport {
         }
         self.handled.ok.increment(self.count as u64 - skipped);
         // The worker may be gone (partition revoked); then nothing waits for this report.
-        let _ = self.reply_to.send_message(self.message);
+        self.reply_to
+            .finished(self.handler, self.slot, self.offsets, self.holds);
     }
 }
 

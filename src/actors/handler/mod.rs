@@ -19,9 +19,8 @@ pub use supervisor::{build_pools, HandlerSupervisor, HandlerSupervisorArgs, Hand
 
 use std::sync::Arc;
 
-use ractor::{ActorRef, RpcReplyPort};
+use ractor::{ActorId, RpcReplyPort};
 
-use crate::actors::consumer::partition_worker::PartitionWorkerMsg;
 use crate::actors::producer::dead_letter::Blocked;
 use crate::event::Event;
 
@@ -39,10 +38,24 @@ pub enum HandlerMsg {
     WriteFailed(String),
 }
 
+/// The partition a batch came from, as handlers see it: where they report what they
+/// finished. The partition worker implements it; the handler layer knows no more of it.
+pub trait BatchSource: Send + Sync + 'static {
+    /// `offsets` of one batch are finished; `holds` lists count windows that now hold
+    /// offsets of this partition (window start, first offset).
+    fn finished(&self, handler: usize, slot: usize, offsets: Vec<i64>, holds: Vec<(i64, i64)>);
+    /// A count window that held offsets of this partition was emitted and acknowledged.
+    fn released(&self, handler: usize, slot: usize, window: i64);
+    /// False once the partition is gone (revoked, stopped): nothing waits on its writes.
+    fn is_open(&self) -> bool;
+    /// Tells sources apart, so a count window remembers each contributor once.
+    fn id(&self) -> ActorId;
+}
+
 /// A run of events of one partition for one handler actor.
 pub struct Batch {
     pub events: Vec<Arc<Event>>,
-    pub reply_to: ActorRef<PartitionWorkerMsg>,
+    pub reply_to: Arc<dyn BatchSource>,
     /// The source partition's blocked marker, for writes its offset waits on.
     pub blocked: Arc<Blocked>,
     /// Which pool and which actor in it, echoed back in the finished report.

@@ -32,7 +32,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use super::context::{KafkaConsumer, KafkaPartitionQueue};
-use crate::actors::handler::{Batch, HandlerMsg, Router};
+use crate::actors::handler::{Batch, BatchSource, HandlerMsg, Router};
 use crate::actors::producer::dead_letter::{write_dead_letter, Blocked};
 use crate::actors::producer::{Outgoing, ProducerHandle};
 use crate::event::{headers, Body, DecodeError, Event, FieldNames, Source};
@@ -252,6 +252,36 @@ pub struct PartitionWorkerState {
     in_flight_gauge: Gauge,
     /// Marked while a write this partition's offset waits on keeps failing.
     blocked: Arc<Blocked>,
+    /// This worker as the handlers of its batches see it.
+    source_handle: Arc<dyn BatchSource>,
+}
+
+impl BatchSource for ActorRef<PartitionWorkerMsg> {
+    fn finished(&self, handler: usize, slot: usize, offsets: Vec<i64>, holds: Vec<(i64, i64)>) {
+        // The worker may be gone (partition revoked); then nothing waits for this report.
+        let _ = self.send_message(PartitionWorkerMsg::Finished {
+            handler,
+            slot,
+            offsets,
+            holds,
+        });
+    }
+
+    fn released(&self, handler: usize, slot: usize, window: i64) {
+        let _ = self.send_message(PartitionWorkerMsg::Released {
+            handler,
+            slot,
+            window,
+        });
+    }
+
+    fn is_open(&self) -> bool {
+        self.get_status() == ractor::ActorStatus::Running
+    }
+
+    fn id(&self) -> ractor::ActorId {
+        self.get_id()
+    }
 }
 
 impl PartitionWorkerState {
@@ -362,7 +392,7 @@ impl PartitionWorkerState {
             self.inflight.dispatched(message.offset, handlers);
         }
         for ((handler, slot), events) in batches {
-            self.send(myself, handler, slot, events);
+            self.send(handler, slot, events);
         }
         if let (Some(first), Some(last)) = (repeats.first(), repeats.last()) {
             // Offsets never change what they hold, so an offset between the first
@@ -425,13 +455,7 @@ impl PartitionWorkerState {
     }
 
     /// Sends `fresh` to a slot, preceded by everything the slot's previous actor held.
-    fn send(
-        &mut self,
-        myself: &ActorRef<PartitionWorkerMsg>,
-        handler: usize,
-        slot: usize,
-        fresh: Vec<Arc<Event>>,
-    ) {
+    fn send(&mut self, handler: usize, slot: usize, fresh: Vec<Arc<Event>>) {
         let Some(route) = self.router.routes.iter().find(|r| r.pool.index == handler) else {
             return;
         };
@@ -460,7 +484,7 @@ impl PartitionWorkerState {
             actor
                 .send_message(HandlerMsg::Batch(Batch {
                     events,
-                    reply_to: myself.clone(),
+                    reply_to: self.source_handle.clone(),
                     blocked: self.blocked.clone(),
                     handler,
                     slot,
@@ -474,7 +498,7 @@ impl PartitionWorkerState {
     }
 
     /// Resends to slots whose actor was replaced since the events were sent.
-    fn resend_to_restarted(&mut self, myself: &ActorRef<PartitionWorkerMsg>) {
+    fn resend_to_restarted(&mut self) {
         let stale: Vec<(usize, usize)> = self
             .outstanding
             .iter()
@@ -489,7 +513,7 @@ impl PartitionWorkerState {
             .map(|(key, _)| *key)
             .collect();
         for (handler, slot) in stale {
-            self.send(myself, handler, slot, Vec::new());
+            self.send(handler, slot, Vec::new());
         }
     }
 
@@ -657,6 +681,7 @@ impl Actor for PartitionWorker {
             "partition" => args.partition.to_string());
         tracing::info!(consumer = %args.consumer_name, topic = %args.topic, partition = args.partition, "partition worker started");
         Ok(PartitionWorkerState {
+            source_handle: Arc::new(myself.clone()),
             blocked: Arc::new(Blocked::new(
                 &args.consumer_name,
                 &args.topic,
@@ -695,7 +720,7 @@ impl Actor for PartitionWorker {
         match message {
             PartitionWorkerMsg::Poll => {
                 state.poll_queued.store(false, Ordering::Release);
-                state.resend_to_restarted(&myself);
+                state.resend_to_restarted();
                 if !state.draining {
                     if let Err(behind) = state.read(&myself) {
                         return Err(state.rewind(behind).await);

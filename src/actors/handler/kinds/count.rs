@@ -14,12 +14,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use parking_lot::Mutex;
-use ractor::{ActorId, ActorProcessingErr, ActorRef};
+use ractor::{ActorId, ActorProcessingErr};
 use serde_json::json;
 
 use super::super::actor::BatchOutcome;
-use super::super::{Batch, HandlerPool};
-use crate::actors::consumer::partition_worker::PartitionWorkerMsg;
+use super::super::{Batch, BatchSource, HandlerPool};
 use crate::actors::producer::{Outgoing, ProduceError, ProducerHandle};
 use crate::config::HandlerConfig;
 use crate::event::{headers, Event};
@@ -36,7 +35,7 @@ struct Window {
     counts: HashMap<String, u64>,
     topics: BTreeSet<String>,
     /// Workers whose offsets this window holds; told when it is emitted.
-    contributors: HashMap<ActorId, ActorRef<PartitionWorkerMsg>>,
+    contributors: HashMap<ActorId, Arc<dyn BatchSource>>,
 }
 
 pub struct Count {
@@ -104,7 +103,7 @@ impl Count {
         }
         window
             .contributors
-            .entry(batch.reply_to.get_id())
+            .entry(batch.reply_to.id())
             .or_insert_with(|| batch.reply_to.clone());
         Ok(outcome)
     }
@@ -149,11 +148,7 @@ impl Count {
             .increment(1);
             tracing::debug!(handler = %pool.name, slot, window_start = start, values = window.counts.len(), partial, "count window emitted");
             for worker in window.contributors.values() {
-                let _ = worker.send_message(PartitionWorkerMsg::Released {
-                    handler: pool.index,
-                    slot,
-                    window: start,
-                });
+                worker.released(pool.index, slot, start);
             }
         }
         Ok(())

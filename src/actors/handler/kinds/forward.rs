@@ -12,11 +12,10 @@
 
 use std::sync::Arc;
 
-use ractor::{ActorProcessingErr, ActorRef, ActorStatus};
+use ractor::ActorProcessingErr;
 
 use super::super::actor::{BatchOutcome, Settling};
-use super::super::{Batch, HandlerPool};
-use crate::actors::consumer::partition_worker::PartitionWorkerMsg;
+use super::super::{Batch, BatchSource, HandlerPool};
 use crate::actors::producer::dead_letter::{write_dead_letter, Blocked, Retry};
 use crate::actors::producer::{Outgoing, PendingDelivery, ProduceError, ProducerHandle};
 use crate::config::HandlerConfig;
@@ -43,7 +42,7 @@ struct Settle {
     producer: ProducerHandle,
     dead_letter: Option<String>,
     blocked: Arc<Blocked>,
-    worker: ActorRef<PartitionWorkerMsg>,
+    worker: Arc<dyn BatchSource>,
     copies: Vec<Copy>,
 }
 
@@ -118,14 +117,14 @@ impl Settle {
         let mut deadline = None;
         for copy in std::mem::take(&mut self.copies) {
             match copy {
-                Copy::Queued(event, delivery) => match {
+                Copy::Queued(event, delivery) => {
                     let by = *deadline.get_or_insert_with(|| delivery.deadline());
-                    delivery.wait_by(by).await
-                } {
-                    Ok(_) => {}
-                    Err(error) if error.is_permanent() => refused.push((event, error)),
-                    Err(error) => failed.push((event, error)),
-                },
+                    match delivery.wait_by(by).await {
+                        Ok(_) => {}
+                        Err(error) if error.is_permanent() => refused.push((event, error)),
+                        Err(error) => failed.push((event, error)),
+                    }
+                }
                 Copy::Refused(event, error) => refused.push((event, error)),
             }
         }
@@ -164,7 +163,7 @@ impl Settle {
                     &error.to_string(),
                 )
                 .await;
-            if self.worker.get_status() != ActorStatus::Running {
+            if !self.worker.is_open() {
                 break;
             }
             let mut queued = Vec::with_capacity(failed.len());
@@ -192,7 +191,7 @@ impl Settle {
     /// with none set, retried at the longest backoff with its partition marked blocked,
     /// because skipping it would lose it.
     async fn set_aside(&self, event: &Event, error: &ProduceError) {
-        let worker_running = || self.worker.get_status() == ActorStatus::Running;
+        let worker_running = || self.worker.is_open();
         let Some(topic) = &self.dead_letter else {
             let mut retry = Retry::new(&self.blocked);
             let mut error = error.to_string();
