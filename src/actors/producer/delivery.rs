@@ -2,11 +2,10 @@
 //! to whoever awaits that event's acknowledgement. Each event carries a ticket holding
 //! its in-flight permit, so the bound on unacknowledged events is freed only by a report.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
-use metrics::{Counter, Gauge, Histogram};
-use parking_lot::Mutex;
+use metrics::{Gauge, Histogram};
 use ractor::ActorRef;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
@@ -14,8 +13,9 @@ use rdkafka::producer::{DeliveryResult, ProducerContext};
 use rdkafka::ClientContext;
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
+use super::handle::TopicState;
 use super::ProducerMsg;
-use crate::telemetry::metrics::{PRODUCER_DELIVERY, PRODUCER_MESSAGES, PRODUCER_QUEUE_DEPTH};
+use crate::telemetry::metrics::{PRODUCER_DELIVERY, PRODUCER_QUEUE_DEPTH};
 
 /// Where the broker put an acknowledged event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,14 +46,14 @@ pub struct Ticket {
     pub reply: oneshot::Sender<Result<Delivery, DeliveryFailure>>,
     pub enqueued: Instant,
     pub permit: OwnedSemaphorePermit,
+    /// The topic's delivery counters, found when the event was sent.
+    pub topic: Arc<TopicState>,
 }
 
 pub struct DeliveryContext {
     actor: ActorRef<ProducerMsg>,
     queue_depth: Gauge,
     delivery_seconds: Histogram,
-    /// `(delivered, failed)` counters per topic, so a report allocates no label.
-    outcomes: Mutex<HashMap<String, (Counter, Counter)>>,
 }
 
 impl DeliveryContext {
@@ -62,22 +62,7 @@ impl DeliveryContext {
             actor,
             queue_depth: metrics::gauge!(PRODUCER_QUEUE_DEPTH),
             delivery_seconds: metrics::histogram!(PRODUCER_DELIVERY),
-            outcomes: Mutex::new(HashMap::new()),
         }
-    }
-
-    fn count(&self, topic: &str, delivered: bool) {
-        let mut outcomes = self.outcomes.lock();
-        let (ok, failed) = match outcomes.get(topic) {
-            Some(counters) => counters,
-            None => outcomes.entry(topic.to_owned()).or_insert_with(|| {
-                (
-                    metrics::counter!(PRODUCER_MESSAGES, "topic" => topic.to_owned(), "outcome" => "delivered"),
-                    metrics::counter!(PRODUCER_MESSAGES, "topic" => topic.to_owned(), "outcome" => "failed"),
-                )
-            }),
-        };
-        if delivered { ok } else { failed }.increment(1);
     }
 }
 
@@ -99,14 +84,14 @@ impl ProducerContext for DeliveryContext {
             .record(ticket.enqueued.elapsed().as_secs_f64());
         let report = match result {
             Ok(message) => {
-                self.count(message.topic(), true);
+                ticket.topic.delivered.increment(1);
                 Ok(Delivery {
                     partition: message.partition(),
                     offset: message.offset(),
                 })
             }
-            Err((error, message)) => {
-                self.count(message.topic(), false);
+            Err((error, _)) => {
+                ticket.topic.failed.increment(1);
                 Err(DeliveryFailure {
                     code: error.rdkafka_error_code(),
                     reason: error.to_string(),

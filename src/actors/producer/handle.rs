@@ -4,11 +4,12 @@
 //! for the delivery report before returning.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
+use metrics::Counter;
 use parking_lot::Mutex;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -206,9 +207,25 @@ impl Drop for Held {
     }
 }
 
-struct TopicPartitions {
-    count: i32,
-    checked: Instant,
+/// What the handle knows of one topic, shared lock-free by every send to it.
+pub struct TopicState {
+    count: AtomicI32,
+    /// When the count was last asked for, in milliseconds since `Shared::epoch`.
+    checked_ms: AtomicU64,
+    /// `eventd_producer_messages_total` of delivery reports, so a report looks up no label.
+    pub delivered: Counter,
+    pub failed: Counter,
+}
+
+impl TopicState {
+    fn new(topic: &str, count: i32, checked_ms: u64) -> Self {
+        Self {
+            count: AtomicI32::new(count),
+            checked_ms: AtomicU64::new(checked_ms),
+            delivered: metrics::counter!(PRODUCER_MESSAGES, "topic" => topic.to_owned(), "outcome" => "delivered"),
+            failed: metrics::counter!(PRODUCER_MESSAGES, "topic" => topic.to_owned(), "outcome" => "failed"),
+        }
+    }
 }
 
 struct Shared {
@@ -221,7 +238,10 @@ struct Shared {
     message_timeout: Duration,
     in_flight: Arc<Semaphore>,
     partitioners: Partitioners,
-    partition_counts: Mutex<HashMap<String, TopicPartitions>>,
+    /// Topics sent to; replaced whole when one is added, read without a lock.
+    topics: ArcSwap<HashMap<String, Arc<TopicState>>>,
+    /// Origin of `TopicState::checked_ms`.
+    epoch: Instant,
     /// One metadata request at a time per topic not yet known, so the first events of
     /// a new topic do not each ask the broker, and a slow answer for one topic does
     /// not hold up sends to the others.
@@ -250,7 +270,8 @@ impl ProducerHandle {
                 message_timeout: config.message_timeout,
                 in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
                 partitioners: Partitioners::new(config),
-                partition_counts: Mutex::new(HashMap::new()),
+                topics: ArcSwap::from_pointee(HashMap::new()),
+                epoch: Instant::now(),
                 first_fetch: Mutex::new(HashMap::new()),
                 generation: AtomicU64::new(0),
                 queue_depth: metrics::gauge!(PRODUCER_QUEUE_DEPTH),
@@ -322,7 +343,9 @@ impl ProducerHandle {
             .map_err(|_| ProduceError::NotRunning)?;
         let (producer, mut generation) = self.running_producer().await?;
         let mut producer = Held(Some(producer));
-        let count = self.partition_count(producer.get()?, &event.topic).await?;
+        let now = Instant::now();
+        let topic = self.topic_state(producer.get()?, &event.topic, now).await?;
+        let count = topic.count.load(Ordering::Relaxed);
         let partition = self
             .shared
             .partitioners
@@ -334,8 +357,9 @@ impl ProducerHandle {
         let (reply, receiver) = oneshot::channel();
         let ticket = Box::new(Ticket {
             reply,
-            enqueued: Instant::now(),
+            enqueued: now,
             permit,
+            topic,
         });
         let mut record: BaseRecord<'_, [u8], [u8], Box<Ticket>> =
             BaseRecord::with_opaque_to(&event.topic, ticket)
@@ -491,39 +515,45 @@ impl ProducerHandle {
         }
     }
 
-    /// The partition count of `topic`. Only a topic's first event waits for the broker;
-    /// afterwards a count older than `PARTITION_COUNT_TTL` is refreshed in the
-    /// background by one sender while every sender goes on with the count it has.
-    async fn partition_count(
+    fn millis_since_epoch(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.shared.epoch).as_millis() as u64
+    }
+
+    /// What is known of `topic`, its partition count above all. Only a topic's first
+    /// event waits for the broker; afterwards a count older than `PARTITION_COUNT_TTL`
+    /// is refreshed in the background by one sender while every sender goes on with
+    /// the count it has.
+    async fn topic_state(
         &self,
         producer: &Arc<KafkaProducer>,
         topic: &str,
-    ) -> Result<i32, ProduceError> {
-        let stale = {
-            let mut counts = self.shared.partition_counts.lock();
-            match counts.get_mut(topic) {
-                Some(entry) if entry.checked.elapsed() < PARTITION_COUNT_TTL => {
-                    return Ok(entry.count)
-                }
-                Some(entry) => {
-                    entry.checked = Instant::now();
-                    Some(entry.count)
-                }
-                None => None,
+        now: Instant,
+    ) -> Result<Arc<TopicState>, ProduceError> {
+        let known = self.shared.topics.load().get(topic).cloned();
+        if let Some(state) = known {
+            let now_ms = self.millis_since_epoch(now);
+            let checked = state.checked_ms.load(Ordering::Relaxed);
+            let stale = now_ms.saturating_sub(checked) >= PARTITION_COUNT_TTL.as_millis() as u64;
+            // One sender wins the refresh; the others go on with the count they have.
+            if stale
+                && state
+                    .checked_ms
+                    .compare_exchange(checked, now_ms, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+            {
+                let refreshed = state.clone();
+                let producer = producer.clone();
+                let topic = topic.to_owned();
+                tokio::spawn(async move {
+                    match fetch_partition_count(producer, topic.clone()).await {
+                        Ok(fresh) => refreshed.count.store(fresh, Ordering::Relaxed),
+                        Err(reason) => tracing::warn!(%topic, %reason,
+                            partitions = refreshed.count.load(Ordering::Relaxed),
+                            "cannot refresh partition count, keeping the last one"),
+                    }
+                });
             }
-        };
-        if let Some(count) = stale {
-            let handle = self.clone();
-            let producer = producer.clone();
-            let topic = topic.to_owned();
-            tokio::spawn(async move {
-                match fetch_partition_count(producer, topic.clone()).await {
-                    Ok(fresh) => handle.remember_count(&topic, fresh),
-                    Err(reason) => tracing::warn!(%topic, %reason, partitions = count,
-                        "cannot refresh partition count, keeping the last one"),
-                }
-            });
-            return Ok(count);
+            return Ok(state);
         }
         // One metadata request per new topic; senders to other topics do not wait.
         let topic_lock = self
@@ -534,8 +564,8 @@ impl ProducerHandle {
             .or_default()
             .clone();
         let _only_fetch = topic_lock.lock().await;
-        if let Some(entry) = self.shared.partition_counts.lock().get(topic) {
-            return Ok(entry.count);
+        if let Some(state) = self.shared.topics.load().get(topic) {
+            return Ok(state.clone());
         }
         let count = fetch_partition_count(producer.clone(), topic.to_owned())
             .await
@@ -543,18 +573,17 @@ impl ProducerHandle {
                 topic: topic.to_owned(),
                 reason,
             })?;
-        self.remember_count(topic, count);
-        Ok(count)
-    }
-
-    fn remember_count(&self, topic: &str, count: i32) {
-        self.shared.partition_counts.lock().insert(
-            topic.to_owned(),
-            TopicPartitions {
-                count,
-                checked: Instant::now(),
-            },
-        );
+        let state = Arc::new(TopicState::new(
+            topic,
+            count,
+            self.millis_since_epoch(Instant::now()),
+        ));
+        self.shared.topics.rcu(|topics| {
+            let mut topics = HashMap::clone(topics);
+            topics.insert(topic.to_owned(), state.clone());
+            topics
+        });
+        Ok(state)
     }
 
     /// Triggers a fatal producer error, as a fenced or broken idempotent producer would.
