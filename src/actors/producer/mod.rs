@@ -8,13 +8,14 @@ pub mod dead_letter;
 mod delivery;
 mod handle;
 pub mod partitioner;
+mod polled;
 mod supervisor;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
-use rdkafka::producer::{Producer, ThreadedProducer};
+use rdkafka::producer::Producer;
 
 use crate::config::Config;
 use crate::kafka::{producer_config, Brokers};
@@ -23,7 +24,7 @@ pub use delivery::{Delivery, DeliveryContext, DeliveryFailure};
 pub use handle::{is_permanent_rejection, Outgoing, PendingDelivery, ProduceError, ProducerHandle};
 pub use supervisor::ProducerSupervisor;
 
-type KafkaProducer = ThreadedProducer<DeliveryContext>;
+type KafkaProducer = polled::PolledProducer<DeliveryContext>;
 
 pub struct ProducerActor;
 
@@ -76,8 +77,10 @@ impl Actor for ProducerActor {
         myself: ActorRef<Self::Msg>,
         args: ProducerArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let producer: KafkaProducer = producer_config(&args.config, &args.brokers)
-            .create_with_context(DeliveryContext::new(myself))?;
+        let producer = KafkaProducer::new(
+            &producer_config(&args.config, &args.brokers),
+            DeliveryContext::new(myself),
+        )?;
         if let Some(old) = args.handle.install(Some(Arc::new(producer))) {
             retire(old).await;
         }
