@@ -33,12 +33,10 @@ impl HandlerSettings {
         }
     }
 
-    fn wants(&self, event: &Event) -> bool {
-        self.topics.contains(&*event.source.topic)
-            && self
-                .filter
-                .iter()
-                .all(|(field, condition)| condition.matches(event.body.get(field).as_ref()))
+    fn matches(&self, event: &Event) -> bool {
+        self.filter
+            .iter()
+            .all(|(field, condition)| condition.matches(event.body.get(field).as_ref()))
     }
 }
 
@@ -152,18 +150,25 @@ impl Router {
         }
     }
 
-    /// Settings of every route, loaded once per batch of events.
-    pub fn snapshot(&self) -> Vec<Arc<HandlerSettings>> {
+    /// Settings of every route that takes `topic`, loaded once per batch of events
+    /// (a batch comes from one partition); `None` for the routes that do not.
+    pub fn snapshot(&self, topic: &str) -> Vec<Option<Arc<HandlerSettings>>> {
         self.routes
             .iter()
-            .map(|route| route.pool.settings.load_full())
+            .map(|route| {
+                let settings = route.pool.settings.load_full();
+                settings.topics.contains(topic).then_some(settings)
+            })
             .collect()
     }
 
     /// The fields these settings and pools read, for decoding to record.
-    pub fn field_names(&self, settings: &[Arc<HandlerSettings>]) -> FieldNames {
+    pub fn field_names(&self, settings: &[Option<Arc<HandlerSettings>>]) -> FieldNames {
         let mut names: Vec<&str> = Vec::new();
         for (route, settings) in self.routes.iter().zip(settings) {
+            let Some(settings) = settings else {
+                continue;
+            };
             names.extend(settings.filter.keys().map(String::as_str));
             names.extend(settings.fields.iter().flatten().map(String::as_str));
             names.extend(route.pool.group_by.as_deref());
@@ -174,12 +179,12 @@ impl Router {
     /// Calls `each(route index, slot)` for every handler that wants `event`.
     pub fn route(
         &self,
-        settings: &[Arc<HandlerSettings>],
+        settings: &[Option<Arc<HandlerSettings>>],
         event: &Event,
         mut each: impl FnMut(usize, usize),
     ) {
         for (i, (route, settings)) in self.routes.iter().zip(settings).enumerate() {
-            if settings.wants(event) {
+            if settings.as_ref().is_some_and(|s| s.matches(event)) {
                 each(i, route.pool.slot_of(event));
             }
         }

@@ -322,7 +322,7 @@ impl PartitionWorkerState {
 
     /// The fields this partition's handlers read, as their settings stand now.
     fn field_names(&self) -> Arc<FieldNames> {
-        Arc::new(self.router.field_names(&self.router.snapshot()))
+        Arc::new(self.router.field_names(&self.router.snapshot(&self.topic)))
     }
 
     /// Hands `taken` to the handlers, skipping repeats; stops at an event below
@@ -335,10 +335,11 @@ impl PartitionWorkerState {
         if taken.is_empty() {
             return Ok(());
         }
-        let settings = self.router.snapshot();
+        let settings = self.router.snapshot(&self.topic);
         let mut batches: HashMap<(usize, usize), Vec<Arc<Event>>> = HashMap::new();
         let mut behind = None;
         let mut repeats = Vec::new();
+        let mut consumed = 0;
         for message in taken {
             match self.inflight.arrival(message.offset) {
                 Arrival::InOrder => {}
@@ -354,7 +355,7 @@ impl PartitionWorkerState {
                     break;
                 }
             }
-            self.consumed.increment(1);
+            consumed += 1;
             let body = match message.body {
                 Ok(body) => body,
                 Err((error, payload)) => {
@@ -391,6 +392,7 @@ impl PartitionWorkerState {
             });
             self.inflight.dispatched(message.offset, handlers);
         }
+        self.consumed.increment(consumed);
         for ((handler, slot), events) in batches {
             self.send(handler, slot, events);
         }
