@@ -334,6 +334,53 @@ impl Broker {
         producer.flush(Duration::from_secs(30)).expect("flush");
     }
 
+    /// Produces `(key, payload)` pairs to `topic` as they come (for backlogs too large
+    /// to hold in memory at once), waits for all of them and returns how many the
+    /// broker acknowledged; panics naming the first failed delivery.
+    pub fn produce_stream(
+        &self,
+        topic: &str,
+        events: impl IntoIterator<Item = (String, Vec<u8>)>,
+    ) -> u64 {
+        let producer: BaseProducer<DeliveryCount> = ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap())
+            .set("linger.ms", "5")
+            // As `producer()`: the batch size bounds how far one fetch overshoots.
+            .set("batch.size", "16384")
+            .create_with_context(DeliveryCount::default())
+            .expect("producer");
+        let mut sent = 0u64;
+        for (key, payload) in events {
+            let mut record = BaseRecord::to(topic).key(key.as_str()).payload(&payload);
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((_, back)) => {
+                        record = back;
+                        producer.poll(Duration::from_millis(10));
+                    }
+                }
+            }
+            sent += 1;
+            producer.poll(Duration::ZERO);
+        }
+        producer.flush(Duration::from_secs(60)).expect("flush");
+        let context = producer.context();
+        if let Some(error) = context.first_error.lock().expect("delivery lock").as_ref() {
+            panic!(
+                "{topic}: {} of {sent} deliveries failed, first: {error}\nbroker log:\n{}",
+                context.failed.load(std::sync::atomic::Ordering::Relaxed),
+                self.log_tail(20)
+            );
+        }
+        let delivered = context.delivered.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(
+            delivered, sent,
+            "{topic}: {delivered} of {sent} acknowledged"
+        );
+        delivered
+    }
+
     /// Produces raw bytes (for malformed events).
     pub fn produce_raw(&self, topic: &str, key: &str, payload: &[u8]) {
         let producer = self.producer();
@@ -375,6 +422,34 @@ impl Broker {
                 return reader.records;
             }
             std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// Delivery reports of `Broker::produce_stream`: acknowledged and failed counts.
+#[derive(Default)]
+struct DeliveryCount {
+    delivered: std::sync::atomic::AtomicU64,
+    failed: std::sync::atomic::AtomicU64,
+    first_error: Mutex<Option<String>>,
+}
+
+impl rdkafka::ClientContext for DeliveryCount {}
+
+impl rdkafka::producer::ProducerContext for DeliveryCount {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &rdkafka::producer::DeliveryResult<'_>, _: ()) {
+        use std::sync::atomic::Ordering::Relaxed;
+        match result {
+            Ok(_) => {
+                self.delivered.fetch_add(1, Relaxed);
+            }
+            Err((error, _)) => {
+                self.failed.fetch_add(1, Relaxed);
+                let mut first = self.first_error.lock().expect("delivery lock");
+                first.get_or_insert_with(|| error.to_string());
+            }
         }
     }
 }
@@ -800,7 +875,7 @@ impl Eventd {
 
 /// Sum of the samples of `metric` in a Prometheus page whose labels contain `labels`;
 /// None when there is none.
-fn samples(body: &str, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
+pub fn samples(body: &str, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let values: Vec<f64> = body
         .lines()
         .filter(|line| line.starts_with(metric) && !line.starts_with('#'))
