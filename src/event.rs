@@ -241,18 +241,59 @@ impl Body {
     /// `field` as text: a string's contents, a number as written, other values as
     /// compact JSON; `None` when absent or null.
     pub fn text(&self, field: &str) -> Option<Cow<'_, str>> {
-        let raw = self.raw(field)?;
-        match raw.as_bytes()[0] {
-            b'"' => string_value(raw),
-            b'n' => None,
-            b'-' | b'0'..=b'9' if raw.bytes().all(|b| b == b'-' || b.is_ascii_digit()) => {
-                Some(Cow::Borrowed(raw))
-            }
-            _ => serde_json::from_str::<Value>(raw)
-                .ok()
-                .map(|value| Cow::Owned(value.to_string())),
-        }
+        value_text(self.raw(field)?)
     }
+}
+
+/// A JSON value as text: a string's contents, an integer as written, other values as
+/// compact JSON; `None` for null.
+pub fn value_text(raw: &str) -> Option<Cow<'_, str>> {
+    match raw.as_bytes().first()? {
+        b'"' => string_value(raw),
+        b'n' => None,
+        b'-' | b'0'..=b'9' if raw.bytes().all(|b| b == b'-' || b.is_ascii_digit()) => {
+            Some(Cow::Borrowed(raw))
+        }
+        _ => serde_json::from_str::<Value>(raw)
+            .ok()
+            .map(|value| Cow::Owned(value.to_string())),
+    }
+}
+
+/// Checks that `payload` is one JSON object, reading it once, and returns the JSON text
+/// of the values of `names` (in that order; `None` when absent). No event fields are
+/// required: this is for input that is not yet an event.
+pub fn object_fields<'p>(
+    payload: &'p [u8],
+    names: &[&str],
+) -> Result<Vec<Option<&'p str>>, DecodeError> {
+    let names = FieldNames {
+        names: names.iter().map(|name| Box::from(*name)).collect(),
+    };
+    let mut required = [Span::ABSENT; 3];
+    let mut recorded: SmallVec<[Span; 2]> = SmallVec::from_elem(Span::ABSENT, names.names.len());
+    let mut deserializer = serde_json::Deserializer::from_slice(payload);
+    Scan {
+        payload,
+        names: &names,
+        required: &mut required,
+        recorded: &mut recorded,
+    }
+    .deserialize(&mut deserializer)
+    .and_then(|()| deserializer.end())
+    .map_err(|error| not_an_event(payload, error))?;
+    Ok(names
+        .names
+        .iter()
+        .map(|name| match REQUIRED.iter().position(|r| **r == **name) {
+            Some(r) => text_of(payload, required[r]),
+            // The first of repeated names is the one the scan records.
+            None => text_of(
+                payload,
+                names.position(name).map_or(Span::ABSENT, |i| recorded[i]),
+            ),
+        })
+        .collect())
 }
 
 fn text_of(payload: &[u8], span: Span) -> Option<&str> {
@@ -514,6 +555,30 @@ mod tests {
         assert_eq!(&*event.routing_key(), b"item-7");
         event.key = Some(b"k".to_vec());
         assert_eq!(&*event.routing_key(), b"k");
+    }
+
+    #[test]
+    fn object_fields_reads_any_object_once() {
+        let line = br#"{"topic":"like","n":1.50,"k":"a\"b"}"#;
+        let fields = object_fields(line, &["k", "topic", "n", "absent", "topic"]).unwrap();
+        assert_eq!(
+            fields,
+            [
+                Some(r#""a\"b""#),
+                Some(r#""like""#),
+                Some("1.50"),
+                None,
+                Some(r#""like""#)
+            ]
+        );
+        assert_eq!(value_text(fields[0].unwrap()).as_deref(), Some("a\"b"));
+        assert_eq!(value_text("1.50").as_deref(), Some("1.5"));
+        assert_eq!(value_text("null"), None);
+        assert_eq!(object_fields(b"[1]", &["k"]), Err(DecodeError::NotAnObject));
+        assert!(matches!(
+            object_fields(b"{\"k\":", &["k"]),
+            Err(DecodeError::NotJson(_))
+        ));
     }
 
     #[test]

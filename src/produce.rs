@@ -2,6 +2,7 @@
 //! events, through the same config and ProducerActor as the daemon. For operators
 //! replaying or hand-feeding events, and for load tests.
 
+use std::borrow::Cow;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,7 +12,6 @@ use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use ractor::Actor;
 use rdkafka::producer::{BaseProducer, Producer};
-use serde_json::Value;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 
 use crate::actors::producer::{
@@ -19,6 +19,7 @@ use crate::actors::producer::{
 };
 use crate::config::{Config, DemoConfig, ProducerMode, EXIT_CONFIG};
 use crate::demo::synthetic_event;
+use crate::event::{object_fields, value_text, DecodeError};
 use crate::kafka::{plain_config, Brokers};
 
 /// sysexits' EX_NOINPUT: the input file cannot be read.
@@ -94,9 +95,10 @@ impl Input {
                     event.topic.clone_from(topic);
                 }
                 if options.key_field != "item_id" {
-                    event.key = serde_json::from_slice::<Value>(&event.payload)
+                    event.key = object_fields(&event.payload, &[options.key_field.as_str()])
                         .ok()
-                        .and_then(|body| key_of(&body, &options.key_field));
+                        .and_then(|fields| fields[0].and_then(value_text))
+                        .map(|key| key.into_owned().into_bytes());
                 }
                 Some((format!("event {n}"), Ok(event)))
             }
@@ -130,33 +132,33 @@ impl Input {
 }
 
 /// One input line as an event: the line's bytes unchanged as the payload.
+///
+/// The line is read once, into nothing: only the key field and `topic` are looked at.
+/// The key: strings as they are, numbers and booleans as written in JSON; a missing or
+/// null field gives a keyless event.
 pub fn event_from_line(line: &str, options: &ProduceOptions) -> Result<Outgoing, String> {
-    let body: Value =
-        serde_json::from_str(line).map_err(|error| format!("not valid JSON: {error}"))?;
-    if !body.is_object() {
-        return Err("not a JSON object".to_owned());
-    }
-    let topic = options
-        .topic
-        .clone()
-        .or_else(|| body.get("topic").and_then(Value::as_str).map(str::to_owned))
-        .ok_or("no topic: pass --topic or give the event a \"topic\" field")?;
+    let fields = object_fields(line.as_bytes(), &[options.key_field.as_str(), "topic"]).map_err(
+        |error| match error {
+            DecodeError::NotJson(reason) => format!("not valid JSON: {reason}"),
+            other => other.to_string(),
+        },
+    )?;
+    let topic = match &options.topic {
+        Some(topic) => topic.clone(),
+        None => fields[1]
+            .filter(|raw| raw.starts_with('"'))
+            .and_then(value_text)
+            .map(Cow::into_owned)
+            .ok_or("no topic: pass --topic or give the event a \"topic\" field")?,
+    };
     Ok(Outgoing {
         topic,
-        key: key_of(&body, &options.key_field),
+        key: fields[0]
+            .and_then(value_text)
+            .map(|key| key.into_owned().into_bytes()),
         payload: line.as_bytes().to_vec(),
         headers: Vec::new(),
     })
-}
-
-/// The key from `field`: strings as they are, numbers and booleans as written in
-/// JSON; a missing or null field gives a keyless event.
-fn key_of(body: &Value, field: &str) -> Option<Vec<u8>> {
-    match body.get(field)? {
-        Value::String(text) => Some(text.clone().into_bytes()),
-        Value::Null => None,
-        other => Some(other.to_string().into_bytes()),
-    }
 }
 
 /// Runs the command; returns the process exit code.
