@@ -41,6 +41,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> i32 {
             return EXIT_GRACE_EXPIRED;
         }
     };
+    let _upkeep = telemetry::metrics::spawn_upkeep(prometheus.clone());
     let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(signals) => signals,
         Err(error) => {
