@@ -49,6 +49,9 @@ pub struct Behind {
     next: i64,
 }
 
+/// A handler pool's index and a slot in it.
+type SlotKey = (usize, usize);
+
 /// Handler id of dead-letter writes in finished reports.
 const DEAD_LETTER: usize = usize::MAX;
 /// Most events read per `Poll`, so acknowledgements interleave with reading.
@@ -336,7 +339,9 @@ impl PartitionWorkerState {
             return Ok(());
         }
         let settings = self.router.snapshot(&self.topic);
-        let mut batches: HashMap<(usize, usize), Vec<Arc<Event>>> = HashMap::new();
+        // A few (handler, slot) pairs at most: a list searched in place beats hashing
+        // the pair for every event.
+        let mut batches: Vec<(SlotKey, Vec<Arc<Event>>)> = Vec::new();
         let mut behind = None;
         let mut repeats = Vec::new();
         let mut consumed = 0;
@@ -383,11 +388,11 @@ impl PartitionWorkerState {
             });
             let mut handlers = 0;
             self.router.route(&settings, &event, |route, slot| {
-                let handler = self.router.routes[route].pool.index;
-                batches
-                    .entry((handler, slot))
-                    .or_default()
-                    .push(event.clone());
+                let target = (self.router.routes[route].pool.index, slot);
+                match batches.iter_mut().find(|(key, _)| *key == target) {
+                    Some((_, events)) => events.push(event.clone()),
+                    None => batches.push((target, vec![event.clone()])),
+                }
                 handlers += 1;
             });
             self.inflight.dispatched(message.offset, handlers);
