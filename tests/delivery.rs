@@ -322,3 +322,52 @@ fn an_offset_reset_is_logged_and_counted() {
         "the log line names the partition and both positions: {line}"
     );
 }
+
+/// A forwarded copy is the payload as it arrived, byte for byte (field order, spacing
+/// and number spelling kept); with `fields` it is an object of those fields in the
+/// order listed, each value as written.
+#[test]
+fn forward_writes_the_payload_as_it_arrived_and_fields_in_their_listed_order() {
+    let broker = Broker::start(1, &["like", "out", "out-fields"]);
+    let payloads: Vec<String> = (0..20)
+        .map(|id| {
+            format!(
+                r#"{{ "zeta": 1.50, "ts": 1764000000000, "item_id" : "item-{id}", "user_id":"u\u0031", "event_id": "e-{id}", "note": "caf\u00e9" }}"#
+            )
+        })
+        .collect();
+    for (id, payload) in payloads.iter().enumerate() {
+        broker.produce_raw("like", &format!("item-{id}"), payload.as_bytes());
+    }
+    let eventd = start_eventd(
+        &broker,
+        &format!(
+            r#"{COPY_LIKE_TO_OUT}
+[[handlers]]
+name = "reduced"
+kind = "forward"
+consumer = "main"
+output = "out-fields"
+fields = ["zeta", "event_id", "absent", "item_id"]
+"#
+        ),
+    );
+    let patience = Duration::from_secs(30);
+    let whole = broker.wait_for("out", patience, |records| records.len() >= payloads.len());
+    let reduced = broker.wait_for("out-fields", patience, |records| {
+        records.len() >= payloads.len()
+    });
+    let copies: Vec<String> = whole
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.payload).into_owned())
+        .collect();
+    assert_eq!(copies, payloads, "logs: {}", eventd.logs());
+    let fields: Vec<String> = reduced
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.payload).into_owned())
+        .collect();
+    let expected: Vec<String> = (0..payloads.len())
+        .map(|id| format!(r#"{{"zeta":1.50,"event_id":"e-{id}","item_id":"item-{id}"}}"#))
+        .collect();
+    assert_eq!(fields, expected, "logs: {}", eventd.logs());
+}
