@@ -92,7 +92,8 @@
 //! - latency p99 under 50 ms;
 //! - every phase's peak RSS within the README's memory budget for its config, with
 //!   E = 4x the event's key and body, W = the event plus 256 B of headers, and
-//!   B = 16 KiB: `25 MiB + P x (2 x fetch_buffer + B + max_in_flight x E) +
+//!   B = 16 KiB: `25 MiB + P x (2 x fetch_buffer x (1 + 200 B / S) + B +
+//!   max_in_flight x E) +
 //!   min(producer.max_buffer, producer.max_in_flight x W)`. The producer pair has
 //!   P = 0; A and A' write nothing, so they have no producer term.
 //!
@@ -152,6 +153,8 @@ const CLOCK_TICKS: f64 = 100.0;
 const MIB: f64 = 1024.0 * 1024.0;
 /// The harness producer's `batch.size`: B, the largest record batch, in the budget.
 const BATCH_BYTES: u64 = 16 * 1024;
+/// The README's bytes librdkafka keeps per fetched event beside the event itself.
+const LIBRDKAFKA_PER_EVENT: u64 = 200;
 /// The README's `base` of the memory budget.
 const BASE_BYTES: u64 = 25 << 20;
 /// A phase that makes no progress for this long has failed.
@@ -685,7 +688,9 @@ fn load_config(path: &Path) -> (Config, Brokers) {
 fn budget(config: &Config, partitions: u64, wire_bytes: u64, written: u64) -> u64 {
     let consumer = config.consumers.first();
     let per_partition = consumer.map_or(0, |c| {
-        2 * c.fetch_buffer.bytes() + BATCH_BYTES + c.max_in_flight as u64 * 4 * wire_bytes
+        2 * c.fetch_buffer.bytes() * (wire_bytes + LIBRDKAFKA_PER_EVENT) / wire_bytes.max(1)
+            + BATCH_BYTES
+            + c.max_in_flight as u64 * 4 * wire_bytes
     });
     let producer = if written > 0 {
         config
