@@ -11,7 +11,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
-use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::Value;
 use smallvec::SmallVec;
@@ -175,6 +175,8 @@ impl Event {
             b'"' => {
                 string_value(ts).is_some_and(|s| chrono::DateTime::parse_from_rfc3339(&s).is_ok())
             }
+            // `-0` included: a JSON reader takes it for a float.
+            b'-' => false,
             _ => ts.parse::<i64>().is_ok_and(|ms| ms >= 0),
         };
         if !valid_ts {
@@ -251,7 +253,13 @@ pub fn value_text(raw: &str) -> Option<Cow<'_, str>> {
     match raw.as_bytes().first()? {
         b'"' => string_value(raw),
         b'n' => None,
-        b'-' | b'0'..=b'9' if raw.bytes().all(|b| b == b'-' || b.is_ascii_digit()) => {
+        // An integer that fits 64 bits reads as written; `-0` and larger ones read as
+        // floats, as a JSON reader gives them.
+        b'-' | b'0'..=b'9'
+            if raw != "-0"
+                && raw.bytes().all(|b| b == b'-' || b.is_ascii_digit())
+                && (raw.parse::<i64>().is_ok() || raw.parse::<u64>().is_ok()) =>
+        {
             Some(Cow::Borrowed(raw))
         }
         _ => serde_json::from_str::<Value>(raw)
@@ -317,7 +325,7 @@ fn not_an_event(payload: &[u8], error: serde_json::Error) -> DecodeError {
     // The scan accepts only objects and stops at the first byte of anything else,
     // which may be valid JSON or not.
     if error.is_data() {
-        return match serde_json::from_slice::<IgnoredAny>(payload) {
+        return match serde_json::from_slice::<Checked>(payload) {
             Ok(_) => DecodeError::NotAnObject,
             Err(error) => DecodeError::NotJson(error.to_string()),
         };
@@ -378,15 +386,74 @@ impl<'de, 'a> Visitor<'de> for Scan<'a> {
             match slot {
                 // Later duplicates win, as in any JSON object reader.
                 Some(slot) => {
+                    // Taking the raw text skips the value as loosely as IgnoredAny.
                     let raw: &'de RawValue = map.next_value()?;
+                    serde_json::from_str::<Checked>(raw.get()).map_err(M::Error::custom)?;
                     *slot = Span::of(raw, self.payload);
                 }
                 None => {
-                    map.next_value::<IgnoredAny>()?;
+                    map.next_value::<Checked>()?;
                 }
             }
         }
         Ok(())
+    }
+}
+
+/// Any JSON value, checked as strictly as parsing it into a `Value` would (UTF-8,
+/// escapes, number range, nesting depth) and built into nothing. serde's `IgnoredAny`
+/// is not enough: it skips strings without checking them and numbers without parsing.
+struct Checked;
+
+impl<'de> serde::Deserialize<'de> for Checked {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(CheckedVisitor)
+    }
+}
+
+struct CheckedVisitor;
+
+impl<'de> Visitor<'de> for CheckedVisitor {
+    type Value = Checked;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_unit<E>(self) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Checked, A::Error> {
+        while seq.next_element::<Checked>()?.is_some() {}
+        Ok(Checked)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Checked, A::Error> {
+        while map.next_key::<Checked>()?.is_some() {
+            map.next_value::<Checked>()?;
+        }
+        Ok(Checked)
     }
 }
 
@@ -514,6 +581,53 @@ mod tests {
                 "ts {ts}"
             );
         }
+    }
+
+    #[test]
+    fn what_a_json_reader_refuses_is_refused_wherever_it_sits() {
+        let event = |rest: &str| format!(r#"{{"user_id":"u","item_id":"i","ts":1,{rest}}}"#);
+        let deep = format!(r#""deep":{}1{}"#, "[".repeat(200), "]".repeat(200));
+        // "extra" is recorded while decoding, "other" is not: both are checked.
+        for rest in [
+            r#""other":"\ud800""#,
+            r#""extra":"\ud800""#,
+            r#""other":1e400"#,
+            r#""extra":1e400"#,
+            r#""other":{"a":[1,2,"\ud83d"]}"#,
+            deep.as_str(),
+        ] {
+            assert!(
+                matches!(decode(event(rest).as_bytes()), Err(DecodeError::NotJson(_))),
+                "accepted {rest}"
+            );
+        }
+        let mut bad_utf8 = event(r#""other":"x""#).into_bytes();
+        let at = bad_utf8.len() - 3;
+        bad_utf8[at] = 0xff;
+        assert!(matches!(decode(&bad_utf8), Err(DecodeError::NotJson(_))));
+        assert!(matches!(
+            decode(br#"{"user_id":"u","item_id":"\ud800","ts":1}"#),
+            Err(DecodeError::NotJson(_))
+        ));
+        assert!(decode(event(r#""other":"\ud83d\ude00","n":[{"a":null}]"#).as_bytes()).is_ok());
+        assert_eq!(
+            decode(br#"{"user_id":"u","item_id":"i","ts":-0}"#).map(|_| ()),
+            Err(DecodeError::BadTimestamp)
+        );
+    }
+
+    #[test]
+    fn integers_read_as_written_unless_a_json_reader_makes_them_floats() {
+        assert_eq!(value_text("-12").as_deref(), Some("-12"));
+        assert_eq!(
+            value_text("18446744073709551615").as_deref(),
+            Some("18446744073709551615")
+        );
+        assert_eq!(value_text("-0").as_deref(), Some("-0.0"));
+        assert_eq!(
+            value_text("18446744073709551616").as_deref(),
+            Some("1.8446744073709552e+19")
+        );
     }
 
     #[test]
