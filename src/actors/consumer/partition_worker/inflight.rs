@@ -4,6 +4,9 @@
 
 use std::collections::{HashMap, VecDeque};
 
+/// Finished entries kept behind an unfinished one before they are swept out.
+pub const COMPACT_SLACK: usize = 1024;
+
 /// A count window holding offsets: (handler, slot, window start).
 pub type HoldKey = (usize, usize, i64);
 
@@ -75,6 +78,11 @@ impl InFlight {
             self.unfinished -= 1;
             while self.pending.front().is_some_and(|(_, left)| *left == 0) {
                 self.pending.pop_front();
+            }
+            // Finished offsets behind one that stays unfinished (a write retried for a
+            // long time) would pile up: drop them once they outnumber the rest.
+            if self.pending.len() > 2 * self.unfinished + COMPACT_SLACK {
+                self.pending.retain(|(_, left)| *left > 0);
             }
         }
     }
@@ -157,6 +165,26 @@ mod tests {
         inflight.finished(8);
         assert!(inflight.is_empty());
         assert_eq!(inflight.committable(), Some(9));
+    }
+
+    #[test]
+    fn offsets_finished_behind_a_stuck_one_do_not_pile_up() {
+        let mut inflight = InFlight::default();
+        for offset in 0..100_000 {
+            inflight.dispatched(offset, 1);
+            if offset > 0 {
+                inflight.finished(offset);
+            }
+        }
+        assert_eq!(inflight.len(), 1);
+        assert_eq!(inflight.committable(), Some(0));
+        assert!(
+            inflight.pending.len() <= 2 + COMPACT_SLACK,
+            "{} entries kept for 1 unfinished offset",
+            inflight.pending.len()
+        );
+        inflight.finished(0);
+        assert_eq!(inflight.committable(), Some(100_000));
     }
 
     #[test]

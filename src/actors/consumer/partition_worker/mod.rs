@@ -172,6 +172,10 @@ impl SentEvents {
         {
             self.events.pop_front();
         }
+        // As in InFlight: a long-unfinished event must not keep every later one's slot.
+        if self.events.len() > 2 * self.unfinished + inflight::COMPACT_SLACK {
+            self.events.retain(|(_, event)| event.is_some());
+        }
         true
     }
 
@@ -818,6 +822,24 @@ mod tests {
 
     fn offsets(sent: &SentEvents) -> Vec<i64> {
         sent.unfinished().map(|e| e.source.offset).collect()
+    }
+
+    #[test]
+    fn events_finished_behind_a_stuck_one_do_not_pile_up() {
+        let mut sent = SentEvents::default();
+        for offset in 0..20_000 {
+            sent.push(event(offset));
+            if offset > 0 {
+                assert!(sent.finish(offset));
+            }
+        }
+        assert!(
+            sent.events.len() <= 2 + inflight::COMPACT_SLACK,
+            "{} kept",
+            sent.events.len()
+        );
+        assert_eq!(offsets(&sent), [0]);
+        assert!(sent.finish(0) && sent.is_empty());
     }
 
     #[test]
