@@ -1227,24 +1227,7 @@ fn idle_phase(ctx: &Ctx, phase: Phase) -> Result<Row, String> {
         _ => {
             let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
             let eventd = start_with(dir, config_path, port, &[]);
-            let deadline = Instant::now() + Duration::from_secs(120);
-            loop {
-                let workers = eventd
-                    .scrape()
-                    .lines()
-                    .filter(|l| l.starts_with("eventd_partition_in_flight{"))
-                    .count();
-                if workers >= PARTITIONS as usize {
-                    break;
-                }
-                if Instant::now() >= deadline {
-                    return Err(format!(
-                        "{workers} of {PARTITIONS} partition workers after 120 s; log tail:\n{}",
-                        tail(&eventd.logs(), 20)
-                    ));
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
+            wait_for_workers(&eventd, PARTITIONS as usize)?;
             // Let the assignment settle (committed offsets fetched, first empty fetches).
             std::thread::sleep(Duration::from_secs(2));
             let pid = eventd.child.id();
@@ -1293,6 +1276,28 @@ fn now_micros() -> i64 {
         .as_micros() as i64
 }
 
+/// Waits until eventd runs a partition worker for each of `partitions`.
+fn wait_for_workers(eventd: &Eventd, partitions: usize) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let workers = eventd
+            .scrape()
+            .lines()
+            .filter(|l| l.starts_with("eventd_partition_in_flight{"))
+            .count();
+        if workers >= partitions {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "{workers} of {partitions} partition workers after 120 s; log tail:\n{}",
+                tail(&eventd.logs(), 20)
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn latency_phase(ctx: &Ctx) -> Result<Row, String> {
     const PER_TOPIC: i32 = 4;
     let layout_name = "latency";
@@ -1310,23 +1315,7 @@ fn latency_phase(ctx: &Ctx) -> Result<Row, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let eventd = start_with(dir, config_path, port, &[]);
     let partitions = (PER_TOPIC as usize) * topics.len();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let workers = eventd
-            .scrape()
-            .lines()
-            .filter(|l| l.starts_with("eventd_partition_in_flight{"))
-            .count();
-        if workers >= partitions {
-            break;
-        }
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "{workers} of {partitions} partition workers after 120 s"
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_workers(&eventd, partitions)?;
 
     let rate = ctx.settings.latency_rate;
     let total = (rate * ctx.settings.latency_secs) as usize;
