@@ -302,36 +302,30 @@ impl Broker {
         );
     }
 
-    pub fn producer(&self) -> BaseProducer {
-        ClientConfig::new()
+    fn producer_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
             .set("bootstrap.servers", self.bootstrap())
             .set("linger.ms", "5")
             // The Java client's batch size: a consumer receives whole batches, so the
             // writer's batch size bounds how far one fetch overshoots.
-            .set("batch.size", "16384")
-            .create()
-            .expect("producer")
+            .set("batch.size", "16384");
+        config
     }
 
-    /// Produces `(key, payload)` pairs to `topic` in order and waits for all of them.
+    pub fn producer(&self) -> BaseProducer {
+        self.producer_config().create().expect("producer")
+    }
+
+    /// Produces `(key, payload)` pairs to `topic` in order and waits until the broker
+    /// acknowledged all of them; a failed delivery panics.
     pub fn produce(&self, topic: &str, events: &[(String, String)]) {
-        let producer = self.producer();
-        for (key, payload) in events {
-            let mut record = BaseRecord::to(topic)
-                .key(key.as_str())
-                .payload(payload.as_str());
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((_, back)) => {
-                        record = back;
-                        producer.poll(Duration::from_millis(10));
-                    }
-                }
-            }
-            producer.poll(Duration::ZERO);
-        }
-        producer.flush(Duration::from_secs(30)).expect("flush");
+        self.produce_stream(
+            topic,
+            events
+                .iter()
+                .map(|(key, payload)| (key.clone(), payload.clone().into_bytes())),
+        );
     }
 
     /// Produces `(key, payload)` pairs to `topic` as they come (for backlogs too large
@@ -342,11 +336,8 @@ impl Broker {
         topic: &str,
         events: impl IntoIterator<Item = (String, Vec<u8>)>,
     ) -> u64 {
-        let producer: BaseProducer<DeliveryCount> = ClientConfig::new()
-            .set("bootstrap.servers", self.bootstrap())
-            .set("linger.ms", "5")
-            // As `producer()`: the batch size bounds how far one fetch overshoots.
-            .set("batch.size", "16384")
+        let producer: BaseProducer<DeliveryCount> = self
+            .producer_config()
             .create_with_context(DeliveryCount::default())
             .expect("producer");
         let mut sent = 0u64;
