@@ -146,18 +146,7 @@ impl Event {
         let mut required = [Span::ABSENT; 3];
         let mut recorded: SmallVec<[Span; 2]> =
             SmallVec::from_elem(Span::ABSENT, names.names.len());
-        let mut deserializer = serde_json::Deserializer::from_slice(payload);
-        let scanned = Scan {
-            payload,
-            names,
-            required: &mut required,
-            recorded: &mut recorded,
-        }
-        .deserialize(&mut deserializer)
-        .and_then(|()| deserializer.end());
-        if let Err(error) = scanned {
-            return Err(not_an_event(payload, error));
-        }
+        scan(payload, &names.names, &mut required, &mut recorded)?;
         for (i, field) in REQUIRED.iter().enumerate().take(2) {
             let raw = text_of(payload, required[i]).ok_or(DecodeError::MissingField(field))?;
             let valid = match raw.as_bytes()[0] {
@@ -275,30 +264,17 @@ pub fn object_fields<'p>(
     payload: &'p [u8],
     names: &[&str],
 ) -> Result<Vec<Option<&'p str>>, DecodeError> {
-    let names = FieldNames {
-        names: names.iter().map(|name| Box::from(*name)).collect(),
-    };
     let mut required = [Span::ABSENT; 3];
-    let mut recorded: SmallVec<[Span; 2]> = SmallVec::from_elem(Span::ABSENT, names.names.len());
-    let mut deserializer = serde_json::Deserializer::from_slice(payload);
-    Scan {
-        payload,
-        names: &names,
-        required: &mut required,
-        recorded: &mut recorded,
-    }
-    .deserialize(&mut deserializer)
-    .and_then(|()| deserializer.end())
-    .map_err(|error| not_an_event(payload, error))?;
+    let mut recorded: SmallVec<[Span; 2]> = SmallVec::from_elem(Span::ABSENT, names.len());
+    scan(payload, names, &mut required, &mut recorded)?;
     Ok(names
-        .names
         .iter()
-        .map(|name| match REQUIRED.iter().position(|r| **r == **name) {
+        .map(|name| match REQUIRED.iter().position(|r| r == name) {
             Some(r) => text_of(payload, required[r]),
             // The first of repeated names is the one the scan records.
             None => text_of(
                 payload,
-                names.position(name).map_or(Span::ABSENT, |i| recorded[i]),
+                position(names, name).map_or(Span::ABSENT, |i| recorded[i]),
             ),
         })
         .collect())
@@ -335,34 +311,55 @@ fn not_an_event(payload: &[u8], error: serde_json::Error) -> DecodeError {
 
 /// Where the last `field` of a payload already validated is.
 fn find(payload: &[u8], field: &str) -> Span {
-    let names = Arc::new(FieldNames {
-        names: vec![field.into()],
-    });
     let mut required = [Span::ABSENT; 3];
-    let mut recorded: SmallVec<[Span; 2]> = SmallVec::from_elem(Span::ABSENT, 1);
-    let mut deserializer = serde_json::Deserializer::from_slice(payload);
-    let scanned = Scan {
-        payload,
-        names: &names,
-        required: &mut required,
-        recorded: &mut recorded,
-    }
-    .deserialize(&mut deserializer);
-    match scanned {
+    let mut recorded = [Span::ABSENT; 1];
+    match scan(payload, &[field], &mut required, &mut recorded) {
         Ok(()) => recorded[0],
         Err(_) => Span::ABSENT,
     }
 }
 
-/// One pass over a JSON object: every value is checked, the wanted ones are recorded.
-struct Scan<'a> {
-    payload: &'a [u8],
-    names: &'a FieldNames,
-    required: &'a mut [Span; 3],
-    recorded: &'a mut SmallVec<[Span; 2]>,
+fn position<N: AsRef<str>>(names: &[N], name: &str) -> Option<usize> {
+    names.iter().position(|n| n.as_ref() == name)
 }
 
-impl<'de, 'a> DeserializeSeed<'de> for Scan<'a> {
+/// Checks `payload` is one JSON object and records where the required fields and
+/// `names` are, in `required` and `recorded` (one slot per name).
+fn scan<N: AsRef<str>>(
+    payload: &[u8],
+    names: &[N],
+    required: &mut [Span; 3],
+    recorded: &mut [Span],
+) -> Result<(), DecodeError> {
+    // UTF-8 checked once for the whole payload: cheaper than serde_json's check of
+    // each string, which reading from a `str` skips.
+    let text = std::str::from_utf8(payload).map_err(|error| {
+        DecodeError::NotJson(format!(
+            "not UTF-8 text: invalid byte at offset {}",
+            error.valid_up_to()
+        ))
+    })?;
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    Scan {
+        payload,
+        names,
+        required,
+        recorded,
+    }
+    .deserialize(&mut deserializer)
+    .and_then(|()| deserializer.end())
+    .map_err(|error| not_an_event(payload, error))
+}
+
+/// One pass over a JSON object: every value is checked, the wanted ones are recorded.
+struct Scan<'a, N> {
+    payload: &'a [u8],
+    names: &'a [N],
+    required: &'a mut [Span; 3],
+    recorded: &'a mut [Span],
+}
+
+impl<'de, 'a, N: AsRef<str>> DeserializeSeed<'de> for Scan<'a, N> {
     type Value = ();
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
@@ -370,7 +367,7 @@ impl<'de, 'a> DeserializeSeed<'de> for Scan<'a> {
     }
 }
 
-impl<'de, 'a> Visitor<'de> for Scan<'a> {
+impl<'de, 'a, N: AsRef<str>> Visitor<'de> for Scan<'a, N> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -381,7 +378,7 @@ impl<'de, 'a> Visitor<'de> for Scan<'a> {
         while let Some(key) = map.next_key::<Key<'de>>()? {
             let slot = match REQUIRED.iter().position(|r| *r == key.0) {
                 Some(i) => Some(&mut self.required[i]),
-                None => self.names.position(&key.0).map(|i| &mut self.recorded[i]),
+                None => position(self.names, &key.0).map(|i| &mut self.recorded[i]),
             };
             match slot {
                 // Later duplicates win, as in any JSON object reader.
@@ -491,6 +488,30 @@ pub mod headers {
     pub const SOURCE_OFFSET: &str = "eventd.source.offset";
     /// Why an event went to the dead-letter topic.
     pub const ERROR: &str = "eventd.error";
+
+    /// The source headers of many events, written into buffers kept across them.
+    #[derive(Default)]
+    pub struct SourceText {
+        partition: String,
+        offset: String,
+    }
+
+    impl SourceText {
+        /// Topic, partition and offset of `source`, as UTF-8 text.
+        pub fn headers<'a>(&'a mut self, source: &'a Source) -> [(&'static str, &'a [u8]); 3] {
+            use std::fmt::Write;
+            self.partition.clear();
+            self.offset.clear();
+            // Writing to a String cannot fail.
+            let _ = write!(self.partition, "{}", source.partition);
+            let _ = write!(self.offset, "{}", source.offset);
+            [
+                (SOURCE_TOPIC, source.topic.as_bytes()),
+                (SOURCE_PARTITION, self.partition.as_bytes()),
+                (SOURCE_OFFSET, self.offset.as_bytes()),
+            ]
+        }
+    }
 
     /// Topic, partition and offset of `source`, as UTF-8 text.
     pub fn source(source: &Source) -> [(Cow<'static, str>, Vec<u8>); 3] {
