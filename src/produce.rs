@@ -8,14 +8,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::stream::FuturesUnordered;
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use ractor::Actor;
 use rdkafka::producer::{BaseProducer, Producer};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 
 use crate::actors::producer::{
-    Delivery, Outgoing, ProduceError, ProducerActor, ProducerArgs, ProducerSupervisor,
+    Delivery, DeliveryGroup, Outgoing, ProduceError, ProducerActor, ProducerArgs,
+    ProducerSupervisor,
 };
 use crate::config::{Config, DemoConfig, ProducerMode, EXIT_CONFIG};
 use crate::demo::synthetic_event;
@@ -56,12 +56,39 @@ pub struct ProduceOptions {
 struct Tally {
     sent: u64,
     failed: u64,
+    /// Of `failed`, those reported back through the async delivery group.
+    delivery_failures: u64,
+}
+
+/// Where an event came from, for messages about it: `line 3`, `event 7`.
+#[derive(Debug, Clone, Copy)]
+enum Place {
+    Line(u64),
+    Event(u64),
+}
+
+impl Place {
+    fn number(self) -> u64 {
+        match self {
+            Place::Line(n) | Place::Event(n) => n,
+        }
+    }
+}
+
+impl std::fmt::Display for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Place::Line(n) => write!(f, "line {n}"),
+            Place::Event(n) => write!(f, "event {n}"),
+        }
+    }
 }
 
 enum Input {
     Lines {
         reader: Box<dyn AsyncBufRead + Unpin + Send>,
         line_number: u64,
+        line: String,
     },
     Synthetic {
         demo: DemoConfig,
@@ -72,12 +99,20 @@ enum Input {
 }
 
 impl Input {
-    /// The next event with the place it came from (`line 3`, `event 7`), an error
-    /// naming that place, or `None` at the end.
+    /// The place of the event numbered `number`.
+    fn place(&self, number: u64) -> Place {
+        match self {
+            Input::Lines { .. } => Place::Line(number),
+            Input::Synthetic { .. } => Place::Event(number),
+        }
+    }
+
+    /// The next event with the place it came from, an error naming that place, or
+    /// `None` at the end.
     async fn next(
         &mut self,
         options: &ProduceOptions,
-    ) -> Option<(String, Result<Outgoing, String>)> {
+    ) -> Option<(Place, Result<Outgoing, String>)> {
         match self {
             Input::Synthetic {
                 demo,
@@ -100,18 +135,19 @@ impl Input {
                         .and_then(|fields| fields[0].and_then(value_text))
                         .map(|key| key.into_owned().into_bytes());
                 }
-                Some((format!("event {n}"), Ok(event)))
+                Some((Place::Event(n), Ok(event)))
             }
             Input::Lines {
                 reader,
                 line_number,
+                line,
             } => loop {
-                let mut line = String::new();
-                match reader.read_line(&mut line).await {
+                line.clear();
+                match reader.read_line(line).await {
                     Ok(0) => return None,
                     Ok(_) => {
                         *line_number += 1;
-                        let place = format!("line {line_number}");
+                        let place = Place::Line(*line_number);
                         let line = line.trim_end_matches(['\n', '\r']);
                         if line.trim().is_empty() {
                             continue;
@@ -121,7 +157,7 @@ impl Input {
                     Err(error) => {
                         *line_number += 1;
                         return Some((
-                            format!("line {line_number}"),
+                            Place::Line(*line_number),
                             Err(format!("cannot read: {error}")),
                         ));
                     }
@@ -160,6 +196,12 @@ pub fn event_from_line(line: &str, options: &ProduceOptions) -> Result<Outgoing,
         headers: Vec::new(),
     })
 }
+
+/// Input is read in chunks this large: each read is a trip to tokio's blocking threads.
+const READ_BUFFER: usize = 256 * 1024;
+
+/// Events read between two looks at Ctrl-C when nothing waits.
+const INTERRUPT_CHECK: u64 = 256;
 
 /// Runs the command; returns the process exit code.
 pub async fn run(mut config: Config, options: ProduceOptions) -> i32 {
@@ -224,86 +266,85 @@ pub async fn run(mut config: Config, options: ProduceOptions) -> i32 {
 
     let started = Instant::now();
     let mut tally = Tally::default();
-    let mut pending = FuturesUnordered::new();
+    // Async mode: every report lands in one group, so an event costs no channel and
+    // no wake-up; failures are read back by their place.
+    let group = DeliveryGroup::new();
     let mut output = std::io::stdout().lock();
     let mut interrupted = std::pin::pin!(tokio::signal::ctrl_c());
     let mut pacing = options.rate.map(Pacing::new);
     let mut ended = Ended::InputDone;
+    let mut read: u64 = 0;
     loop {
+        // The signal is polled first only every so often: the branches below poll it
+        // whenever they have to wait, and an input that never waits is read on.
+        read += 1;
+        if read % INTERRUPT_CHECK == 0 && (&mut interrupted).now_or_never().is_some() {
+            ended = Ended::Interrupted;
+            break;
+        }
         let next = tokio::select! {
             biased;
-            _ = &mut interrupted => {
-                ended = Ended::Interrupted;
-                break;
-            }
             next = async {
                 if let Some(pacing) = &mut pacing {
                     pacing.wait().await;
                 }
                 input.next(&options).await
             } => next,
+            _ = &mut interrupted => {
+                ended = Ended::Interrupted;
+                break;
+            }
         };
         let Some((place, event)) = next else { break };
         let event = match event {
             Ok(event) => event,
             Err(message) => {
-                report_failure(&mut tally, &place, &message);
+                report_failure(&mut tally, place, &message);
                 continue;
             }
         };
-        let topic = event.topic.clone();
-        let enqueued = if options.sync {
+        let settled = if options.sync {
             // Not cut short by Ctrl-C: the event may already be at the broker, and its
             // line must be printed. The interrupt is seen right after.
-            handle.enqueue(event).await
+            let topic = event.topic.clone();
+            match handle.enqueue(event).await {
+                Ok(delivery) => {
+                    let report = delivery.wait().await;
+                    Ok(settle(&mut tally, &mut output, place, &topic, report))
+                }
+                Err(error) => Err(error),
+            }
         } else {
             // Cut short only before the event reaches librdkafka: after that, async
             // enqueue returns without waiting.
             tokio::select! {
                 biased;
+                enqueued = handle.enqueue_in(event.record(), &group, place.number()) => enqueued,
                 _ = &mut interrupted => {
                     ended = Ended::Interrupted;
                     break;
                 }
-                enqueued = handle.enqueue(event) => enqueued,
             }
+            .map(|()| Ok(()))
         };
-        let settled = match enqueued {
-            Ok(delivery) if options.sync => {
-                let report = delivery.wait().await;
-                settle(&mut tally, &mut output, &place, &topic, report, true)
-            }
-            Ok(delivery) => {
-                pending.push(async move {
-                    let report = delivery.wait().await;
-                    (place, topic, report)
-                });
-                let mut settled = Ok(());
-                while let Some(Some((place, topic, report))) = pending.next().now_or_never() {
-                    settled = settled.and(settle(
-                        &mut tally,
-                        &mut output,
-                        &place,
-                        &topic,
-                        report,
-                        false,
-                    ));
-                }
-                settled
-            }
+        let settled = match settled {
+            Ok(printed) => printed,
             Err(ProduceError::NotRunning) => {
-                report_failure(&mut tally, &place, &ProduceError::NotRunning.to_string());
+                report_failure(&mut tally, place, &ProduceError::NotRunning.to_string());
                 ended = Ended::ProducerGone;
                 break;
             }
             Err(error) => {
-                report_failure(&mut tally, &place, &error.to_string());
+                report_failure(&mut tally, place, &error.to_string());
                 Ok(())
             }
         };
         if settled.is_err() {
             ended = Ended::OutputClosed;
             break;
+        }
+        if group.failed() > tally.delivery_failures {
+            report_delivery_failures(&mut tally, &group, &input);
         }
     }
     match ended {
@@ -314,17 +355,23 @@ pub async fn run(mut config: Config, options: ProduceOptions) -> i32 {
         Ended::ProducerGone => eprintln!("eventd produce: the producer is not running, stopping"),
         Ended::OutputClosed => eprintln!("eventd produce: stdout closed, stopping"),
     }
-    loop {
-        let next = tokio::select! {
-            biased;
-            _ = tokio::signal::ctrl_c() => std::process::exit(EXIT_INTERRUPTED),
-            next = pending.next() => next,
-        };
-        let Some((place, topic, report)) = next else {
-            break;
-        };
-        let _ = settle(&mut tally, &mut output, &place, &topic, report, false);
+    let patience = handle.patience();
+    tokio::select! {
+        biased;
+        _ = tokio::signal::ctrl_c() => std::process::exit(EXIT_INTERRUPTED),
+        settled = tokio::time::timeout(patience, group.settled()) => {
+            if settled.is_err() {
+                let lost = group.unreported();
+                tally.failed += lost;
+                eprintln!(
+                    "eventd produce: no delivery report for {lost} events within {}",
+                    humantime::format_duration(patience)
+                );
+            }
+        }
     }
+    report_delivery_failures(&mut tally, &group, &input);
+    tally.sent += group.delivered();
     let elapsed = started.elapsed();
     supervisor.stop(None);
     let _ = task.await;
@@ -384,29 +431,35 @@ impl Pacing {
     }
 }
 
+/// Prints where a sync-mode event landed.
 fn settle(
     tally: &mut Tally,
     output: &mut impl Write,
-    place: &str,
+    place: Place,
     topic: &str,
     report: Result<Delivery, ProduceError>,
-    print: bool,
 ) -> std::io::Result<()> {
     match report {
         Ok(delivery) => {
             tally.sent += 1;
-            if print {
-                writeln!(output, "{topic} {} {}", delivery.partition, delivery.offset)?;
-            }
+            writeln!(output, "{topic} {} {}", delivery.partition, delivery.offset)?;
         }
         Err(error) => report_failure(tally, place, &error.to_string()),
     }
     Ok(())
 }
 
-fn report_failure(tally: &mut Tally, place: &str, message: &str) {
+fn report_failure(tally: &mut Tally, place: Place, message: &str) {
     tally.failed += 1;
     eprintln!("eventd produce: {place}: {message}");
+}
+
+/// Reports the async-mode delivery failures not reported yet.
+fn report_delivery_failures(tally: &mut Tally, group: &DeliveryGroup, input: &Input) {
+    for (number, error) in group.take_failures() {
+        tally.delivery_failures += 1;
+        report_failure(tally, input.place(number), &error.to_string());
+    }
 }
 
 async fn open_input(config: &Config, options: &ProduceOptions) -> Result<Input, String> {
@@ -421,18 +474,21 @@ async fn open_input(config: &Config, options: &ProduceOptions) -> Result<Input, 
         });
     }
     let reader: Box<dyn AsyncBufRead + Unpin + Send> = match &options.input {
-        None => Box::new(BufReader::new(tokio::io::stdin())),
-        Some(path) if path.as_os_str() == "-" => Box::new(BufReader::new(tokio::io::stdin())),
+        None => Box::new(BufReader::with_capacity(READ_BUFFER, tokio::io::stdin())),
+        Some(path) if path.as_os_str() == "-" => {
+            Box::new(BufReader::with_capacity(READ_BUFFER, tokio::io::stdin()))
+        }
         Some(path) => {
             let file = tokio::fs::File::open(path)
                 .await
                 .map_err(|error| format!("{}: cannot open: {error}", path.display()))?;
-            Box::new(BufReader::new(file))
+            Box::new(BufReader::with_capacity(READ_BUFFER, file))
         }
     };
     Ok(Input::Lines {
         reader,
         line_number: 0,
+        line: String::new(),
     })
 }
 

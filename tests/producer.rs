@@ -337,6 +337,25 @@ fn a_failed_delivery_is_retried_then_reported_as_failed() {
         1,
         "only the first event was stored"
     );
+
+    // Async, the default: the failure is still reported with its line, after the
+    // events sent before it went out.
+    broker
+        .embedded()
+        .fail_produce_requests(&[RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 4])
+        .expect("inject");
+    let failed = produce(&broker, FEW_RETRIES, &["--topic", "like"], event);
+    assert_eq!(failed.code, Some(1), "{}", failed.stderr);
+    assert!(
+        failed
+            .stderr
+            .contains("line 1: delivery to topic \"like\" failed")
+            && failed.stdout.contains("sent 0, failed 1"),
+        "stdout: {}\nstderr: {}",
+        failed.stdout,
+        failed.stderr
+    );
+    assert_eq!(broker.read_all("like").len(), 1);
 }
 
 #[test]

@@ -2,18 +2,20 @@
 //! to whoever awaits that event's acknowledgement. Each event carries a ticket holding
 //! its in-flight permit, so the bound on unacknowledged events is freed only by a report.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use metrics::{Gauge, Histogram};
+use parking_lot::Mutex;
 use ractor::ActorRef;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{DeliveryResult, ProducerContext};
 use rdkafka::ClientContext;
-use tokio::sync::{oneshot, OwnedSemaphorePermit};
+use tokio::sync::{oneshot, Notify};
 
-use super::handle::TopicState;
+use super::handle::{ProduceError, TopicState};
 use super::ProducerMsg;
 use crate::telemetry::metrics::{PRODUCER_DELIVERY, PRODUCER_QUEUE_DEPTH};
 
@@ -41,11 +43,181 @@ impl DeliveryFailure {
     }
 }
 
+/// Who hears of one event's report.
+pub enum Reply {
+    /// The one waiter of this event.
+    One(oneshot::Sender<Result<Delivery, DeliveryFailure>>),
+    /// A group of events sent together, told once the last of them is reported; the
+    /// token says which event of the group a failure belongs to.
+    Group(Arc<DeliveryGroup>, u64),
+}
+
+/// Reports of many events gathered without a channel or a wake-up per event: the
+/// sender learns once that all of them are settled, then which failed. For batches
+/// (a forward handler's copies) and streams (`eventd produce`).
+#[derive(Default)]
+pub struct DeliveryGroup {
+    /// Sent and not yet reported.
+    outstanding: AtomicU64,
+    delivered: AtomicU64,
+    failed: AtomicU64,
+    failures: Mutex<Vec<(u64, Arc<TopicState>, DeliveryFailure)>>,
+    settled: Notify,
+}
+
+impl DeliveryGroup {
+    pub fn new() -> Arc<Self> {
+        Arc::default()
+    }
+
+    /// Counted before librdkafka sees the event: its report may come before `send`
+    /// returns.
+    pub(super) fn sending(&self) {
+        self.outstanding.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The event counted by `sending` was not sent after all.
+    pub(super) fn not_sent(&self) {
+        self.settle_one();
+    }
+
+    fn report(
+        &self,
+        token: u64,
+        topic: Arc<TopicState>,
+        report: Result<Delivery, DeliveryFailure>,
+    ) {
+        match report {
+            Ok(_) => {
+                self.delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(failure) => {
+                self.failures.lock().push((token, topic, failure));
+                self.failed.fetch_add(1, Ordering::Release);
+            }
+        }
+        self.settle_one();
+    }
+
+    fn settle_one(&self) {
+        if self.outstanding.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.settled.notify_waiters();
+        }
+    }
+
+    /// Events acknowledged by the broker so far.
+    pub fn delivered(&self) -> u64 {
+        self.delivered.load(Ordering::Relaxed)
+    }
+
+    /// Failures reported so far, taken or not: cheap to poll before `take_failures`.
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Acquire)
+    }
+
+    /// Events sent and not yet reported.
+    pub fn unreported(&self) -> u64 {
+        self.outstanding.load(Ordering::Acquire)
+    }
+
+    /// Failures reported since the last call, with their tokens, in the order they
+    /// were reported.
+    pub fn take_failures(&self) -> Vec<(u64, ProduceError)> {
+        std::mem::take(&mut *self.failures.lock())
+            .into_iter()
+            .map(|(token, topic, failure)| {
+                let topic = topic.name.to_string();
+                (token, ProduceError::Delivery { topic, failure })
+            })
+            .collect()
+    }
+
+    /// Resolves once every event sent so far is reported.
+    pub async fn settled(&self) {
+        loop {
+            let notified = self.settled.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a last report between the two wakes it.
+            notified.as_mut().enable();
+            if self.outstanding.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// The bound on unacknowledged events (`producer.max_in_flight`). A sender that meets
+/// it waits until an eighth of the bound is free again, not for the next single report:
+/// waking it per report would cost a thread wake-up per event at full speed.
+pub struct InFlightLimit {
+    max: u64,
+    resume_at: u64,
+    current: AtomicU64,
+    room: Notify,
+}
+
+impl InFlightLimit {
+    pub fn new(max: usize) -> Arc<Self> {
+        let max = max.max(1) as u64;
+        Arc::new(Self {
+            max,
+            resume_at: max - (max / 8).max(1),
+            current: AtomicU64::new(0),
+            room: Notify::new(),
+        })
+    }
+
+    /// A permit for one more event, once the bound allows it.
+    pub async fn acquire(self: &Arc<Self>) -> InFlightPermit {
+        loop {
+            let current = self.current.load(Ordering::Acquire);
+            if current < self.max {
+                if self
+                    .current
+                    .compare_exchange_weak(
+                        current,
+                        current + 1,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    )
+                    .is_ok()
+                {
+                    return InFlightPermit(self.clone());
+                }
+                continue;
+            }
+            let room = self.room.notified();
+            tokio::pin!(room);
+            // Registered before the check, so a release between the two wakes it.
+            room.as_mut().enable();
+            if self.current.load(Ordering::Acquire) > self.resume_at {
+                room.await;
+            }
+        }
+    }
+
+    fn release(&self) {
+        if self.current.fetch_sub(1, Ordering::AcqRel) == self.resume_at + 1 {
+            self.room.notify_waiters();
+        }
+    }
+}
+
+/// One event's place under the in-flight bound, given back when dropped.
+pub struct InFlightPermit(Arc<InFlightLimit>);
+
+impl Drop for InFlightPermit {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
 /// What travels with one event through librdkafka and comes back in its report.
 pub struct Ticket {
-    pub reply: oneshot::Sender<Result<Delivery, DeliveryFailure>>,
+    pub reply: Reply,
     pub enqueued: Instant,
-    pub permit: OwnedSemaphorePermit,
+    pub permit: InFlightPermit,
     /// The topic's delivery counters, found when the event was sent.
     pub topic: Arc<TopicState>,
 }
@@ -98,9 +270,51 @@ impl ProducerContext for DeliveryContext {
                 })
             }
         };
-        let Ticket { reply, permit, .. } = *ticket;
+        let Ticket {
+            reply,
+            permit,
+            topic,
+            ..
+        } = *ticket;
         drop(permit);
-        // The waiter may have given up (shutdown); the report then has no one to tell.
-        let _ = reply.send(report);
+        match reply {
+            // The waiter may have given up (shutdown); the report then has no one to tell.
+            Reply::One(waiter) => {
+                let _ = waiter.send(report);
+            }
+            Reply::Group(group, token) => group.report(token, topic, report),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::FutureExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_full_limit_lets_a_sender_on_only_once_an_eighth_is_free() {
+        let limit = InFlightLimit::new(16);
+        let mut held: Vec<InFlightPermit> = Vec::new();
+        for _ in 0..16 {
+            held.push(limit.acquire().now_or_never().expect("below the bound"));
+        }
+        let waiting = limit.clone();
+        let mut next = tokio::spawn(async move { waiting.acquire().await });
+        tokio::task::yield_now().await;
+        assert!((&mut next).now_or_never().is_none(), "the bound holds");
+        held.pop();
+        tokio::task::yield_now().await;
+        assert!(
+            (&mut next).now_or_never().is_none(),
+            "one free place is not enough to wake the sender"
+        );
+        held.pop();
+        let permit = next.await.expect("sender task");
+        assert_eq!(limit.current.load(Ordering::Relaxed), 15);
+        drop(permit);
+        drop(held);
+        assert_eq!(limit.current.load(Ordering::Relaxed), 0);
     }
 }

@@ -3,6 +3,7 @@
 //! handle bounds unacknowledged events, chooses the partition and, in sync mode, waits
 //! for the delivery report before returning.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -14,9 +15,9 @@ use parking_lot::Mutex;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer};
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::oneshot;
 
-use super::delivery::{Delivery, DeliveryFailure, Ticket};
+use super::delivery::{Delivery, DeliveryFailure, DeliveryGroup, InFlightLimit, Reply, Ticket};
 use super::partitioner::{PartitionError, Partitioners};
 use super::KafkaProducer;
 use crate::config::{ProducerConfig, ProducerMode};
@@ -36,6 +37,30 @@ pub struct Outgoing {
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
     pub headers: crate::event::Headers,
+}
+
+impl Outgoing {
+    pub fn record(&self) -> Record<'_> {
+        Record {
+            topic: &self.topic,
+            key: self.key.as_deref(),
+            payload: &self.payload,
+            headers: &self.headers,
+            more_headers: &[],
+        }
+    }
+}
+
+/// An event to write, borrowed: librdkafka copies what it queues, so a sender need not
+/// make an owned copy first.
+#[derive(Debug, Clone, Copy)]
+pub struct Record<'a> {
+    pub topic: &'a str,
+    pub key: Option<&'a [u8]>,
+    pub payload: &'a [u8],
+    pub headers: &'a [(Cow<'static, str>, Vec<u8>)],
+    /// Written after `headers`.
+    pub more_headers: &'a [(&'a str, &'a [u8])],
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -209,6 +234,7 @@ impl Drop for Held {
 
 /// What the handle knows of one topic, shared lock-free by every send to it.
 pub struct TopicState {
+    pub name: Arc<str>,
     count: AtomicI32,
     /// When the count was last asked for, in milliseconds since `Shared::epoch`.
     checked_ms: AtomicU64,
@@ -220,6 +246,7 @@ pub struct TopicState {
 impl TopicState {
     fn new(topic: &str, count: i32, checked_ms: u64) -> Self {
         Self {
+            name: topic.into(),
             count: AtomicI32::new(count),
             checked_ms: AtomicU64::new(checked_ms),
             delivered: metrics::counter!(PRODUCER_MESSAGES, "topic" => topic.to_owned(), "outcome" => "delivered"),
@@ -236,7 +263,7 @@ struct Shared {
     max_message_bytes: u32,
     /// How long a send waits for a producer being restarted.
     message_timeout: Duration,
-    in_flight: Arc<Semaphore>,
+    in_flight: Arc<InFlightLimit>,
     partitioners: Partitioners,
     /// Topics sent to; replaced whole when one is added, read without a lock.
     topics: ArcSwap<HashMap<String, Arc<TopicState>>>,
@@ -268,7 +295,7 @@ impl ProducerHandle {
                 idempotence: config.idempotence,
                 max_message_bytes: config.max_message_bytes,
                 message_timeout: config.message_timeout,
-                in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
+                in_flight: InFlightLimit::new(config.max_in_flight),
                 partitioners: Partitioners::new(config),
                 topics: ArcSwap::from_pointee(HashMap::new()),
                 epoch: Instant::now(),
@@ -319,12 +346,90 @@ impl ProducerHandle {
     }
 
     async fn try_enqueue(&self, event: Outgoing) -> Result<PendingDelivery, ProduceError> {
+        let (reply, receiver) = oneshot::channel();
+        self.send_record(event.record(), Reply::One(reply)).await?;
+        // In async mode nothing below awaits: a caller that drops this future at an
+        // await above knows the event was not sent (`eventd produce` relies on it).
+        let patience = self.patience();
+        let state = match self.shared.mode {
+            ProducerMode::Async => Pending::Waiting(receiver),
+            ProducerMode::Sync => Pending::Reported(
+                PendingDelivery {
+                    topic: String::new(),
+                    state: Pending::Waiting(receiver),
+                    patience,
+                }
+                .report(tokio::time::Instant::now() + patience)
+                .await,
+            ),
+        };
+        Ok(PendingDelivery {
+            topic: event.topic,
+            state,
+            patience,
+        })
+    }
+
+    /// Queues `record` as one of `group`, whose failures name it by `token`. As
+    /// `enqueue`: waits while `producer.max_in_flight` events are unacknowledged, and
+    /// in sync mode until every event of the group is reported.
+    pub async fn enqueue_in(
+        &self,
+        record: Record<'_>,
+        group: &Arc<DeliveryGroup>,
+        token: u64,
+    ) -> Result<(), ProduceError> {
+        // A caller may drop this future at any await before the send: the group must
+        // not then wait for a report that never comes.
+        struct Unsent<'a>(Option<&'a DeliveryGroup>);
+        impl Drop for Unsent<'_> {
+            fn drop(&mut self) {
+                if let Some(group) = self.0 {
+                    group.not_sent();
+                }
+            }
+        }
+        group.sending();
+        let mut unsent = Unsent(Some(group));
+        let sent = self
+            .send_record(record, Reply::Group(group.clone(), token))
+            .await;
+        if sent.is_ok() {
+            unsent.0 = None;
+        }
+        drop(unsent);
+        if let Err(error) = &sent {
+            if !matches!(error, ProduceError::NotRunning) {
+                metrics::counter!(PRODUCER_MESSAGES, "topic" => error.topic().to_owned(), "outcome" => "refused")
+                    .increment(1);
+            }
+            return sent;
+        }
+        if self.shared.mode == ProducerMode::Sync {
+            // The report itself is the group's to read; a lost one is the waiter's to see.
+            let _ = tokio::time::timeout(self.patience(), group.settled()).await;
+        }
+        Ok(())
+    }
+
+    /// How long a waiter gives a report that is due within `message_timeout`.
+    pub fn patience(&self) -> Duration {
+        self.shared.message_timeout + DELIVERY_REPORT_GRACE
+    }
+
+    async fn send_record(&self, event: Record<'_>, reply: Reply) -> Result<(), ProduceError> {
         let size = event.payload.len()
-            + event.key.as_ref().map_or(0, Vec::len)
+            + event.key.map_or(0, <[u8]>::len)
             + event
                 .headers
                 .iter()
                 .map(|(name, value)| name.len() + value.len())
+                .chain(
+                    event
+                        .more_headers
+                        .iter()
+                        .map(|(name, value)| name.len() + value.len()),
+                )
                 .sum::<usize>();
         let too_large = |topic: &str| ProduceError::TooLarge {
             topic: topic.to_owned(),
@@ -332,29 +437,22 @@ impl ProducerHandle {
             limit: self.shared.max_message_bytes,
         };
         if size > self.shared.max_message_bytes as usize {
-            return Err(too_large(&event.topic));
+            return Err(too_large(event.topic));
         }
-        let permit = self
-            .shared
-            .in_flight
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| ProduceError::NotRunning)?;
+        let permit = self.shared.in_flight.acquire().await;
         let (producer, mut generation) = self.running_producer().await?;
         let mut producer = Held(Some(producer));
         let now = Instant::now();
-        let topic = self.topic_state(producer.get()?, &event.topic, now).await?;
+        let topic = self.topic_state(producer.get()?, event.topic, now).await?;
         let count = topic.count.load(Ordering::Relaxed);
         let partition = self
             .shared
             .partitioners
-            .choose(&event.topic, event.key.as_deref(), &event.payload, count)
+            .choose(event.topic, event.key, event.payload, count)
             .map_err(|error| ProduceError::Partition {
-                topic: event.topic.clone(),
+                topic: event.topic.to_owned(),
                 error,
             })?;
-        let (reply, receiver) = oneshot::channel();
         let ticket = Box::new(Ticket {
             reply,
             enqueued: now,
@@ -362,19 +460,26 @@ impl ProducerHandle {
             topic,
         });
         let mut record: BaseRecord<'_, [u8], [u8], Box<Ticket>> =
-            BaseRecord::with_opaque_to(&event.topic, ticket)
+            BaseRecord::with_opaque_to(event.topic, ticket)
                 .partition(partition)
-                .payload(event.payload.as_slice());
-        if let Some(key) = &event.key {
-            record = record.key(key.as_slice());
+                .payload(event.payload);
+        if let Some(key) = event.key {
+            record = record.key(key);
         }
         // librdkafka copies headers per event: none is cheaper than an empty set.
-        if !event.headers.is_empty() {
-            let mut headers = OwnedHeaders::new_with_capacity(event.headers.len());
-            for (name, value) in &event.headers {
+        let header_count = event.headers.len() + event.more_headers.len();
+        if header_count > 0 {
+            let mut headers = OwnedHeaders::new_with_capacity(header_count);
+            for (name, value) in event.headers {
                 headers = headers.insert(Header {
                     key: name,
                     value: Some(value),
+                });
+            }
+            for (name, value) in event.more_headers {
+                headers = headers.insert(Header {
+                    key: name,
+                    value: Some(*value),
                 });
             }
             record = record.headers(headers);
@@ -409,11 +514,11 @@ impl ProducerHandle {
                     }
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _)) => {
-                    break Err(too_large(&event.topic))
+                    break Err(too_large(event.topic))
                 }
                 Err((error, _)) => {
                     break Err(ProduceError::Enqueue {
-                        topic: event.topic.clone(),
+                        topic: event.topic.to_owned(),
                         reason: error.to_string(),
                         code: error.rdkafka_error_code(),
                     })
@@ -423,30 +528,10 @@ impl ProducerHandle {
         if sent.is_err() {
             self.shared.queue_depth.decrement(1.0);
         }
-        sent?;
         // The ProducerActor alone may keep a producer alive, so it can retire a broken
         // one off the async threads.
         drop(producer);
-        // In async mode nothing below awaits: a caller that drops this future at an
-        // await above knows the event was not sent (`eventd produce` relies on it).
-        let patience = self.shared.message_timeout + DELIVERY_REPORT_GRACE;
-        let state = match self.shared.mode {
-            ProducerMode::Async => Pending::Waiting(receiver),
-            ProducerMode::Sync => Pending::Reported(
-                PendingDelivery {
-                    topic: String::new(),
-                    state: Pending::Waiting(receiver),
-                    patience,
-                }
-                .report(tokio::time::Instant::now() + patience)
-                .await,
-            ),
-        };
-        Ok(PendingDelivery {
-            topic: event.topic,
-            state,
-            patience,
-        })
+        sent
     }
 
     /// Queues a dead-letter copy. A copy too large to send goes without its body: its

@@ -20,8 +20,10 @@ use rdkafka::producer::Producer;
 use crate::config::Config;
 use crate::kafka::{producer_config, Brokers};
 
-pub use delivery::{Delivery, DeliveryContext, DeliveryFailure};
-pub use handle::{is_permanent_rejection, Outgoing, PendingDelivery, ProduceError, ProducerHandle};
+pub use delivery::{Delivery, DeliveryContext, DeliveryFailure, DeliveryGroup};
+pub use handle::{
+    is_permanent_rejection, Outgoing, PendingDelivery, ProduceError, ProducerHandle, Record,
+};
 pub use supervisor::ProducerSupervisor;
 
 type KafkaProducer = polled::PolledProducer<DeliveryContext>;

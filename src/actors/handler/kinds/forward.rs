@@ -17,7 +17,7 @@ use ractor::ActorProcessingErr;
 use super::super::actor::{BatchOutcome, Settling};
 use super::super::{Batch, BatchSource, HandlerPool};
 use crate::actors::producer::dead_letter::{write_dead_letter, Blocked, Retry};
-use crate::actors::producer::{Outgoing, PendingDelivery, ProduceError, ProducerHandle};
+use crate::actors::producer::{DeliveryGroup, Outgoing, ProduceError, ProducerHandle, Record};
 use crate::config::HandlerConfig;
 use crate::event::{headers, Event};
 
@@ -26,12 +26,6 @@ pub struct Forward {
     producer: ProducerHandle,
     /// Where an event that can never be forwarded goes.
     dead_letter: Option<String>,
-}
-
-/// A copy on its way: queued in the producer, or refused before it was queued.
-enum Copy {
-    Queued(Arc<Event>, PendingDelivery),
-    Refused(Arc<Event>, ProduceError),
 }
 
 /// What settling a batch's copies needs, owned so it can run beside the actor.
@@ -43,7 +37,11 @@ struct Settle {
     dead_letter: Option<String>,
     blocked: Arc<Blocked>,
     worker: Arc<dyn BatchSource>,
-    copies: Vec<Copy>,
+    /// The batch's events; a copy's token in `group` is its index here.
+    events: Vec<Arc<Event>>,
+    group: Arc<DeliveryGroup>,
+    /// Copies the producer refused for good before queueing them, by index.
+    refused: Vec<(usize, ProduceError)>,
 }
 
 impl Forward {
@@ -81,14 +79,24 @@ impl Forward {
         batch: &Batch,
         fields: Option<Vec<String>>,
     ) -> Result<Option<Settling>, ActorProcessingErr> {
-        let mut copies = Vec::with_capacity(batch.events.len());
-        for event in &batch.events {
-            let copy = copy_of(event, &self.output, fields.as_deref());
-            match self.producer.enqueue(copy).await {
-                Ok(delivery) => copies.push(Copy::Queued(event.clone(), delivery)),
-                Err(error) if error.is_permanent() => {
-                    copies.push(Copy::Refused(event.clone(), error))
-                }
+        let group = DeliveryGroup::new();
+        let mut refused = Vec::new();
+        let mut source_text = headers::SourceText::default();
+        for (index, event) in batch.events.iter().enumerate() {
+            let reduced_payload = fields.as_deref().map(|fields| reduced(event, fields));
+            let record = Record {
+                topic: &self.output,
+                key: event.key.as_deref(),
+                // Validated on the way in: without `fields` it goes on byte for byte.
+                payload: reduced_payload
+                    .as_deref()
+                    .unwrap_or_else(|| event.body.bytes()),
+                headers: &event.headers,
+                more_headers: &source_text.headers(&event.source),
+            };
+            match self.producer.enqueue_in(record, &group, index as u64).await {
+                Ok(()) => {}
+                Err(error) if error.is_permanent() => refused.push((index, error)),
                 Err(error) => return Err(error.into()),
             }
         }
@@ -100,7 +108,9 @@ impl Forward {
             dead_letter: self.dead_letter.clone(),
             blocked: batch.blocked.clone(),
             worker: batch.reply_to.clone(),
-            copies,
+            events: batch.events.clone(),
+            group,
+            refused,
         };
         if self.producer.keeps_partition_order() {
             return Ok(Some(Box::pin(settle.run())));
@@ -112,22 +122,39 @@ impl Forward {
 
 impl Settle {
     async fn run(mut self) -> Result<(), ActorProcessingErr> {
-        let mut refused = Vec::new();
+        let patience = self.producer.patience();
+        if tokio::time::timeout(patience, self.group.settled())
+            .await
+            .is_err()
+        {
+            // librdkafka reports every event within message_timeout: a restart of
+            // the actor redelivers what this batch held.
+            return Err(format!(
+                "handler {}: no delivery report for copies to {:?} within {}",
+                self.handler,
+                self.output,
+                humantime::format_duration(patience)
+            )
+            .into());
+        }
+        let mut refused = std::mem::take(&mut self.refused);
         let mut failed = Vec::new();
-        let mut deadline = None;
-        for copy in std::mem::take(&mut self.copies) {
-            match copy {
-                Copy::Queued(event, delivery) => {
-                    let by = *deadline.get_or_insert_with(|| delivery.deadline());
-                    match delivery.wait_by(by).await {
-                        Ok(_) => {}
-                        Err(error) if error.is_permanent() => refused.push((event, error)),
-                        Err(error) => failed.push((event, error)),
-                    }
-                }
-                Copy::Refused(event, error) => refused.push((event, error)),
+        for (token, error) in self.group.take_failures() {
+            if error.is_permanent() {
+                refused.push((token as usize, error));
+            } else {
+                failed.push((token as usize, error));
             }
         }
+        let in_batch_order = |mut copies: Vec<(usize, ProduceError)>| {
+            copies.sort_by_key(|(index, _)| *index);
+            copies
+                .into_iter()
+                .map(|(index, error)| (self.events[index].clone(), error))
+                .collect::<Vec<_>>()
+        };
+        let failed = in_batch_order(failed);
+        let mut refused = in_batch_order(refused);
         refused.extend(self.send_again(failed).await);
         for (event, error) in refused {
             self.set_aside(&event, &error).await;
