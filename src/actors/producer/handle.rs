@@ -179,20 +179,10 @@ enum Pending {
 impl PendingDelivery {
     pub async fn wait(self) -> Result<Delivery, ProduceError> {
         let deadline = tokio::time::Instant::now() + self.patience;
-        self.wait_by(deadline).await
-    }
-
-    /// As `wait`, with a deadline shared by many waits (a batch reads the clock once).
-    pub async fn wait_by(self, deadline: tokio::time::Instant) -> Result<Delivery, ProduceError> {
         let topic = self.topic.clone();
         self.report(deadline)
             .await
             .map_err(|failure| ProduceError::Delivery { topic, failure })
-    }
-
-    /// When a wait that starts now gives up on its report.
-    pub fn deadline(&self) -> tokio::time::Instant {
-        tokio::time::Instant::now() + self.patience
     }
 
     async fn report(self, deadline: tokio::time::Instant) -> Result<Delivery, DeliveryFailure> {
