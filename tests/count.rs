@@ -296,3 +296,24 @@ fn partial_windows_are_emitted_on_shutdown() {
         eventd.logs()
     );
 }
+
+#[test]
+fn a_malformed_event_under_count_alone_is_dead_lettered_with_its_headers() {
+    let broker = Broker::start(1, &[INPUT, OUTPUT, "dlq"]);
+    broker.produce_raw(INPUT, "bad", b"{not json");
+    broker.produce(INPUT, &known_input().0);
+    let eventd = start_eventd(
+        &broker,
+        &format!("{}\n[dead_letter]\ntopic = \"dlq\"\n", config("1s")),
+    );
+    let dead = broker.wait_for("dlq", Duration::from_secs(25), |records| {
+        !records.is_empty()
+    });
+    assert_eq!(dead[0].payload, b"{not json", "logs:\n{}", eventd.logs());
+    assert_eq!(
+        dead[0].headers.get("origin").map(String::as_str),
+        Some("test"),
+        "the dead-letter copy keeps the event's headers though count reads none: {:?}",
+        dead[0].headers
+    );
+}

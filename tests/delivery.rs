@@ -362,6 +362,14 @@ fields = ["zeta", "event_id", "absent", "item_id"]
         .map(|r| String::from_utf8_lossy(&r.payload).into_owned())
         .collect();
     assert_eq!(copies, payloads, "logs: {}", eventd.logs());
+    for copy in whole.iter().chain(&reduced) {
+        assert_eq!(
+            copy.headers.get("origin").map(String::as_str),
+            Some("test"),
+            "a copy keeps the headers its event arrived with, beside eventd's: {:?}",
+            copy.headers
+        );
+    }
     let fields: Vec<String> = reduced
         .iter()
         .map(|r| String::from_utf8_lossy(&r.payload).into_owned())

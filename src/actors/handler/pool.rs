@@ -176,6 +176,14 @@ impl Router {
         FieldNames::new(names)
     }
 
+    /// Whether a handler these settings route to passes Kafka headers on.
+    pub fn reads_headers(&self, settings: &[Option<Arc<HandlerSettings>>]) -> bool {
+        self.routes
+            .iter()
+            .zip(settings)
+            .any(|(route, settings)| settings.is_some() && route.pool.kind == HandlerKind::Forward)
+    }
+
     /// Calls `each(route index, slot)` for every handler that wants `event`.
     pub fn route(
         &self,

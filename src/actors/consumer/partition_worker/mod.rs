@@ -200,29 +200,42 @@ struct Taken {
 /// Why an event could not be decoded, with its original payload for the dead-letter copy.
 type Undecodable = (DecodeError, Option<Vec<u8>>);
 
+/// What this partition's handlers read of each event, as their settings stand now.
+struct Wanted {
+    names: Arc<FieldNames>,
+    /// Kafka headers are copied out only for handlers that pass them on.
+    headers: bool,
+}
+
 impl Taken {
-    fn from_message<M: Message>(message: &M, names: &Arc<FieldNames>) -> Taken {
-        let headers = message
-            .headers()
-            .map(|headers| {
-                headers
-                    .iter()
-                    .map(|h| {
-                        (
-                            Cow::Owned(h.key.to_owned()),
-                            h.value.map(<[u8]>::to_vec).unwrap_or_default(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+    fn from_message<M: Message>(message: &M, wanted: &Wanted) -> Taken {
+        let body = Event::decode(message.payload(), &wanted.names)
+            .map_err(|error| (error, message.payload().map(<[u8]>::to_vec)));
+        // An undecodable event's dead-letter copy keeps its headers.
+        let headers = if wanted.headers || body.is_err() {
+            message
+                .headers()
+                .map(|headers| {
+                    headers
+                        .iter()
+                        .map(|h| {
+                            (
+                                Cow::Owned(h.key.to_owned()),
+                                h.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        } else {
+            crate::event::Headers::new()
+        };
         Taken {
             offset: message.offset(),
             key: message.key().map(<[u8]>::to_vec),
             headers,
             timestamp: message.timestamp().to_millis(),
-            body: Event::decode(message.payload(), names)
-                .map_err(|error| (error, message.payload().map(<[u8]>::to_vec))),
+            body,
         }
     }
 }
@@ -306,12 +319,12 @@ impl PartitionWorkerState {
         let Some((queue, _)) = &self.source else {
             return Ok(());
         };
-        let names = self.field_names();
+        let wanted = self.wanted();
         let mut taken = Vec::with_capacity(budget.min(64));
         while taken.len() < budget {
             match queue.poll(Duration::ZERO) {
                 None => break,
-                Some(Ok(message)) => taken.push(Taken::from_message(&message, &names)),
+                Some(Ok(message)) => taken.push(Taken::from_message(&message, &wanted)),
                 Some(Err(error)) => {
                     tracing::warn!(consumer = %self.consumer_name, topic = %self.topic,
                         partition = self.partition, %error, "consume error");
@@ -327,9 +340,12 @@ impl PartitionWorkerState {
         Ok(())
     }
 
-    /// The fields this partition's handlers read, as their settings stand now.
-    fn field_names(&self) -> Arc<FieldNames> {
-        Arc::new(self.router.field_names(&self.router.snapshot(&self.topic)))
+    fn wanted(&self) -> Wanted {
+        let settings = self.router.snapshot(&self.topic);
+        Wanted {
+            names: Arc::new(self.router.field_names(&settings)),
+            headers: self.router.reads_headers(&settings),
+        }
     }
 
     /// Hands `taken` to the handlers, skipping repeats; stops at an event below
@@ -740,7 +756,7 @@ impl Actor for PartitionWorker {
             }
             PartitionWorkerMsg::Stray(message) => {
                 if !state.draining {
-                    let taken = Taken::from_message(&message, &state.field_names());
+                    let taken = Taken::from_message(&message, &state.wanted());
                     if let Err(behind) = state.dispatch(&myself, vec![taken]) {
                         return Err(state.rewind(behind).await);
                     }
