@@ -112,6 +112,7 @@ pub async fn serve(
 }
 
 async fn metrics(State(state): State<AppState>) -> String {
+    super::metrics::sample_gauges();
     state.prometheus.run_upkeep();
     state.prometheus.render()
 }

@@ -44,6 +44,22 @@ const DELIVERY_BUCKETS: &[f64] = &[
     60.0,
 ];
 
+/// Gauges read from where their value lives when /metrics is scraped, so no hot path
+/// keeps a gauge of its own up to date per event. Each returns false once its source
+/// is gone, and is then dropped.
+type Sampler = Box<dyn Fn() -> bool + Send>;
+static SCRAPE_SAMPLERS: parking_lot::Mutex<Vec<Sampler>> = parking_lot::const_mutex(Vec::new());
+
+/// Calls `sample` before every scrape, until it returns false.
+pub fn sample_on_scrape(sample: impl Fn() -> bool + Send + 'static) {
+    SCRAPE_SAMPLERS.lock().push(Box::new(sample));
+}
+
+/// Brings every scrape-time gauge up to date.
+pub fn sample_gauges() {
+    SCRAPE_SAMPLERS.lock().retain(|sample| sample());
+}
+
 /// How often histogram samples are folded into their buckets.
 const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 

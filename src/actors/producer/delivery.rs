@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use metrics::{Gauge, Histogram};
+use metrics::Histogram;
 use parking_lot::Mutex;
 use ractor::ActorRef;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -17,7 +17,7 @@ use tokio::sync::{oneshot, Notify};
 
 use super::handle::{ProduceError, TopicState};
 use super::ProducerMsg;
-use crate::telemetry::metrics::{PRODUCER_DELIVERY, PRODUCER_QUEUE_DEPTH};
+use crate::telemetry::metrics::PRODUCER_DELIVERY;
 
 /// Where the broker put an acknowledged event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,6 +197,11 @@ impl InFlightLimit {
         }
     }
 
+    /// Events holding a permit: sent, or being sent, and not yet reported.
+    pub fn current(&self) -> u64 {
+        self.current.load(Ordering::Relaxed)
+    }
+
     fn release(&self) {
         if self.current.fetch_sub(1, Ordering::AcqRel) == self.resume_at + 1 {
             self.room.notify_waiters();
@@ -224,7 +229,6 @@ pub struct Ticket {
 
 pub struct DeliveryContext {
     actor: ActorRef<ProducerMsg>,
-    queue_depth: Gauge,
     delivery_seconds: Histogram,
 }
 
@@ -232,7 +236,6 @@ impl DeliveryContext {
     pub fn new(actor: ActorRef<ProducerMsg>) -> Self {
         Self {
             actor,
-            queue_depth: metrics::gauge!(PRODUCER_QUEUE_DEPTH),
             delivery_seconds: metrics::histogram!(PRODUCER_DELIVERY),
         }
     }
@@ -251,7 +254,6 @@ impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = Box<Ticket>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, ticket: Self::DeliveryOpaque) {
-        self.queue_depth.decrement(1.0);
         self.delivery_seconds
             .record(ticket.enqueued.elapsed().as_secs_f64());
         let report = match result {

@@ -266,7 +266,6 @@ struct Shared {
     /// Bumped each time a producer is installed, so a sender that met a broken one can
     /// wait for the next without holding on to the broken one.
     generation: AtomicU64,
-    queue_depth: metrics::Gauge,
 }
 
 /// How the rest of the daemon sends events. Cheap to clone; works across restarts of
@@ -278,6 +277,17 @@ pub struct ProducerHandle {
 
 impl ProducerHandle {
     pub(super) fn new(config: &ProducerConfig) -> Self {
+        let in_flight = InFlightLimit::new(config.max_in_flight);
+        // Permits are held from the send to the report: what the gauge counts.
+        let source = Arc::downgrade(&in_flight);
+        let queue_depth = metrics::gauge!(PRODUCER_QUEUE_DEPTH);
+        crate::telemetry::metrics::sample_on_scrape(move || match source.upgrade() {
+            Some(limit) => {
+                queue_depth.set(limit.current() as f64);
+                true
+            }
+            None => false,
+        });
         Self {
             shared: Arc::new(Shared {
                 producer: ArcSwapOption::empty(),
@@ -285,13 +295,12 @@ impl ProducerHandle {
                 idempotence: config.idempotence,
                 max_message_bytes: config.max_message_bytes,
                 message_timeout: config.message_timeout,
-                in_flight: InFlightLimit::new(config.max_in_flight),
+                in_flight,
                 partitioners: Partitioners::new(config),
                 topics: ArcSwap::from_pointee(HashMap::new()),
                 epoch: Instant::now(),
                 first_fetch: Mutex::new(HashMap::new()),
                 generation: AtomicU64::new(0),
-                queue_depth: metrics::gauge!(PRODUCER_QUEUE_DEPTH),
             }),
         }
     }
@@ -474,8 +483,6 @@ impl ProducerHandle {
             }
             record = record.headers(headers);
         }
-        // Counted before the send: the report may arrive before `send` returns.
-        self.shared.queue_depth.increment(1.0);
         let mut backoff = Duration::from_millis(1);
         let sent = loop {
             let Ok(current) = producer.get() else {
@@ -497,10 +504,7 @@ impl ProducerHandle {
                             producer = Held(Some(next));
                             generation = next_generation;
                         }
-                        Err(error) => {
-                            self.shared.queue_depth.decrement(1.0);
-                            return Err(error);
-                        }
+                        Err(error) => return Err(error),
                     }
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _)) => {
@@ -515,9 +519,6 @@ impl ProducerHandle {
                 }
             }
         };
-        if sent.is_err() {
-            self.shared.queue_depth.decrement(1.0);
-        }
         // The ProducerActor alone may keep a producer alive, so it can retire a broken
         // one off the async threads.
         drop(producer);
