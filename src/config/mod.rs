@@ -494,13 +494,30 @@ pub enum FieldCondition {
 }
 
 impl FieldCondition {
-    pub fn matches(&self, value: Option<&serde_json::Value>) -> bool {
+    /// Whether a field whose value is the JSON text `raw` (`None`: absent) passes.
+    /// Strings without escapes are compared as written; anything else as parsed, so
+    /// `"\u0061"` equals `"a"` and `1.0` is not `1`, as with `serde_json::Value`.
+    pub fn matches(&self, raw: Option<&str>) -> bool {
+        let equals = |expected: &serde_json::Value, raw: &str| match (expected, plain_string(raw)) {
+            (serde_json::Value::String(expected), Some(text)) => expected == text,
+            (_, Some(_)) => false,
+            _ => serde_json::from_str::<serde_json::Value>(raw).is_ok_and(|v| v == *expected),
+        };
         match self {
-            FieldCondition::Equals(expected) => value == Some(expected),
-            FieldCondition::In(allowed) => value.is_some_and(|v| allowed.contains(v)),
-            FieldCondition::Exists(wanted) => value.is_some() == *wanted,
+            FieldCondition::Equals(expected) => raw.is_some_and(|raw| equals(expected, raw)),
+            FieldCondition::In(allowed) => {
+                raw.is_some_and(|raw| allowed.iter().any(|expected| equals(expected, raw)))
+            }
+            FieldCondition::Exists(wanted) => raw.is_some() == *wanted,
         }
     }
+}
+
+/// The contents of a JSON string literal that has no escapes.
+fn plain_string(raw: &str) -> Option<&str> {
+    raw.strip_prefix('"')?
+        .strip_suffix('"')
+        .filter(|text| !text.contains('\\'))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

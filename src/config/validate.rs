@@ -727,10 +727,28 @@ mod tests {
             "{BASE}\n[handlers.filter]\naction = {{ equals = \"add\" }}\nkind = {{ in = [\"a\", \"b\"] }}\n"
         ));
         let filter = &config.handlers[0].filter;
-        let add = serde_json::json!("add");
-        assert!(filter["action"].matches(Some(&add)));
+        assert!(filter["action"].matches(Some(r#""add""#)));
+        assert!(
+            filter["action"].matches(Some(r#""\u0061dd""#)),
+            "escapes are read"
+        );
+        assert!(!filter["action"].matches(Some(r#""added""#)));
+        assert!(!filter["action"].matches(Some(r#"["add"]"#)));
         assert!(!filter["action"].matches(None));
-        assert!(filter["kind"].matches(Some(&serde_json::json!("b"))));
+        assert!(filter["kind"].matches(Some(r#""b""#)));
+        assert!(!filter["kind"].matches(Some(r#""c""#)));
+        let numbers = parse(&format!(
+            "{BASE}\n[handlers.filter]\nn = {{ equals = 1 }}\nseen = {{ exists = true }}\n"
+        ));
+        let filter = &numbers.handlers[0].filter;
+        assert!(filter["n"].matches(Some("1")));
+        assert!(
+            !filter["n"].matches(Some("1.0")),
+            "as serde_json compares numbers"
+        );
+        assert!(!filter["n"].matches(Some(r#""1""#)));
+        assert!(filter["seen"].matches(Some("null")), "a null field exists");
+        assert!(!filter["seen"].matches(None));
     }
 
     #[test]

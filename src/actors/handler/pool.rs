@@ -36,7 +36,7 @@ impl HandlerSettings {
     fn matches(&self, event: &Event) -> bool {
         self.filter
             .iter()
-            .all(|(field, condition)| condition.matches(event.body.get(field).as_ref()))
+            .all(|(field, condition)| condition.matches(event.body.raw(field)))
     }
 }
 
