@@ -94,8 +94,9 @@
 //!   E = 4x the event's key and body, W = the event plus 256 B of headers, and
 //!   B = 16 KiB: `25 MiB + P x (2 x fetch_buffer x (1 + 200 B / S) + B +
 //!   max_in_flight x E) +
-//!   min(producer.max_buffer, producer.max_in_flight x W)`. The producer pair has
-//!   P = 0; A and A' write nothing, so they have no producer term.
+//!   min(producer.max_buffer, producer.max_in_flight x (W + 250 B))`. The producer
+//!   pair has P = 0 and W = the line; A and A' write nothing, so they have no
+//!   producer term.
 //!
 //! It exits 1 when a target is missed or a phase failed, after printing everything.
 //!
@@ -155,6 +156,8 @@ const MIB: f64 = 1024.0 * 1024.0;
 const BATCH_BYTES: u64 = 16 * 1024;
 /// The README's bytes librdkafka keeps per fetched event beside the event itself.
 const LIBRDKAFKA_PER_EVENT: u64 = 200;
+/// The README's bytes librdkafka and eventd keep per unacknowledged written event.
+const PRODUCER_PER_EVENT: u64 = 250;
 /// The README's `base` of the memory budget.
 const BASE_BYTES: u64 = 25 << 20;
 /// A phase that makes no progress for this long has failed.
@@ -697,7 +700,7 @@ fn budget(config: &Config, partitions: u64, wire_bytes: u64, written: u64) -> u6
             .producer
             .max_buffer
             .bytes()
-            .min(config.producer.max_in_flight as u64 * written)
+            .min(config.producer.max_in_flight as u64 * (written + PRODUCER_PER_EVENT))
     } else {
         0
     };
