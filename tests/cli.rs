@@ -245,10 +245,16 @@ fn embedded_default_shows_the_pipeline_and_stops_cleanly() {
         Some(200),
         "/healthz"
     );
-    assert_eq!(
-        eventd.http_get("/readyz").map(|r| r.0),
-        Some(200),
-        "/readyz"
+    // Events flow as soon as the first member of the group has partitions; ready
+    // means every member had its first assignment, which a busy machine may delay.
+    let ready = eventd.wait_until(Duration::from_secs(20), |e| {
+        e.http_get("/readyz").is_some_and(|r| r.0 == 200)
+    });
+    assert!(
+        ready,
+        "/readyz: {:?}\nlogs:\n{}",
+        eventd.http_get("/readyz"),
+        eventd.logs()
     );
 
     let logs = eventd.terminate(Duration::from_secs(25));
