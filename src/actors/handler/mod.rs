@@ -54,7 +54,8 @@ pub trait BatchSource: Send + Sync + 'static {
 
 /// A run of events of one partition for one handler actor.
 pub struct Batch {
-    pub events: Vec<Arc<Event>>,
+    /// Shared, so a writer settling the batch beside its actor holds it at no cost per event.
+    pub events: Arc<[Arc<Event>]>,
     pub reply_to: Arc<dyn BatchSource>,
     /// The source partition's blocked marker, for writes its offset waits on.
     pub blocked: Arc<Blocked>,

@@ -510,7 +510,7 @@ impl PartitionWorkerState {
         let delivered = current.actor.is_some_and(|actor| {
             actor
                 .send_message(HandlerMsg::Batch(Batch {
-                    events,
+                    events: events.into(),
                     reply_to: self.source_handle.clone(),
                     blocked: self.blocked.clone(),
                     handler,

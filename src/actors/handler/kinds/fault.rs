@@ -77,7 +77,7 @@ impl Fault {
         pool: &HandlerPool,
         batch: &Batch,
     ) -> Result<BatchOutcome, ActorProcessingErr> {
-        for event in &batch.events {
+        for event in batch.events.iter() {
             if !self.chosen(event) {
                 continue;
             }

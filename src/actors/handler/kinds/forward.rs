@@ -38,7 +38,7 @@ struct Settle {
     blocked: Arc<Blocked>,
     worker: Arc<dyn BatchSource>,
     /// The batch's events; a copy's token in `group` is its index here.
-    events: Vec<Arc<Event>>,
+    events: Arc<[Arc<Event>]>,
     group: Arc<DeliveryGroup>,
     /// Copies the producer refused for good before queueing them, by index.
     refused: Vec<(usize, ProduceError)>,

@@ -18,7 +18,7 @@ impl Log {
     pub fn handle(&mut self, pool: &HandlerPool, batch: &Batch) -> BatchOutcome {
         let sample = pool.settings.load().sample;
         let mut outcome = BatchOutcome::default();
-        for event in &batch.events {
+        for event in batch.events.iter() {
             if sample < 1.0 && self.rng.f64() >= sample {
                 outcome.skipped += 1;
                 continue;
