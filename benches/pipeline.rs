@@ -1402,19 +1402,10 @@ fn latency_phase(ctx: &Ctx) -> Result<Row, String> {
             let _ = write!(body, ",\"sent_us\":{}}}", now_micros());
         }
         bytes += (item.len() + body.len()) as u64;
-        let mut record = BaseRecord::to(&topics[seq % topics.len()])
+        let record = BaseRecord::to(&topics[seq % topics.len()])
             .key(item.as_bytes())
             .payload(body.as_bytes());
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    std::thread::sleep(Duration::from_micros(200));
-                }
-                Err((error, _)) => return Err(format!("latency producer: {error}")),
-            }
-        }
+        send_when_room(&producer, record).map_err(|error| format!("latency producer: {error}"))?;
     }
     let produced_for = started.elapsed().as_secs_f64();
     let valid = total as u64 - malformed;
@@ -2049,6 +2040,23 @@ impl ProducerContext for Reports {
     }
 }
 
+/// Sends `record`, waiting while librdkafka's queue is full, as a bare client would.
+fn send_when_room<C: ProducerContext>(
+    producer: &ThreadedProducer<C>,
+    mut record: BaseRecord<'_, [u8], [u8], C::DeliveryOpaque>,
+) -> Result<(), KafkaError> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            Err((error, _)) => return Err(error),
+        }
+    }
+}
+
 fn child_produce(spec: &ChildSpec) -> ChildReport {
     let (config, brokers) = load_config(&spec.config);
     let producer: ThreadedProducer<Reports> = producer_config(&config, &brokers)
@@ -2075,19 +2083,12 @@ fn child_produce(spec: &ChildSpec) -> ChildReport {
             continue;
         };
         let key = keyed.item_id.as_bytes();
-        let mut record = BaseRecord::to(&spec.output)
+        let record = BaseRecord::to(&spec.output)
             .partition(sarama_partition(key, spec.output_partitions))
             .key(key)
             .payload(text.as_bytes());
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    std::thread::sleep(Duration::from_micros(200));
-                }
-                Err((error, _)) => panic!("bare producer: send failed: {error}"),
-            }
+        if let Err(error) = send_when_room(&producer, record) {
+            panic!("bare producer: send failed: {error}");
         }
         sent += 1;
     }
