@@ -32,7 +32,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use super::context::{KafkaConsumer, KafkaPartitionQueue};
-use crate::actors::handler::{Batch, BatchSource, HandlerMsg, Router};
+use crate::actors::handler::{Batch, BatchSource, HandlerMsg, HandlerSettings, Router};
 use crate::actors::producer::dead_letter::{write_dead_letter, Blocked};
 use crate::actors::producer::{Outgoing, ProducerHandle};
 use crate::event::{headers, Body, DecodeError, Event, FieldNames, Source};
@@ -200,8 +200,10 @@ struct Taken {
 /// Why an event could not be decoded, with its original payload for the dead-letter copy.
 type Undecodable = (DecodeError, Option<Vec<u8>>);
 
-/// What this partition's handlers read of each event, as their settings stand now.
+/// What this partition's handlers read of each event, as their settings stand now;
+/// the events read with it are routed by the same settings.
 struct Wanted {
+    settings: Vec<Option<Arc<HandlerSettings>>>,
     names: Arc<FieldNames>,
     /// Kafka headers are copied out only for handlers that pass them on.
     headers: bool,
@@ -333,7 +335,7 @@ impl PartitionWorkerState {
             }
         }
         let more_waiting = taken.len() == MAX_READ;
-        self.dispatch(myself, taken)?;
+        self.dispatch(myself, taken, &wanted)?;
         if more_waiting {
             self.queue_poll(myself);
         }
@@ -345,6 +347,7 @@ impl PartitionWorkerState {
         Wanted {
             names: Arc::new(self.router.field_names(&settings)),
             headers: self.router.reads_headers(&settings),
+            settings,
         }
     }
 
@@ -354,11 +357,12 @@ impl PartitionWorkerState {
         &mut self,
         myself: &ActorRef<PartitionWorkerMsg>,
         taken: Vec<Taken>,
+        wanted: &Wanted,
     ) -> Result<(), Behind> {
         if taken.is_empty() {
             return Ok(());
         }
-        let settings = self.router.snapshot(&self.topic);
+        let settings = &wanted.settings;
         // A few (handler, slot) pairs at most: a list searched in place beats hashing
         // the pair for every event.
         let mut batches: Vec<(SlotKey, Vec<Arc<Event>>)> = Vec::new();
@@ -407,7 +411,7 @@ impl PartitionWorkerState {
                 body,
             });
             let mut handlers = 0;
-            self.router.route(&settings, &event, |route, slot| {
+            self.router.route(settings, &event, |route, slot| {
                 let target = (self.router.routes[route].pool.index, slot);
                 match batches.iter_mut().find(|(key, _)| *key == target) {
                     Some((_, events)) => events.push(event.clone()),
@@ -756,8 +760,9 @@ impl Actor for PartitionWorker {
             }
             PartitionWorkerMsg::Stray(message) => {
                 if !state.draining {
-                    let taken = Taken::from_message(&message, &state.wanted());
-                    if let Err(behind) = state.dispatch(&myself, vec![taken]) {
+                    let wanted = state.wanted();
+                    let taken = Taken::from_message(&message, &wanted);
+                    if let Err(behind) = state.dispatch(&myself, vec![taken], &wanted) {
                         return Err(state.rewind(behind).await);
                     }
                 }
