@@ -488,6 +488,16 @@ pub mod headers {
     pub const SOURCE_OFFSET: &str = "eventd.source.offset";
     /// Why an event went to the dead-letter topic.
     pub const ERROR: &str = "eventd.error";
+    /// The handler that gave up on a dead-lettered event.
+    pub const HANDLER: &str = "eventd.handler";
+    /// Attempts a handler made before the event was dead-lettered.
+    pub const ATTEMPTS: &str = "eventd.attempts";
+    /// When the event was dead-lettered, RFC 3339 UTC.
+    pub const FAILED_AT: &str = "eventd.failed_at";
+    /// `true` on a dead-letter copy whose value was cut to fit the producer's limit.
+    pub const TRUNCATED: &str = "eventd.truncated";
+    /// Bytes of the original value of a truncated copy.
+    pub const SOURCE_SIZE: &str = "eventd.source.size";
 
     /// The source headers of many events, written into buffers kept across them.
     #[derive(Default)]

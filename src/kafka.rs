@@ -238,9 +238,16 @@ pub fn written_topics(config: &Config) -> Vec<(String, String)> {
         .handlers
         .iter()
         .enumerate()
-        .filter_map(|(i, handler)| {
-            let output = handler.output.as_ref()?;
-            Some((format!("handlers[{i}].output"), output.clone()))
+        .flat_map(|(i, handler)| {
+            let output = handler
+                .output
+                .as_ref()
+                .map(|output| (format!("handlers[{i}].output"), output.clone()));
+            let dead_letter = handler
+                .dead_letter
+                .as_ref()
+                .map(|topic| (format!("handlers[{i}].dead_letter"), topic.clone()));
+            output.into_iter().chain(dead_letter)
         })
         .collect();
     if let Some(topic) = &config.dead_letter.topic {

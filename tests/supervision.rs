@@ -62,6 +62,8 @@ kind = "fault"
 consumer = "main"
 action = "panic"
 every = 1
+[handlers.retry]
+max_attempts = 2
 "#,
     );
     let status = eventd

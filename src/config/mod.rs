@@ -528,6 +528,8 @@ pub enum FaultAction {
     Sleep,
     /// Break the producer as a fatal librdkafka error would.
     ProducerFatal,
+    /// Fail with an error marked transient, as a downstream being unavailable would.
+    Unavailable,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -566,9 +568,102 @@ pub struct HandlerConfig {
     /// `fault`: act at most once per chosen event, even across restarts.
     #[serde(default)]
     pub once: bool,
+    /// `fault`: act at most this many times per chosen event, even across restarts.
+    pub times: Option<u32>,
+    /// `fault`: act only within this long of the pool's first action (an outage).
+    #[serde(default, with = "humantime_serde")]
+    pub lasting: Option<Duration>,
     /// `fault` with `action = "sleep"`: sleep a random time up to this.
     #[serde(default, with = "humantime_serde")]
     pub sleep: Option<Duration>,
+    /// How an event the handler fails on is tried again.
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// Where events this handler gave up on go; defaults to `[dead_letter] topic`.
+    pub dead_letter: Option<String>,
+}
+
+/// `[handlers.retry]`: attempts and backoff for an event a handler failed on.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Attempts in all, the first included, before the event is dead-lettered.
+    pub max_attempts: u32,
+    /// Delay before the second attempt; doubles with each further one, with jitter.
+    #[serde(with = "humantime_serde")]
+    pub backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// Attempts allowed for errors the handler marks transient (a downstream
+    /// unavailable, a timeout): `"forever"` or a number.
+    pub transient: TransientRetries,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+            transient: TransientRetries::Forever,
+        }
+    }
+}
+
+impl RetryConfig {
+    /// Delay before attempt `attempt + 1` after `attempt` failed ones: doubling from
+    /// `backoff`, capped at `max_backoff`, with up to a quarter taken off at random so
+    /// events that failed together do not retry together.
+    pub fn delay_after(&self, attempt: u32) -> Duration {
+        let doubled = self
+            .backoff
+            .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1).min(20)))
+            .min(self.max_backoff);
+        doubled.mul_f64(1.0 - fastrand::f64() * 0.25)
+    }
+}
+
+/// How often a transient failure is retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransientRetries {
+    Forever,
+    Attempts(u32),
+}
+
+impl TransientRetries {
+    pub fn allows(self, attempts: u32) -> bool {
+        match self {
+            TransientRetries::Forever => true,
+            TransientRetries::Attempts(limit) => attempts < limit,
+        }
+    }
+}
+
+impl Serialize for TransientRetries {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            TransientRetries::Forever => serializer.serialize_str("forever"),
+            TransientRetries::Attempts(n) => serializer.serialize_u32(*n),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for TransientRetries {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Word(String),
+            Count(u32),
+        }
+        match Written::deserialize(deserializer) {
+            Ok(Written::Word(word)) if word == "forever" => Ok(TransientRetries::Forever),
+            Ok(Written::Count(n)) if n > 0 => Ok(TransientRetries::Attempts(n)),
+            _ => Err(serde::de::Error::custom(
+                "must be \"forever\" or a number of attempts of at least 1",
+            )),
+        }
+    }
 }
 
 const fn default_concurrency() -> usize {
@@ -806,6 +901,14 @@ impl Config {
             .unwrap_or_default()
     }
 
+    /// The dead-letter topic of `handler`: its own, else `[dead_letter] topic`.
+    pub fn handler_dead_letter<'a>(&'a self, handler: &'a HandlerConfig) -> Option<&'a String> {
+        handler
+            .dead_letter
+            .as_ref()
+            .or(self.dead_letter.topic.as_ref())
+    }
+
     /// Every topic the config names: consumed, written and dead-letter topics.
     pub fn all_topics(&self) -> Vec<String> {
         let mut topics: Vec<String> = Vec::new();
@@ -820,6 +923,9 @@ impl Config {
         for handler in &self.handlers {
             if let Some(output) = &handler.output {
                 add(output);
+            }
+            if let Some(topic) = &handler.dead_letter {
+                add(topic);
             }
         }
         if let Some(topic) = &self.dead_letter.topic {

@@ -135,6 +135,26 @@ impl Config {
             }
         }
         for (i, handler) in self.handlers.iter().enumerate() {
+            let Some(topic) = &handler.dead_letter else {
+                continue;
+            };
+            let key = format!("handlers[{i}].dead_letter");
+            if topic.trim().is_empty() {
+                issues.push(
+                    key.as_str(),
+                    "must not be empty; remove it to use [dead_letter] topic",
+                );
+            }
+            for consumer in &self.consumers {
+                if consumer.topics.contains(topic) {
+                    issues.push(
+                        key.as_str(),
+                        format!("{topic:?} is read by consumer {:?}: its dead-lettered events would be read again", consumer.name),
+                    );
+                }
+            }
+        }
+        for (i, handler) in self.handlers.iter().enumerate() {
             let (Some(output), Some(consumer)) =
                 (&handler.output, self.consumer(&handler.consumer))
             else {
@@ -159,6 +179,11 @@ impl Config {
             .collect();
         if let Some(topic) = &self.dead_letter.topic {
             exposed.push(("dead_letter.topic".to_owned(), topic));
+        }
+        for (i, handler) in self.handlers.iter().enumerate() {
+            if let Some(topic) = &handler.dead_letter {
+                exposed.push((format!("handlers[{i}].dead_letter"), topic));
+            }
         }
         for (key, topic) in exposed {
             match self.producer.outputs.get(topic) {
@@ -454,7 +479,44 @@ impl Config {
             if handler.concurrency == 0 {
                 issues.push(key("concurrency"), "must be at least 1");
             }
+            self.validate_retry(handler, &key, issues);
             validate_kind_fields(handler, &key, issues);
+        }
+    }
+}
+
+impl Config {
+    fn validate_retry(
+        &self,
+        handler: &HandlerConfig,
+        key: &dyn Fn(&str) -> String,
+        issues: &mut Issues,
+    ) {
+        let retry = &handler.retry;
+        if retry.max_attempts == 0 {
+            issues.push(key("retry.max_attempts"), "must be at least 1");
+        }
+        let max_restarts = self.supervision.max_restarts;
+        if retry.max_attempts as usize >= max_restarts {
+            issues.push(
+                key("retry.max_attempts"),
+                format!(
+                    "is {} but must be below supervision.max_restarts ({max_restarts}): an event that makes the handler panic counts an attempt per restart, so the daemon would end (exit 70) before dead-lettering it",
+                    retry.max_attempts
+                ),
+            );
+        }
+        if retry.backoff.is_zero() {
+            issues.push(key("retry.backoff"), "must be at least 1ms");
+        }
+        if retry.max_backoff < retry.backoff {
+            issues.push(
+                key("retry.max_backoff"),
+                format!(
+                    "must not be below retry.backoff ({})",
+                    humantime::format_duration(retry.backoff)
+                ),
+            );
         }
     }
 }
@@ -477,6 +539,8 @@ fn validate_kind_fields(
         ("every", handler.every.is_some()),
         ("offsets", handler.offsets.is_some()),
         ("once", handler.once),
+        ("times", handler.times.is_some()),
+        ("lasting", handler.lasting.is_some()),
         ("sleep", handler.sleep.is_some()),
     ];
     let (required, allowed): (&[&str], &[&str]) = match kind {
@@ -488,7 +552,9 @@ fn validate_kind_fields(
         ),
         HandlerKind::Fault => (
             &["action"],
-            &["action", "every", "offsets", "once", "sleep", "output"],
+            &[
+                "action", "every", "offsets", "once", "times", "lasting", "sleep", "output",
+            ],
         ),
     };
     for (field, is_set) in set {
@@ -529,6 +595,12 @@ fn validate_kind_fields(
         if handler.every == Some(0) {
             issues.push(key("every"), "must be at least 1");
         }
+        if handler.once && handler.times.is_some() {
+            issues.push(key("times"), "set either once or times, not both");
+        }
+        if handler.times == Some(0) {
+            issues.push(key("times"), "must be at least 1");
+        }
         if handler.action == Some(FaultAction::Sleep) && handler.sleep.is_none() {
             issues.push(key("sleep"), "is required for action = \"sleep\"");
         }
@@ -538,6 +610,7 @@ fn validate_kind_fields(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::TransientRetries;
     use std::time::Duration;
 
     fn parse(toml: &str) -> Config {
@@ -572,6 +645,67 @@ mod tests {
     #[test]
     fn minimal_config_is_valid() {
         assert!(parse(BASE).validate().is_ok());
+    }
+
+    #[test]
+    fn retries_must_end_before_the_meltdown_would() {
+        let retry = |attempts: u32, max_restarts: usize| {
+            parse(&format!(
+                "[supervision]\nmax_restarts = {max_restarts}\n{BASE}\n[handlers.retry]\nmax_attempts = {attempts}\n"
+            ))
+        };
+        assert_eq!(keys(&retry(3, 4)), Vec::<String>::new());
+        assert_eq!(keys(&retry(4, 4)), vec!["handlers[0].retry.max_attempts"]);
+        assert_eq!(keys(&retry(0, 4)), vec!["handlers[0].retry.max_attempts"]);
+        let message = retry(10, 10).validate().unwrap_err()[0].message.clone();
+        assert!(
+            message.contains("supervision.max_restarts (10)"),
+            "{message}"
+        );
+        let backoff = parse(&format!(
+            "{BASE}\n[handlers.retry]\nbackoff = \"2s\"\nmax_backoff = \"1s\"\n"
+        ));
+        assert_eq!(keys(&backoff), vec!["handlers[0].retry.max_backoff"]);
+    }
+
+    #[test]
+    fn transient_retries_are_forever_or_a_number() {
+        let transient = |value: &str| {
+            let toml = format!("{BASE}\n[handlers.retry]\ntransient = {value}\n");
+            let layered = config::Config::builder()
+                .add_source(config::File::from_str(&toml, config::FileFormat::Toml))
+                .build()
+                .unwrap();
+            serde_path_to_error::deserialize::<_, Config>(layered)
+                .map(|config| config.handlers[0].retry.transient)
+                .map_err(|error| error.to_string())
+        };
+        assert_eq!(transient("\"forever\""), Ok(TransientRetries::Forever));
+        assert_eq!(transient("5"), Ok(TransientRetries::Attempts(5)));
+        for bad in ["\"always\"", "0"] {
+            let error = transient(bad).unwrap_err();
+            assert!(error.contains("forever"), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_handler_dead_letter_topic_must_not_be_read_back() {
+        let config = parse(&format!("{BASE}dead_letter = \"like\"\n"));
+        assert_eq!(keys(&config), vec!["handlers[0].dead_letter"]);
+        let own = parse(&format!("{BASE}dead_letter = \"log-all.dlq\"\n"));
+        assert_eq!(keys(&own), Vec::<String>::new());
+        assert_eq!(
+            own.handler_dead_letter(&own.handlers[0])
+                .map(String::as_str),
+            Some("log-all.dlq")
+        );
+        let inherited = parse(&format!("{BASE}\n[dead_letter]\ntopic = \"dlq\"\n"));
+        assert_eq!(
+            inherited
+                .handler_dead_letter(&inherited.handlers[0])
+                .map(String::as_str),
+            Some("dlq")
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub const EVENTS_INVALID: &str = "eventd_events_invalid_total";
 pub const EVENTS_DEAD_LETTERED: &str = "eventd_events_dead_lettered_total";
 pub const HANDLER_DURATION: &str = "eventd_handler_duration_seconds";
 pub const HANDLER_BATCH_SIZE: &str = "eventd_handler_batch_size";
+pub const HANDLER_RETRIES: &str = "eventd_handler_retries_total";
 pub const PARTITION_IN_FLIGHT: &str = "eventd_partition_in_flight";
 pub const PARTITION_BLOCKED: &str = "eventd_partition_blocked";
 pub const DEAD_LETTER_FAILURES: &str = "eventd_dead_letter_failures_total";
@@ -103,7 +104,11 @@ fn describe() {
     );
     describe_counter!(
         EVENTS_HANDLED,
-        "Events a handler finished, by outcome (ok, skipped)"
+        "Events per handler and topic by outcome: ok, skipped (not sampled, no group_by value), filtered (a filter did not match), retried (handled after failed attempts), dead_lettered (attempts used up)"
+    );
+    describe_counter!(
+        HANDLER_RETRIES,
+        "Attempts a handler made again on an event it had failed on"
     );
     describe_counter!(
         EVENTS_INVALID,
@@ -111,7 +116,7 @@ fn describe() {
     );
     describe_counter!(
         EVENTS_DEAD_LETTERED,
-        "Events written to the dead-letter topic, per topic"
+        "Events written to a dead-letter topic, by source topic, handler (empty for undecodable events) and reason: undecodable, handler_error, handler_panic, produce_rejected, too_large"
     );
     describe_histogram!(
         HANDLER_DURATION,

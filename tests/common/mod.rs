@@ -739,6 +739,15 @@ impl Eventd {
     }
 
     /// GET `path` on the metrics port: (status code, body).
+    /// The JSON log lines whose message is `message`, fields flattened into each.
+    pub fn log_lines(&self, message: &str) -> Vec<serde_json::Value> {
+        self.logs()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|line| line["message"] == message)
+            .collect()
+    }
+
     pub fn http_get(&self, path: &str) -> Option<(u16, String)> {
         let mut stream = TcpStream::connect(("127.0.0.1", self.metrics_port)).ok()?;
         stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;

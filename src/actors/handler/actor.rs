@@ -8,8 +8,14 @@
 //! batches throughput would fall to one batch per linger. The acknowledgements are
 //! awaited beside the actor; a failed one fails the actor, as a failed write inside
 //! `handle` would, and its restart redelivers what was not finished.
+//!
+//! When the handler fails on a batch, its events are tried again one at a time, so the
+//! failing event is known and the others finish. A failing event waits out its backoff
+//! in a queue of its key (source partition and routing key): later events of that key
+//! queue behind it, every other key goes on. After `retry.max_attempts` it goes to the
+//! dead-letter topic, and its offset is finished once that write is acknowledged.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -19,10 +25,18 @@ use metrics::{Counter, Histogram};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
 
+use super::failures::{Failed, Failure, Failures};
 use super::kinds::{Behaviour, SlotMemory};
-use super::{Batch, BatchSource, HandlerMsg, HandlerPool};
+use super::{Batch, BatchSource, HandlerMsg, HandlerPool, Transient};
+use crate::actors::producer::dead_letter::{
+    dead_letter_copy, write_dead_letter, BlockedMark, Provenance, Reason,
+};
 use crate::actors::producer::ProducerHandle;
-use crate::telemetry::metrics::{EVENTS_HANDLED, HANDLER_BATCH_SIZE, HANDLER_DURATION};
+use crate::config::RetryConfig;
+use crate::event::Event;
+use crate::telemetry::metrics::{
+    EVENTS_HANDLED, HANDLER_BATCH_SIZE, HANDLER_DURATION, HANDLER_RETRIES,
+};
 
 pub struct HandlerActor;
 
@@ -32,7 +46,29 @@ pub struct HandlerArgs {
     pub producer: ProducerHandle,
     /// State that outlives one actor: count windows, fault bookkeeping.
     pub memory: SlotMemory,
+    /// Failed attempts of events, kept across restarts of the slot's actor.
+    pub failures: Arc<Failures>,
+    /// This handler's dead-letter topic.
     pub dead_letter: Option<String>,
+}
+
+/// Events are retried in order per source partition and routing key.
+pub type ParkKey = (Arc<str>, i32, Vec<u8>);
+
+fn park_key(event: &Event) -> ParkKey {
+    (
+        event.source.topic.clone(),
+        event.source.partition,
+        event.routing_key().into_owned(),
+    )
+}
+
+/// An event waiting for its retry, or behind one of its key.
+struct Parked {
+    /// The event alone, with its partition's reply handle.
+    batch: Batch,
+    /// Held while the event has used its attempts and has no dead-letter topic.
+    blocked: Option<BlockedMark>,
 }
 
 pub struct HandlerState {
@@ -42,6 +78,12 @@ pub struct HandlerState {
     metrics: HandlerMetrics,
     /// Drives window closing for `count`.
     ticker: Option<JoinHandle<()>>,
+    producer: ProducerHandle,
+    dead_letter: Option<String>,
+    retry: RetryConfig,
+    failures: Arc<Failures>,
+    /// Keys with an event waiting for a retry; its later events queue behind it.
+    parked: HashMap<ParkKey, VecDeque<Parked>>,
 }
 
 impl Actor for HandlerActor {
@@ -60,10 +102,15 @@ impl Actor for HandlerActor {
             .map(|period| myself.send_interval(period, || HandlerMsg::Tick));
         Ok(HandlerState {
             metrics: HandlerMetrics::new(&args.pool.name),
+            retry: args.pool.config.retry.clone(),
             pool: args.pool,
             slot: args.slot,
             behaviour,
             ticker,
+            producer: args.producer,
+            dead_letter: args.dead_letter,
+            failures: args.failures,
+            parked: HashMap::new(),
         })
     }
 
@@ -74,7 +121,8 @@ impl Actor for HandlerActor {
         state: &mut HandlerState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            HandlerMsg::Batch(batch) => handle_batch(&myself, state, batch).await?,
+            HandlerMsg::Batch(batch) => handle_batch(&myself, state, batch).await,
+            HandlerMsg::Retry(key) => retry_parked(&myself, state, key).await,
             HandlerMsg::WriteFailed(error) => return Err(error.into()),
             HandlerMsg::Flush(reply) => {
                 state.behaviour.flush(&state.pool, state.slot).await?;
@@ -97,49 +145,325 @@ impl Actor for HandlerActor {
     }
 }
 
-async fn handle_batch(
-    myself: &ActorRef<HandlerMsg>,
-    state: &mut HandlerState,
-    batch: Batch,
-) -> Result<(), ActorProcessingErr> {
-    let Some(first) = batch.events.first() else {
-        return Ok(());
-    };
-    let handled = state.metrics.handled(&first.source.topic);
-    let started = Instant::now();
+async fn handle_batch(myself: &ActorRef<HandlerMsg>, state: &mut HandlerState, batch: Batch) {
+    if batch.events.is_empty() {
+        return;
+    }
     state.metrics.batch_size.record(batch.events.len() as f64);
-    let outcome = state.behaviour.handle(&state.pool, &batch).await?;
-    let report = FinishedReport {
-        handler_name: state.pool.name.clone(),
-        handled,
-        duration: state.metrics.duration.clone(),
-        started,
-        count: batch.events.len(),
-        skipped: outcome.skipped,
-        reply_to: batch.reply_to,
-        handler: batch.handler,
-        slot: batch.slot,
-        offsets: batch.events.iter().map(|e| e.source.offset).collect(),
-        holds: outcome.holds,
+    let Some(batch) = state.divert_to_parked(batch) else {
+        return;
     };
-    let Some(settling) = outcome.settling else {
-        report.send();
-        return Ok(());
-    };
-    let myself = myself.clone();
-    tokio::spawn(async move {
-        match settling.await {
-            Ok(()) => report.send(),
-            // The actor restarts and the worker resends what this batch held.
+    // Events that failed before (a panic, a restart while retrying) go one at a time.
+    if !state.failures.knows_any(&batch.events) {
+        let started = Instant::now();
+        state.failures.begin(&batch.events, &batch.reply_to);
+        let result = state.behaviour.handle(&state.pool, &batch).await;
+        state.failures.end();
+        match result {
+            Ok(outcome) => {
+                state.complete(myself, &batch, outcome, started, false);
+                return;
+            }
             Err(error) => {
-                let _ = myself.send_message(HandlerMsg::WriteFailed(format!(
-                    "handler {}: {error}",
-                    report.handler_name
-                )));
+                let (message, transient) = describe(&error);
+                tracing::warn!(handler = %state.pool.name, topic = %batch.events[0].source.topic,
+                    partition = batch.events[0].source.partition, events = batch.events.len(),
+                    error = %message, transient, "handler failed on a batch; trying its events one at a time");
+                for event in batch.events.iter() {
+                    state.failures.failed(
+                        event,
+                        &batch.reply_to,
+                        Failed::Error {
+                            message: &message,
+                            transient,
+                        },
+                    );
+                }
             }
         }
-    });
-    Ok(())
+    }
+    for event in batch.events.iter() {
+        let one = alone(&batch, event);
+        let key = park_key(event);
+        if let Some(queue) = state.parked.get_mut(&key) {
+            queue.push_back(Parked {
+                batch: one,
+                blocked: None,
+            });
+            continue;
+        }
+        if let Some((parked, delay)) = state.try_alone(myself, one, None).await {
+            state.park(myself, key, VecDeque::from([parked]), delay);
+        }
+    }
+}
+
+/// The backoff of `key`'s first event passed: try it again, then the events behind it
+/// in order, until one fails or the queue is empty.
+async fn retry_parked(myself: &ActorRef<HandlerMsg>, state: &mut HandlerState, key: ParkKey) {
+    let Some(mut queue) = state.parked.remove(&key) else {
+        return;
+    };
+    while let Some(head) = queue.pop_front() {
+        if !head.batch.reply_to.is_open() {
+            // The partition is gone; whoever owns it now reads these events again.
+            state.failures.forget(&head.batch.events[0]);
+            queue
+                .iter()
+                .for_each(|p| state.failures.forget(&p.batch.events[0]));
+            return;
+        }
+        if let Some((parked, delay)) = state.try_alone(myself, head.batch, head.blocked).await {
+            queue.push_front(parked);
+            state.park(myself, key, queue, delay);
+            return;
+        }
+    }
+}
+
+/// `batch` with only `event`.
+fn alone(batch: &Batch, event: &Arc<Event>) -> Batch {
+    Batch {
+        events: Arc::from([event.clone()]),
+        reply_to: batch.reply_to.clone(),
+        blocked: batch.blocked.clone(),
+        handler: batch.handler,
+        slot: batch.slot,
+    }
+}
+
+/// The error's text, and whether the handler marked it transient.
+fn describe(error: &ActorProcessingErr) -> (String, bool) {
+    (
+        error.to_string(),
+        error.downcast_ref::<Transient>().is_some(),
+    )
+}
+
+impl HandlerState {
+    /// Moves events whose key has an event waiting for a retry to the back of that
+    /// key's queue; returns the rest, if any.
+    fn divert_to_parked(&mut self, batch: Batch) -> Option<Batch> {
+        if self.parked.is_empty() {
+            return Some(batch);
+        }
+        let mut fresh = Vec::with_capacity(batch.events.len());
+        for event in batch.events.iter() {
+            match self.parked.get_mut(&park_key(event)) {
+                Some(queue) => queue.push_back(Parked {
+                    batch: alone(&batch, event),
+                    blocked: None,
+                }),
+                None => fresh.push(event.clone()),
+            }
+        }
+        if fresh.is_empty() {
+            return None;
+        }
+        if fresh.len() == batch.events.len() {
+            return Some(batch);
+        }
+        Some(Batch {
+            events: fresh.into(),
+            ..batch
+        })
+    }
+
+    fn park(
+        &mut self,
+        myself: &ActorRef<HandlerMsg>,
+        key: ParkKey,
+        queue: VecDeque<Parked>,
+        delay: Duration,
+    ) {
+        self.parked.insert(key.clone(), queue);
+        myself.send_after(delay, move || HandlerMsg::Retry(key));
+    }
+
+    /// Whether `failure` used up the attempts its kind of error is allowed.
+    fn exhausted(&self, failure: &Failure) -> bool {
+        if failure.last_transient {
+            !self.retry.transient.allows(failure.transient)
+        } else {
+            failure.attempts >= self.retry.max_attempts
+        }
+    }
+
+    /// Handles `one` (a single event) unless it already used its attempts. Returns it
+    /// with its backoff when it failed and is to be tried again.
+    async fn try_alone(
+        &mut self,
+        myself: &ActorRef<HandlerMsg>,
+        one: Batch,
+        blocked: Option<BlockedMark>,
+    ) -> Option<(Parked, Duration)> {
+        let event = one.events[0].clone();
+        let known = self.failures.get(&event);
+        if let Some(failure) = &known {
+            // A panic ends the actor before it can give up: the attempts were counted
+            // by its supervisor, and the event is set aside here, unhandled.
+            if self.exhausted(failure) && self.dead_letter.is_some() {
+                self.give_up(one, failure);
+                return None;
+            }
+            self.metrics.retries.increment(1);
+        }
+        let started = Instant::now();
+        self.failures.begin(&one.events, &one.reply_to);
+        let result = self.behaviour.handle(&self.pool, &one).await;
+        self.failures.end();
+        let error = match result {
+            Ok(outcome) => {
+                if let Some(failure) = &known {
+                    self.failures.forget(&event);
+                    tracing::info!(handler = %self.pool.name, topic = %event.source.topic,
+                        partition = event.source.partition, offset = event.source.offset,
+                        attempts = failure.total() + 1, "event handled after retries");
+                }
+                drop(blocked);
+                self.complete(myself, &one, outcome, started, known.is_some());
+                return None;
+            }
+            Err(error) => error,
+        };
+        let (message, transient) = describe(&error);
+        let failure = self.failures.failed(
+            &event,
+            &one.reply_to,
+            Failed::Error {
+                message: &message,
+                transient,
+            },
+        );
+        let exhausted = self.exhausted(&failure);
+        if exhausted && self.dead_letter.is_some() {
+            self.give_up(one, &failure);
+            return None;
+        }
+        let delay = if exhausted {
+            self.retry.max_backoff
+        } else {
+            self.retry.delay_after(failure.total())
+        };
+        let blocked = match blocked {
+            Some(mark) => Some(mark),
+            None if exhausted => {
+                tracing::error!(handler = %self.pool.name, topic = %event.source.topic,
+                    partition = event.source.partition, offset = event.source.offset,
+                    attempts = failure.total(), error = %message,
+                    "handler keeps failing on an event and no dead-letter topic is set; retrying it, the partition cannot move past it");
+                Some(one.blocked.hold())
+            }
+            None => {
+                tracing::warn!(handler = %self.pool.name, topic = %event.source.topic,
+                    partition = event.source.partition, offset = event.source.offset,
+                    attempt = failure.total(), error = %message, transient,
+                    retry_in_ms = delay.as_millis() as u64, "handler failed on an event; retrying it");
+                None
+            }
+        };
+        Some((
+            Parked {
+                batch: one,
+                blocked,
+            },
+            delay,
+        ))
+    }
+
+    /// Writes `one`'s event to the dead-letter topic, then reports it finished.
+    fn give_up(&mut self, one: Batch, failure: &Failure) {
+        let Some(topic) = self.dead_letter.clone() else {
+            return;
+        };
+        let event = one.events[0].clone();
+        let reason = if failure.panicked {
+            Reason::HandlerPanic
+        } else {
+            Reason::HandlerError
+        };
+        tracing::error!(handler = %self.pool.name, topic = %event.source.topic,
+            partition = event.source.partition, offset = event.source.offset,
+            attempts = failure.total(), error = %failure.last_error, dead_letter = %topic,
+            reason = reason.as_str(), "handler gave up on an event, dead-lettered");
+        let copy = dead_letter_copy(
+            &topic,
+            event.key.clone(),
+            event.body.bytes().to_vec(),
+            event.headers.clone(),
+            &event.source,
+            &Provenance {
+                handler: Some(&self.pool.name),
+                reason,
+                error: &failure.last_error,
+                attempts: Some(failure.total()),
+            },
+        );
+        let producer = self.producer.clone();
+        let failures = self.failures.clone();
+        let handler = self.pool.name.clone();
+        let dead_lettered = self.metrics.handled(&event.source.topic).dead_lettered;
+        tokio::spawn(async move {
+            let source = one.reply_to.clone();
+            let written = write_dead_letter(
+                &producer,
+                copy,
+                &event.source,
+                &one.blocked,
+                (&handler, reason),
+                || source.is_open(),
+            )
+            .await;
+            failures.forget(&event);
+            if written {
+                dead_lettered.increment(1);
+                one.reply_to
+                    .finished(one.handler, one.slot, vec![event.source.offset], Vec::new());
+            }
+        });
+    }
+
+    /// Reports `batch` finished, once its writes are settled.
+    fn complete(
+        &mut self,
+        myself: &ActorRef<HandlerMsg>,
+        batch: &Batch,
+        outcome: BatchOutcome,
+        started: Instant,
+        retried: bool,
+    ) {
+        let report = FinishedReport {
+            handler_name: self.pool.name.clone(),
+            handled: self.metrics.handled(&batch.events[0].source.topic),
+            duration: self.metrics.duration.clone(),
+            started,
+            count: batch.events.len(),
+            skipped: outcome.skipped,
+            retried,
+            reply_to: batch.reply_to.clone(),
+            handler: batch.handler,
+            slot: batch.slot,
+            offsets: batch.events.iter().map(|e| e.source.offset).collect(),
+            holds: outcome.holds,
+        };
+        let Some(settling) = outcome.settling else {
+            report.send();
+            return;
+        };
+        let myself = myself.clone();
+        tokio::spawn(async move {
+            match settling.await {
+                Ok(()) => report.send(),
+                // The actor restarts and the worker resends what this batch held.
+                Err(error) => {
+                    let _ = myself.send_message(HandlerMsg::WriteFailed(format!(
+                        "handler {}: {error}",
+                        report.handler_name
+                    )));
+                }
+            }
+        });
+    }
 }
 
 /// Metric handles of one actor, registered once rather than looked up per batch.
@@ -147,7 +471,8 @@ struct HandlerMetrics {
     handler: Arc<str>,
     batch_size: Histogram,
     duration: Histogram,
-    /// `eventd_events_handled_total` by topic: (ok, skipped).
+    retries: Counter,
+    /// `eventd_events_handled_total` by topic and outcome.
     handled: HashMap<Arc<str>, Handled>,
 }
 
@@ -155,6 +480,8 @@ struct HandlerMetrics {
 struct Handled {
     ok: Counter,
     skipped: Counter,
+    retried: Counter,
+    dead_lettered: Counter,
 }
 
 impl HandlerMetrics {
@@ -163,6 +490,7 @@ impl HandlerMetrics {
             handler: handler.clone(),
             batch_size: metrics::histogram!(HANDLER_BATCH_SIZE, "handler" => handler.to_string()),
             duration: metrics::histogram!(HANDLER_DURATION, "handler" => handler.to_string()),
+            retries: metrics::counter!(HANDLER_RETRIES, "handler" => handler.to_string()),
             handled: HashMap::new(),
         }
     }
@@ -181,6 +509,8 @@ impl HandlerMetrics {
         let handled = Handled {
             ok: metrics::counter!(EVENTS_HANDLED, &labels("ok")),
             skipped: metrics::counter!(EVENTS_HANDLED, &labels("skipped")),
+            retried: metrics::counter!(EVENTS_HANDLED, &labels("retried")),
+            dead_lettered: metrics::counter!(EVENTS_HANDLED, &labels("dead_lettered")),
         };
         self.handled.insert(topic.clone(), handled.clone());
         handled
@@ -195,6 +525,8 @@ struct FinishedReport {
     started: Instant,
     count: usize,
     skipped: usize,
+    /// Handled after failed attempts: counted as `retried`, not `ok`.
+    retried: bool,
     reply_to: Arc<dyn BatchSource>,
     handler: usize,
     slot: usize,
@@ -210,7 +542,12 @@ impl FinishedReport {
         if skipped > 0 {
             self.handled.skipped.increment(skipped);
         }
-        self.handled.ok.increment(self.count as u64 - skipped);
+        let handled = self.count as u64 - skipped;
+        if self.retried {
+            self.handled.retried.increment(handled);
+        } else {
+            self.handled.ok.increment(handled);
+        }
         // The worker may be gone (partition revoked); then nothing waits for this report.
         self.reply_to
             .finished(self.handler, self.slot, self.offsets, self.holds);

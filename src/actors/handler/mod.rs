@@ -7,13 +7,19 @@
 //! the worker until the actor reports it finished; an actor that dies loses its
 //! mailbox, so the worker resends what it still holds to the restarted actor, in offset
 //! order, before anything newer (see `partition_worker`).
+//!
+//! An event a handler fails on is retried by its actor with backoff, holding back only
+//! the later events of its own key, and dead-lettered after `retry.max_attempts`.
+//! A panic counts as an attempt for every event of the batch being handled.
 
 mod actor;
+mod failures;
 mod kinds;
 mod pool;
 mod supervisor;
 
-pub use actor::{HandlerActor, HandlerArgs};
+pub use actor::{HandlerActor, HandlerArgs, ParkKey};
+pub use failures::Failures;
 pub use pool::{HandlerPool, HandlerSettings, Route, Router};
 pub use supervisor::{build_pools, HandlerSupervisor, HandlerSupervisorArgs, HandlerSupervisorMsg};
 
@@ -36,7 +42,15 @@ pub enum HandlerMsg {
     /// A write of an earlier batch failed after `handle` returned; the actor fails so
     /// its restart gets everything unfinished again.
     WriteFailed(String),
+    /// The backoff of the event at the head of this key's retry queue has passed.
+    Retry(ParkKey),
 }
+
+/// An error a handler marks as one that may pass (a downstream unavailable, a
+/// timeout): retried under `retry.transient` instead of `retry.max_attempts`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Transient(pub String);
 
 /// The partition a batch came from, as handlers see it: where they report what they
 /// finished. The partition worker implements it; the handler layer knows no more of it.
@@ -53,6 +67,7 @@ pub trait BatchSource: Send + Sync + 'static {
 }
 
 /// A run of events of one partition for one handler actor.
+#[derive(Clone)]
 pub struct Batch {
     /// Shared, so a writer settling the batch beside its actor holds it at no cost per event.
     pub events: Arc<[Arc<Event>]>,

@@ -176,24 +176,32 @@ impl Router {
         FieldNames::new(names)
     }
 
-    /// Whether a handler these settings route to passes Kafka headers on.
+    /// Whether a handler these settings route to passes Kafka headers on, or may fail
+    /// on an event, whose dead-letter copy then keeps them.
     pub fn reads_headers(&self, settings: &[Option<Arc<HandlerSettings>>]) -> bool {
-        self.routes
-            .iter()
-            .zip(settings)
-            .any(|(route, settings)| settings.is_some() && route.pool.kind == HandlerKind::Forward)
+        self.routes.iter().zip(settings).any(|(route, settings)| {
+            settings.is_some()
+                && matches!(route.pool.kind, HandlerKind::Forward | HandlerKind::Fault)
+        })
     }
 
-    /// Calls `each(route index, slot)` for every handler that wants `event`.
+    /// Calls `each(route index, Some(slot))` for every handler that wants `event`, and
+    /// `each(route index, None)` for every one that takes its topic but whose filter
+    /// does not match.
     pub fn route(
         &self,
         settings: &[Option<Arc<HandlerSettings>>],
         event: &Event,
-        mut each: impl FnMut(usize, usize),
+        mut each: impl FnMut(usize, Option<usize>),
     ) {
         for (i, (route, settings)) in self.routes.iter().zip(settings).enumerate() {
-            if settings.as_ref().is_some_and(|s| s.matches(event)) {
-                each(i, route.pool.slot_of(event));
+            let Some(settings) = settings else {
+                continue;
+            };
+            if settings.matches(event) {
+                each(i, Some(route.pool.slot_of(event)));
+            } else {
+                each(i, None);
             }
         }
     }

@@ -10,7 +10,7 @@ use ractor::{
 };
 
 use super::kinds::SlotMemory;
-use super::{HandlerActor, HandlerArgs, HandlerPool, HandlerSettings};
+use super::{Failures, HandlerActor, HandlerArgs, HandlerPool, HandlerSettings};
 use crate::actors::producer::ProducerHandle;
 use crate::actors::supervision::{FailureHistory, RestartPolicy, Verdict};
 use crate::actors::{Deadline, Fatal, FatalSender};
@@ -37,8 +37,11 @@ struct Role {
 pub struct HandlerSupervisorState {
     pools: Vec<Arc<HandlerPool>>,
     memories: HashMap<Role, SlotMemory>,
+    /// Failed attempts per slot, kept across its actors.
+    failures: HashMap<Role, Arc<Failures>>,
     producer: ProducerHandle,
-    dead_letter: Option<String>,
+    /// Dead-letter topic per pool.
+    dead_letters: Vec<Option<String>>,
     children: HashMap<ActorId, Role>,
     history: HashMap<Role, FailureHistory>,
     policy: RestartPolicy,
@@ -88,7 +91,8 @@ impl HandlerSupervisor {
                 slot: role.slot,
                 producer: state.producer.clone(),
                 memory,
-                dead_letter: state.dead_letter.clone(),
+                failures: state.failures.entry(role).or_default().clone(),
+                dead_letter: state.dead_letters[role.handler].clone(),
             },
             myself.get_cell(),
         )
@@ -103,10 +107,20 @@ impl HandlerSupervisor {
         state: &mut HandlerSupervisorState,
         cell: &ActorCell,
         reason: &str,
+        failed: bool,
     ) {
         let Some(role) = state.children.remove(&cell.get_id()) else {
             return;
         };
+        if let Some(failures) = state.failures.get(&role) {
+            if failed {
+                // A panic (or a failed write) while handling: one attempt for each
+                // event the actor was handling.
+                failures.actor_failed(reason);
+            } else {
+                failures.end();
+            }
+        }
         if state.stopping {
             return;
         }
@@ -163,11 +177,17 @@ impl Actor for HandlerSupervisor {
                 );
             }
         }
+        let dead_letters = args
+            .pools
+            .iter()
+            .map(|pool| args.config.handler_dead_letter(&pool.config).cloned())
+            .collect();
         let mut state = HandlerSupervisorState {
             pools: args.pools,
             memories,
+            failures: HashMap::new(),
             producer: args.producer,
-            dead_letter: args.config.dead_letter.topic.clone(),
+            dead_letters,
             children: HashMap::new(),
             history: HashMap::new(),
             policy: RestartPolicy::new(args.config.supervision.clone()),
@@ -233,11 +253,11 @@ impl Actor for HandlerSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         match event {
             SupervisionEvent::ActorFailed(cell, error) => {
-                Self::on_child_down(&myself, state, &cell, &error.to_string());
+                Self::on_child_down(&myself, state, &cell, &error.to_string(), true);
             }
             SupervisionEvent::ActorTerminated(cell, _, reason) => {
                 let reason = reason.unwrap_or_else(|| "stopped".to_owned());
-                Self::on_child_down(&myself, state, &cell, &reason);
+                Self::on_child_down(&myself, state, &cell, &reason, false);
             }
             _ => {}
         }

@@ -6,18 +6,80 @@
 //! missing or forbidden topic, so `/healthz` stays as it is.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use metrics::Gauge;
 
 use super::{Outgoing, ProducerHandle};
-use crate::event::Source;
+use crate::event::{headers, Headers, Source};
 use crate::telemetry::metrics::{DEAD_LETTER_FAILURES, EVENTS_DEAD_LETTERED, PARTITION_BLOCKED};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// Once the backoff stopped doubling, every this many failures is logged again.
 const LOG_EVERY_AT_MAX: u32 = 6;
+
+/// Why an event was dead-lettered: the `reason` label of
+/// `eventd_events_dead_lettered_total`, a fixed set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Undecodable,
+    HandlerError,
+    HandlerPanic,
+    ProduceRejected,
+    TooLarge,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Undecodable => "undecodable",
+            Reason::HandlerError => "handler_error",
+            Reason::HandlerPanic => "handler_panic",
+            Reason::ProduceRejected => "produce_rejected",
+            Reason::TooLarge => "too_large",
+        }
+    }
+}
+
+/// Why and by whom an event was given up, written on its dead-letter copy.
+pub struct Provenance<'a> {
+    /// The handler that gave up; `None` for an event no handler could read.
+    pub handler: Option<&'a str>,
+    pub reason: Reason,
+    pub error: &'a str,
+    /// Attempts made, for a handler's failure.
+    pub attempts: Option<u32>,
+}
+
+/// The dead-letter copy of an event: its key, value and headers as read, plus where
+/// it was read (`eventd.source.*`) and why it was given up.
+pub fn dead_letter_copy(
+    topic: &str,
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+    mut kafka_headers: Headers,
+    source: &Source,
+    provenance: &Provenance<'_>,
+) -> Outgoing {
+    kafka_headers.extend(headers::source(source));
+    if let Some(handler) = provenance.handler {
+        kafka_headers.push((headers::HANDLER.into(), handler.as_bytes().to_vec()));
+    }
+    kafka_headers.push((headers::ERROR.into(), provenance.error.as_bytes().to_vec()));
+    if let Some(attempts) = provenance.attempts {
+        kafka_headers.push((headers::ATTEMPTS.into(), attempts.to_string().into_bytes()));
+    }
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    kafka_headers.push((headers::FAILED_AT.into(), now.into_bytes()));
+    Outgoing {
+        topic: topic.to_owned(),
+        key,
+        payload,
+        headers: kafka_headers,
+    }
+}
 
 /// Whether a partition has writes that keep failing; `eventd_partition_blocked` is 1
 /// while any of them does.
@@ -39,6 +101,12 @@ impl Blocked {
         }
     }
 
+    /// Marks the partition blocked until the returned mark is dropped.
+    pub fn hold(self: &Arc<Self>) -> BlockedMark {
+        self.enter();
+        BlockedMark(self.clone())
+    }
+
     fn enter(&self) {
         if self.stuck.fetch_add(1, Ordering::AcqRel) == 0 {
             self.gauge.set(1.0);
@@ -49,6 +117,15 @@ impl Blocked {
         if self.stuck.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.gauge.set(0.0);
         }
+    }
+}
+
+/// The partition stays marked blocked while this lives.
+pub struct BlockedMark(Arc<Blocked>);
+
+impl Drop for BlockedMark {
+    fn drop(&mut self) {
+        self.0.leave();
     }
 }
 
@@ -95,12 +172,14 @@ impl<'a> Retry<'a> {
 }
 
 /// Writes `copy` to the dead-letter topic until the broker acknowledges it; returns
-/// false if `keep_trying` says the source partition is gone first.
+/// false if `keep_trying` says the source partition is gone first. `handler` (empty
+/// for undecodable events) and `reason` label the count of dead-lettered events.
 pub async fn write_dead_letter(
     producer: &ProducerHandle,
     copy: Outgoing,
     source: &Source,
     blocked: &Blocked,
+    (handler, reason): (&str, Reason),
     keep_trying: impl Fn() -> bool,
 ) -> bool {
     let failures = metrics::counter!(DEAD_LETTER_FAILURES, "topic" => copy.topic.clone());
@@ -112,8 +191,11 @@ pub async fn write_dead_letter(
         };
         match sent {
             Ok(_) => {
-                metrics::counter!(EVENTS_DEAD_LETTERED, "topic" => source.topic.to_string())
-                    .increment(1);
+                metrics::counter!(EVENTS_DEAD_LETTERED,
+                    "topic" => source.topic.to_string(),
+                    "handler" => handler.to_owned(),
+                    "reason" => reason.as_str())
+                .increment(1);
                 retry.done();
                 return true;
             }

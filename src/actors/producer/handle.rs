@@ -525,23 +525,20 @@ impl ProducerHandle {
         sent
     }
 
-    /// Queues a dead-letter copy. A copy too large to send goes without its body: its
-    /// `eventd.source.*` headers still say where the original is, and nothing else
-    /// would ever let its offset move on.
+    /// Queues a dead-letter copy. A copy too large to send goes with its value cut to
+    /// fit, marked `eventd.truncated = true` with the original size in
+    /// `eventd.source.size`: its `eventd.source.*` headers still say where the whole
+    /// event is, and nothing else would ever let its offset move on.
     pub async fn enqueue_dead_letter(
         &self,
-        mut copy: Outgoing,
+        copy: Outgoing,
     ) -> Result<PendingDelivery, ProduceError> {
-        let payload = std::mem::take(&mut copy.payload);
-        let whole = Outgoing {
-            payload,
-            ..copy.clone()
-        };
-        match self.enqueue(whole).await {
-            Err(error @ ProduceError::TooLarge { .. }) => {
-                tracing::warn!(topic = %copy.topic, %error,
-                    "too large for the dead-letter topic, sending it without its body");
-                self.enqueue(copy).await
+        match self.enqueue(copy.clone()).await {
+            Err(ProduceError::TooLarge { size, limit, .. }) => {
+                let truncated = truncated_to_fit(copy, size, limit as usize);
+                tracing::warn!(topic = %truncated.topic, size, limit,
+                    "too large for the dead-letter topic, sending it truncated");
+                self.enqueue(truncated).await
             }
             result => result,
         }
@@ -703,4 +700,24 @@ async fn fetch_partition_count(producer: Arc<KafkaProducer>, topic: String) -> R
     })
     .await
     .map_err(|error| error.to_string())?
+}
+
+/// Room kept below `producer.max_message_bytes` for the truncation headers and
+/// librdkafka's own per-record overhead.
+const TRUNCATION_MARGIN: usize = 512;
+
+/// `copy` with its value cut so the whole record (`size` bytes) fits `limit`.
+fn truncated_to_fit(mut copy: Outgoing, size: usize, limit: usize) -> Outgoing {
+    use crate::event::headers;
+    let original = copy.payload.len();
+    let rest = size.saturating_sub(original);
+    let keep = limit.saturating_sub(rest + TRUNCATION_MARGIN).min(original);
+    copy.payload.truncate(keep);
+    copy.headers
+        .push((headers::TRUNCATED.into(), b"true".to_vec()));
+    copy.headers.push((
+        headers::SOURCE_SIZE.into(),
+        original.to_string().into_bytes(),
+    ));
+    copy
 }

@@ -33,11 +33,14 @@ use tokio::task::JoinHandle;
 
 use super::context::{KafkaConsumer, KafkaPartitionQueue};
 use crate::actors::handler::{Batch, BatchSource, HandlerMsg, HandlerSettings, Router};
-use crate::actors::producer::dead_letter::{write_dead_letter, Blocked};
-use crate::actors::producer::{Outgoing, ProducerHandle};
-use crate::event::{headers, Body, DecodeError, Event, FieldNames, Source};
+use crate::actors::producer::dead_letter::{
+    dead_letter_copy, write_dead_letter, Blocked, Provenance, Reason,
+};
+use crate::actors::producer::ProducerHandle;
+use crate::event::{Body, DecodeError, Event, FieldNames, Source};
 use crate::telemetry::metrics::{
-    EVENTS_CONSUMED, EVENTS_INVALID, PARTITION_IN_FLIGHT, PARTITION_REPEATS, PARTITION_REWINDS,
+    EVENTS_CONSUMED, EVENTS_HANDLED, EVENTS_INVALID, PARTITION_IN_FLIGHT, PARTITION_REPEATS,
+    PARTITION_REWINDS,
 };
 
 pub use inflight::{Arrival, InFlight};
@@ -271,6 +274,9 @@ pub struct PartitionWorkerState {
     waker: JoinHandle<()>,
     consumed: Counter,
     invalid: Counter,
+    /// `eventd_events_handled_total{outcome="filtered"}` per route of `router`,
+    /// registered when first counted so handlers not taking this topic show none.
+    filtered: Vec<Option<Counter>>,
     in_flight_gauge: Gauge,
     /// Marked while a write this partition's offset waits on keeps failing.
     blocked: Arc<Blocked>,
@@ -342,6 +348,16 @@ impl PartitionWorkerState {
         Ok(())
     }
 
+    fn filtered_counter(&mut self, route: usize) -> &Counter {
+        let (router, topic) = (&self.router, &self.topic);
+        self.filtered[route].get_or_insert_with(|| {
+            metrics::counter!(EVENTS_HANDLED,
+                "handler" => router.routes[route].pool.name.to_string(),
+                "topic" => topic.to_string(),
+                "outcome" => "filtered")
+        })
+    }
+
     fn wanted(&self) -> Wanted {
         let settings = self.router.snapshot(&self.topic);
         Wanted {
@@ -369,6 +385,7 @@ impl PartitionWorkerState {
         let mut behind = None;
         let mut repeats = Vec::new();
         let mut consumed = 0;
+        let mut filtered = vec![0u64; self.router.routes.len()];
         for message in taken {
             match self.inflight.arrival(message.offset) {
                 Arrival::InOrder => {}
@@ -412,6 +429,10 @@ impl PartitionWorkerState {
             });
             let mut handlers = 0;
             self.router.route(settings, &event, |route, slot| {
+                let Some(slot) = slot else {
+                    filtered[route] += 1;
+                    return;
+                };
                 let target = (self.router.routes[route].pool.index, slot);
                 match batches.iter_mut().find(|(key, _)| *key == target) {
                     Some((_, events)) => events.push(event.clone()),
@@ -422,6 +443,11 @@ impl PartitionWorkerState {
             self.inflight.dispatched(message.offset, handlers);
         }
         self.consumed.increment(consumed);
+        for (route, filtered) in filtered.into_iter().enumerate() {
+            if filtered > 0 {
+                self.filtered_counter(route).increment(filtered);
+            }
+        }
         for ((handler, slot), events) in batches {
             self.send(handler, slot, events);
         }
@@ -553,7 +579,7 @@ impl PartitionWorkerState {
         myself: &ActorRef<PartitionWorkerMsg>,
         offset: i64,
         key: Option<Vec<u8>>,
-        mut kafka_headers: crate::event::Headers,
+        kafka_headers: crate::event::Headers,
         payload: Option<Vec<u8>>,
         error: DecodeError,
     ) {
@@ -570,22 +596,33 @@ impl PartitionWorkerState {
             partition: self.partition,
             offset,
         };
-        kafka_headers.extend(headers::source(&source));
-        kafka_headers.push((headers::ERROR.into(), error.to_string().into_bytes()));
-        let outgoing = Outgoing {
-            topic,
+        let error = error.to_string();
+        let outgoing = dead_letter_copy(
+            &topic,
             key,
-            payload: payload.unwrap_or_default(),
-            headers: kafka_headers,
-        };
+            payload.unwrap_or_default(),
+            kafka_headers,
+            &source,
+            &Provenance {
+                handler: None,
+                reason: Reason::Undecodable,
+                error: &error,
+                attempts: None,
+            },
+        );
         let producer = self.producer.clone();
         let worker = myself.clone();
         let blocked = self.blocked.clone();
         tokio::spawn(async move {
             // The offset stays unstored until the dead-letter write is acknowledged.
-            let written = write_dead_letter(&producer, outgoing, &source, &blocked, || {
-                worker.get_status() == ractor::ActorStatus::Running
-            })
+            let written = write_dead_letter(
+                &producer,
+                outgoing,
+                &source,
+                &blocked,
+                ("", Reason::Undecodable),
+                || worker.get_status() == ractor::ActorStatus::Running,
+            )
             .await;
             if written {
                 let _ = worker.send_message(PartitionWorkerMsg::Finished {
@@ -718,6 +755,7 @@ impl Actor for PartitionWorker {
                 &args.topic,
                 args.partition,
             )),
+            filtered: vec![None; args.router.routes.len()],
             consumed: metrics::counter!(EVENTS_CONSUMED, &labels),
             invalid: metrics::counter!(EVENTS_INVALID, &labels),
             in_flight_gauge,

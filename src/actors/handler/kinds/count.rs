@@ -19,6 +19,7 @@ use serde_json::json;
 
 use super::super::actor::BatchOutcome;
 use super::super::{Batch, BatchSource, HandlerPool};
+use crate::actors::producer::dead_letter::Reason;
 use crate::actors::producer::{Outgoing, ProduceError, ProducerHandle};
 use crate::config::HandlerConfig;
 use crate::event::{headers, Event};
@@ -41,6 +42,7 @@ struct Window {
 }
 
 pub struct Count {
+    handler: Arc<str>,
     group_by: String,
     window: Duration,
     output: String,
@@ -58,6 +60,7 @@ impl Count {
         dead_letter: Option<String>,
     ) -> Self {
         Self {
+            handler: Arc::from(config.name.as_str()),
             group_by: config.group_by.clone().unwrap_or_default(),
             window: config.window.unwrap_or(Duration::from_secs(60)),
             output: config.output.clone().unwrap_or_default(),
@@ -226,13 +229,24 @@ impl Count {
         record.topic = topic.clone();
         record
             .headers
+            .push((headers::HANDLER.into(), self.handler.as_bytes().to_vec()));
+        record
+            .headers
             .push((headers::ERROR.into(), error.to_string().into_bytes()));
         self.producer
             .enqueue_dead_letter(record)
             .await?
             .wait()
             .await?;
-        metrics::counter!(EVENTS_DEAD_LETTERED, "topic" => self.output.clone()).increment(1);
+        let reason = match error {
+            ProduceError::TooLarge { .. } => Reason::TooLarge,
+            _ => Reason::ProduceRejected,
+        };
+        metrics::counter!(EVENTS_DEAD_LETTERED,
+            "topic" => self.output.clone(),
+            "handler" => self.handler.to_string(),
+            "reason" => reason.as_str())
+        .increment(1);
         Ok(())
     }
 }

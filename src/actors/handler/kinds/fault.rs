@@ -2,33 +2,37 @@
 //! chosen events so tests drive failures through config. With `output` it then forwards
 //! the events it let through, which shows tests what was handled and in which order.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use ractor::ActorProcessingErr;
 
 use super::super::actor::BatchOutcome;
-use super::super::{Batch, HandlerPool};
+use super::super::{Batch, HandlerPool, Transient};
 use super::forward::Forward;
 use crate::actors::producer::ProducerHandle;
 use crate::config::{FaultAction, HandlerConfig};
 use crate::event::Event;
 
-/// Pool-wide memory that survives restarts, so `once` holds across them.
+/// Pool-wide memory that survives restarts, so `once`, `times` and `lasting` hold
+/// across them.
 #[derive(Default)]
 pub struct FaultMemory {
     seen: AtomicU64,
-    fired: Mutex<HashSet<(String, i32, i64)>>,
+    fired: Mutex<HashMap<(String, i32, i64), u32>>,
+    first_action: Mutex<Option<Instant>>,
 }
 
 pub struct Fault {
     action: FaultAction,
     every: Option<u64>,
     offsets: HashSet<i64>,
-    once: bool,
+    /// Most actions per chosen event.
+    times: Option<u32>,
+    lasting: Option<Duration>,
     sleep: Duration,
     memory: Arc<FaultMemory>,
     rng: fastrand::Rng,
@@ -48,7 +52,8 @@ impl Fault {
             action: config.action.unwrap_or(FaultAction::Fail),
             every: config.every,
             offsets: config.offsets.iter().flatten().copied().collect(),
-            once: config.once,
+            times: config.times.or(config.once.then_some(1)),
+            lasting: config.lasting,
             sleep: config.sleep.unwrap_or_default(),
             memory,
             rng: fastrand::Rng::with_seed(0x5eed + slot as u64),
@@ -61,15 +66,31 @@ impl Fault {
         let nth = self.memory.seen.fetch_add(1, Ordering::Relaxed) + 1;
         let chosen = self.every.is_some_and(|every| nth % every == 0)
             || self.offsets.contains(&event.source.offset);
-        if !chosen || !self.once {
-            return chosen;
+        if !chosen {
+            return false;
         }
+        if let Some(lasting) = self.lasting {
+            let first = *self
+                .memory
+                .first_action
+                .lock()
+                .get_or_insert_with(Instant::now);
+            if first.elapsed() > lasting {
+                return false;
+            }
+        }
+        let Some(times) = self.times else {
+            return true;
+        };
         let id = (
             event.source.topic.to_string(),
             event.source.partition,
             event.source.offset,
         );
-        self.memory.fired.lock().insert(id)
+        let mut fired = self.memory.fired.lock();
+        let count = fired.entry(id).or_default();
+        *count += 1;
+        *count <= times
     }
 
     pub async fn handle(
@@ -87,6 +108,9 @@ impl Fault {
             );
             match self.action {
                 FaultAction::Fail => return Err(format!("injected failure at {at}").into()),
+                FaultAction::Unavailable => {
+                    return Err(Transient(format!("injected outage at {at}")).into())
+                }
                 FaultAction::Panic => panic!("injected panic at {at}"),
                 FaultAction::Sleep => {
                     let micros = self.rng.u64(0..=self.sleep.as_micros() as u64);

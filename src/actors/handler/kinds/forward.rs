@@ -15,8 +15,10 @@ use std::sync::Arc;
 use ractor::ActorProcessingErr;
 
 use super::super::actor::{BatchOutcome, Settling};
-use super::super::{Batch, BatchSource, HandlerPool};
-use crate::actors::producer::dead_letter::{write_dead_letter, Blocked, Retry};
+use super::super::{Batch, BatchSource, HandlerPool, Transient};
+use crate::actors::producer::dead_letter::{
+    dead_letter_copy, write_dead_letter, Blocked, Provenance, Reason, Retry,
+};
 use crate::actors::producer::{DeliveryGroup, Outgoing, ProduceError, ProducerHandle, Record};
 use crate::config::HandlerConfig;
 use crate::event::{headers, Event};
@@ -97,7 +99,8 @@ impl Forward {
             match self.producer.enqueue_in(record, &group, index as u64).await {
                 Ok(()) => {}
                 Err(error) if error.is_permanent() => refused.push((index, error)),
-                Err(error) => return Err(error.into()),
+                // The producer is restarting or its queue stays full: it may pass.
+                Err(error) => return Err(Transient(error.to_string()).into()),
             }
         }
         let settle = Settle {
@@ -254,14 +257,29 @@ impl Settle {
         };
         tracing::error!(handler = %self.handler, topic = %event.source.topic, partition = event.source.partition,
             offset = event.source.offset, %error, dead_letter = %topic, "event cannot be forwarded, dead-lettered");
-        let mut copy = copy_of(event, topic, None);
-        copy.headers
-            .push((headers::ERROR.into(), error.to_string().into_bytes()));
+        let reason = match error {
+            ProduceError::TooLarge { .. } => Reason::TooLarge,
+            _ => Reason::ProduceRejected,
+        };
+        let copy = dead_letter_copy(
+            topic,
+            event.key.clone(),
+            event.body.bytes().to_vec(),
+            event.headers.clone(),
+            &event.source,
+            &Provenance {
+                handler: Some(&self.handler),
+                reason,
+                error: &error.to_string(),
+                attempts: None,
+            },
+        );
         write_dead_letter(
             &self.producer,
             copy,
             &event.source,
             &self.blocked,
+            (&self.handler, reason),
             worker_running,
         )
         .await;
