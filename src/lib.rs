@@ -31,4 +31,5 @@ pub mod event;
 pub mod kafka;
 pub mod logging;
 pub mod produce;
+pub mod replay;
 pub mod telemetry;

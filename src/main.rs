@@ -1,4 +1,5 @@
-//! The `eventd` command: `run` the daemon, `check-config` a file, or `produce` events.
+//! The `eventd` command: `run` the daemon, `check-config` a file, `produce` events, or
+//! `replay` dead-lettered events through the handler that failed on them.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,6 +37,33 @@ enum Command {
     CheckConfig { file: PathBuf },
     /// Send events: JSON lines from stdin or --input, or synthetic ones with --count.
     Produce(ProduceCommand),
+    /// Run one handler again on the events it dead-lettered (after a fix).
+    Replay(ReplayCommand),
+}
+
+#[derive(clap::Args)]
+struct ReplayCommand {
+    /// The daemon's config file: the handler is built from it.
+    #[arg(long, short)]
+    config: PathBuf,
+    /// The dead-letter topic to read.
+    #[arg(long)]
+    from: String,
+    /// The handler to run; copies another handler dead-lettered are skipped.
+    #[arg(long)]
+    handler: String,
+    /// Only copies dead-lettered at or after this time (RFC 3339, or a duration ago: 2h).
+    #[arg(long, value_parser = eventd::replay::parse_time)]
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only copies dead-lettered before this time (RFC 3339, or a duration ago).
+    #[arg(long, value_parser = eventd::replay::parse_time)]
+    until: Option<chrono::DateTime<chrono::Utc>>,
+    /// Print what would be replayed; handle nothing, commit nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Consumer group that keeps the replay's progress [default: eventd-replay-<handler>].
+    #[arg(long)]
+    group: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -130,6 +158,26 @@ fn main() -> ExitCode {
                 seed: command.seed,
             };
             let code = runtime.block_on(eventd::produce::run(config, options));
+            std::process::exit(code);
+        }
+        Command::Replay(command) => {
+            let config = match Config::load(Some(&command.config)) {
+                Ok(config) => config,
+                Err(error) => return refuse_config(&error),
+            };
+            eventd::logging::init_for_command();
+            let Some(runtime) = runtime() else {
+                return ExitCode::FAILURE;
+            };
+            let options = eventd::replay::ReplayOptions {
+                from: command.from,
+                handler: command.handler,
+                since: command.since,
+                until: command.until,
+                dry_run: command.dry_run,
+                group: command.group,
+            };
+            let code = runtime.block_on(eventd::replay::run(config, options));
             std::process::exit(code);
         }
     }

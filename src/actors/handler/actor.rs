@@ -176,6 +176,7 @@ async fn handle_batch(myself: &ActorRef<HandlerMsg>, state: &mut HandlerState, b
                         Failed::Error {
                             message: &message,
                             transient,
+                            alone: batch.events.len() == 1,
                         },
                     );
                 }
@@ -280,8 +281,13 @@ impl HandlerState {
         myself.send_after(delay, move || HandlerMsg::Retry(key));
     }
 
-    /// Whether `failure` used up the attempts its kind of error is allowed.
+    /// Whether `failure` used up the attempts its kind of error is allowed. An event is
+    /// given up only after failing alone: a failed batch's attempt counts for each of
+    /// its events, but may have been another event's failure.
     fn exhausted(&self, failure: &Failure) -> bool {
+        if !failure.alone {
+            return false;
+        }
         if failure.last_transient {
             !self.retry.transient.allows(failure.transient)
         } else {
@@ -333,6 +339,7 @@ impl HandlerState {
             Failed::Error {
                 message: &message,
                 transient,
+                alone: true,
             },
         );
         let exhausted = self.exhausted(&failure);

@@ -37,6 +37,9 @@ pub struct Failure {
     pub panicked: bool,
     /// The last failure was transient.
     pub last_transient: bool,
+    /// The last failure was of the event handled alone, so it is the event's own: one
+    /// in a failed batch may have been another event's.
+    pub alone: bool,
 }
 
 impl Failure {
@@ -48,8 +51,15 @@ impl Failure {
 
 /// How a failed attempt ended.
 pub enum Failed<'a> {
-    Error { message: &'a str, transient: bool },
-    Panic { message: &'a str },
+    Error {
+        message: &'a str,
+        transient: bool,
+        alone: bool,
+    },
+    Panic {
+        message: &'a str,
+        alone: bool,
+    },
 }
 
 #[derive(Default)]
@@ -81,8 +91,9 @@ impl Failures {
         let Some((events, source)) = ledger.handling.take() else {
             return;
         };
+        let alone = events.len() == 1;
         for event in events.iter() {
-            ledger.record(event, &source, &Failed::Panic { message: reason });
+            ledger.record(event, &source, &Failed::Panic { message: reason, alone });
         }
     }
 
@@ -138,7 +149,11 @@ impl Ledger {
             .entry(id_of(event))
             .or_insert_with(|| (Failure::default(), source.clone()));
         match how {
-            Failed::Error { message, transient } => {
+            Failed::Error {
+                message,
+                transient,
+                alone,
+            } => {
                 if *transient {
                     failure.transient += 1;
                 } else {
@@ -147,12 +162,14 @@ impl Ledger {
                 failure.last_error = (*message).to_owned();
                 failure.panicked = false;
                 failure.last_transient = *transient;
+                failure.alone = *alone;
             }
-            Failed::Panic { message } => {
+            Failed::Panic { message, alone } => {
                 failure.attempts += 1;
                 failure.last_error = (*message).to_owned();
                 failure.panicked = true;
                 failure.last_transient = false;
+                failure.alone = *alone;
             }
         }
         failure.clone()
@@ -207,6 +224,7 @@ mod tests {
         for offset in 0..3 {
             let failure = failures.get(&event(offset)).expect("recorded");
             assert_eq!((failure.attempts, failure.panicked), (1, true));
+            assert!(!failure.alone, "charged with two others: not its own failure yet");
             assert_eq!(failure.last_error, "panic: injected");
         }
         // A batch the handler returned from is not charged when the actor fails later.
@@ -229,6 +247,7 @@ mod tests {
             Failed::Error {
                 message: "down",
                 transient: true,
+                alone: true,
             },
         );
         let failure = failures.failed(
@@ -237,6 +256,7 @@ mod tests {
             Failed::Error {
                 message: "bad",
                 transient: false,
+                alone: true,
             },
         );
         assert_eq!(
@@ -258,6 +278,7 @@ mod tests {
                 Failed::Error {
                     message: "x",
                     transient: false,
+                    alone: true,
                 },
             );
         }
@@ -269,6 +290,7 @@ mod tests {
             Failed::Error {
                 message: "x",
                 transient: false,
+                alone: true,
             },
         );
         assert_eq!(failures.len(), 1);

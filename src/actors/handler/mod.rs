@@ -16,11 +16,13 @@ mod actor;
 mod failures;
 mod kinds;
 mod pool;
+mod standalone;
 mod supervisor;
 
 pub use actor::{HandlerActor, HandlerArgs, ParkKey};
 pub use failures::Failures;
 pub use pool::{HandlerPool, HandlerSettings, Route, Router};
+pub use standalone::Standalone;
 pub use supervisor::{build_pools, HandlerSupervisor, HandlerSupervisorArgs, HandlerSupervisorMsg};
 
 use std::sync::Arc;

@@ -1,0 +1,217 @@
+//! `eventd replay`: the handler that dead-lettered an event, and only it, handles it
+//! again after a fix; progress is kept, so a second run does nothing new; events that
+//! fail again stay in the dead-letter topic and the command says so.
+
+#![cfg(feature = "fault-injection")]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::*;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, Producer};
+
+/// Two handlers, each failing for good on one offset and dead-lettering it.
+const FAILING: &str = r#"
+[dead_letter]
+topic = "dlq"
+
+[[consumers]]
+name = "main"
+topics = ["like"]
+commit_interval = "100ms"
+
+[[handlers]]
+name = "x"
+kind = "fault"
+consumer = "main"
+action = "fail"
+offsets = [2]
+output = "out-x"
+[handlers.retry]
+max_attempts = 1
+
+[[handlers]]
+name = "y"
+kind = "fault"
+consumer = "main"
+action = "fail"
+offsets = [5]
+output = "out-y"
+[handlers.retry]
+max_attempts = 1
+"#;
+
+/// The same, with handler x fixed: it now forwards every event.
+const X_FIXED: &str = r#"
+[dead_letter]
+topic = "dlq"
+
+[[consumers]]
+name = "main"
+topics = ["like"]
+
+[[handlers]]
+name = "x"
+kind = "forward"
+consumer = "main"
+output = "out-x"
+
+[[handlers]]
+name = "y"
+kind = "fault"
+consumer = "main"
+action = "fail"
+offsets = [5]
+output = "out-y"
+[handlers.retry]
+max_attempts = 1
+"#;
+
+fn config_file(dir: &Path, name: &str, broker: &Broker, body: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    let text = format!("[kafka]\nbrokers = \"{}\"\n\n{body}", broker.bootstrap());
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+fn replay(config: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_eventd"))
+        .arg("replay")
+        .arg("--config")
+        .arg(config)
+        .args(["--from", "dlq"])
+        .args(args)
+        .output()
+        .expect("eventd replay runs")
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Ids (`event_id`) of `topic`'s records, in order.
+fn id_list(broker: &Broker, topic: &str) -> Vec<String> {
+    broker
+        .read_all(topic)
+        .iter()
+        .filter_map(|r| r.field("event_id"))
+        .collect()
+}
+
+#[test]
+fn replay_runs_only_the_named_handler_once_and_leaves_what_fails_again() {
+    let broker = Broker::start(1, &["like", "out-x", "out-y", "dlq"]);
+    let total = 8;
+    broker.produce("like", &events(total, 3));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let eventd = start_eventd(&broker, FAILING);
+    let dlq = broker.wait_for("dlq", Duration::from_secs(30), |r| r.len() >= 2);
+    assert_eq!(dlq.len(), 2, "{}", eventd.logs());
+    broker.expect_committed_to_end("eventd-main", "like", Duration::from_secs(20), &eventd);
+    drop(eventd);
+    assert!(!id_list(&broker, "out-x").contains(&"e-2".to_owned()));
+
+    // A truncated copy of x's cannot be replayed: it is reported and skipped.
+    let producer = broker.producer();
+    let truncated_headers = [
+        ("eventd.handler", "x"),
+        ("eventd.truncated", "true"),
+        ("eventd.source.size", "2000000"),
+        ("eventd.source.topic", "like"),
+        ("eventd.source.partition", "0"),
+        ("eventd.source.offset", "7"),
+    ]
+    .into_iter()
+    .fold(OwnedHeaders::new(), |headers, (key, value)| {
+        headers.insert(Header {
+            key,
+            value: Some(value),
+        })
+    });
+    producer
+        .send(
+            BaseRecord::to("dlq")
+                .key("item-1")
+                .payload(r#"{"event_id":"e-7","us"#)
+                .headers(truncated_headers),
+        )
+        .map_err(|(error, _)| error)
+        .expect("send");
+    producer.flush(Duration::from_secs(10)).expect("flush");
+
+    let fixed = config_file(dir.path(), "fixed.toml", &broker, X_FIXED);
+    let dry = replay(&fixed, &["--handler", "x", "--dry-run"]);
+    assert_eq!(dry.status.code(), Some(0), "{}", text(&dry));
+    assert!(String::from_utf8_lossy(&dry.stdout).contains("would replay like/0@2"), "{}", text(&dry));
+    assert!(id_list(&broker, "out-x").iter().all(|id| id != "e-2"), "a dry run handles nothing");
+
+    let first = replay(&fixed, &["--handler", "x"]);
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
+    let stdout = String::from_utf8_lossy(&first.stdout);
+    assert!(
+        stdout.contains("replayed 1, failed 0, skipped 2 (other handler 1, truncated 1"),
+        "{}",
+        text(&first)
+    );
+    assert!(String::from_utf8_lossy(&first.stderr).contains("truncated copy of like/0@7"));
+    let out_x = broker.read_all("out-x");
+    let replayed: Vec<_> = out_x
+        .iter()
+        .filter(|r| r.field("event_id").as_deref() == Some("e-2"))
+        .collect();
+    assert_eq!(replayed.len(), 1, "{out_x:?}");
+    assert_eq!(replayed[0].headers.get("eventd.source.offset").map(String::as_str), Some("2"));
+    assert!(
+        !replayed[0].headers.contains_key("eventd.error"),
+        "the copy is the event, not the dead-letter record: {:?}",
+        replayed[0].headers
+    );
+    assert!(
+        id_list(&broker, "out-y").iter().all(|id| id != "e-5"),
+        "y's event was not handled by x's replay"
+    );
+
+    let second = replay(&fixed, &["--handler", "x"]);
+    assert_eq!(second.status.code(), Some(0), "{}", text(&second));
+    assert!(
+        String::from_utf8_lossy(&second.stdout).contains("replayed 0, failed 0, skipped 0"),
+        "{}",
+        text(&second)
+    );
+    assert_eq!(
+        id_list(&broker, "out-x").iter().filter(|id| *id == "e-2").count(),
+        1,
+        "a second replay handles nothing again"
+    );
+
+    // y is not fixed: its event fails again, stays, and the command says so.
+    let unfixed = replay(&fixed, &["--handler", "y"]);
+    assert_eq!(unfixed.status.code(), Some(1), "{}", text(&unfixed));
+    assert!(
+        String::from_utf8_lossy(&unfixed.stderr).contains("failed again"),
+        "{}",
+        text(&unfixed)
+    );
+    assert_eq!(broker.read_all("dlq").len(), 3, "replay deletes nothing");
+    assert!(id_list(&broker, "out-y").iter().all(|id| id != "e-5"));
+}
+
+#[test]
+fn replay_refuses_a_handler_the_config_does_not_have() {
+    let broker = Broker::start(1, &["like", "out-x", "out-y", "dlq"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config_file(dir.path(), "eventd.toml", &broker, X_FIXED);
+    let output = replay(&config, &["--handler", "z"]);
+    assert_eq!(output.status.code(), Some(78), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("\"z\"") && stderr.contains("\"x\""), "{stderr}");
+}
