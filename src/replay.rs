@@ -196,7 +196,10 @@ pub async fn run(config: Config, options: ReplayOptions) -> i32 {
             }
             Outcome::Failed(reason) => {
                 tally.failed += 1;
-                eprintln!("eventd replay: {at}: failed again, left in {}: {reason}", options.from);
+                eprintln!(
+                    "eventd replay: {at}: failed again, left in {}: {reason}",
+                    options.from
+                );
             }
             Outcome::OtherHandler => tally.other_handler += 1,
             Outcome::Truncated(source, size) => {
@@ -222,7 +225,10 @@ pub async fn run(config: Config, options: ReplayOptions) -> i32 {
         standalone.flush().await
     };
     if let Err(error) = &flushed {
-        eprintln!("eventd replay: handler {:?} could not emit what it holds: {error}", handler.name);
+        eprintln!(
+            "eventd replay: handler {:?} could not emit what it holds: {error}",
+            handler.name
+        );
     }
     // Committed only once everything written is acknowledged: a count window emitted
     // by the flush above counts the events committed here.
@@ -295,7 +301,8 @@ async fn replay_one(
                 .and_then(DateTime::<Utc>::from_timestamp_millis)
         });
     let in_range = |at: DateTime<Utc>| {
-        options.since.is_none_or(|since| at >= since) && options.until.is_none_or(|until| at < until)
+        options.since.is_none_or(|since| at >= since)
+            && options.until.is_none_or(|until| at < until)
     };
     if (options.since.is_some() || options.until.is_some()) && !failed_at.is_some_and(in_range) {
         return Outcome::OutsideRange;

@@ -107,13 +107,26 @@ fn id_list(broker: &Broker, topic: &str) -> Vec<String> {
         .collect()
 }
 
+const TOPICS: &[&str] = &["like", "out-x", "out-y", "dlq"];
+
 #[test]
 fn replay_runs_only_the_named_handler_once_and_leaves_what_fails_again() {
-    let broker = Broker::start(1, &["like", "out-x", "out-y", "dlq"]);
+    replay_runs_only_the_named_handler(Broker::start(1, TOPICS), &[]);
+}
+
+#[test]
+fn on_tansu_replay_runs_only_the_named_handler_once() {
+    replay_runs_only_the_named_handler(
+        Broker::tansu(1, TOPICS),
+        &[("EVENTD__KAFKA__SESSION_TIMEOUT", "45s".to_owned())],
+    );
+}
+
+fn replay_runs_only_the_named_handler(broker: Broker, env: &[(&str, String)]) {
     let total = 8;
     broker.produce("like", &events(total, 3));
     let dir = tempfile::tempdir().expect("tempdir");
-    let eventd = start_eventd(&broker, FAILING);
+    let eventd = start_eventd_with_env(&broker, FAILING, env);
     let dlq = broker.wait_for("dlq", Duration::from_secs(30), |r| r.len() >= 2);
     assert_eq!(dlq.len(), 2, "{}", eventd.logs());
     broker.expect_committed_to_end("eventd-main", "like", Duration::from_secs(20), &eventd);
@@ -151,8 +164,15 @@ fn replay_runs_only_the_named_handler_once_and_leaves_what_fails_again() {
     let fixed = config_file(dir.path(), "fixed.toml", &broker, X_FIXED);
     let dry = replay(&fixed, &["--handler", "x", "--dry-run"]);
     assert_eq!(dry.status.code(), Some(0), "{}", text(&dry));
-    assert!(String::from_utf8_lossy(&dry.stdout).contains("would replay like/0@2"), "{}", text(&dry));
-    assert!(id_list(&broker, "out-x").iter().all(|id| id != "e-2"), "a dry run handles nothing");
+    assert!(
+        String::from_utf8_lossy(&dry.stdout).contains("would replay like/0@2"),
+        "{}",
+        text(&dry)
+    );
+    assert!(
+        id_list(&broker, "out-x").iter().all(|id| id != "e-2"),
+        "a dry run handles nothing"
+    );
 
     let first = replay(&fixed, &["--handler", "x"]);
     assert_eq!(first.status.code(), Some(0), "{}", text(&first));
@@ -169,7 +189,13 @@ fn replay_runs_only_the_named_handler_once_and_leaves_what_fails_again() {
         .filter(|r| r.field("event_id").as_deref() == Some("e-2"))
         .collect();
     assert_eq!(replayed.len(), 1, "{out_x:?}");
-    assert_eq!(replayed[0].headers.get("eventd.source.offset").map(String::as_str), Some("2"));
+    assert_eq!(
+        replayed[0]
+            .headers
+            .get("eventd.source.offset")
+            .map(String::as_str),
+        Some("2")
+    );
     assert!(
         !replayed[0].headers.contains_key("eventd.error"),
         "the copy is the event, not the dead-letter record: {:?}",
@@ -188,7 +214,10 @@ fn replay_runs_only_the_named_handler_once_and_leaves_what_fails_again() {
         text(&second)
     );
     assert_eq!(
-        id_list(&broker, "out-x").iter().filter(|id| *id == "e-2").count(),
+        id_list(&broker, "out-x")
+            .iter()
+            .filter(|id| *id == "e-2")
+            .count(),
         1,
         "a second replay handles nothing again"
     );
@@ -207,11 +236,14 @@ fn replay_runs_only_the_named_handler_once_and_leaves_what_fails_again() {
 
 #[test]
 fn replay_refuses_a_handler_the_config_does_not_have() {
-    let broker = Broker::start(1, &["like", "out-x", "out-y", "dlq"]);
+    let broker = Broker::start(1, TOPICS);
     let dir = tempfile::tempdir().expect("tempdir");
     let config = config_file(dir.path(), "eventd.toml", &broker, X_FIXED);
     let output = replay(&config, &["--handler", "z"]);
     assert_eq!(output.status.code(), Some(78), "{}", text(&output));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("\"z\"") && stderr.contains("\"x\""), "{stderr}");
+    assert!(
+        stderr.contains("\"z\"") && stderr.contains("\"x\""),
+        "{stderr}"
+    );
 }

@@ -180,16 +180,29 @@ max_backoff = "8s"
     broker.expect_committed_to_end(GROUP, "like", Duration::from_secs(20), &eventd);
 }
 
+const ALWAYS_FAILING_TOPICS: &[&str] = &["like", "out", "flaky.dlq", "dlq"];
+
 #[test]
 fn an_always_failing_event_is_dead_lettered_with_its_provenance_while_its_partition_flows() {
-    let broker = Broker::start(2, &["like", "out", "flaky.dlq", "dlq"]);
+    always_failing_event_is_dead_lettered(Broker::start(2, ALWAYS_FAILING_TOPICS), &[]);
+}
+
+#[test]
+fn on_tansu_an_always_failing_event_is_dead_lettered_with_its_provenance() {
+    always_failing_event_is_dead_lettered(
+        Broker::tansu(2, ALWAYS_FAILING_TOPICS),
+        &[("EVENTD__KAFKA__SESSION_TIMEOUT", "45s".to_owned())],
+    );
+}
+
+fn always_failing_event_is_dead_lettered(broker: Broker, env: &[(&str, String)]) {
     let total = 30;
     let produced = events(total, 5);
     for (key, payload) in &produced {
         // Each carries an `origin: test` header, which the dead-letter copy keeps.
         broker.produce_raw("like", key, payload.as_bytes());
     }
-    let eventd = start_eventd(
+    let eventd = start_eventd_with_env(
         &broker,
         r#"
 [dead_letter]
@@ -211,6 +224,7 @@ dead_letter = "flaky.dlq"
 [handlers.retry]
 backoff = "50ms"
 "#,
+        env,
     );
     let failing: Vec<usize> = (0..2)
         .filter(|p| broker.watermarks("like")[*p as usize].2 > 3)
@@ -503,5 +517,64 @@ action = { equals = "add" }
     assert_eq!(
         eventd.metric("eventd_events_handled_total", &labels("ok")),
         5.0
+    );
+}
+
+#[test]
+fn without_a_dead_letter_topic_a_failing_event_blocks_its_partition_loudly_until_it_passes() {
+    let broker = Broker::start(1, &["like", "out"]);
+    let total = 10;
+    broker.produce("like", &events(total, 2));
+    let eventd = start_eventd(
+        &broker,
+        r#"
+[[consumers]]
+name = "main"
+topics = ["like"]
+commit_interval = "100ms"
+
+[[handlers]]
+name = "stuck"
+kind = "fault"
+consumer = "main"
+action = "fail"
+offsets = [3]
+lasting = "6s"
+output = "out"
+[handlers.retry]
+max_attempts = 2
+backoff = "50ms"
+max_backoff = "500ms"
+"#,
+    );
+    let blocked = [("consumer", "main"), ("topic", "like"), ("partition", "0")];
+    assert!(
+        eventd.wait_until(Duration::from_secs(10), |e| {
+            e.metric_if_present("eventd_partition_blocked", &blocked) == Some(1.0)
+        }),
+        "the partition is not shown blocked; {}",
+        eventd.logs()
+    );
+    assert_eq!(
+        broker.committed(GROUP, "like"),
+        vec![(0, Some(3))],
+        "nothing skipped past 3"
+    );
+    assert!(
+        !eventd
+            .log_lines("handler keeps failing on an event and no dead-letter topic is set; retrying it, the partition cannot move past it")
+            .is_empty(),
+        "{}",
+        eventd.logs()
+    );
+    // The fault ends: the event is handled, nothing was lost, and the mark clears.
+    broker.expect_every_id("out", total, Duration::from_secs(30), &eventd);
+    broker.expect_committed_to_end(GROUP, "like", Duration::from_secs(20), &eventd);
+    assert!(
+        eventd.wait_until(Duration::from_secs(10), |e| {
+            e.metric_if_present("eventd_partition_blocked", &blocked) == Some(0.0)
+        }),
+        "{}",
+        eventd.scrape()
     );
 }

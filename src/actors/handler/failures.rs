@@ -93,7 +93,14 @@ impl Failures {
         };
         let alone = events.len() == 1;
         for event in events.iter() {
-            ledger.record(event, &source, &Failed::Panic { message: reason, alone });
+            ledger.record(
+                event,
+                &source,
+                &Failed::Panic {
+                    message: reason,
+                    alone,
+                },
+            );
         }
     }
 
@@ -224,7 +231,10 @@ mod tests {
         for offset in 0..3 {
             let failure = failures.get(&event(offset)).expect("recorded");
             assert_eq!((failure.attempts, failure.panicked), (1, true));
-            assert!(!failure.alone, "charged with two others: not its own failure yet");
+            assert!(
+                !failure.alone,
+                "charged with two others: not its own failure yet"
+            );
             assert_eq!(failure.last_error, "panic: injected");
         }
         // A batch the handler returned from is not charged when the actor fails later.
