@@ -536,6 +536,24 @@ pub mod headers {
     }
 }
 
+/// A valid event read at `like/0@offset`, for unit tests of the layers above.
+#[cfg(test)]
+pub fn test_event(offset: i64) -> Arc<Event> {
+    let payload = br#"{"user_id":"u","item_id":"i","ts":1}"#;
+    Arc::new(Event {
+        source: Source {
+            topic: Arc::from("like"),
+            partition: 0,
+            offset,
+        },
+        key: None,
+        headers: Vec::new(),
+        timestamp: None,
+        body: Event::decode(Some(payload), &Arc::new(FieldNames::default()))
+            .expect("a valid event"),
+    })
+}
+
 /// Picks a pool member for `bytes`; FNV-1a is stable across runs and processes.
 pub fn slot_for(bytes: &[u8], slots: usize) -> usize {
     let mut hash: u32 = 0x811c_9dc5;

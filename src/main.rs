@@ -142,10 +142,6 @@ fn main() -> ExitCode {
                 Ok(config) => config,
                 Err(error) => return refuse_config(&error),
             };
-            eventd::logging::init_for_command();
-            let Some(runtime) = runtime() else {
-                return ExitCode::FAILURE;
-            };
             let options = ProduceOptions {
                 brokers: command.brokers,
                 topic: command.topic,
@@ -157,17 +153,12 @@ fn main() -> ExitCode {
                 keys: command.keys,
                 seed: command.seed,
             };
-            let code = runtime.block_on(eventd::produce::run(config, options));
-            std::process::exit(code);
+            run_command(eventd::produce::run(config, options))
         }
         Command::Replay(command) => {
             let config = match Config::load(Some(&command.config)) {
                 Ok(config) => config,
                 Err(error) => return refuse_config(&error),
-            };
-            eventd::logging::init_for_command();
-            let Some(runtime) = runtime() else {
-                return ExitCode::FAILURE;
             };
             let options = eventd::replay::ReplayOptions {
                 from: command.from,
@@ -177,10 +168,21 @@ fn main() -> ExitCode {
                 dry_run: command.dry_run,
                 group: command.group,
             };
-            let code = runtime.block_on(eventd::replay::run(config, options));
-            std::process::exit(code);
+            run_command(eventd::replay::run(config, options))
         }
     }
+}
+
+/// Runs a one-shot command (`produce`, `replay`) with command-line logging and exits
+/// with its code.
+fn run_command(command: impl std::future::Future<Output = i32>) -> ExitCode {
+    eventd::logging::init_for_command();
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    let code = runtime.block_on(command);
+    // Exit without waiting for clients that may block on an unreachable broker.
+    std::process::exit(code);
 }
 
 fn refuse_config(error: &ConfigError) -> ExitCode {

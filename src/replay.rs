@@ -148,6 +148,7 @@ pub async fn run(config: Config, options: ReplayOptions) -> i32 {
     let mut tally = Tally::default();
     let mut progress: HashMap<i32, i64> = HashMap::new();
     let mut uncommitted = 0;
+    let mut held: std::collections::HashSet<i32> = std::collections::HashSet::new();
     let mut pending = ends.clone();
     pending.retain(|_, (next, end)| next < end);
     let mut interrupted = std::pin::pin!(tokio::signal::ctrl_c());
@@ -208,9 +209,16 @@ pub async fn run(config: Config, options: ReplayOptions) -> i32 {
                     "eventd replay: {at}: truncated copy of {source} ({size} bytes originally), skipped; read the original there"
                 );
             }
-            Outcome::OutsideRange => tally.outside_range += 1,
+            Outcome::OutsideRange(after_until) => {
+                tally.outside_range += 1;
+                // Copies after --until are left for a later replay to find: this
+                // partition's progress stops at the first of them.
+                if after_until {
+                    held.insert(partition);
+                }
+            }
         }
-        if !options.dry_run {
+        if !options.dry_run && !held.contains(&partition) {
             progress.insert(partition, offset + 1);
             uncommitted += 1;
             if uncommitted >= COMMIT_EVERY {
@@ -266,7 +274,8 @@ enum Outcome {
     Failed(String),
     OtherHandler,
     Truncated(String, String),
-    OutsideRange,
+    /// Outside --since/--until; true when after --until.
+    OutsideRange(bool),
 }
 
 async fn replay_one(
@@ -300,12 +309,16 @@ async fn replay_one(
                 .to_millis()
                 .and_then(DateTime::<Utc>::from_timestamp_millis)
         });
-    let in_range = |at: DateTime<Utc>| {
-        options.since.is_none_or(|since| at >= since)
-            && options.until.is_none_or(|until| at < until)
-    };
-    if (options.since.is_some() || options.until.is_some()) && !failed_at.is_some_and(in_range) {
-        return Outcome::OutsideRange;
+    if options.since.is_some() || options.until.is_some() {
+        let Some(at) = failed_at else {
+            return Outcome::OutsideRange(true);
+        };
+        if options.until.is_some_and(|until| at >= until) {
+            return Outcome::OutsideRange(true);
+        }
+        if options.since.is_some_and(|since| at < since) {
+            return Outcome::OutsideRange(false);
+        }
     }
     let source = match (
         text(headers::SOURCE_TOPIC),

@@ -52,12 +52,14 @@ pub struct HandlerArgs {
     pub dead_letter: Option<String>,
 }
 
-/// Events are retried in order per source partition and routing key.
-pub type ParkKey = (Arc<str>, i32, Vec<u8>);
+/// Events are retried in order per source partition and routing key. The partition
+/// worker is part of the key: after a revoke and a new assignment, the new worker's
+/// events must not queue behind the old worker's, which nobody waits for any more.
+pub type ParkKey = (ractor::ActorId, i32, Vec<u8>);
 
-fn park_key(event: &Event) -> ParkKey {
+fn park_key(batch: &Batch, event: &Event) -> ParkKey {
     (
-        event.source.topic.clone(),
+        batch.reply_to.id(),
         event.source.partition,
         event.routing_key().into_owned(),
     )
@@ -185,7 +187,7 @@ async fn handle_batch(myself: &ActorRef<HandlerMsg>, state: &mut HandlerState, b
     }
     for event in batch.events.iter() {
         let one = alone(&batch, event);
-        let key = park_key(event);
+        let key = park_key(&batch, event);
         if let Some(queue) = state.parked.get_mut(&key) {
             queue.push_back(Parked {
                 batch: one,
@@ -207,12 +209,9 @@ async fn retry_parked(myself: &ActorRef<HandlerMsg>, state: &mut HandlerState, k
     };
     while let Some(head) = queue.pop_front() {
         if !head.batch.reply_to.is_open() {
-            // The partition is gone; whoever owns it now reads these events again.
+            // The partition is gone; whoever owns it now reads this event again.
             state.failures.forget(&head.batch.events[0]);
-            queue
-                .iter()
-                .for_each(|p| state.failures.forget(&p.batch.events[0]));
-            return;
+            continue;
         }
         if let Some((parked, delay)) = state.try_alone(myself, head.batch, head.blocked).await {
             queue.push_front(parked);
@@ -250,7 +249,7 @@ impl HandlerState {
         }
         let mut fresh = Vec::with_capacity(batch.events.len());
         for event in batch.events.iter() {
-            match self.parked.get_mut(&park_key(event)) {
+            match self.parked.get_mut(&park_key(&batch, event)) {
                 Some(queue) => queue.push_back(Parked {
                     batch: alone(&batch, event),
                     blocked: None,

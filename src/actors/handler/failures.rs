@@ -188,7 +188,7 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     use super::*;
-    use crate::event::{FieldNames, Source};
+    use crate::event::test_event as event;
 
     struct Partition(AtomicBool);
 
@@ -201,24 +201,6 @@ mod tests {
         fn id(&self) -> ractor::ActorId {
             ractor::ActorId::Local(1)
         }
-    }
-
-    fn event(offset: i64) -> Arc<Event> {
-        Arc::new(Event {
-            source: Source {
-                topic: Arc::from("like"),
-                partition: 0,
-                offset,
-            },
-            key: None,
-            headers: Vec::new(),
-            timestamp: None,
-            body: Event::decode(
-                Some(br#"{"user_id":"u","item_id":"i","ts":1}"#),
-                &Arc::new(FieldNames::default()),
-            )
-            .expect("a valid event"),
-        })
     }
 
     #[test]

@@ -861,23 +861,7 @@ impl Actor for PartitionWorker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::FieldNames;
-
-    fn event(offset: i64) -> Arc<Event> {
-        let payload = br#"{"user_id":"u","item_id":"i","ts":1}"#;
-        Arc::new(Event {
-            source: Source {
-                topic: Arc::from("like"),
-                partition: 0,
-                offset,
-            },
-            key: None,
-            headers: Vec::new(),
-            timestamp: None,
-            body: Event::decode(Some(payload), &Arc::new(FieldNames::default()))
-                .expect("a valid event"),
-        })
-    }
+    use crate::event::test_event as event;
 
     fn offsets(sent: &SentEvents) -> Vec<i64> {
         sent.unfinished().map(|e| e.source.offset).collect()
