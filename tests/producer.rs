@@ -640,8 +640,18 @@ topic = "dlq"
         reasons[&102]
             .0
             .contains("above producer.max_message_bytes (2000)")
-            && reasons[&102].1 == 0,
-        "too large for the dead-letter topic too: sent without its body; {reasons:?}"
+            && (1..2000).contains(&reasons[&102].1),
+        "too large for the dead-letter topic too: sent truncated to fit; {reasons:?}"
+    );
+    let truncated = dead
+        .iter()
+        .find(|record| record.headers["eventd.source.offset"] == "102")
+        .expect("the oversized event's copy");
+    assert_eq!(truncated.headers["eventd.truncated"], "true");
+    assert!(
+        truncated.headers["eventd.source.size"].parse::<usize>().expect("a size") > 2000,
+        "{:?}",
+        truncated.headers
     );
     assert!(reasons[&100].1 > 0, "a small event keeps its body");
     let out = broker.expect_every_id("out", 100, Duration::from_secs(30), &eventd);
@@ -729,11 +739,13 @@ fn produce_interrupted_reports_what_it_sent() {
 }
 
 /// A malformed event larger than the producer may send still reaches the dead-letter
-/// topic (without its body, the headers say where it is) and does not stop its partition.
+/// topic (truncated to fit, the headers say where the whole one is and how large it
+/// was) and does not stop its partition.
 #[test]
-fn an_oversized_malformed_event_is_dead_lettered_without_its_body() {
+fn an_oversized_malformed_event_is_dead_lettered_truncated() {
     let broker = Broker::start(1, &["like", "out", "dlq"]);
-    broker.produce_raw("like", "item-1", "{not json".repeat(400).as_bytes());
+    let malformed = "{not json".repeat(400);
+    broker.produce_raw("like", "item-1", malformed.as_bytes());
     broker.produce("like", &[("item-1".to_owned(), event(0, "item-1"))]);
     let eventd = start_eventd(
         &broker,
@@ -744,7 +756,12 @@ fn an_oversized_malformed_event_is_dead_lettered_without_its_body() {
         !records.is_empty()
     });
     assert_eq!(dead.len(), 1, "{}", eventd.logs());
-    assert!(dead[0].payload.is_empty(), "sent without its body");
+    assert!(
+        !dead[0].payload.is_empty() && malformed.as_bytes().starts_with(&dead[0].payload),
+        "sent as the start of its value"
+    );
+    assert_eq!(dead[0].headers["eventd.truncated"], "true");
+    assert_eq!(dead[0].headers["eventd.source.size"], malformed.len().to_string());
     assert_eq!(dead[0].headers["eventd.source.offset"], "0");
     assert!(dead[0].headers.contains_key("eventd.error"));
     broker.expect_moved_on("main", "like", &eventd);
