@@ -30,6 +30,8 @@ pub mod embedded;
 pub mod event;
 pub mod kafka;
 pub mod logging;
+pub mod position;
 pub mod produce;
 pub mod replay;
+pub mod tail;
 pub mod telemetry;

@@ -39,6 +39,35 @@ enum Command {
     Produce(ProduceCommand),
     /// Run one handler again on the events it dead-lettered (after a fix).
     Replay(ReplayCommand),
+    /// Print a topic's events without joining a consumer group.
+    Tail(TailCommand),
+}
+
+#[derive(clap::Args)]
+struct TailCommand {
+    /// Config file; its [kafka] section is used.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Bootstrap servers, overriding kafka.brokers.
+    #[arg(long)]
+    brokers: Option<String>,
+    #[arg(long)]
+    topic: String,
+    /// Only this partition.
+    #[arg(long)]
+    partition: Option<i32>,
+    /// earliest, latest, an offset, or an RFC 3339 time.
+    #[arg(long, default_value = "earliest")]
+    from: eventd::position::Position,
+    /// Stop after this many events.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Keep reading new events instead of stopping at the end.
+    #[arg(long)]
+    follow: bool,
+    /// One JSON object per event, with headers and timestamp.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -154,6 +183,23 @@ fn main() -> ExitCode {
                 seed: command.seed,
             };
             run_command(eventd::produce::run(config, options))
+        }
+        Command::Tail(command) => {
+            let config = match Config::load_for_producer(command.config.as_deref()) {
+                Ok(config) => config,
+                Err(error) => return refuse_config(&error),
+            };
+            let options = eventd::tail::TailOptions {
+                brokers: command.brokers,
+                topic: command.topic,
+                partition: command.partition,
+                from: command.from,
+                count: command.count,
+                follow: command.follow,
+                json: command.json,
+            };
+            eventd::logging::init_for_command();
+            std::process::exit(eventd::tail::run(config, options));
         }
         Command::Replay(command) => {
             let config = match Config::load(Some(&command.config)) {

@@ -133,6 +133,125 @@ fn sync_mode_on_tansu() {
     sync_offsets_increase_and_keys_land_where_sarama_puts_them(&Broker::tansu(4, &["like"]));
 }
 
+/// Runs `eventd tail --brokers <broker>` with `args`.
+fn tail(broker: &Broker, args: &[&str]) -> Produced {
+    let output = Command::new(env!("CARGO_BIN_EXE_eventd"))
+        .arg("tail")
+        .args(["--brokers", &broker.bootstrap()])
+        .args(args)
+        .output()
+        .expect("eventd tail runs");
+    Produced {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+fn tail_prints_what_produce_reported_writing(broker: &Broker) {
+    let total = 60;
+    let input = lines(total, 7);
+    let out = produce(broker, "", &["--sync", "--topic", "like"], &input);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let mut written: Vec<(String, i32, i64)> = out.placements();
+    let by_place: HashMap<(i32, i64), &str> = written
+        .iter()
+        .zip(input.lines())
+        .map(|((_, partition, offset), line)| ((*partition, *offset), line))
+        .collect();
+
+    let shown = tail(broker, &["--topic", "like"]);
+    assert_eq!(shown.code, Some(0), "{}", shown.stderr);
+    let mut last: HashMap<i32, i64> = HashMap::new();
+    let mut printed = Vec::new();
+    for line in shown.stdout.lines() {
+        let mut parts = line.splitn(5, ' ');
+        let (Some(topic), Some(partition), Some(offset), Some(key), Some(value)) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
+            panic!("not `topic partition offset key value`: {line:?}");
+        };
+        let (partition, offset): (i32, i64) = (
+            partition.parse().expect("partition"),
+            offset.parse().expect("offset"),
+        );
+        if let Some(previous) = last.insert(partition, offset) {
+            assert!(
+                offset > previous,
+                "partition {partition}: {offset} after {previous}"
+            );
+        }
+        let sent = by_place[&(partition, offset)];
+        assert_eq!(value, sent, "the value as sent");
+        let item: serde_json::Value = serde_json::from_str(sent).expect("json line");
+        assert_eq!(key, item["item_id"], "the key is the item id");
+        printed.push((topic.to_owned(), partition, offset));
+    }
+    written.sort();
+    printed.sort();
+    assert_eq!(printed, written, "tail shows exactly what produce wrote");
+
+    let one = tail(
+        broker,
+        &[
+            "--topic",
+            "like",
+            "--partition",
+            "1",
+            "--from",
+            "2",
+            "--count",
+            "3",
+            "--json",
+        ],
+    );
+    assert_eq!(one.code, Some(0), "{}", one.stderr);
+    let objects: Vec<serde_json::Value> = one
+        .stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(
+        objects
+            .iter()
+            .map(|o| (o["partition"].clone(), o["offset"].clone()))
+            .collect::<Vec<_>>(),
+        [
+            (1.into(), 2.into()),
+            (1.into(), 3.into()),
+            (1.into(), 4.into())
+        ],
+        "{}",
+        one.stdout
+    );
+    assert!(objects
+        .iter()
+        .all(|o| o["timestamp"].is_i64() && o["headers"].is_object()));
+    assert_eq!(objects[0]["value"], by_place[&(1, 2)]);
+
+    let missing = tail(broker, &["--topic", "like", "--partition", "9"]);
+    assert_ne!(missing.code, Some(0));
+    assert!(
+        missing.stderr.contains("no partition 9"),
+        "{}",
+        missing.stderr
+    );
+}
+
+#[test]
+fn tail_shows_what_produce_wrote_on_the_embedded_broker() {
+    tail_prints_what_produce_reported_writing(&Broker::start(4, &["like"]));
+}
+
+#[test]
+fn tail_shows_what_produce_wrote_on_tansu() {
+    tail_prints_what_produce_reported_writing(&Broker::tansu(4, &["like"]));
+}
+
 fn async_delivers_every_event_and_watermarks_agree(broker: &Broker) {
     let out = produce(
         broker,
@@ -649,7 +768,10 @@ topic = "dlq"
         .expect("the oversized event's copy");
     assert_eq!(truncated.headers["eventd.truncated"], "true");
     assert!(
-        truncated.headers["eventd.source.size"].parse::<usize>().expect("a size") > 2000,
+        truncated.headers["eventd.source.size"]
+            .parse::<usize>()
+            .expect("a size")
+            > 2000,
         "{:?}",
         truncated.headers
     );
@@ -761,7 +883,10 @@ fn an_oversized_malformed_event_is_dead_lettered_truncated() {
         "sent as the start of its value"
     );
     assert_eq!(dead[0].headers["eventd.truncated"], "true");
-    assert_eq!(dead[0].headers["eventd.source.size"], malformed.len().to_string());
+    assert_eq!(
+        dead[0].headers["eventd.source.size"],
+        malformed.len().to_string()
+    );
     assert_eq!(dead[0].headers["eventd.source.offset"], "0");
     assert!(dead[0].headers.contains_key("eventd.error"));
     broker.expect_moved_on("main", "like", &eventd);
