@@ -30,6 +30,7 @@ pub mod embedded;
 pub mod event;
 pub mod kafka;
 pub mod logging;
+pub mod offsets;
 pub mod position;
 pub mod produce;
 pub mod replay;

@@ -41,6 +41,45 @@ enum Command {
     Replay(ReplayCommand),
     /// Print a topic's events without joining a consumer group.
     Tail(TailCommand),
+    /// A consumer's committed offsets, high watermarks and lag; move a stopped group's.
+    #[command(subcommand)]
+    Offsets(OffsetsCommand),
+}
+
+#[derive(Subcommand)]
+enum OffsetsCommand {
+    /// Committed offset, high watermark and lag per partition.
+    Show {
+        #[command(flatten)]
+        target: OffsetsTarget,
+        /// One JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move the group's committed offsets; refused while the group has live members.
+    Reset {
+        #[command(flatten)]
+        target: OffsetsTarget,
+        /// earliest, latest, an offset, or an RFC 3339 time.
+        #[arg(long)]
+        to: eventd::position::Position,
+        /// Print the new offsets; commit nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct OffsetsTarget {
+    /// The daemon's config file.
+    #[arg(long, short)]
+    config: PathBuf,
+    /// The [[consumers]] entry whose group is read.
+    #[arg(long)]
+    consumer: String,
+    /// Only this topic of the consumer.
+    #[arg(long)]
+    topic: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -200,6 +239,29 @@ fn main() -> ExitCode {
             };
             eventd::logging::init_for_command();
             std::process::exit(eventd::tail::run(config, options));
+        }
+        Command::Offsets(command) => {
+            let (target, reset_to, dry_run, json) = match command {
+                OffsetsCommand::Show { target, json } => (target, None, false, json),
+                OffsetsCommand::Reset {
+                    target,
+                    to,
+                    dry_run,
+                } => (target, Some(to), dry_run, false),
+            };
+            let config = match Config::load(Some(&target.config)) {
+                Ok(config) => config,
+                Err(error) => return refuse_config(&error),
+            };
+            let options = eventd::offsets::OffsetsOptions {
+                consumer: target.consumer,
+                topic: target.topic,
+                reset_to,
+                dry_run,
+                json,
+            };
+            eventd::logging::init_for_command();
+            std::process::exit(eventd::offsets::run(config, options));
         }
         Command::Replay(command) => {
             let config = match Config::load(Some(&command.config)) {

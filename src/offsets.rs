@@ -1,0 +1,315 @@
+//! `eventd offsets show|reset`: a consumer's committed offsets, high watermarks and lag
+//! per partition, and moving the committed offsets of a stopped group, as Kafka's own
+//! `kafka-consumer-groups` does (and, like it, never while the group has members).
+
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::config::{Config, ConsumerMode, EXIT_CONFIG};
+use crate::daemon::EXIT_UNAVAILABLE;
+use crate::kafka::{plain_config, Brokers};
+use crate::position::{partitions_of, resolve, Position};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+/// `reset` refused: the group has live members.
+pub const EXIT_GROUP_ACTIVE: i32 = 1;
+
+pub struct OffsetsOptions {
+    pub consumer: String,
+    pub topic: Option<String>,
+    /// `Some` for `reset`.
+    pub reset_to: Option<Position>,
+    pub dry_run: bool,
+    pub json: bool,
+}
+
+/// One partition as `show` prints it.
+#[derive(Debug, Clone, serde::Serialize)]
+struct Row {
+    topic: String,
+    partition: i32,
+    /// The next offset the group reads; none before its first commit.
+    committed: Option<i64>,
+    low: i64,
+    high: i64,
+    /// Events from the committed offset (else the start of the partition) to the end.
+    lag: i64,
+    /// `reset`: where the committed offset goes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reset_to: Option<i64>,
+}
+
+pub fn run(config: Config, options: OffsetsOptions) -> i32 {
+    let Some(consumer_config) = config.consumer(&options.consumer) else {
+        let names: Vec<&str> = config.consumers.iter().map(|c| c.name.as_str()).collect();
+        eprintln!(
+            "eventd offsets: --consumer {:?} names no [[consumers]] entry (the config has {names:?})",
+            options.consumer
+        );
+        return EXIT_CONFIG;
+    };
+    let group = match consumer_config.mode {
+        ConsumerMode::Group => consumer_config.group_id(),
+        ConsumerMode::Partitions => match &consumer_config.commit_group {
+            Some(group) => group.clone(),
+            None => {
+                eprintln!(
+                    "eventd offsets: consumer {:?} is a partitions consumer without commit_group: it commits nothing",
+                    options.consumer
+                );
+                return EXIT_CONFIG;
+            }
+        },
+    };
+    let topics: Vec<String> = match &options.topic {
+        Some(topic) if consumer_config.topics.contains(topic) => vec![topic.clone()],
+        Some(topic) => {
+            eprintln!(
+                "eventd offsets: consumer {:?} does not read {topic:?} (it reads {:?})",
+                options.consumer, consumer_config.topics
+            );
+            return EXIT_CONFIG;
+        }
+        None => consumer_config.topics.clone(),
+    };
+    let Some(bootstrap) = config.kafka.brokers.clone() else {
+        eprintln!("eventd offsets: no broker: set kafka.brokers in the config (the embedded broker keeps nothing between runs)");
+        return EXIT_CONFIG;
+    };
+    let brokers = Brokers {
+        bootstrap,
+        embedded: false,
+    };
+    let client: BaseConsumer = match plain_config(&config, &brokers)
+        .set("group.id", &group)
+        .set("enable.auto.commit", "false")
+        .create()
+    {
+        Ok(client) => client,
+        Err(error) => {
+            eprintln!("eventd offsets: bad [kafka] settings: {error}");
+            return EXIT_CONFIG;
+        }
+    };
+    let mut rows = match read_rows(&client, &topics) {
+        Ok(rows) => rows,
+        Err(error) => {
+            eprintln!("eventd offsets: {}: {error}", brokers.bootstrap);
+            return EXIT_UNAVAILABLE;
+        }
+    };
+    let Some(position) = options.reset_to else {
+        print_rows(&group, &rows, options.json);
+        return 0;
+    };
+    let refuse_live = |members: &str| {
+        eprintln!(
+            "eventd offsets: group {group:?} has {members}: stop every process of consumer {:?} first (offsets of a running group cannot be moved)",
+            options.consumer
+        );
+        EXIT_GROUP_ACTIVE
+    };
+    match live_members(&client, &group) {
+        Ok(0) => {}
+        Ok(members) => return refuse_live(&format!("{members} live member(s)")),
+        Err(reason) => {
+            // Brokers without DescribeGroups still refuse a commit from outside a
+            // group that has members, as Kafka does: the commit is the check. A dry
+            // run commits the offsets as they are to ask.
+            eprintln!(
+                "eventd offsets: the broker did not describe group {group:?} ({reason}); relying on it to refuse a commit from outside a group with members, as Kafka does"
+            );
+            if options.dry_run && !unchanged_commit_allowed(&client, &rows) {
+                return refuse_live(
+                    "live members (the broker refused a commit from outside the group)",
+                );
+            }
+        }
+    }
+    for row in &mut rows {
+        match resolve(
+            &client,
+            &row.topic,
+            row.partition,
+            (row.low, row.high),
+            position,
+            TIMEOUT,
+        ) {
+            Ok(offset) => row.reset_to = Some(offset),
+            Err(error) => {
+                eprintln!("eventd offsets: {}/{}: {error}", row.topic, row.partition);
+                return EXIT_UNAVAILABLE;
+            }
+        }
+    }
+    print_rows(&group, &rows, options.json);
+    if options.dry_run {
+        eprintln!("eventd offsets: dry run, nothing committed");
+        return 0;
+    }
+    let mut list = TopicPartitionList::new();
+    for row in &rows {
+        if let Some(offset) = row.reset_to {
+            if list
+                .add_partition_offset(&row.topic, row.partition, Offset::Offset(offset))
+                .is_err()
+            {
+                eprintln!(
+                    "eventd offsets: {}/{}: offset {offset} refused",
+                    row.topic, row.partition
+                );
+                return EXIT_CONFIG;
+            }
+        }
+    }
+    match client.commit(&list, CommitMode::Sync) {
+        Ok(()) => {
+            eprintln!("eventd offsets: committed for group {group:?}");
+            0
+        }
+        Err(error) if is_refused_as_outsider(&error) => {
+            refuse_live("live members (the broker refused a commit from outside the group)")
+        }
+        Err(error) => {
+            eprintln!("eventd offsets: commit for group {group:?} failed: {error}");
+            EXIT_UNAVAILABLE
+        }
+    }
+}
+
+fn read_rows(client: &BaseConsumer, topics: &[String]) -> Result<Vec<Row>, String> {
+    let mut list = TopicPartitionList::new();
+    for topic in topics {
+        for partition in partitions_of(client, topic, TIMEOUT)? {
+            list.add_partition(topic, partition);
+        }
+    }
+    let committed = client
+        .committed_offsets(list, TIMEOUT)
+        .map_err(|error| format!("committed offsets: {error}"))?;
+    let mut rows = Vec::new();
+    for element in committed.elements() {
+        let (topic, partition) = (element.topic().to_owned(), element.partition());
+        let (low, high) = client
+            .fetch_watermarks(&topic, partition, TIMEOUT)
+            .map_err(|error| format!("watermarks of {topic}/{partition}: {error}"))?;
+        let committed = match element.offset() {
+            Offset::Offset(offset) => Some(offset),
+            _ => None,
+        };
+        rows.push(Row {
+            lag: (high - committed.unwrap_or(low).max(low)).max(0),
+            topic,
+            partition,
+            committed,
+            low,
+            high,
+            reset_to: None,
+        });
+    }
+    rows.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+    Ok(rows)
+}
+
+/// A commit refused because the group has members and this client is not one of them.
+fn is_refused_as_outsider(error: &KafkaError) -> bool {
+    matches!(
+        error,
+        KafkaError::ConsumerCommit(
+            RDKafkaErrorCode::UnknownMemberId
+                | RDKafkaErrorCode::IllegalGeneration
+                | RDKafkaErrorCode::RebalanceInProgress
+        )
+    )
+}
+
+/// Commits the committed offsets as they are: false if the broker refused the commit
+/// because the group has members.
+fn unchanged_commit_allowed(client: &BaseConsumer, rows: &[Row]) -> bool {
+    let mut list = TopicPartitionList::new();
+    for row in rows {
+        if let Some(committed) = row.committed {
+            if list
+                .add_partition_offset(&row.topic, row.partition, Offset::Offset(committed))
+                .is_err()
+            {
+                return true;
+            }
+        }
+    }
+    if list.count() == 0 {
+        return true;
+    }
+    !matches!(client.commit(&list, CommitMode::Sync), Err(error) if is_refused_as_outsider(&error))
+}
+
+/// Members of `group` the broker knows now (DescribeGroups).
+fn live_members(client: &BaseConsumer, group: &str) -> Result<usize, String> {
+    let groups = client
+        .fetch_group_list(Some(group), TIMEOUT)
+        .map_err(|error| error.to_string())?;
+    Ok(groups
+        .groups()
+        .iter()
+        .filter(|g| g.name() == group)
+        .map(|g| g.members().len())
+        .sum())
+}
+
+fn print_rows(group: &str, rows: &[Row], json: bool) {
+    if json {
+        let document = serde_json::json!({ "group": group, "partitions": rows });
+        println!("{document}");
+        return;
+    }
+    let reset = rows.iter().any(|row| row.reset_to.is_some());
+    println!("group {group}");
+    let mut table = vec![vec![
+        "TOPIC".to_owned(),
+        "PARTITION".to_owned(),
+        "COMMITTED".to_owned(),
+        "HIGH".to_owned(),
+        "LAG".to_owned(),
+    ]];
+    if reset {
+        table[0].push("RESET TO".to_owned());
+    }
+    for row in rows {
+        let mut line = vec![
+            row.topic.clone(),
+            row.partition.to_string(),
+            row.committed
+                .map_or_else(|| "-".to_owned(), |c| c.to_string()),
+            row.high.to_string(),
+            row.lag.to_string(),
+        ];
+        if reset {
+            line.push(
+                row.reset_to
+                    .map_or_else(|| "-".to_owned(), |r| r.to_string()),
+            );
+        }
+        table.push(line);
+    }
+    let widths: Vec<usize> = (0..table[0].len())
+        .map(|column| {
+            table
+                .iter()
+                .map(|line| line[column].len())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for line in table {
+        let cells: Vec<String> = line
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        println!("{}", cells.join("  ").trim_end());
+    }
+}
