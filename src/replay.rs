@@ -148,6 +148,7 @@ pub async fn run(config: Config, options: ReplayOptions) -> i32 {
     let mut tally = Tally::default();
     let mut progress: HashMap<i32, i64> = HashMap::new();
     let mut uncommitted = 0;
+    let holds_events = handler.kind == crate::config::HandlerKind::Count;
     let mut held: std::collections::HashSet<i32> = std::collections::HashSet::new();
     let mut pending = ends.clone();
     pending.retain(|_, (next, end)| next < end);
@@ -189,7 +190,17 @@ pub async fn run(config: Config, options: ReplayOptions) -> i32 {
             }
         }
         let at = format!("{}/{partition}@{offset}", options.from);
-        match replay_one(&message, &options, &names, &mut standalone).await {
+        // Ctrl-C abandons the event being handled: it is not committed, so the next
+        // run handles it again.
+        let outcome = tokio::select! {
+            biased;
+            _ = &mut interrupted => {
+                eprintln!("eventd replay: interrupted; progress so far is committed");
+                break;
+            }
+            outcome = replay_one(&message, &options, &names, &mut standalone) => outcome,
+        };
+        match outcome {
             Outcome::Replayed => tally.replayed += 1,
             Outcome::WouldReplay(source) => {
                 tally.would_replay += 1;
@@ -201,6 +212,8 @@ pub async fn run(config: Config, options: ReplayOptions) -> i32 {
                     "eventd replay: {at}: failed again, left in {}: {reason}",
                     options.from
                 );
+                // Progress stops here, so the next run (after a fix) tries it again.
+                held.insert(partition);
             }
             Outcome::OtherHandler => tally.other_handler += 1,
             Outcome::Truncated(source, size) => {
@@ -221,7 +234,9 @@ pub async fn run(config: Config, options: ReplayOptions) -> i32 {
         if !options.dry_run && !held.contains(&partition) {
             progress.insert(partition, offset + 1);
             uncommitted += 1;
-            if uncommitted >= COMMIT_EVERY {
+            // A handler holding events (count windows) writes them only at the flush
+            // below: committing before it could lose what it counted.
+            if uncommitted >= COMMIT_EVERY && !holds_events {
                 commit(&consumer, &options.from, &progress).await;
                 uncommitted = 0;
             }

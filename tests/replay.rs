@@ -245,6 +245,13 @@ fn replay_runs_only_the_named_handler(broker: Broker, env: &[(&str, String)]) {
         "{}",
         text(&unfixed)
     );
+    let still = replay(&fixed, &["--handler", "y"]);
+    assert_eq!(
+        still.status.code(),
+        Some(1),
+        "not committed past: {}",
+        text(&still)
+    );
     assert_eq!(broker.read_all("dlq").len(), 3, "replay deletes nothing");
     assert!(id_list(&broker, "out-y").iter().all(|id| id != "e-5"));
 }

@@ -156,7 +156,7 @@ async fn handle_batch(myself: &ActorRef<HandlerMsg>, state: &mut HandlerState, b
         return;
     };
     // Events that failed before (a panic, a restart while retrying) go one at a time.
-    if !state.failures.knows_any(&batch.events) {
+    if !state.failures.knows_any(&batch.events, &batch.reply_to) {
         let started = Instant::now();
         state.failures.begin(&batch.events, &batch.reply_to);
         let result = state.behaviour.handle(&state.pool, &batch).await;
@@ -171,16 +171,31 @@ async fn handle_batch(myself: &ActorRef<HandlerMsg>, state: &mut HandlerState, b
                 tracing::warn!(handler = %state.pool.name, topic = %batch.events[0].source.topic,
                     partition = batch.events[0].source.partition, events = batch.events.len(),
                     error = %message, transient, "handler failed on a batch; trying its events one at a time");
+                let alone_in_batch = batch.events.len() == 1;
+                let mut failed = None;
                 for event in batch.events.iter() {
-                    state.failures.failed(
+                    failed = Some(state.failures.failed(
                         event,
                         &batch.reply_to,
                         Failed::Error {
                             message: &message,
                             transient,
-                            alone: batch.events.len() == 1,
+                            alone: alone_in_batch,
                         },
-                    );
+                    ));
+                }
+                // A batch of one failed on its own: its backoff starts now, rather
+                // than after a second attempt made at once.
+                if let (true, Some(failure)) = (alone_in_batch, failed) {
+                    let event = &batch.events[0];
+                    let key = park_key(&batch, event);
+                    let one = alone(&batch, event);
+                    if let Some((parked, delay)) =
+                        state.after_failure(one, &failure, &message, transient, None)
+                    {
+                        state.park(myself, key, VecDeque::from([parked]), delay);
+                    }
+                    return;
                 }
             }
         }
@@ -210,7 +225,9 @@ async fn retry_parked(myself: &ActorRef<HandlerMsg>, state: &mut HandlerState, k
     while let Some(head) = queue.pop_front() {
         if !head.batch.reply_to.is_open() {
             // The partition is gone; whoever owns it now reads this event again.
-            state.failures.forget(&head.batch.events[0]);
+            state
+                .failures
+                .forget(&head.batch.events[0], &head.batch.reply_to);
             continue;
         }
         if let Some((parked, delay)) = state.try_alone(myself, head.batch, head.blocked).await {
@@ -303,7 +320,10 @@ impl HandlerState {
         blocked: Option<BlockedMark>,
     ) -> Option<(Parked, Duration)> {
         let event = one.events[0].clone();
-        let known = self.failures.get(&event);
+        let known = self.failures.get(&event, &one.reply_to);
+        // Only an event that failed on its own is retried: one in a failed batch may
+        // have been another event's failure.
+        let retried = known.as_ref().is_some_and(|f| f.alone_failures > 0);
         if let Some(failure) = &known {
             // A panic ends the actor before it can give up: the attempts were counted
             // by its supervisor, and the event is set aside here, unhandled.
@@ -311,6 +331,8 @@ impl HandlerState {
                 self.give_up(one, failure);
                 return None;
             }
+        }
+        if retried {
             self.metrics.retries.increment(1);
         }
         let started = Instant::now();
@@ -320,13 +342,15 @@ impl HandlerState {
         let error = match result {
             Ok(outcome) => {
                 if let Some(failure) = &known {
-                    self.failures.forget(&event);
-                    tracing::info!(handler = %self.pool.name, topic = %event.source.topic,
-                        partition = event.source.partition, offset = event.source.offset,
-                        attempts = failure.total() + 1, "event handled after retries");
+                    self.failures.forget(&event, &one.reply_to);
+                    if retried {
+                        tracing::info!(handler = %self.pool.name, topic = %event.source.topic,
+                            partition = event.source.partition, offset = event.source.offset,
+                            attempts = failure.total() + 1, "event handled after retries");
+                    }
                 }
                 drop(blocked);
-                self.complete(myself, &one, outcome, started, known.is_some());
+                self.complete(myself, &one, outcome, started, retried);
                 return None;
             }
             Err(error) => error,
@@ -341,15 +365,35 @@ impl HandlerState {
                 alone: true,
             },
         );
-        let exhausted = self.exhausted(&failure);
+        if failure.alone_failures == 1 && failure.total() > 1 {
+            // Its first failure alone shows the failed batch was its own: this
+            // attempt, made because the batch failed, was a retry of it.
+            self.metrics.retries.increment(1);
+        }
+        self.after_failure(one, &failure, &message, transient, blocked)
+    }
+
+    /// After `one` failed on its own: dead-letters it if it used its attempts, else
+    /// returns it with its backoff (the longest, and its partition marked blocked,
+    /// when it used them and there is no dead-letter topic).
+    fn after_failure(
+        &mut self,
+        one: Batch,
+        failure: &Failure,
+        message: &str,
+        transient: bool,
+        blocked: Option<BlockedMark>,
+    ) -> Option<(Parked, Duration)> {
+        let event = one.events[0].clone();
+        let exhausted = self.exhausted(failure);
         if exhausted && self.dead_letter.is_some() {
-            self.give_up(one, &failure);
+            self.give_up(one, failure);
             return None;
         }
         let delay = if exhausted {
             self.retry.max_backoff
         } else {
-            self.retry.delay_after(failure.total())
+            self.retry.delay_after(failure.alone_failures)
         };
         let blocked = match blocked {
             Some(mark) => Some(mark),
@@ -420,7 +464,7 @@ impl HandlerState {
                 || source.is_open(),
             )
             .await;
-            failures.forget(&event);
+            failures.forget(&event, &one.reply_to);
             if written {
                 dead_lettered.increment(1);
                 one.reply_to

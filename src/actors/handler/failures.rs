@@ -11,18 +11,17 @@ use parking_lot::Mutex;
 use super::BatchSource;
 use crate::event::Event;
 
-/// An event, by where it was read.
-pub type EventId = (Arc<str>, i32, i64);
+/// An event, by the partition worker that sent it and its offset: a partition read
+/// again by a new worker (after a revoke, or a rewind) starts its events' counts anew,
+/// and the old worker's leftovers cannot erase them.
+pub type EventId = (ractor::ActorId, i64);
 
-pub fn id_of(event: &Event) -> EventId {
-    (
-        event.source.topic.clone(),
-        event.source.partition,
-        event.source.offset,
-    )
+pub fn id_of(event: &Event, source: &Arc<dyn BatchSource>) -> EventId {
+    (source.id(), event.source.offset)
 }
 
-/// Entries kept before those of partitions no longer here are swept out.
+/// Entries kept before those of partitions no longer here are first swept out; after
+/// that, a sweep runs each time the entries doubled since the last one.
 const SWEEP_ABOVE: usize = 4096;
 
 /// Failed attempts of one event.
@@ -40,6 +39,8 @@ pub struct Failure {
     /// The last failure was of the event handled alone, so it is the event's own: one
     /// in a failed batch may have been another event's.
     pub alone: bool,
+    /// Failures of the event handled alone: its own, for backoff and retry counts.
+    pub alone_failures: u32,
 }
 
 impl Failure {
@@ -72,6 +73,8 @@ struct Ledger {
     /// Events being handled now, and the partition they came from.
     handling: Option<(Arc<[Arc<Event>]>, Arc<dyn BatchSource>)>,
     events: HashMap<EventId, (Failure, Arc<dyn BatchSource>)>,
+    /// Entries at which the next sweep runs.
+    sweep_at: usize,
 }
 
 impl Failures {
@@ -105,20 +108,23 @@ impl Failures {
     }
 
     /// Whether any of `events` failed before: then they are handled one at a time.
-    pub fn knows_any(&self, events: &[Arc<Event>]) -> bool {
+    pub fn knows_any(&self, events: &[Arc<Event>], source: &Arc<dyn BatchSource>) -> bool {
         let ledger = self.ledger.lock();
         !ledger.events.is_empty()
             && events
                 .iter()
-                .any(|event| ledger.events.contains_key(&id_of(event)))
+                .any(|event| ledger.events.contains_key(&id_of(event, source)))
     }
 
-    pub fn get(&self, event: &Event) -> Option<Failure> {
+    pub fn get(&self, event: &Event, source: &Arc<dyn BatchSource>) -> Option<Failure> {
         let ledger = self.ledger.lock();
         if ledger.events.is_empty() {
             return None;
         }
-        ledger.events.get(&id_of(event)).map(|(f, _)| f.clone())
+        ledger
+            .events
+            .get(&id_of(event, source))
+            .map(|(f, _)| f.clone())
     }
 
     /// Records a failed attempt of `event`; returns its failures so far.
@@ -127,10 +133,10 @@ impl Failures {
     }
 
     /// `event` is finished (handled or dead-lettered): nothing more to remember.
-    pub fn forget(&self, event: &Event) {
+    pub fn forget(&self, event: &Event, source: &Arc<dyn BatchSource>) {
         let mut ledger = self.ledger.lock();
         if !ledger.events.is_empty() {
-            ledger.events.remove(&id_of(event));
+            ledger.events.remove(&id_of(event, source));
         }
     }
 
@@ -147,13 +153,14 @@ impl Ledger {
         source: &Arc<dyn BatchSource>,
         how: &Failed<'_>,
     ) -> Failure {
-        if self.events.len() >= SWEEP_ABOVE {
+        if self.events.len() >= self.sweep_at.max(SWEEP_ABOVE) {
             // Events of a revoked partition are read again elsewhere, from the start.
             self.events.retain(|_, (_, source)| source.is_open());
+            self.sweep_at = 2 * self.events.len();
         }
         let (failure, _) = self
             .events
-            .entry(id_of(event))
+            .entry(id_of(event, source))
             .or_insert_with(|| (Failure::default(), source.clone()));
         match how {
             Failed::Error {
@@ -166,6 +173,9 @@ impl Ledger {
                 } else {
                     failure.attempts += 1;
                 }
+                if *alone {
+                    failure.alone_failures += 1;
+                }
                 failure.last_error = (*message).to_owned();
                 failure.panicked = false;
                 failure.last_transient = *transient;
@@ -173,6 +183,9 @@ impl Ledger {
             }
             Failed::Panic { message, alone } => {
                 failure.attempts += 1;
+                if *alone {
+                    failure.alone_failures += 1;
+                }
                 failure.last_error = (*message).to_owned();
                 failure.panicked = true;
                 failure.last_transient = false;
@@ -190,7 +203,7 @@ mod tests {
     use super::*;
     use crate::event::test_event as event;
 
-    struct Partition(AtomicBool);
+    struct Partition(AtomicBool, u64);
 
     impl BatchSource for Partition {
         fn finished(&self, _: usize, _: usize, _: Vec<i64>, _: Vec<(i64, i64)>) {}
@@ -199,19 +212,19 @@ mod tests {
             self.0.load(Ordering::Acquire)
         }
         fn id(&self) -> ractor::ActorId {
-            ractor::ActorId::Local(1)
+            ractor::ActorId::Local(self.1)
         }
     }
 
     #[test]
     fn a_failed_actor_counts_an_attempt_for_every_event_it_was_handling() {
         let failures = Failures::default();
-        let source: Arc<dyn BatchSource> = Arc::new(Partition(AtomicBool::new(true)));
+        let source: Arc<dyn BatchSource> = Arc::new(Partition(AtomicBool::new(true), 1));
         let batch: Arc<[Arc<Event>]> = (0..3).map(event).collect();
         failures.begin(&batch, &source);
         failures.actor_failed("panic: injected");
         for offset in 0..3 {
-            let failure = failures.get(&event(offset)).expect("recorded");
+            let failure = failures.get(&event(offset), &source).expect("recorded");
             assert_eq!((failure.attempts, failure.panicked), (1, true));
             assert!(
                 !failure.alone,
@@ -223,15 +236,18 @@ mod tests {
         failures.begin(&batch, &source);
         failures.end();
         failures.actor_failed("write failed");
-        assert_eq!(failures.get(&event(0)).map(|f| f.attempts), Some(1));
-        failures.forget(&event(1));
-        assert_eq!(failures.get(&event(1)), None);
+        assert_eq!(
+            failures.get(&event(0), &source).map(|f| f.attempts),
+            Some(1)
+        );
+        failures.forget(&event(1), &source);
+        assert_eq!(failures.get(&event(1), &source), None);
     }
 
     #[test]
     fn transient_failures_are_counted_apart_from_attempts() {
         let failures = Failures::default();
-        let source: Arc<dyn BatchSource> = Arc::new(Partition(AtomicBool::new(true)));
+        let source: Arc<dyn BatchSource> = Arc::new(Partition(AtomicBool::new(true), 1));
         let e = event(7);
         failures.failed(
             &e,
@@ -261,7 +277,7 @@ mod tests {
     #[test]
     fn entries_of_partitions_gone_are_swept() {
         let failures = Failures::default();
-        let gone = Arc::new(Partition(AtomicBool::new(true)));
+        let gone = Arc::new(Partition(AtomicBool::new(true), 1));
         let gone_source: Arc<dyn BatchSource> = gone.clone();
         for offset in 0..SWEEP_ABOVE as i64 {
             failures.failed(
@@ -275,7 +291,7 @@ mod tests {
             );
         }
         gone.0.store(false, Ordering::Release);
-        let here: Arc<dyn BatchSource> = Arc::new(Partition(AtomicBool::new(true)));
+        let here: Arc<dyn BatchSource> = Arc::new(Partition(AtomicBool::new(true), 2));
         failures.failed(
             &event(-1),
             &here,
@@ -286,5 +302,22 @@ mod tests {
             },
         );
         assert_eq!(failures.len(), 1);
+    }
+
+    #[test]
+    fn a_new_worker_of_a_partition_starts_its_events_counts_anew() {
+        let failures = Failures::default();
+        let old: Arc<dyn BatchSource> = Arc::new(Partition(AtomicBool::new(true), 1));
+        let new: Arc<dyn BatchSource> = Arc::new(Partition(AtomicBool::new(true), 2));
+        let how = || Failed::Error {
+            message: "x",
+            transient: false,
+            alone: true,
+        };
+        failures.failed(&event(5), &old, how());
+        failures.failed(&event(5), &old, how());
+        assert_eq!(failures.failed(&event(5), &new, how()).attempts, 1);
+        failures.forget(&event(5), &old);
+        assert_eq!(failures.get(&event(5), &new).map(|f| f.attempts), Some(1));
     }
 }

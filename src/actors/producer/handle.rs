@@ -706,11 +706,27 @@ async fn fetch_partition_count(producer: Arc<KafkaProducer>, topic: String) -> R
 /// librdkafka's own per-record overhead.
 const TRUNCATION_MARGIN: usize = 512;
 
-/// `copy` with its value cut so the whole record (`size` bytes) fits `limit`.
+/// `copy` with its value cut so the whole record (`size` bytes) fits `limit`. When its
+/// key and headers alone leave no room, the event's own headers are dropped and
+/// `eventd.error` is cut, so the copy can always be written.
 fn truncated_to_fit(mut copy: Outgoing, size: usize, limit: usize) -> Outgoing {
     use crate::event::headers;
     let original = copy.payload.len();
-    let rest = size.saturating_sub(original);
+    let mut rest = size.saturating_sub(original);
+    if rest + TRUNCATION_MARGIN >= limit {
+        copy.headers.retain(|(name, _)| name.starts_with("eventd."));
+        for (name, value) in &mut copy.headers {
+            if name == headers::ERROR {
+                value.truncate(MAX_ERROR_BYTES);
+            }
+        }
+        rest = copy.key.as_ref().map_or(0, Vec::len)
+            + copy
+                .headers
+                .iter()
+                .map(|(name, value)| name.len() + value.len())
+                .sum::<usize>();
+    }
     let keep = limit.saturating_sub(rest + TRUNCATION_MARGIN).min(original);
     copy.payload.truncate(keep);
     copy.headers
@@ -720,4 +736,57 @@ fn truncated_to_fit(mut copy: Outgoing, size: usize, limit: usize) -> Outgoing {
         original.to_string().into_bytes(),
     ));
     copy
+}
+
+/// `eventd.error` of a copy cut to fit.
+const MAX_ERROR_BYTES: usize = 256;
+
+#[cfg(test)]
+mod truncation_tests {
+    use super::*;
+
+    fn size(copy: &Outgoing) -> usize {
+        copy.payload.len()
+            + copy.key.as_ref().map_or(0, Vec::len)
+            + copy
+                .headers
+                .iter()
+                .map(|(name, value)| name.len() + value.len())
+                .sum::<usize>()
+    }
+
+    #[test]
+    fn a_copy_whose_headers_alone_are_too_large_still_fits() {
+        let copy = Outgoing {
+            topic: "dlq".to_owned(),
+            key: Some(b"k".to_vec()),
+            payload: vec![b'x'; 500],
+            headers: vec![
+                ("big".into(), vec![b'h'; 3000]),
+                ("eventd.error".into(), vec![b'e'; 2000]),
+                ("eventd.source.offset".into(), b"7".to_vec()),
+            ],
+        };
+        let limit = 2000;
+        let cut = truncated_to_fit(copy.clone(), size(&copy), limit);
+        assert!(size(&cut) <= limit, "{} bytes", size(&cut));
+        assert!(cut.headers.iter().all(|(name, _)| name != "big"));
+        assert!(cut
+            .headers
+            .iter()
+            .any(|(name, value)| name == "eventd.source.offset" && value == b"7"));
+        assert!(cut
+            .headers
+            .iter()
+            .any(|(name, value)| name == "eventd.source.size" && value == b"500"));
+        // A copy with room keeps its headers and loses only value bytes.
+        let roomy = Outgoing {
+            headers: vec![("own".into(), b"v".to_vec())],
+            payload: vec![b'x'; 5000],
+            ..copy
+        };
+        let cut = truncated_to_fit(roomy.clone(), size(&roomy), limit);
+        assert!(cut.headers.iter().any(|(name, _)| name == "own"));
+        assert!(!cut.payload.is_empty() && size(&cut) <= limit);
+    }
 }

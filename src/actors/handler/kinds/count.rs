@@ -227,9 +227,7 @@ impl Count {
         tracing::error!(output = %self.output, %error, dead_letter = %topic,
             "count record refused by the broker, dead-lettered");
         record.topic = topic.clone();
-        record
-            .headers
-            .push((headers::HANDLER.into(), self.handler.as_bytes().to_vec()));
+        // No `eventd.handler`: a window record is no event to replay.
         record
             .headers
             .push((headers::ERROR.into(), error.to_string().into_bytes()));
