@@ -32,6 +32,9 @@ enum Command {
         /// Config file (TOML, YAML or JSON); EVENTD__SECTION__KEY variables override it.
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Log as JSON or for people, whatever log.format says.
+        #[arg(long, value_parser = ["json", "pretty"])]
+        log_format: Option<String>,
     },
     /// Validate a config file: print `ok`, or every error with its key (exit 78).
     CheckConfig { file: PathBuf },
@@ -192,7 +195,14 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG as u8)
             }
         },
-        Command::Run { config: path } => {
+        Command::Run {
+            config: path,
+            log_format,
+        } => {
+            if let Some(format) = log_format {
+                // As an environment override, so every reload of the file keeps it.
+                std::env::set_var("EVENTD__LOG__FORMAT", format);
+            }
             let config = match Config::load(path.as_deref()) {
                 Ok(config) => config,
                 Err(error) => return refuse_config(&error),

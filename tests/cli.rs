@@ -572,3 +572,46 @@ output = "item_stats"
         "no \"second signal\" logged:\n{logs}"
     );
 }
+
+#[test]
+fn log_format_on_the_command_line_overrides_the_config() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let config = write(
+        &dir,
+        "json.toml",
+        &format!(
+            "[metrics]\nlisten = \"127.0.0.1:{port}\"\n[log]\nformat = \"json\"\n{VALID_BODY}"
+        ),
+    );
+    let log = dir.path().join("eventd.log");
+    let out = std::fs::File::create(&log).expect("log file");
+    let mut child = eventd_bin()
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .args(["--log-format", "pretty"])
+        .stdout(out.try_clone().expect("log file"))
+        .stderr(out)
+        .spawn()
+        .expect("eventd starts");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let running = loop {
+        let text = std::fs::read_to_string(&log).expect("log readable");
+        if let Some(line) = text.lines().find(|line| line.contains("eventd running")) {
+            break line.to_owned();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "eventd did not start: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&running).is_err(),
+        "--log-format pretty, yet JSON: {running}"
+    );
+    assert!(running.contains("INFO"), "{running}");
+}
