@@ -94,6 +94,15 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> i32 {
     }
 
     let health = Arc::new(Health::default());
+    health.stall_fails_liveness.store(
+        config.health.stall_fails_liveness,
+        std::sync::atomic::Ordering::SeqCst,
+    );
+    health.broker_timeout_ms.store(
+        config.health.broker_timeout.as_millis() as u64,
+        std::sync::atomic::Ordering::SeqCst,
+    );
+    crate::telemetry::partitions::BOARD.set_interval(config.metrics.lag_interval);
     let listen = match config.metrics.listen.parse() {
         Ok(addr) => addr,
         Err(_) => return EXIT_CONFIG,

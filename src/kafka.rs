@@ -89,6 +89,11 @@ pub fn consumer_config(
             (consumer.max_in_flight.max(1) * 2).to_string(),
         )
         .set("enable.partition.eof", "false")
+        // Lag per owned partition and broker states come with the statistics.
+        .set(
+            "statistics.interval.ms",
+            config.metrics.lag_interval.as_millis().max(1).to_string(),
+        )
         // librdkafka's default, set because eventd's promise depends on it: aborted
         // transactions are never handed to handlers.
         .set("isolation.level", "read_committed");

@@ -79,6 +79,7 @@ pub struct Config {
     pub dead_letter: DeadLetterConfig,
     pub supervision: SupervisionConfig,
     pub metrics: MetricsConfig,
+    pub health: HealthConfig,
     pub shutdown: ShutdownConfig,
     pub log: LogConfig,
 }
@@ -707,12 +708,40 @@ impl Default for SupervisionConfig {
 pub struct MetricsConfig {
     /// Address of /metrics, /healthz and /readyz.
     pub listen: String,
+    /// How often consumer lag and stalls are measured (librdkafka's statistics.interval.ms).
+    #[serde(with = "humantime_serde")]
+    pub lag_interval: Duration,
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:9464".to_owned(),
+            lag_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// `[health]`: what `/healthz` and `/readyz` report.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// A partition with unfinished events of which none finished for this long is stalled.
+    #[serde(with = "humantime_serde")]
+    pub stall_timeout: Duration,
+    /// Whether a stalled partition also fails `/healthz` (a liveness restart).
+    pub stall_fails_liveness: bool,
+    /// `/readyz` is 503 while no broker answered for this long.
+    #[serde(with = "humantime_serde")]
+    pub broker_timeout: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            stall_timeout: Duration::from_secs(120),
+            stall_fails_liveness: false,
+            broker_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -47,6 +47,7 @@ pub const OWNED: &[(&str, &str)] = &[
     ("compression.type", "producer.compression"),
     ("compression.codec", "producer.compression"),
     ("message.max.bytes", "producer.max_message_bytes"),
+    ("statistics.interval.ms", "metrics.lag_interval"),
     ("message.timeout.ms", "producer.message_timeout"),
     ("delivery.timeout.ms", "producer.message_timeout"),
     ("message.send.max.retries", "producer.retries"),

@@ -11,6 +11,9 @@ use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
+use super::partitions::BOARD;
+use std::time::Duration;
+
 /// Liveness and readiness as the probes report them.
 #[derive(Debug, Default)]
 pub struct Health {
@@ -21,6 +24,10 @@ pub struct Health {
     /// Consumers not yet consuming: a group member before its first assignment (an
     /// empty one counts), a partition consumer before its partition is assigned.
     starting: AtomicUsize,
+    /// `health.stall_fails_liveness`.
+    pub stall_fails_liveness: AtomicBool,
+    /// `health.broker_timeout` in milliseconds; 0 checks nothing.
+    pub broker_timeout_ms: std::sync::atomic::AtomicU64,
 }
 
 /// One consumer on its way to consuming; readiness waits for it until `started` (or
@@ -65,7 +72,14 @@ impl Health {
         self.alive.load(Ordering::SeqCst)
     }
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst) && self.starting.load(Ordering::SeqCst) == 0
+        self.readiness().0
+    }
+
+    /// How long no broker answered, once that is past `health.broker_timeout`.
+    fn broker_silence(&self) -> Option<Duration> {
+        let timeout = self.broker_timeout_ms.load(Ordering::SeqCst);
+        let silent = BOARD.broker_silent_for()?;
+        (timeout > 0 && silent > Duration::from_millis(timeout)).then_some(silent)
     }
 
     /// Why `/readyz` says what it says, in one line.
@@ -73,6 +87,11 @@ impl Health {
         let waiting = self.starting.load(Ordering::SeqCst);
         if !self.ready.load(Ordering::SeqCst) {
             (false, "not ready: starting or shutting down\n".to_owned())
+        } else if let Some(silent) = self.broker_silence() {
+            (
+                false,
+                format!("not ready: no broker answered for {}s\n", silent.as_secs()),
+            )
         } else if waiting > 0 {
             (
                 false,
@@ -114,15 +133,32 @@ pub async fn serve(
 async fn metrics(State(state): State<AppState>) -> String {
     super::metrics::sample_gauges();
     state.prometheus.run_upkeep();
-    state.prometheus.render()
+    let mut page = state.prometheus.render();
+    page.push_str(&BOARD.render());
+    page
 }
 
-async fn healthz(State(state): State<AppState>) -> (StatusCode, &'static str) {
-    if state.health.is_alive() {
-        (StatusCode::OK, "ok\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "actor tree is down\n")
+async fn healthz(State(state): State<AppState>) -> (StatusCode, String) {
+    if !state.health.is_alive() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "actor tree is down\n".to_owned(),
+        );
     }
+    let stalled = BOARD.stalled();
+    if stalled.is_empty() {
+        return (StatusCode::OK, "ok\n".to_owned());
+    }
+    let names: Vec<String> = stalled
+        .iter()
+        .map(|(consumer, topic, partition)| format!("{consumer}:{topic}/{partition}"))
+        .collect();
+    let status = if state.health.stall_fails_liveness.load(Ordering::SeqCst) {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (status, format!("stalled partitions: {}\n", names.join(" ")))
 }
 
 async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {

@@ -2,5 +2,6 @@
 
 pub mod http;
 pub mod metrics;
+pub mod partitions;
 
 pub use http::{serve, Health, Starting};

@@ -24,6 +24,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use super::group_member::{AssignedPartition, GroupMemberMsg};
 use crate::actors::Deadline;
 use crate::telemetry::metrics::{COMMIT_FAILURES, OFFSETS_COMMITTED, OFFSET_RESETS, REBALANCES};
+use crate::telemetry::partitions::BOARD;
 use crate::telemetry::Starting;
 
 pub type KafkaConsumer = BaseConsumer<EventdContext>;
@@ -120,6 +121,52 @@ fn partitions_of(list: &TopicPartitionList) -> Vec<(String, i32)> {
 }
 
 impl ClientContext for EventdContext {
+    /// Lag of every partition this client owns, and whether a broker is up, from
+    /// librdkafka's statistics (every `metrics.lag_interval`, on the polling thread).
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        if statistics
+            .brokers
+            .values()
+            .any(|broker| broker.state == "UP")
+        {
+            BOARD.broker_answered();
+        }
+        for (topic, found) in &statistics.topics {
+            for (partition, stats) in &found.partitions {
+                // -1 is librdkafka's internal partition; an undesired one is not ours.
+                if *partition < 0 || !stats.desired {
+                    continue;
+                }
+                // Against the stored offset (what the next commit sends), up to the last
+                // stable offset under read_committed; -1 until librdkafka knows both.
+                let lag = if stats.consumer_lag_stored >= 0 {
+                    stats.consumer_lag_stored
+                } else if stats.consumer_lag >= 0 {
+                    stats.consumer_lag
+                } else {
+                    // Nothing stored or committed yet (a new group, an empty
+                    // partition): everything from where reading starts is behind.
+                    let end = if stats.ls_offset >= 0 {
+                        stats.ls_offset
+                    } else {
+                        stats.hi_offset
+                    };
+                    let from = [stats.app_offset, stats.lo_offset, 0]
+                        .into_iter()
+                        .max()
+                        .unwrap_or(0);
+                    if end >= 0 { (end - from).max(0) } else { -1 }
+                };
+                if lag >= 0 {
+                    BOARD.set_lag_messages(
+                        (self.consumer_name.to_string(), topic.clone(), *partition),
+                        lag,
+                    );
+                }
+            }
+        }
+    }
+
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
         if let Some(reset) = OffsetReset::parse(fac, message) {
             metrics::counter!(OFFSET_RESETS, "consumer" => self.consumer_name.to_string(), "topic" => reset.topic.to_owned())

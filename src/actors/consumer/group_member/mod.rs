@@ -192,6 +192,8 @@ impl Actor for GroupMember {
                             dead_letter: state.shared.config.dead_letter.topic.clone(),
                             max_in_flight: state.consumer.max_in_flight,
                             store_offsets: true,
+                            lag_interval: state.shared.config.metrics.lag_interval,
+                            stall_timeout: state.shared.config.health.stall_timeout,
                         },
                         myself.get_cell(),
                     )

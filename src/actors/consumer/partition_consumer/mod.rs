@@ -168,6 +168,8 @@ impl Actor for PartitionConsumer {
                 dead_letter: shared.config.dead_letter.topic.clone(),
                 max_in_flight: consumer.max_in_flight,
                 store_offsets: consumer.commit_group.is_some(),
+                lag_interval: shared.config.metrics.lag_interval,
+                stall_timeout: shared.config.health.stall_timeout,
             },
             myself.get_cell(),
         )

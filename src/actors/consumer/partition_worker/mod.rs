@@ -20,7 +20,7 @@ use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use metrics::{Counter, Gauge};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -42,6 +42,7 @@ use crate::telemetry::metrics::{
     EVENTS_CONSUMED, EVENTS_HANDLED, EVENTS_INVALID, PARTITION_IN_FLIGHT, PARTITION_REPEATS,
     PARTITION_REWINDS,
 };
+use crate::telemetry::partitions::{PartitionKey, BOARD};
 
 pub use inflight::{Arrival, InFlight};
 
@@ -82,6 +83,10 @@ pub struct PartitionWorkerArgs {
     pub max_in_flight: usize,
     /// False when nothing is committed (a `partitions` consumer without commit_group).
     pub store_offsets: bool,
+    /// How often lag and stall are measured.
+    pub lag_interval: Duration,
+    /// Unfinished events of which none finished for this long: stalled.
+    pub stall_timeout: Duration,
 }
 
 /// Messages of a PartitionWorker.
@@ -108,6 +113,8 @@ pub enum PartitionWorkerMsg {
     Drain(RpcReplyPort<()>),
     /// Store the final offset and reply with it, with the number of events unfinished.
     StoreFinal(RpcReplyPort<FinalPosition>),
+    /// Every `metrics.lag_interval`: measure lag in seconds and look for a stall.
+    Measure,
 }
 
 /// Where a partition stands when it is handed back.
@@ -282,6 +289,11 @@ pub struct PartitionWorkerState {
     blocked: Arc<Blocked>,
     /// This worker as the handlers of its batches see it.
     source_handle: Arc<dyn BatchSource>,
+    /// When an offset last finished, or unfinished events began after none were.
+    last_progress: Instant,
+    stall_timeout: Duration,
+    stalled: bool,
+    measuring: JoinHandle<()>,
 }
 
 impl BatchSource for ActorRef<PartitionWorkerMsg> {
@@ -348,6 +360,45 @@ impl PartitionWorkerState {
         Ok(())
     }
 
+    fn board_key(&self) -> PartitionKey {
+        (
+            self.consumer_name.to_string(),
+            self.topic.to_string(),
+            self.partition,
+        )
+    }
+
+    /// Age of the oldest unfinished event (its Kafka timestamp to now) and whether the
+    /// partition is stalled, for `/metrics` and `/healthz`.
+    fn measure(&mut self) {
+        let oldest = self
+            .outstanding
+            .values()
+            .filter_map(|o| o.events.unfinished().next())
+            .min_by_key(|event| event.source.offset)
+            .and_then(|event| event.timestamp);
+        let lag_seconds = match (self.inflight.is_empty(), oldest) {
+            (true, _) | (false, None) => 0.0,
+            (false, Some(at)) => {
+                (chrono::Utc::now().timestamp_millis() - at).max(0) as f64 / 1000.0
+            }
+        };
+        let stalled =
+            !self.inflight.is_empty() && self.last_progress.elapsed() >= self.stall_timeout;
+        if stalled != self.stalled {
+            self.stalled = stalled;
+            if stalled {
+                tracing::warn!(consumer = %self.consumer_name, topic = %self.topic, partition = self.partition,
+                    in_flight = self.inflight.len(), since_s = self.last_progress.elapsed().as_secs(),
+                    "partition stalled: events unfinished and none finished for health.stall_timeout");
+            } else {
+                tracing::info!(consumer = %self.consumer_name, topic = %self.topic, partition = self.partition,
+                    "partition no longer stalled");
+            }
+        }
+        BOARD.set_worker(self.board_key(), lag_seconds, stalled);
+    }
+
     fn filtered_counter(&mut self, route: usize) -> &Counter {
         let (router, topic) = (&self.router, &self.topic);
         self.filtered[route].get_or_insert_with(|| {
@@ -377,6 +428,10 @@ impl PartitionWorkerState {
     ) -> Result<(), Behind> {
         if taken.is_empty() {
             return Ok(());
+        }
+        if self.inflight.is_empty() {
+            // Nothing was waiting: a stall counts from now.
+            self.last_progress = Instant::now();
         }
         let settings = &wanted.settings;
         // A few (handler, slot) pairs at most: a list searched in place beats hashing
@@ -658,6 +713,7 @@ impl PartitionWorkerState {
                 }
             }
         }
+        self.last_progress = Instant::now();
         self.in_flight_gauge.set(self.inflight.len() as f64);
         self.store_if_moved();
         if self.inflight.is_empty() {
@@ -748,6 +804,7 @@ impl Actor for PartitionWorker {
             "topic" => args.topic.to_string(),
             "partition" => args.partition.to_string());
         tracing::info!(consumer = %args.consumer_name, topic = %args.topic, partition = args.partition, "partition worker started");
+        let measuring = myself.send_interval(args.lag_interval, || PartitionWorkerMsg::Measure);
         Ok(PartitionWorkerState {
             source_handle: Arc::new(myself.clone()),
             blocked: Arc::new(Blocked::new(
@@ -777,6 +834,10 @@ impl Actor for PartitionWorker {
             drained: None,
             poll_queued,
             waker,
+            last_progress: Instant::now(),
+            stall_timeout: args.stall_timeout,
+            stalled: false,
+            measuring,
         })
     }
 
@@ -829,6 +890,7 @@ impl Actor for PartitionWorker {
                     state.drained = Some(reply);
                 }
             }
+            PartitionWorkerMsg::Measure => state.measure(),
             PartitionWorkerMsg::StoreFinal(reply) => {
                 state.store_if_moved();
                 let _ = reply.send(FinalPosition {
@@ -847,6 +909,8 @@ impl Actor for PartitionWorker {
         state: &mut PartitionWorkerState,
     ) -> Result<(), ActorProcessingErr> {
         state.waker.abort();
+        state.measuring.abort();
+        BOARD.remove(&state.board_key());
         // The queue and the client close the consumer if they are its last references.
         if let Some(source) = state.source.take() {
             crate::actors::drop_off_runtime(source);
