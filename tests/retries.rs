@@ -278,6 +278,7 @@ backoff = "50ms"
         broker.read_all("dlq").is_empty(),
         "the handler's own topic is used"
     );
+    eventd.assert_log_lines_are_searchable();
     let out = broker.wait_for("out", Duration::from_secs(20), |r| {
         ids(r).len() >= total - failing.len()
     });
@@ -354,6 +355,7 @@ output = "out"
     );
     broker.expect_committed_to_end(GROUP, "like", Duration::from_secs(20), &eventd);
     assert!(eventd.is_running(), "{}", eventd.logs());
+    eventd.assert_log_lines_are_searchable();
     assert_eq!(
         eventd.metric(
             "eventd_events_dead_lettered_total",

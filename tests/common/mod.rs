@@ -748,6 +748,37 @@ impl Eventd {
             .collect()
     }
 
+    /// Every JSON log line about a partition (a `partition` field) names its
+    /// `consumer` and `topic`, and every one from a handler about an event (`handler`
+    /// with `offset`) names consumer, topic and partition: operators search by them.
+    pub fn assert_log_lines_are_searchable(&self) {
+        let lines: Vec<serde_json::Value> = self
+            .logs()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .collect();
+        let about_partitions: Vec<&serde_json::Value> =
+            lines.iter().filter(|line| line.get("partition").is_some()).collect();
+        assert!(!about_partitions.is_empty(), "no log line names a partition");
+        for line in about_partitions {
+            assert!(
+                line.get("consumer").is_some() && line.get("topic").is_some(),
+                "a partition's log line without consumer and topic: {line}"
+            );
+        }
+        for line in lines
+            .iter()
+            .filter(|line| line.get("handler").is_some() && line.get("offset").is_some())
+        {
+            assert!(
+                ["consumer", "topic", "partition"]
+                    .iter()
+                    .all(|field| line.get(field).is_some()),
+                "a handler's log line about an event without consumer, topic and partition: {line}"
+            );
+        }
+    }
+
     pub fn http_get(&self, path: &str) -> Option<(u16, String)> {
         let mut stream = TcpStream::connect(("127.0.0.1", self.metrics_port)).ok()?;
         stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;

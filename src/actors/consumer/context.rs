@@ -155,7 +155,11 @@ impl ClientContext for EventdContext {
                         .into_iter()
                         .max()
                         .unwrap_or(0);
-                    if end >= 0 { (end - from).max(0) } else { -1 }
+                    if end >= 0 {
+                        (end - from).max(0)
+                    } else {
+                        -1
+                    }
                 };
                 if lag >= 0 {
                     BOARD.set_lag_messages(

@@ -168,7 +168,7 @@ async fn handle_batch(myself: &ActorRef<HandlerMsg>, state: &mut HandlerState, b
             }
             Err(error) => {
                 let (message, transient) = describe(&error);
-                tracing::warn!(handler = %state.pool.name, topic = %batch.events[0].source.topic,
+                tracing::warn!(handler = %state.pool.name, consumer = %state.pool.consumer, topic = %batch.events[0].source.topic,
                     partition = batch.events[0].source.partition, events = batch.events.len(),
                     error = %message, transient, "handler failed on a batch; trying its events one at a time");
                 let alone_in_batch = batch.events.len() == 1;
@@ -344,7 +344,7 @@ impl HandlerState {
                 if let Some(failure) = &known {
                     self.failures.forget(&event, &one.reply_to);
                     if retried {
-                        tracing::info!(handler = %self.pool.name, topic = %event.source.topic,
+                        tracing::info!(handler = %self.pool.name, consumer = %self.pool.consumer, topic = %event.source.topic,
                             partition = event.source.partition, offset = event.source.offset,
                             attempts = failure.total() + 1, "event handled after retries");
                     }
@@ -398,14 +398,14 @@ impl HandlerState {
         let blocked = match blocked {
             Some(mark) => Some(mark),
             None if exhausted => {
-                tracing::error!(handler = %self.pool.name, topic = %event.source.topic,
+                tracing::error!(handler = %self.pool.name, consumer = %self.pool.consumer, topic = %event.source.topic,
                     partition = event.source.partition, offset = event.source.offset,
                     attempts = failure.total(), error = %message,
                     "handler keeps failing on an event and no dead-letter topic is set; retrying it, the partition cannot move past it");
                 Some(one.blocked.hold())
             }
             None => {
-                tracing::warn!(handler = %self.pool.name, topic = %event.source.topic,
+                tracing::warn!(handler = %self.pool.name, consumer = %self.pool.consumer, topic = %event.source.topic,
                     partition = event.source.partition, offset = event.source.offset,
                     attempt = failure.total(), error = %message, transient,
                     retry_in_ms = delay.as_millis() as u64, "handler failed on an event; retrying it");
@@ -432,7 +432,7 @@ impl HandlerState {
         } else {
             Reason::HandlerError
         };
-        tracing::error!(handler = %self.pool.name, topic = %event.source.topic,
+        tracing::error!(handler = %self.pool.name, consumer = %self.pool.consumer, topic = %event.source.topic,
             partition = event.source.partition, offset = event.source.offset,
             attempts = failure.total(), error = %failure.last_error, dead_letter = %topic,
             reason = reason.as_str(), "handler gave up on an event, dead-lettered");

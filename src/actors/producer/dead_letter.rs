@@ -84,6 +84,8 @@ pub fn dead_letter_copy(
 /// Whether a partition has writes that keep failing; `eventd_partition_blocked` is 1
 /// while any of them does.
 pub struct Blocked {
+    /// The consumer reading the partition, for log lines.
+    consumer: String,
     stuck: AtomicUsize,
     gauge: Gauge,
 }
@@ -96,6 +98,7 @@ impl Blocked {
             "partition" => partition.to_string());
         gauge.set(0.0);
         Self {
+            consumer: consumer.to_owned(),
             stuck: AtomicUsize::new(0),
             gauge,
         }
@@ -154,7 +157,8 @@ impl<'a> Retry<'a> {
         }
         let doubling = self.backoff < MAX_BACKOFF;
         if doubling || self.failures % LOG_EVERY_AT_MAX == 0 {
-            tracing::error!(topic, source_topic = %source.topic, partition = source.partition,
+            tracing::error!(consumer = %self.blocked.consumer, topic = %source.topic, partition = source.partition,
+                writing_to = topic,
                 offset = source.offset, failures = self.failures,
                 retry_in_ms = self.backoff.as_millis() as u64, reason,
                 "{what} failed; the partition cannot move past it");

@@ -757,10 +757,10 @@ impl PartitionWorkerState {
         match client.store_offsets(&list) {
             Ok(()) => self.stored = Some(offset),
             Err(KafkaError::StoreOffset(RDKafkaErrorCode::State)) => {
-                tracing::debug!(topic = %self.topic, partition = self.partition, "partition no longer assigned, offset not stored");
+                tracing::debug!(consumer = %self.consumer_name, topic = %self.topic, partition = self.partition, "partition no longer assigned, offset not stored");
             }
             Err(error) => {
-                tracing::warn!(topic = %self.topic, partition = self.partition, offset, %error, "cannot store offset");
+                tracing::warn!(consumer = %self.consumer_name, topic = %self.topic, partition = self.partition, offset, %error, "cannot store offset");
             }
         }
     }

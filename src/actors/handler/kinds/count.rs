@@ -224,7 +224,7 @@ impl Count {
                 format!("{error} (no [dead_letter] topic is set to take the record)").into(),
             );
         };
-        tracing::error!(output = %self.output, %error, dead_letter = %topic,
+        tracing::error!(handler = %self.handler, output = %self.output, %error, dead_letter = %topic,
             "count record refused by the broker, dead-lettered");
         record.topic = topic.clone();
         // No `eventd.handler`: a window record is no event to replay.

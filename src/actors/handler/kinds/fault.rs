@@ -120,12 +120,14 @@ impl Fault {
                     let injected = self
                         .producer
                         .inject_fatal_error(&format!("injected fatal error at {at}"));
-                    tracing::warn!(at, injected, "fault: fatal producer error");
+                    tracing::warn!(handler = %pool.name, consumer = %pool.consumer, topic = %event.source.topic,
+                        partition = event.source.partition, offset = event.source.offset, injected,
+                        "fault: fatal producer error");
                 }
             }
         }
         let settling = match &self.forward {
-            Some(forward) => forward.forward(&pool.name, batch, None).await?,
+            Some(forward) => forward.forward(pool, batch, None).await?,
             None => None,
         };
         Ok(BatchOutcome {

@@ -33,6 +33,7 @@ pub struct Forward {
 /// What settling a batch's copies needs, owned so it can run beside the actor.
 struct Settle {
     handler: Arc<str>,
+    consumer: String,
     output: String,
     fields: Option<Vec<String>>,
     producer: ProducerHandle,
@@ -65,7 +66,7 @@ impl Forward {
         batch: &Batch,
     ) -> Result<BatchOutcome, ActorProcessingErr> {
         let fields = pool.settings.load().fields.clone();
-        let settling = self.forward(&pool.name, batch, fields).await?;
+        let settling = self.forward(pool, batch, fields).await?;
         Ok(BatchOutcome {
             settling,
             ..BatchOutcome::default()
@@ -77,7 +78,7 @@ impl Forward {
     /// otherwise.
     pub async fn forward(
         &self,
-        handler: &Arc<str>,
+        pool: &HandlerPool,
         batch: &Batch,
         fields: Option<Vec<String>>,
     ) -> Result<Option<Settling>, ActorProcessingErr> {
@@ -104,7 +105,8 @@ impl Forward {
             }
         }
         let settle = Settle {
-            handler: handler.clone(),
+            handler: pool.name.clone(),
+            consumer: pool.consumer.clone(),
             output: self.output.clone(),
             fields,
             producer: self.producer.clone(),
@@ -255,7 +257,7 @@ impl Settle {
                 }
             }
         };
-        tracing::error!(handler = %self.handler, topic = %event.source.topic, partition = event.source.partition,
+        tracing::error!(handler = %self.handler, consumer = %self.consumer, topic = %event.source.topic, partition = event.source.partition,
             offset = event.source.offset, %error, dead_letter = %topic, "event cannot be forwarded, dead-lettered");
         let reason = match error {
             ProduceError::TooLarge { .. } => Reason::TooLarge,

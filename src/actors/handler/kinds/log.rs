@@ -26,6 +26,7 @@ impl Log {
             let key = event.key.as_deref().map(String::from_utf8_lossy);
             tracing::info!(
                 handler = %pool.name,
+                consumer = %pool.consumer,
                 topic = %event.source.topic,
                 partition = event.source.partition,
                 offset = event.source.offset,
