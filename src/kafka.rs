@@ -19,6 +19,9 @@ fn base(config: &Config, brokers: &Brokers) -> ClientConfig {
     client
         .set("bootstrap.servers", &brokers.bootstrap)
         .set("client.id", &config.kafka.client_id);
+    for (property, value) in config.kafka.security.properties() {
+        client.set(property, value);
+    }
     client
 }
 

@@ -7,6 +7,7 @@
 
 mod bytes;
 pub mod options;
+pub mod security;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -95,6 +96,8 @@ pub struct KafkaConfig {
     pub session_timeout: Duration,
     /// Raw librdkafka properties applied to every client.
     pub options: BTreeMap<String, String>,
+    /// Authentication and encryption of every client.
+    pub security: security::SecurityConfig,
 }
 
 impl Default for KafkaConfig {
@@ -104,6 +107,7 @@ impl Default for KafkaConfig {
             client_id: "eventd".to_owned(),
             session_timeout: Duration::from_secs(45),
             options: BTreeMap::new(),
+            security: security::SecurityConfig::default(),
         }
     }
 }
@@ -839,6 +843,13 @@ impl Config {
                 source_name: source_name.clone(),
                 issues,
             })?;
+        let unreadable = config.kafka.security.resolve();
+        if !unreadable.is_empty() {
+            return Err(ConfigError::Invalid {
+                source_name,
+                issues: unreadable,
+            });
+        }
         validate(&config).map_err(|issues| ConfigError::Invalid {
             source_name,
             issues,

@@ -146,6 +146,7 @@ pub const SECRET: &[&str] = &[
 pub fn owned(property: &str) -> Option<&'static str> {
     OWNED
         .iter()
+        .chain(super::security::PROPERTIES)
         .find(|(name, _)| *name == property)
         .map(|(_, instead)| *instead)
 }

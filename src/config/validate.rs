@@ -214,6 +214,7 @@ impl Config {
     }
 
     fn validate_kafka(&self, issues: &mut Issues) {
+        issues.0.extend(self.kafka.security.validate());
         if let Some(brokers) = &self.kafka.brokers {
             if brokers.trim().is_empty() {
                 issues.push(

@@ -757,9 +757,14 @@ impl Eventd {
             .lines()
             .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
             .collect();
-        let about_partitions: Vec<&serde_json::Value> =
-            lines.iter().filter(|line| line.get("partition").is_some()).collect();
-        assert!(!about_partitions.is_empty(), "no log line names a partition");
+        let about_partitions: Vec<&serde_json::Value> = lines
+            .iter()
+            .filter(|line| line.get("partition").is_some())
+            .collect();
+        assert!(
+            !about_partitions.is_empty(),
+            "no log line names a partition"
+        );
         for line in about_partitions {
             assert!(
                 line.get("consumer").is_some() && line.get("topic").is_some(),
