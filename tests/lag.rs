@@ -78,7 +78,14 @@ fn a_revoked_partitions_lag_series_leave_metrics() {
     let broker = Broker::start(2, &["like", "out"]);
     broker.produce("like", &events(20, 4));
     let env = [("EVENTD__METRICS__LAG_INTERVAL", "300ms".to_owned())];
-    let first = start_eventd_with_env(&broker, COPY_LIKE_TO_OUT, &env);
+    // Eager range assignment: one rebalance gives each member one partition, where the
+    // mock cluster was seen to leave a cooperative newcomer without one for 30 s.
+    let body = COPY_LIKE_TO_OUT.replace(
+        "topics = [\"like\"]\n",
+        "topics = [\"like\"]\nassignment = \"range\"\n",
+    );
+    assert_ne!(body, COPY_LIKE_TO_OUT);
+    let first = start_eventd_with_env(&broker, &body, &env);
     assert!(
         first.wait_until(Duration::from_secs(20), |e| {
             partitions_with(e, "eventd_consumer_lag_messages") == ["0", "1"]
@@ -88,7 +95,7 @@ fn a_revoked_partitions_lag_series_leave_metrics() {
         first.scrape()
     );
     // A second member takes one partition; the first keeps series for one only.
-    let second = start_eventd_with_env(&broker, COPY_LIKE_TO_OUT, &env);
+    let second = start_eventd_with_env(&broker, &body, &env);
     assert!(
         second.wait_until(Duration::from_secs(30), |e| {
             partitions_with(e, "eventd_consumer_lag_seconds").len() == 1
