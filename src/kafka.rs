@@ -33,6 +33,25 @@ fn apply_options(config: &Config, client: &mut ClientConfig, role: Role) {
     }
 }
 
+/// The brokers of a one-shot command (`produce`, `tail`, `offsets`, `replay`), or
+/// `None` after saying on stderr that the config names none: the embedded broker lives
+/// only inside `eventd run`. `flag` is the command's own option for them, if it has one.
+pub fn command_brokers(config: &Config, command: &str, flag: Option<&str>) -> Option<Brokers> {
+    let Some(bootstrap) = config.kafka.brokers.clone() else {
+        let or_flag = flag
+            .map(|flag| format!(" or pass {flag}"))
+            .unwrap_or_default();
+        eprintln!(
+            "eventd {command}: no broker: set kafka.brokers in the config{or_flag} (the embedded broker lives only inside `eventd run`)"
+        );
+        return None;
+    };
+    Some(Brokers {
+        bootstrap,
+        embedded: false,
+    })
+}
+
 /// Where the daemon's clients connect.
 #[derive(Debug, Clone)]
 pub struct Brokers {

@@ -11,7 +11,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::{Config, ConsumerMode, EXIT_CONFIG};
 use crate::daemon::EXIT_UNAVAILABLE;
-use crate::kafka::{plain_config, Brokers};
+use crate::kafka::{command_brokers, plain_config};
 use crate::position::{partitions_of, resolve, Position};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -76,13 +76,8 @@ pub fn run(config: Config, options: OffsetsOptions) -> i32 {
         }
         None => consumer_config.topics.clone(),
     };
-    let Some(bootstrap) = config.kafka.brokers.clone() else {
-        eprintln!("eventd offsets: no broker: set kafka.brokers in the config (the embedded broker keeps nothing between runs)");
+    let Some(brokers) = command_brokers(&config, "offsets", None) else {
         return EXIT_CONFIG;
-    };
-    let brokers = Brokers {
-        bootstrap,
-        embedded: false,
     };
     let client: BaseConsumer = match plain_config(&config, &brokers)
         .set("group.id", &group)

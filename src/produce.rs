@@ -20,7 +20,7 @@ use crate::actors::producer::{
 use crate::config::{Config, DemoConfig, ProducerMode, EXIT_CONFIG};
 use crate::demo::synthetic_event;
 use crate::event::{object_fields, value_text, DecodeError};
-use crate::kafka::{plain_config, Brokers};
+use crate::kafka::{command_brokers, plain_config, Brokers};
 
 /// sysexits' EX_NOINPUT: the input file cannot be read.
 pub const EXIT_NO_INPUT: i32 = 66;
@@ -208,21 +208,13 @@ pub async fn run(mut config: Config, options: ProduceOptions) -> i32 {
     if let Some(brokers) = &options.brokers {
         config.kafka.brokers = Some(brokers.clone());
     }
-    let Some(bootstrap) = config.kafka.brokers.clone() else {
-        eprintln!(
-            "eventd produce: no broker: set kafka.brokers in the config or pass --brokers \
-             (the embedded broker lives only inside `eventd run`)"
-        );
+    let Some(brokers) = command_brokers(&config, "produce", Some("--brokers")) else {
         return EXIT_CONFIG;
     };
     config.producer.mode = if options.sync {
         ProducerMode::Sync
     } else {
         ProducerMode::Async
-    };
-    let brokers = Brokers {
-        bootstrap,
-        embedded: false,
     };
     let mut input = match open_input(&config, &options).await {
         Ok(input) => input,

@@ -22,7 +22,7 @@ use crate::actors::producer::{ProducerActor, ProducerArgs, ProducerSupervisor};
 use crate::config::{Config, EXIT_CONFIG};
 use crate::daemon::EXIT_UNAVAILABLE;
 use crate::event::{headers, Event, Source};
-use crate::kafka::{plain_config, Brokers};
+use crate::kafka::{command_brokers, plain_config};
 
 /// Progress is committed after this many events, and at the end.
 const COMMIT_EVERY: usize = 100;
@@ -80,15 +80,8 @@ pub async fn run(config: Config, options: ReplayOptions) -> i32 {
         );
         return EXIT_CONFIG;
     };
-    let Some(bootstrap) = config.kafka.brokers.clone() else {
-        eprintln!(
-            "eventd replay: no broker: set kafka.brokers in the config (the embedded broker lives only inside `eventd run`)"
-        );
+    let Some(brokers) = command_brokers(&config, "replay", None) else {
         return EXIT_CONFIG;
-    };
-    let brokers = Brokers {
-        bootstrap,
-        embedded: false,
     };
     let group = options
         .group

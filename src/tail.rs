@@ -14,7 +14,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::{Config, EXIT_CONFIG};
 use crate::daemon::EXIT_UNAVAILABLE;
-use crate::kafka::{plain_config, Brokers};
+use crate::kafka::{command_brokers, plain_config};
 use crate::position::{partitions_of, resolve, Position};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -35,13 +35,8 @@ pub fn run(mut config: Config, options: TailOptions) -> i32 {
     if let Some(brokers) = &options.brokers {
         config.kafka.brokers = Some(brokers.clone());
     }
-    let Some(bootstrap) = config.kafka.brokers.clone() else {
-        eprintln!("eventd tail: no broker: set kafka.brokers in the config or pass --brokers");
+    let Some(brokers) = command_brokers(&config, "tail", Some("--brokers")) else {
         return EXIT_CONFIG;
-    };
-    let brokers = Brokers {
-        bootstrap,
-        embedded: false,
     };
     // librdkafka wants a group id even to assign partitions; this one is never joined
     // (no subscribe) and never written to (nothing is committed).

@@ -617,3 +617,39 @@ fn log_format_on_the_command_line_overrides_the_config() {
     );
     assert!(running.contains("INFO"), "{running}");
 }
+
+#[test]
+fn one_shot_commands_without_a_broker_say_so_and_exit_78() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write(&dir, "no-broker.toml", VALID_BODY);
+    let config = config.to_str().expect("utf-8 path");
+    for args in [
+        &["produce", "--config", config, "--count", "1"][..],
+        &["tail", "--config", config, "--topic", "like"],
+        &[
+            "offsets",
+            "show",
+            "--config",
+            config,
+            "--consumer",
+            "analytics",
+        ],
+        &[
+            "replay",
+            "--config",
+            config,
+            "--from",
+            "dlq",
+            "--handler",
+            "activity-log",
+        ],
+    ] {
+        let output = eventd_bin().args(args).output().expect("runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(78), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!("eventd {}: no broker: set kafka.brokers", args[0])),
+            "{args:?}: {stderr}"
+        );
+    }
+}

@@ -440,7 +440,9 @@ impl PartitionWorkerState {
         let mut behind = None;
         let mut repeats = Vec::new();
         let mut consumed = 0;
-        let mut filtered = vec![0u64; self.router.routes.len()];
+        // Per batch, on the stack for the few routes a consumer has.
+        let mut filtered: smallvec::SmallVec<[u64; 8]> =
+            smallvec::smallvec![0; self.router.routes.len()];
         for message in taken {
             match self.inflight.arrival(message.offset) {
                 Arrival::InOrder => {}
