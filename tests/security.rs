@@ -125,7 +125,7 @@ fn security_keys_are_refused_in_kafka_options_and_unreadable_secrets_name_their_
     let raw = dir.path().join("raw.toml");
     std::fs::write(
         &raw,
-        format!("[kafka.options]\n\"sasl.password\" = \"{SECRET}\"\n{COPY_LIKE_TO_OUT}"),
+        format!("[kafka.options]\n\"sasl.password\" = \"{SECRET}\"\n\"statistics.interval.ms\" = \"1000\"\n{COPY_LIKE_TO_OUT}"),
     )
     .expect("config");
     let output = Command::new(env!("CARGO_BIN_EXE_eventd"))
@@ -136,6 +136,7 @@ fn security_keys_are_refused_in_kafka_options_and_unreadable_secrets_name_their_
     let shown = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(78), "{shown}");
     assert!(shown.contains("kafka.security.password"), "{shown}");
+    assert!(shown.contains("metrics.lag_interval"), "{shown}");
     assert!(!shown.contains(SECRET), "{shown}");
 
     let unset = dir.path().join("unset.toml");
