@@ -8,6 +8,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::ClientConfig;
 
+pub mod login;
+
 use crate::config::options::{applies_to, is_secret, Role};
 use crate::config::{Config, ConfigIssue, ConsumerConfig, NamedStart, StartPosition};
 
@@ -22,6 +24,7 @@ fn base(config: &Config, brokers: &Brokers) -> ClientConfig {
     for (property, value) in config.kafka.security.properties() {
         client.set(property, value);
     }
+    login::LOGINS.apply_to(&mut client);
     client
 }
 

@@ -149,6 +149,18 @@ pub const PROPERTIES: &[(&str, &str)] = &[
 ];
 
 impl SecurityConfig {
+    /// The SASL username and password, when a `sasl_*` protocol uses them.
+    pub fn login(&self) -> Option<crate::kafka::login::Login> {
+        let sasl = self.protocol.is_some_and(SecurityProtocol::uses_sasl);
+        match (sasl, &self.username, &self.password) {
+            (true, Some(username), Some(password)) => Some(crate::kafka::login::Login {
+                username: username.value().to_owned(),
+                password: password.value().to_owned(),
+            }),
+            _ => None,
+        }
+    }
+
     /// Reads every `env:` and `file:` value; an issue per one that cannot be read.
     pub fn resolve(&mut self) -> Vec<ConfigIssue> {
         let mut issues = Vec::new();

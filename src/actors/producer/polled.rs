@@ -29,6 +29,7 @@ pub struct PolledProducer<C: ProducerContext + 'static> {
 impl<C: ProducerContext + 'static> PolledProducer<C> {
     pub fn new(config: &ClientConfig, context: C) -> KafkaResult<Self> {
         let producer: Arc<BaseProducer<C>> = Arc::new(config.create_with_context(context)?);
+        crate::kafka::login::LOGINS.register(&producer);
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let producer = producer.clone();

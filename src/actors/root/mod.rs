@@ -15,6 +15,7 @@ use crate::actors::producer::{ProducerActor, ProducerArgs, ProducerHandle, Produ
 use crate::actors::supervision::{FailureHistory, RestartPolicy, Verdict};
 use crate::actors::{Deadline, Fatal, FatalSender};
 use crate::config::Config;
+use crate::kafka::login::LOGINS;
 use crate::kafka::Brokers;
 use crate::telemetry::metrics::ACTOR_RESTARTS;
 use crate::telemetry::Health;
@@ -65,6 +66,43 @@ pub struct ReloadReport {
     pub applied: Vec<String>,
     /// Changed, but in effect only after a restart.
     pub needs_restart: Vec<String>,
+}
+
+/// When a reload changed only the SASL username or password of `[kafka.security]`
+/// (a rotated `file:` secret, an edited value), every client gets the new ones for its
+/// next login; returns the keys so applied. A changed protocol or mechanism needs new
+/// clients, so it is left to a restart.
+fn rotate_login(running: &Config, new: &Config) -> Vec<String> {
+    let (before, after) = (&running.kafka.security, &new.kafka.security);
+    let (Some(old), Some(login)) = (before.login(), after.login()) else {
+        return Vec::new();
+    };
+    if old == login
+        || before.protocol != after.protocol
+        || before.sasl_mechanism != after.sasl_mechanism
+    {
+        return Vec::new();
+    }
+    let mut keys = Vec::new();
+    if old.username != login.username {
+        keys.push("kafka.security.username".to_owned());
+    }
+    if old.password != login.password {
+        keys.push("kafka.security.password".to_owned());
+    }
+    match LOGINS.rotate(login) {
+        Ok(clients) => {
+            tracing::info!(
+                clients,
+                "SASL credentials rotated; each client uses them at its next login"
+            );
+            keys
+        }
+        Err(error) => {
+            tracing::error!(%error, "cannot hand the rotated SASL credentials to every client");
+            Vec::new()
+        }
+    }
 }
 
 /// Keys a running handler takes without a restart: `handlers[i].topics`, `.filter`,
@@ -230,10 +268,23 @@ impl Actor for RootSupervisor {
                 let _ = reply.send(unfinished);
             }
             RootMsg::Reload(config, reply) => {
-                let changed = state.config.changed_keys(&config);
+                let mut changed = state.config.changed_keys(&config);
+                let rotated = rotate_login(&state.config, &config);
                 // The handlers get the running config with only their live keys taken
                 // from the new one, and it becomes the baseline of the next reload.
-                let (effective, mut not_applied) = state.config.with_live_handler_changes(&config);
+                let (mut effective, mut not_applied) =
+                    state.config.with_live_handler_changes(&config);
+                if !rotated.is_empty() {
+                    effective.kafka.security.username = config.kafka.security.username.clone();
+                    effective.kafka.security.password = config.kafka.security.password.clone();
+                    // A secret read from the same place shows no change in the compared
+                    // config: only its value changed.
+                    for key in &rotated {
+                        if !changed.contains(key) {
+                            changed.push(key.clone());
+                        }
+                    }
+                }
                 let effective = Arc::new(effective);
                 let answered = state
                     .handlers
@@ -246,7 +297,8 @@ impl Actor for RootSupervisor {
                     Ok(ractor::rpc::CallResult::Success(names)) => {
                         not_applied.extend(names);
                         let (applied, needs_restart) = changed.into_iter().partition(|key| {
-                            applies_live(key, &state.config, &config, &not_applied)
+                            rotated.contains(key)
+                                || applies_live(key, &state.config, &config, &not_applied)
                         });
                         state.config = effective;
                         ReloadReport {
@@ -337,6 +389,38 @@ impl RootSupervisor {
                     actor: "producer".to_owned(),
                 });
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::security::SecurityConfig;
+
+    fn secured(protocol: &str, mechanism: &str, password: &str) -> Config {
+        let mut security: SecurityConfig = serde_json::from_value(serde_json::json!({
+            "protocol": protocol,
+            "sasl_mechanism": mechanism,
+            "username": "eventd",
+            "password": password,
+        }))
+        .expect("security section");
+        assert!(security.resolve().is_empty());
+        let mut config = Config::default();
+        config.kafka.security = security;
+        config
+    }
+
+    #[test]
+    fn a_new_password_with_a_new_mechanism_or_protocol_waits_for_a_restart() {
+        let running = secured("sasl_plaintext", "SCRAM-SHA-256", "old");
+        for new in [
+            secured("sasl_plaintext", "SCRAM-SHA-512", "new"),
+            secured("sasl_ssl", "SCRAM-SHA-256", "new"),
+            secured("sasl_plaintext", "SCRAM-SHA-256", "old"),
+        ] {
+            assert_eq!(rotate_login(&running, &new), Vec::<String>::new());
         }
     }
 }

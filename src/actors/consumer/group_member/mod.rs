@@ -138,6 +138,7 @@ impl Actor for GroupMember {
         .create_with_context(context)?;
         let client = Arc::new(client);
         EventdContext::attach(&client);
+        crate::kafka::login::LOGINS.register(&client);
         let topics: Vec<&str> = consumer.topics.iter().map(String::as_str).collect();
         client.subscribe(&topics)?;
         let events_to = myself.clone();

@@ -142,6 +142,7 @@ impl Actor for PartitionConsumer {
         }
         let client: KafkaConsumer = settings.create_with_context(context)?;
         let client = Arc::new(client);
+        crate::kafka::login::LOGINS.register(&client);
         let start = {
             let (client, consumer, topic) = (client.clone(), consumer.clone(), topic.clone());
             tokio::task::spawn_blocking(move || start_offset(&client, &consumer, &topic, partition))
