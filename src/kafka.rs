@@ -1,10 +1,12 @@
 //! librdkafka client settings shared by every consumer and the producer, built from the
 //! config so each client differs only where its role needs it.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
+use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::ClientConfig;
 
@@ -246,6 +248,85 @@ fn config_issue(config: &Config, error: KafkaError) -> ConfigIssue {
     }
 }
 
+/// Context of a short-lived client that keeps librdkafka's last error, so a failed
+/// request can say why the brokers did not answer ("SASL authentication error: SASL
+/// SCRAM authentication failed", "SSL handshake failed: certificate verify failed")
+/// instead of only "BrokerTransportFailure".
+#[derive(Default)]
+pub struct Diagnosis {
+    last_error: Mutex<Option<String>>,
+    /// A broker that closes the connection instead of answering ("Disconnected:
+    /// connection reset by peer") raises no error event, only this log line.
+    last_failure_logged: Mutex<Option<String>>,
+}
+
+fn remember(slot: &Mutex<Option<String>>, reason: &str) {
+    let mut slot = match slot.lock() {
+        Ok(slot) => slot,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    *slot = Some(reason.to_owned());
+}
+
+fn recall(slot: &Mutex<Option<String>>) -> Option<String> {
+    match slot.lock() {
+        Ok(slot) => slot.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    }
+}
+
+impl Diagnosis {
+    fn last_error(&self) -> Option<String> {
+        recall(&self.last_error).or_else(|| recall(&self.last_failure_logged))
+    }
+}
+
+/// `error`, followed by the last error librdkafka reported to `client`, if any. The
+/// client's errors and logs wait in its main queue until served, so they are served
+/// here first; call it only on a client that has no partitions assigned (a message
+/// polled here would be dropped).
+pub fn explain_failure(client: &BaseConsumer<Diagnosis>, error: &dyn std::fmt::Display) -> String {
+    // A served log or error event also returns None, so None does not mean empty; the
+    // bound is there because a client that keeps failing keeps queueing.
+    for _ in 0..1000 {
+        let _ = client.poll(Duration::ZERO);
+    }
+    match client.context().last_error() {
+        Some(reason) => format!("{error} (last broker error: {reason})"),
+        None => error.to_string(),
+    }
+}
+
+impl ClientContext for Diagnosis {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        if fac == "FAIL" {
+            remember(&self.last_failure_logged, message);
+        }
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => tracing::error!("librdkafka: {fac} {message}"),
+            RDKafkaLogLevel::Warning => tracing::warn!("librdkafka: {fac} {message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!("librdkafka: {fac} {message}")
+            }
+            RDKafkaLogLevel::Debug => tracing::debug!("librdkafka: {fac} {message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(%error, reason, "librdkafka");
+        // "1/1 brokers are down" follows the reason they are down.
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            return;
+        }
+        remember(&self.last_error, reason);
+    }
+}
+
+impl ConsumerContext for Diagnosis {}
+
 /// How long the startup check waits for the brokers' metadata.
 const TOPIC_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -295,9 +376,9 @@ pub fn check_written_topics(config: &Config, brokers: &Brokers) -> Vec<TopicChec
     if topics.is_empty() {
         return Vec::new();
     }
-    let client: BaseConsumer = match plain_config(config, brokers)
+    let client: BaseConsumer<Diagnosis> = match plain_config(config, brokers)
         .set("allow.auto.create.topics", "false")
-        .create()
+        .create_with_context(Diagnosis::default())
     {
         Ok(client) => client,
         Err(error) => {
@@ -313,7 +394,7 @@ pub fn check_written_topics(config: &Config, brokers: &Brokers) -> Vec<TopicChec
             Err(error) => {
                 return vec![TopicCheckError::Unreachable {
                     bootstrap: brokers.bootstrap.clone(),
-                    reason: error.to_string(),
+                    reason: explain_failure(&client, &error),
                 }]
             }
             Ok(metadata) => {

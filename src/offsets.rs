@@ -11,7 +11,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::{Config, ConsumerMode, EXIT_CONFIG};
 use crate::daemon::EXIT_UNAVAILABLE;
-use crate::kafka::{command_brokers, plain_config};
+use crate::kafka::{command_brokers, plain_config, Diagnosis};
 use crate::position::{partitions_of, resolve, Position};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -79,10 +79,10 @@ pub fn run(config: Config, options: OffsetsOptions) -> i32 {
     let Some(brokers) = command_brokers(&config, "offsets", None) else {
         return EXIT_CONFIG;
     };
-    let client: BaseConsumer = match plain_config(&config, &brokers)
+    let client: BaseConsumer<Diagnosis> = match plain_config(&config, &brokers)
         .set("group.id", &group)
         .set("enable.auto.commit", "false")
-        .create()
+        .create_with_context(Diagnosis::default())
     {
         Ok(client) => client,
         Err(error) => {
@@ -176,7 +176,7 @@ pub fn run(config: Config, options: OffsetsOptions) -> i32 {
     }
 }
 
-fn read_rows(client: &BaseConsumer, topics: &[String]) -> Result<Vec<Row>, String> {
+fn read_rows(client: &BaseConsumer<Diagnosis>, topics: &[String]) -> Result<Vec<Row>, String> {
     let mut list = TopicPartitionList::new();
     for topic in topics {
         for partition in partitions_of(client, topic, TIMEOUT)? {
@@ -224,7 +224,7 @@ fn is_refused_as_outsider(error: &KafkaError) -> bool {
 
 /// Commits the committed offsets as they are: false if the broker refused the commit
 /// because the group has members.
-fn unchanged_commit_allowed(client: &BaseConsumer, rows: &[Row]) -> bool {
+fn unchanged_commit_allowed(client: &BaseConsumer<Diagnosis>, rows: &[Row]) -> bool {
     let mut list = TopicPartitionList::new();
     for row in rows {
         if let Some(committed) = row.committed {
@@ -243,7 +243,7 @@ fn unchanged_commit_allowed(client: &BaseConsumer, rows: &[Row]) -> bool {
 }
 
 /// Members of `group` the broker knows now (DescribeGroups).
-fn live_members(client: &BaseConsumer, group: &str) -> Result<usize, String> {
+fn live_members(client: &BaseConsumer<Diagnosis>, group: &str) -> Result<usize, String> {
     let groups = client
         .fetch_group_list(Some(group), TIMEOUT)
         .map_err(|error| error.to_string())?;

@@ -9,6 +9,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 
+use crate::kafka::{explain_failure, Diagnosis};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Position {
     Earliest,
@@ -49,7 +51,7 @@ impl std::str::FromStr for Position {
 /// watermarks `(low, high)`: an offset past the end is the end, one before the start
 /// is the start, as Kafka's own tools do; a time after the last event is the end.
 pub fn resolve(
-    consumer: &BaseConsumer,
+    consumer: &BaseConsumer<Diagnosis>,
     topic: &str,
     partition: i32,
     (low, high): (i64, i64),
@@ -74,13 +76,13 @@ pub fn resolve(
 
 /// Partitions of `topic`, from the broker's metadata.
 pub fn partitions_of(
-    consumer: &BaseConsumer,
+    consumer: &BaseConsumer<Diagnosis>,
     topic: &str,
     timeout: Duration,
 ) -> Result<Vec<i32>, String> {
     let metadata = consumer
         .fetch_metadata(Some(topic), timeout)
-        .map_err(|error| error.to_string())?;
+        .map_err(|error| explain_failure(consumer, &error))?;
     let Some(found) = metadata.topics().first() else {
         return Err(format!("topic {topic:?} does not exist"));
     };

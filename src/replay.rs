@@ -22,7 +22,7 @@ use crate::actors::producer::{ProducerActor, ProducerArgs, ProducerSupervisor};
 use crate::config::{Config, EXIT_CONFIG};
 use crate::daemon::EXIT_UNAVAILABLE;
 use crate::event::{headers, Event, Source};
-use crate::kafka::{command_brokers, plain_config};
+use crate::kafka::{command_brokers, explain_failure, plain_config, Diagnosis};
 
 /// Progress is committed after this many events, and at the end.
 const COMMIT_EVERY: usize = 100;
@@ -87,13 +87,13 @@ pub async fn run(config: Config, options: ReplayOptions) -> i32 {
         .group
         .clone()
         .unwrap_or_else(|| format!("eventd-replay-{}", handler.name));
-    let consumer: BaseConsumer = match plain_config(&config, &brokers)
+    let consumer: BaseConsumer<Diagnosis> = match plain_config(&config, &brokers)
         .set("group.id", &group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest")
-        .create()
+        .create_with_context(Diagnosis::default())
     {
         Ok(consumer) => consumer,
         Err(error) => {
@@ -106,8 +106,10 @@ pub async fn run(config: Config, options: ReplayOptions) -> i32 {
         Ok(ends) => ends,
         Err(error) => {
             eprintln!(
-                "eventd replay: cannot read {:?} from {}: {error}",
-                options.from, brokers.bootstrap
+                "eventd replay: cannot read {:?} from {}: {}",
+                options.from,
+                brokers.bootstrap,
+                explain_failure(&consumer, &error)
             );
             return EXIT_UNAVAILABLE;
         }
@@ -388,7 +390,7 @@ async fn replay_one(
 /// without one) and returns, per partition, (next offset, end offset at start): the
 /// replay reads up to where the topic ended when it started.
 async fn assign_to_ends(
-    consumer: Arc<BaseConsumer>,
+    consumer: Arc<BaseConsumer<Diagnosis>>,
     topic: String,
 ) -> Result<HashMap<i32, (i64, i64)>, KafkaError> {
     tokio::task::spawn_blocking(move || {
@@ -424,7 +426,11 @@ async fn assign_to_ends(
     .map_err(|_| KafkaError::Canceled)?
 }
 
-async fn commit(consumer: &Arc<BaseConsumer>, topic: &str, progress: &HashMap<i32, i64>) {
+async fn commit(
+    consumer: &Arc<BaseConsumer<Diagnosis>>,
+    topic: &str,
+    progress: &HashMap<i32, i64>,
+) {
     if progress.is_empty() {
         return;
     }

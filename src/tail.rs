@@ -14,7 +14,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::{Config, EXIT_CONFIG};
 use crate::daemon::EXIT_UNAVAILABLE;
-use crate::kafka::{command_brokers, plain_config};
+use crate::kafka::{command_brokers, plain_config, Diagnosis};
 use crate::position::{partitions_of, resolve, Position};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,11 +40,11 @@ pub fn run(mut config: Config, options: TailOptions) -> i32 {
     };
     // librdkafka wants a group id even to assign partitions; this one is never joined
     // (no subscribe) and never written to (nothing is committed).
-    let consumer: BaseConsumer = match plain_config(&config, &brokers)
+    let consumer: BaseConsumer<Diagnosis> = match plain_config(&config, &brokers)
         .set("group.id", "eventd-tail")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
-        .create()
+        .create_with_context(Diagnosis::default())
     {
         Ok(consumer) => consumer,
         Err(error) => {
@@ -106,7 +106,7 @@ pub fn run(mut config: Config, options: TailOptions) -> i32 {
 
 /// Assigns the partitions asked for at `--from`; returns (start, end at start) each.
 fn assign(
-    consumer: &BaseConsumer,
+    consumer: &BaseConsumer<Diagnosis>,
     options: &TailOptions,
 ) -> Result<HashMap<i32, (i64, i64)>, String> {
     let all = partitions_of(consumer, &options.topic, TIMEOUT)?;

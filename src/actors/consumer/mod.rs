@@ -24,7 +24,7 @@ use crate::actors::producer::ProducerHandle;
 use crate::actors::supervision::{FailureHistory, RestartPolicy, Verdict};
 use crate::actors::{Deadline, Fatal, FatalSender};
 use crate::config::{Config, ConsumerMode};
-use crate::kafka::{plain_config, Brokers};
+use crate::kafka::{explain_failure, plain_config, Brokers, Diagnosis};
 use crate::telemetry::metrics::ACTOR_RESTARTS;
 use crate::telemetry::Health;
 
@@ -220,10 +220,13 @@ fn partitions_of(
     brokers: &Brokers,
     topics: &[String],
 ) -> Result<Vec<(String, i32)>, ActorProcessingErr> {
-    let client: BaseConsumer = plain_config(config, brokers).create()?;
+    let client: BaseConsumer<Diagnosis> =
+        plain_config(config, brokers).create_with_context(Diagnosis::default())?;
     let mut partitions = Vec::new();
     for topic in topics {
-        let metadata = client.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        let metadata = client
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .map_err(|error| explain_failure(&client, &error))?;
         let found = metadata
             .topics()
             .iter()
