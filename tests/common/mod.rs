@@ -5,6 +5,7 @@
 
 pub mod checker;
 pub mod tansu;
+pub mod tls;
 
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
@@ -21,7 +22,11 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-pub use tansu::{Storage, Tansu};
+// Not every test file uses the secured-broker parts.
+#[allow(unused_imports)]
+pub use tansu::{Secured, Storage, Tansu};
+#[allow(unused_imports)]
+pub use tls::Certificates;
 
 /// Which broker a test runs against.
 pub enum Backend {
@@ -69,7 +74,11 @@ impl Broker {
     }
 
     pub fn tansu_with(storage: Storage, partitions: i32, topics: &[&str]) -> Broker {
-        let tansu = Tansu::start_with(storage);
+        Broker::from_tansu(Tansu::start_with(storage), partitions, topics)
+    }
+
+    /// A tansu the test set up itself (users, `secure`), with `topics` created on it.
+    pub fn from_tansu(tansu: Tansu, partitions: i32, topics: &[&str]) -> Broker {
         for topic in topics {
             tansu.create_topic(topic, partitions);
         }
@@ -105,6 +114,19 @@ impl Broker {
         match &self.backend {
             Backend::Embedded(embedded) => embedded.bootstrap_servers().to_owned(),
             Backend::Tansu(tansu) => tansu.bootstrap(),
+        }
+    }
+
+    /// A client configuration for this broker: its address and, for a secured tansu,
+    /// the properties its clients need.
+    pub fn client_config(&self) -> ClientConfig {
+        match &self.backend {
+            Backend::Embedded(embedded) => {
+                let mut config = ClientConfig::new();
+                config.set("bootstrap.servers", embedded.bootstrap_servers());
+                config
+            }
+            Backend::Tansu(tansu) => tansu.client_config(),
         }
     }
 
@@ -163,10 +185,7 @@ impl Broker {
     }
 
     fn metadata_client(&self) -> BaseConsumer {
-        ClientConfig::new()
-            .set("bootstrap.servers", self.bootstrap())
-            .create()
-            .expect("metadata client")
+        self.client_config().create().expect("metadata client")
     }
 
     /// `(partition, low, high)` watermarks of every partition of `topic`.
@@ -205,8 +224,8 @@ impl Broker {
         group: &str,
         topic: &str,
     ) -> Result<Vec<(i32, Option<i64>)>, KafkaError> {
-        let client: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", self.bootstrap())
+        let client: BaseConsumer = self
+            .client_config()
             .set("group.id", group)
             .set("enable.auto.commit", "false")
             .create()
@@ -231,8 +250,8 @@ impl Broker {
 
     /// Commits `offset` for `group` on one partition, as another member would.
     pub fn commit(&self, group: &str, topic: &str, partition: i32, offset: i64) {
-        let client: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", self.bootstrap())
+        let client: BaseConsumer = self
+            .client_config()
             .set("group.id", group)
             .set("enable.auto.commit", "false")
             .create()
@@ -303,9 +322,8 @@ impl Broker {
     }
 
     fn producer_config(&self) -> ClientConfig {
-        let mut config = ClientConfig::new();
+        let mut config = self.client_config();
         config
-            .set("bootstrap.servers", self.bootstrap())
             .set("linger.ms", "5")
             // The Java client's batch size: a consumer receives whole batches, so the
             // writer's batch size bounds how far one fetch overshoots.
@@ -455,8 +473,8 @@ struct TopicReader {
 
 impl TopicReader {
     fn new(broker: &Broker, topic: &str) -> TopicReader {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", broker.bootstrap())
+        let consumer: BaseConsumer = broker
+            .client_config()
             .set("fetch.wait.max.ms", "10")
             .set("enable.partition.eof", "true")
             .set("group.id", "eventd-test-reader")

@@ -41,6 +41,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -48,6 +49,8 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
+
+use super::tls::{Certificates, TlsFront};
 
 const INSTALL: &str = "cargo install tansu --locked --version 0.6.0 --features dynostore,libsql";
 /// A cold start prints `ready` within a second; the margin covers a loaded CI machine.
@@ -73,6 +76,23 @@ pub struct Tansu {
     child: Mutex<Option<Child>>,
     log: PathBuf,
     dir: tempfile::TempDir,
+    /// `--authentication`: every request but ApiVersions and SASL needs a SASL login.
+    authentication: AtomicBool,
+    /// The TLS front clients reach tansu through, when `secure` put one up; tansu then
+    /// advertises its address instead of its own.
+    front: Mutex<Option<TlsFront>>,
+    /// librdkafka properties the harness's own clients need once the broker is secured.
+    client_properties: Mutex<Vec<(String, String)>>,
+}
+
+/// How `Tansu::secure` locks the broker down.
+pub struct Secured<'a> {
+    /// SASL is required (tansu checks SCRAM passwords; it accepts any PLAIN password).
+    pub authentication: bool,
+    /// A TLS front with these certificates; `true` requires a client certificate.
+    pub tls: Option<(&'a Certificates, bool)>,
+    /// librdkafka properties for the harness's own clients (admin, producers, readers).
+    pub client: Vec<(&'a str, String)>,
 }
 
 impl Tansu {
@@ -95,6 +115,9 @@ impl Tansu {
             child: Mutex::new(None),
             log,
             dir,
+            authentication: AtomicBool::new(false),
+            front: Mutex::new(None),
+            client_properties: Mutex::new(Vec::new()),
         };
         // The port is only free when probed: another test may bind it before tansu does.
         let mut attempts = Vec::new();
@@ -116,9 +139,101 @@ impl Tansu {
         )
     }
 
-    /// `host:port` for `bootstrap.servers`.
+    /// `host:port` for `bootstrap.servers`: the TLS front when there is one.
     pub fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port())
+        match self.front.lock().expect("front lock").as_ref() {
+            Some(front) => front.address().to_string(),
+            None => format!("127.0.0.1:{}", self.port()),
+        }
+    }
+
+    /// A client configuration for this broker, with the properties `secure` set.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", self.bootstrap());
+        for (key, value) in self
+            .client_properties
+            .lock()
+            .expect("properties lock")
+            .iter()
+        {
+            config.set(key, value);
+        }
+        config
+    }
+
+    /// Creates a SCRAM user (`mechanism` is `scram256` or `scram512`) with tansu's own
+    /// tool. Only before `secure` switches authentication on: the tool has no SASL.
+    pub fn create_user(&self, name: &str, password: &str, mechanism: &str) {
+        assert!(
+            !self.authentication.load(Ordering::Relaxed),
+            "tansu create_user(): `tansu user create` cannot log in; create users before `secure`"
+        );
+        let output = Command::new(&self.binary)
+            .args(["user", "create", "--broker"])
+            .arg(format!("tcp://127.0.0.1:{}", self.port()))
+            .args(["--mechanism", mechanism, name, password])
+            .output()
+            .unwrap_or_else(|error| self.fail("create user", &error.to_string()));
+        if !output.status.success() {
+            self.fail(
+                "create user",
+                &format!(
+                    "`tansu user create {name}` exited {}: {}{}",
+                    output.status,
+                    String::from_utf8_lossy(&output.stdout),
+                    String::from_utf8_lossy(&output.stderr)
+                ),
+            );
+        }
+    }
+
+    /// Gives a SCRAM user a new password with tansu's own tool, which cannot log in: the
+    /// broker is restarted without authentication for it and then locked again, so
+    /// every client loses its connections and must log in anew.
+    pub fn change_password(&self, name: &str, password: &str, mechanism: &str) {
+        let locked = self.authentication.swap(false, Ordering::Relaxed);
+        self.restart();
+        self.create_user(name, password, mechanism);
+        self.authentication.store(locked, Ordering::Relaxed);
+        self.restart();
+    }
+
+    /// Restarts the broker locked down as `secured` says, on the same storage: users
+    /// and topics made before stay. The harness's clients use `secured.client` from
+    /// now on.
+    pub fn secure(&self, secured: Secured<'_>) {
+        self.authentication
+            .store(secured.authentication, Ordering::Relaxed);
+        *self.client_properties.lock().expect("properties lock") = secured
+            .client
+            .iter()
+            .map(|(key, value)| (key.to_string(), value.clone()))
+            .collect();
+        match secured.tls {
+            Some((certificates, require_client_certificate)) => {
+                // tansu must advertise the front's port before the front exists.
+                let port = super::free_port();
+                *self.front.lock().expect("front lock") = Some(TlsFront::start(
+                    port,
+                    ([127, 0, 0, 1], self.port()).into(),
+                    certificates,
+                    require_client_certificate,
+                ));
+            }
+            None => *self.front.lock().expect("front lock") = None,
+        }
+        self.restart();
+    }
+
+    /// Why the TLS front refused each handshake it refused; empty without a front.
+    pub fn tls_refusals(&self) -> Vec<String> {
+        self.front
+            .lock()
+            .expect("front lock")
+            .as_ref()
+            .map(TlsFront::refused)
+            .unwrap_or_default()
     }
 
     pub fn port(&self) -> u16 {
@@ -201,8 +316,8 @@ impl Tansu {
     /// Creates `name` with `partitions` through the CreateTopics API and waits until
     /// metadata shows every partition with a leader.
     pub fn create_topic(&self, name: &str, partitions: i32) {
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", self.bootstrap())
+        let admin: AdminClient<DefaultClientContext> = self
+            .client_config()
             .create()
             .expect("admin client for tansu");
         let options = AdminOptions::new()
@@ -228,8 +343,8 @@ impl Tansu {
     }
 
     fn wait_for_topic(&self, name: &str, partitions: i32) {
-        let client: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", self.bootstrap())
+        let client: BaseConsumer = self
+            .client_config()
             .create()
             .expect("metadata client for tansu");
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -286,6 +401,10 @@ impl Tansu {
     fn spawn_and_wait(&self) -> Result<Child, StartFailure> {
         let port = self.port();
         let url = format!("tcp://127.0.0.1:{port}");
+        let advertised = match self.front.lock().expect("front lock").as_ref() {
+            Some(front) => format!("tcp://{}", front.address()),
+            None => url.clone(),
+        };
         let mut log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -293,21 +412,31 @@ impl Tansu {
             .expect("tansu log file");
         let _ = writeln!(
             log,
-            "=== eventd tests: starting {} on {url} with {} ===",
+            "=== eventd tests: starting {} on {url} (advertised {advertised}) with {}{} ===",
             self.binary.display(),
-            self.storage_url()
+            self.storage_url(),
+            if self.authentication.load(Ordering::Relaxed) {
+                ", authentication on"
+            } else {
+                ""
+            }
         );
         // Only what this start prints counts when looking for `ready`.
         let from = log.metadata().map(|m| m.len()).unwrap_or(0);
         let err = log.try_clone().expect("tansu log file");
-        let mut child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        command
             .arg("broker")
             .arg("--listener-url")
             .arg(&url)
             .arg("--advertised-listener-url")
-            .arg(&url)
+            .arg(&advertised)
             .arg("--storage-engine")
-            .arg(self.storage_url())
+            .arg(self.storage_url());
+        if self.authentication.load(Ordering::Relaxed) {
+            command.arg("--authentication");
+        }
+        let mut child = command
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
