@@ -273,6 +273,67 @@ fn async_delivers_every_event_and_watermarks_agree(broker: &Broker) {
     assert_eq!(held, 20_000, "watermarks {:?}", broker.watermarks("browse"));
 }
 
+/// `eventd tail --follow` does not stop at the end of the partitions: events written
+/// after it reached the end are printed too, until it is stopped.
+#[test]
+fn tail_follow_prints_events_written_after_it_reached_the_end() {
+    let broker = Broker::start(3, &["like"]);
+    let all = events(10, 4);
+    broker.produce("like", &all[..5]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_eventd"))
+        .arg("tail")
+        .args([
+            "--brokers",
+            &broker.bootstrap(),
+            "--topic",
+            "like",
+            "--follow",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("eventd tail runs");
+    let stdout = child.stdout.take().expect("tail stdout");
+    let (lines, printed) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            if lines.send(line.expect("tail output")).is_err() {
+                return;
+            }
+        }
+    });
+    let mut read_ids = |count: usize| -> Vec<String> {
+        (0..count)
+            .map(|n| {
+                printed
+                    .recv_timeout(Duration::from_secs(30))
+                    .unwrap_or_else(|_| panic!("tail printed only {n} of {count} more lines"))
+            })
+            .map(|line| {
+                (0..all.len())
+                    .map(|id| format!("e-{id}"))
+                    .find(|id| line.contains(&format!("\"{id}\"")))
+                    .unwrap_or_else(|| panic!("no event id in {line:?}"))
+            })
+            .collect()
+    };
+    let mut before = read_ids(5);
+    before.sort();
+    assert_eq!(before, ["e-0", "e-1", "e-2", "e-3", "e-4"]);
+    // A tail without --follow exits here; these are printed only if it kept reading.
+    broker.produce("like", &all[5..]);
+    let mut after = read_ids(5);
+    after.sort();
+    assert_eq!(after, ["e-5", "e-6", "e-7", "e-8", "e-9"]);
+    assert!(
+        child.try_wait().expect("tail status").is_none(),
+        "tail --follow exited on its own"
+    );
+    child.kill().expect("stop tail");
+    let _ = child.wait();
+}
+
 #[test]
 fn async_mode_on_the_embedded_broker() {
     async_delivers_every_event_and_watermarks_agree(&Broker::start(4, &["browse"]));

@@ -237,6 +237,24 @@ fn replay_runs_only_the_named_handler(broker: Broker, env: &[(&str, String)]) {
         "a second replay handles nothing again"
     );
 
+    // Another group is a separate pass: it starts from the beginning again.
+    let separate = replay(
+        &fixed,
+        &[
+            "--handler",
+            "x",
+            "--group",
+            "eventd-replay-second-pass",
+            "--dry-run",
+        ],
+    );
+    assert_eq!(separate.status.code(), Some(0), "{}", text(&separate));
+    assert!(
+        String::from_utf8_lossy(&separate.stdout).contains("would replay like/0@2"),
+        "{}",
+        text(&separate)
+    );
+
     // y is not fixed: its event fails again, stays, and the command says so.
     let unfixed = replay(&fixed, &["--handler", "y"]);
     assert_eq!(unfixed.status.code(), Some(1), "{}", text(&unfixed));

@@ -247,8 +247,10 @@ fn expect_refused(broker: &Broker, eventd: &mut Eventd, group: &str, why: &[&str
     );
 }
 
-#[test]
-fn eventd_works_over_sasl_scram_on_tansu_and_a_wrong_login_is_refused() {
+/// tansu requiring a SASL login, with the SCRAM-SHA-256 user `eventd` and the
+/// SCRAM-SHA-512 user `operator` (the harness's own clients log in as this one), and
+/// the topics `like` and `out`.
+fn scram_broker() -> Broker {
     let tansu = Tansu::start();
     tansu.create_user("eventd", EVENTD_PASSWORD, "scram256");
     tansu.create_user("operator", OPERATOR_PASSWORD, "scram512");
@@ -262,7 +264,12 @@ fn eventd_works_over_sasl_scram_on_tansu_and_a_wrong_login_is_refused() {
             OPERATOR_PASSWORD,
         ),
     });
-    let broker = Broker::from_tansu(tansu, 2, &["like", "out"]);
+    Broker::from_tansu(tansu, 2, &["like", "out"])
+}
+
+#[test]
+fn eventd_works_over_sasl_scram_on_tansu_and_a_wrong_login_is_refused() {
+    let broker = scram_broker();
     let total = 40;
     broker.produce("like", &events(total, 8));
 
@@ -547,20 +554,7 @@ fn eventd_works_over_sasl_ssl_on_tansu() {
 
 #[test]
 fn a_rotated_password_file_is_used_after_sighup_without_a_restart() {
-    let tansu = Tansu::start();
-    tansu.create_user("eventd", EVENTD_PASSWORD, "scram256");
-    tansu.create_user("operator", OPERATOR_PASSWORD, "scram512");
-    tansu.secure(Secured {
-        authentication: true,
-        tls: None,
-        client: scram_client(
-            "sasl_plaintext",
-            "SCRAM-SHA-512",
-            "operator",
-            OPERATOR_PASSWORD,
-        ),
-    });
-    let broker = Broker::from_tansu(tansu, 2, &["like", "out"]);
+    let broker = scram_broker();
     let secrets = tempfile::tempdir().expect("tempdir");
     let password_file = secrets.path().join("kafka-password");
     std::fs::write(&password_file, format!("{EVENTD_PASSWORD}\n")).expect("password file");
