@@ -65,6 +65,9 @@ pub struct Brokers {
     pub embedded: bool,
 }
 
+/// The longest session of a member of the embedded broker's groups.
+const EMBEDDED_SESSION_TIMEOUT: Duration = Duration::from_secs(6);
+
 /// Consumer settings for at-least-once: offsets are stored by eventd only after every
 /// handler finished an event, and auto-commit sends what was stored.
 pub fn consumer_config(
@@ -132,6 +135,18 @@ pub fn consumer_config(
     if brokers.embedded {
         // The embedded broker answers an empty fetch only after fetch.wait.max.ms.
         client.set("fetch.wait.max.ms", "10");
+        // It also holds every rebalance of a group that had formed open for the session
+        // timeout less a second, rejoined or not (librdkafka's rdkafka_mock_cgrp.c):
+        // with 45s, a member that missed the first generation waited 44s for its
+        // partitions, once per rebalance. Its members all live in this process, so a
+        // short session costs nothing; its data is gone at exit either way.
+        let session = config.kafka.session_timeout.min(EMBEDDED_SESSION_TIMEOUT);
+        client
+            .set("session.timeout.ms", session.as_millis().max(1).to_string())
+            .set(
+                "heartbeat.interval.ms",
+                (session.as_millis() / 3).max(1).to_string(),
+            );
     }
     if let Some(group_id) = group_id {
         client.set("group.id", group_id);
@@ -491,6 +506,25 @@ mod tests {
         assert_eq!(client.get("fetch.message.max.bytes"), Some("262144"));
         assert_eq!(client.get("enable.auto.offset.store"), Some("false"));
         assert_eq!(client.get("isolation.level"), Some("read_committed"));
+    }
+
+    #[test]
+    fn the_embedded_broker_gets_a_short_session_so_a_rebalance_ends_in_seconds() {
+        let config = Config::default();
+        let consumer = test_consumer();
+        let on = |embedded| {
+            let brokers = Brokers {
+                bootstrap: "localhost:9092".to_owned(),
+                embedded,
+            };
+            let client = consumer_config(&config, &brokers, &consumer, Some("g"), None);
+            (
+                client.get("session.timeout.ms").map(str::to_owned),
+                client.get("heartbeat.interval.ms").map(str::to_owned),
+            )
+        };
+        assert_eq!(on(false), (Some("45000".to_owned()), None));
+        assert_eq!(on(true), (Some("6000".to_owned()), Some("2000".to_owned())));
     }
 
     fn test_consumer() -> ConsumerConfig {
