@@ -321,12 +321,12 @@ impl ClientContext for Diagnosis {
             RDKafkaLogLevel::Emerg
             | RDKafkaLogLevel::Alert
             | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => tracing::error!("librdkafka: {fac} {message}"),
-            RDKafkaLogLevel::Warning => tracing::warn!("librdkafka: {fac} {message}"),
+            | RDKafkaLogLevel::Error => tracing::error!(fac, message, "librdkafka"),
+            RDKafkaLogLevel::Warning => tracing::warn!(fac, message, "librdkafka"),
             RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-                tracing::info!("librdkafka: {fac} {message}")
+                tracing::info!(fac, message, "librdkafka")
             }
-            RDKafkaLogLevel::Debug => tracing::debug!("librdkafka: {fac} {message}"),
+            RDKafkaLogLevel::Debug => tracing::debug!(fac, message, "librdkafka"),
         }
     }
 
@@ -525,6 +525,16 @@ mod tests {
         };
         assert_eq!(on(false), (Some("45000".to_owned()), None));
         assert_eq!(on(true), (Some("6000".to_owned()), Some("2000".to_owned())));
+
+        let mut shorter = Config::default();
+        shorter.kafka.session_timeout = Duration::from_secs(3);
+        let brokers = Brokers {
+            bootstrap: "localhost:9092".to_owned(),
+            embedded: true,
+        };
+        let client = consumer_config(&shorter, &brokers, &consumer, Some("g"), None);
+        assert_eq!(client.get("session.timeout.ms"), Some("3000"));
+        assert_eq!(client.get("heartbeat.interval.ms"), Some("1000"));
     }
 
     fn test_consumer() -> ConsumerConfig {

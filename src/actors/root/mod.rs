@@ -423,4 +423,15 @@ mod tests {
             assert_eq!(rotate_login(&running, &new), Vec::<String>::new());
         }
     }
+
+    #[test]
+    fn a_new_tls_file_path_is_a_change_that_needs_a_restart() {
+        let running = secured("sasl_ssl", "SCRAM-SHA-256", "same");
+        let mut new = running.clone();
+        new.kafka.security.ca = Some("/etc/eventd/new-ca.pem".into());
+        let changed = running.changed_keys(&new);
+        assert_eq!(changed, ["kafka.security.ca"]);
+        assert!(rotate_login(&running, &new).is_empty());
+        assert!(!applies_live("kafka.security.ca", &running, &new, &[]));
+    }
 }
