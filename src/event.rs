@@ -191,13 +191,16 @@ impl Event {
         if let Some(key) = &self.key {
             return Cow::Borrowed(key);
         }
+        // Decoding let only a non-empty string or a number through: a number keys by
+        // its JSON text, so events of `item_id` 7 share a key apart from those of 8.
         match text_of(&self.body.payload, self.body.required[ITEM_ID]) {
             Some(raw) if raw.starts_with('"') => match string_value(raw) {
                 Some(Cow::Borrowed(s)) => Cow::Borrowed(s.as_bytes()),
                 Some(Cow::Owned(s)) => Cow::Owned(s.into_bytes()),
                 None => Cow::Borrowed(&[]),
             },
-            _ => Cow::Borrowed(&[]),
+            Some(raw) => Cow::Borrowed(raw.as_bytes()),
+            None => Cow::Borrowed(&[]),
         }
     }
 }
@@ -718,6 +721,9 @@ mod tests {
         assert_eq!(&*event.routing_key(), b"item-7");
         event.key = Some(b"k".to_vec());
         assert_eq!(&*event.routing_key(), b"k");
+        event.key = None;
+        event.body = decode(br#"{"user_id":"u","item_id":70,"ts":1}"#).unwrap();
+        assert_eq!(&*event.routing_key(), b"70", "a numeric id keys by its text");
     }
 
     #[test]

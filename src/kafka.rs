@@ -180,9 +180,16 @@ pub fn producer_config(config: &Config, brokers: &Brokers) -> ClientConfig {
             "queue.buffering.max.messages",
             producer.max_in_flight.max(1).to_string(),
         )
+        // With idempotence librdkafka keeps trying an event for as long as it takes
+        // (0: no timeout), so it never fails one while later events of its partition
+        // land; eventd's own deadline (`message_timeout`) decides when a write failed.
         .set(
             "message.timeout.ms",
-            producer.message_timeout.as_millis().to_string(),
+            if producer.idempotence {
+                "0".to_owned()
+            } else {
+                producer.message_timeout.as_millis().to_string()
+            },
         )
         .set("message.send.max.retries", producer.retries.to_string())
         .set(

@@ -47,7 +47,7 @@ impl RestartPolicy {
         Verdict::RestartAfter(self.backoff(consecutive))
     }
 
-    fn backoff(&self, consecutive: u32) -> Duration {
+    pub fn backoff(&self, consecutive: u32) -> Duration {
         let factor = 2u32.saturating_pow(consecutive.min(16));
         self.settings
             .backoff
@@ -83,6 +83,19 @@ impl FailureHistory {
         self.consecutive = policy.consecutive_after(self.last_failure, now, self.consecutive);
         self.last_failure = Some(now);
         policy.on_failure(now, self.consecutive)
+    }
+
+    /// Records a failure of a child whose restarts are budgeted by other means (a
+    /// handler slot's panic streak) and returns its restart delay, which doubles while
+    /// it fails within the window; `recovered` starts it over at the shortest.
+    pub fn restart_delay(&mut self, policy: &RestartPolicy, now: Instant, recovered: bool) -> Duration {
+        self.consecutive = if recovered {
+            0
+        } else {
+            policy.consecutive_after(self.last_failure, now, self.consecutive)
+        };
+        self.last_failure = Some(now);
+        policy.backoff(self.consecutive)
     }
 }
 

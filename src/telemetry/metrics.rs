@@ -12,6 +12,9 @@ pub const EVENTS_DEAD_LETTERED: &str = "eventd_events_dead_lettered_total";
 pub const HANDLER_DURATION: &str = "eventd_handler_duration_seconds";
 pub const HANDLER_BATCH_SIZE: &str = "eventd_handler_batch_size";
 pub const HANDLER_RETRIES: &str = "eventd_handler_retries_total";
+pub const HANDLER_PANICS: &str = "eventd_handler_panics_total";
+pub const HANDLER_PARKED_KEYS: &str = "eventd_handler_parked_keys";
+pub const HANDLER_PARKED_OLDEST: &str = "eventd_handler_parked_oldest_seconds";
 pub const PARTITION_IN_FLIGHT: &str = "eventd_partition_in_flight";
 pub const PARTITION_BLOCKED: &str = "eventd_partition_blocked";
 pub const DEAD_LETTER_FAILURES: &str = "eventd_dead_letter_failures_total";
@@ -109,6 +112,18 @@ fn describe() {
     describe_counter!(
         HANDLER_RETRIES,
         "Attempts a handler made again on an event it had failed on"
+    );
+    describe_counter!(
+        HANDLER_PANICS,
+        "Panics of a handler's actors (each restarts the actor; eventd_actor_restarts_total counts the restarts)"
+    );
+    describe_gauge!(
+        HANDLER_PARKED_KEYS,
+        "Keys of a handler with an event waiting for a retry (its later events wait behind it), per handler"
+    );
+    describe_gauge!(
+        HANDLER_PARKED_OLDEST,
+        "How long the longest-waiting parked event of a handler has been waiting for its retries, 0 when none is parked"
     );
     describe_counter!(
         EVENTS_INVALID,

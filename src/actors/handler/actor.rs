@@ -3,19 +3,19 @@
 //!
 //! A batch that wrote events is finished only once the broker acknowledged them, but
 //! the actor does not wait for that before taking the next batch: with an idempotent
-//! producer librdkafka keeps each partition's order, so later copies cannot overtake
-//! earlier ones. Waiting would cost one producer linger per batch, and with small
-//! batches throughput would fall to one batch per linger. The acknowledgements are
-//! awaited beside the actor; a failed one fails the actor, as a failed write inside
-//! `handle` would, and its restart redelivers what was not finished.
+//! producer librdkafka keeps each partition's order (and, with no message timeout of
+//! its own, never gives up on an event behind later ones), so later copies cannot
+//! overtake earlier ones. Waiting would cost one producer linger per batch. The
+//! acknowledgements are awaited beside the actor; copies not acknowledged by the
+//! producer's deadline come back here and take the one failure path (see `outbox`).
 //!
 //! When the handler fails on a batch, its events are tried again one at a time, so the
 //! failing event is known and the others finish. A failing event waits out its backoff
-//! in a queue of its key (source partition and routing key): later events of that key
-//! queue behind it, every other key goes on. After `retry.max_attempts` it goes to the
-//! dead-letter topic, and its offset is finished once that write is acknowledged.
+//! in its key's queue of the outbox: later events of that key queue behind it, every
+//! other key goes on. After `retry.max_attempts` it goes to the dead-letter topic, and
+//! its offset is finished once that write is acknowledged. Only a panic fails the actor.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -27,15 +27,14 @@ use tokio::task::JoinHandle;
 
 use super::failures::{Failed, Failure, Failures};
 use super::kinds::{Behaviour, SlotMemory};
+use super::outbox::{alone, park_key, LetterState, Outbox, Parked, Work};
 use super::{Batch, BatchSource, HandlerMsg, HandlerPool, Transient};
-use crate::actors::producer::dead_letter::{
-    dead_letter_copy, write_dead_letter, BlockedMark, Provenance, Reason,
-};
-use crate::actors::producer::ProducerHandle;
+use crate::actors::producer::dead_letter::{dead_letter_copy, BlockedMark, Provenance, Reason};
+use crate::actors::producer::{ProduceError, ProducerHandle};
 use crate::config::RetryConfig;
-use crate::event::Event;
 use crate::telemetry::metrics::{
-    EVENTS_HANDLED, HANDLER_BATCH_SIZE, HANDLER_DURATION, HANDLER_RETRIES,
+    DEAD_LETTER_FAILURES, EVENTS_DEAD_LETTERED, EVENTS_HANDLED, HANDLER_BATCH_SIZE,
+    HANDLER_DURATION, HANDLER_RETRIES,
 };
 
 pub struct HandlerActor;
@@ -52,27 +51,6 @@ pub struct HandlerArgs {
     pub dead_letter: Option<String>,
 }
 
-/// Events are retried in order per source partition and routing key. The partition
-/// worker is part of the key: after a revoke and a new assignment, the new worker's
-/// events must not queue behind the old worker's, which nobody waits for any more.
-pub type ParkKey = (ractor::ActorId, i32, Vec<u8>);
-
-fn park_key(batch: &Batch, event: &Event) -> ParkKey {
-    (
-        batch.reply_to.id(),
-        event.source.partition,
-        event.routing_key().into_owned(),
-    )
-}
-
-/// An event waiting for its retry, or behind one of its key.
-struct Parked {
-    /// The event alone, with its partition's reply handle.
-    batch: Batch,
-    /// Held while the event has used its attempts and has no dead-letter topic.
-    blocked: Option<BlockedMark>,
-}
-
 pub struct HandlerState {
     pool: Arc<HandlerPool>,
     slot: usize,
@@ -85,7 +63,7 @@ pub struct HandlerState {
     retry: RetryConfig,
     failures: Arc<Failures>,
     /// Keys with an event waiting for a retry; its later events queue behind it.
-    parked: HashMap<ParkKey, VecDeque<Parked>>,
+    outbox: Outbox,
 }
 
 impl Actor for HandlerActor {
@@ -105,6 +83,7 @@ impl Actor for HandlerActor {
         Ok(HandlerState {
             metrics: HandlerMetrics::new(&args.pool.name),
             retry: args.pool.config.retry.clone(),
+            outbox: Outbox::new(args.pool.parked.clone(), args.slot),
             pool: args.pool,
             slot: args.slot,
             behaviour,
@@ -112,7 +91,6 @@ impl Actor for HandlerActor {
             producer: args.producer,
             dead_letter: args.dead_letter,
             failures: args.failures,
-            parked: HashMap::new(),
         })
     }
 
@@ -125,12 +103,15 @@ impl Actor for HandlerActor {
         match message {
             HandlerMsg::Batch(batch) => handle_batch(&myself, state, batch).await,
             HandlerMsg::Retry(key) => retry_parked(&myself, state, key).await,
-            HandlerMsg::WriteFailed(error) => return Err(error.into()),
+            HandlerMsg::Settled(unsettled) => state.settled(&myself, *unsettled),
+            HandlerMsg::DeadLetterFailed(letter, error) => {
+                state.dead_letter_failed(&myself, *letter, &error)
+            }
             HandlerMsg::Flush(reply) => {
-                state.behaviour.flush(&state.pool, state.slot).await?;
+                state.behaviour.flush(&state.pool, state.slot).await;
                 let _ = reply.send(());
             }
-            HandlerMsg::Tick => state.behaviour.tick(&state.pool, state.slot).await?,
+            HandlerMsg::Tick => state.behaviour.tick(&state.pool, state.slot).await,
         }
         Ok(())
     }
@@ -152,7 +133,7 @@ async fn handle_batch(myself: &ActorRef<HandlerMsg>, state: &mut HandlerState, b
         return;
     }
     state.metrics.batch_size.record(batch.events.len() as f64);
-    let Some(batch) = state.divert_to_parked(batch) else {
+    let Some(batch) = state.outbox.divert(batch) else {
         return;
     };
     // Events that failed before (a panic, a restart while retrying) go one at a time.
@@ -160,10 +141,10 @@ async fn handle_batch(myself: &ActorRef<HandlerMsg>, state: &mut HandlerState, b
         let started = Instant::now();
         state.failures.begin(&batch.events, &batch.reply_to);
         let result = state.behaviour.handle(&state.pool, &batch).await;
-        state.failures.end();
+        state.failures.end(result.is_ok());
         match result {
             Ok(outcome) => {
-                state.complete(myself, &batch, outcome, started, false);
+                state.complete(myself, &batch, outcome, started, false).await;
                 return;
             }
             Err(error) => {
@@ -191,9 +172,9 @@ async fn handle_batch(myself: &ActorRef<HandlerMsg>, state: &mut HandlerState, b
                     let key = park_key(&batch, event);
                     let one = alone(&batch, event);
                     if let Some((parked, delay)) =
-                        state.after_failure(one, &failure, &message, transient, None)
+                        state.after_failure(myself, one, &failure, &message, transient, None)
                     {
-                        state.park(myself, key, VecDeque::from([parked]), delay);
+                        state.outbox.park(myself, key, parked, delay);
                     }
                     return;
                 }
@@ -203,23 +184,20 @@ async fn handle_batch(myself: &ActorRef<HandlerMsg>, state: &mut HandlerState, b
     for event in batch.events.iter() {
         let one = alone(&batch, event);
         let key = park_key(&batch, event);
-        if let Some(queue) = state.parked.get_mut(&key) {
-            queue.push_back(Parked {
-                batch: one,
-                blocked: None,
-            });
+        if state.outbox.is_parked(&key) {
+            state.outbox.queue_behind(&key, Parked::new(one));
             continue;
         }
         if let Some((parked, delay)) = state.try_alone(myself, one, None).await {
-            state.park(myself, key, VecDeque::from([parked]), delay);
+            state.outbox.park(myself, key, parked, delay);
         }
     }
 }
 
 /// The backoff of `key`'s first event passed: try it again, then the events behind it
 /// in order, until one fails or the queue is empty.
-async fn retry_parked(myself: &ActorRef<HandlerMsg>, state: &mut HandlerState, key: ParkKey) {
-    let Some(mut queue) = state.parked.remove(&key) else {
+async fn retry_parked(myself: &ActorRef<HandlerMsg>, state: &mut HandlerState, key: super::ParkKey) {
+    let Some((mut queue, since)) = state.outbox.take(&key) else {
         return;
     };
     while let Some(head) = queue.pop_front() {
@@ -230,22 +208,18 @@ async fn retry_parked(myself: &ActorRef<HandlerMsg>, state: &mut HandlerState, k
                 .forget(&head.batch.events[0], &head.batch.reply_to);
             continue;
         }
-        if let Some((parked, delay)) = state.try_alone(myself, head.batch, head.blocked).await {
+        let failed = match head.work {
+            Work::Handle => state.try_alone(myself, head.batch, head.blocked).await,
+            Work::DeadLetter(letter) => {
+                state.write_dead_letter(myself, head.batch, *letter, head.blocked);
+                None
+            }
+        };
+        if let Some((parked, delay)) = failed {
             queue.push_front(parked);
-            state.park(myself, key, queue, delay);
+            state.outbox.park_queue(myself, key, (queue, since), delay);
             return;
         }
-    }
-}
-
-/// `batch` with only `event`.
-fn alone(batch: &Batch, event: &Arc<Event>) -> Batch {
-    Batch {
-        events: Arc::from([event.clone()]),
-        reply_to: batch.reply_to.clone(),
-        blocked: batch.blocked.clone(),
-        handler: batch.handler,
-        slot: batch.slot,
     }
 }
 
@@ -258,45 +232,6 @@ fn describe(error: &ActorProcessingErr) -> (String, bool) {
 }
 
 impl HandlerState {
-    /// Moves events whose key has an event waiting for a retry to the back of that
-    /// key's queue; returns the rest, if any.
-    fn divert_to_parked(&mut self, batch: Batch) -> Option<Batch> {
-        if self.parked.is_empty() {
-            return Some(batch);
-        }
-        let mut fresh = Vec::with_capacity(batch.events.len());
-        for event in batch.events.iter() {
-            match self.parked.get_mut(&park_key(&batch, event)) {
-                Some(queue) => queue.push_back(Parked {
-                    batch: alone(&batch, event),
-                    blocked: None,
-                }),
-                None => fresh.push(event.clone()),
-            }
-        }
-        if fresh.is_empty() {
-            return None;
-        }
-        if fresh.len() == batch.events.len() {
-            return Some(batch);
-        }
-        Some(Batch {
-            events: fresh.into(),
-            ..batch
-        })
-    }
-
-    fn park(
-        &mut self,
-        myself: &ActorRef<HandlerMsg>,
-        key: ParkKey,
-        queue: VecDeque<Parked>,
-        delay: Duration,
-    ) {
-        self.parked.insert(key.clone(), queue);
-        myself.send_after(delay, move || HandlerMsg::Retry(key));
-    }
-
     /// Whether `failure` used up the attempts its kind of error is allowed. An event is
     /// given up only after failing alone: a failed batch's attempt counts for each of
     /// its events, but may have been another event's failure.
@@ -328,7 +263,7 @@ impl HandlerState {
             // A panic ends the actor before it can give up: the attempts were counted
             // by its supervisor, and the event is set aside here, unhandled.
             if self.exhausted(failure) && self.dead_letter.is_some() {
-                self.give_up(one, failure);
+                self.give_up(myself, one, failure.reason(), &failure.last_error.clone(), Some(failure.total()), blocked);
                 return None;
             }
         }
@@ -338,7 +273,7 @@ impl HandlerState {
         let started = Instant::now();
         self.failures.begin(&one.events, &one.reply_to);
         let result = self.behaviour.handle(&self.pool, &one).await;
-        self.failures.end();
+        self.failures.end(result.is_ok());
         let error = match result {
             Ok(outcome) => {
                 if let Some(failure) = &known {
@@ -350,7 +285,7 @@ impl HandlerState {
                     }
                 }
                 drop(blocked);
-                self.complete(myself, &one, outcome, started, retried);
+                self.complete(myself, &one, outcome, started, retried).await;
                 return None;
             }
             Err(error) => error,
@@ -370,7 +305,7 @@ impl HandlerState {
             // attempt, made because the batch failed, was a retry of it.
             self.metrics.retries.increment(1);
         }
-        self.after_failure(one, &failure, &message, transient, blocked)
+        self.after_failure(myself, one, &failure, &message, transient, blocked)
     }
 
     /// After `one` failed on its own: dead-letters it if it used its attempts, else
@@ -378,6 +313,7 @@ impl HandlerState {
     /// when it used them and there is no dead-letter topic).
     fn after_failure(
         &mut self,
+        myself: &ActorRef<HandlerMsg>,
         one: Batch,
         failure: &Failure,
         message: &str,
@@ -387,7 +323,7 @@ impl HandlerState {
         let event = one.events[0].clone();
         let exhausted = self.exhausted(failure);
         if exhausted && self.dead_letter.is_some() {
-            self.give_up(one, failure);
+            self.give_up(myself, one, failure.reason(), message, Some(failure.total()), blocked);
             return None;
         }
         let delay = if exhausted {
@@ -416,25 +352,35 @@ impl HandlerState {
             Parked {
                 batch: one,
                 blocked,
+                work: Work::Handle,
             },
             delay,
         ))
     }
 
-    /// Writes `one`'s event to the dead-letter topic, then reports it finished.
-    fn give_up(&mut self, one: Batch, failure: &Failure) {
+    /// Gives up on `one`'s event: writes it to the dead-letter topic, then reports it
+    /// finished. Nothing is written for a partition this worker no longer owns: its
+    /// next owner reads the event again from the committed offset.
+    fn give_up(
+        &mut self,
+        myself: &ActorRef<HandlerMsg>,
+        one: Batch,
+        reason: Reason,
+        error: &str,
+        attempts: Option<u32>,
+        blocked: Option<BlockedMark>,
+    ) {
+        let event = one.events[0].clone();
+        if !one.reply_to.is_open() {
+            self.failures.forget(&event, &one.reply_to);
+            return;
+        }
         let Some(topic) = self.dead_letter.clone() else {
             return;
         };
-        let event = one.events[0].clone();
-        let reason = if failure.panicked {
-            Reason::HandlerPanic
-        } else {
-            Reason::HandlerError
-        };
         tracing::error!(handler = %self.pool.name, consumer = %self.pool.consumer, topic = %event.source.topic,
             partition = event.source.partition, offset = event.source.offset,
-            attempts = failure.total(), error = %failure.last_error, dead_letter = %topic,
+            attempts, error, dead_letter = %topic,
             reason = reason.as_str(), "handler gave up on an event, dead-lettered");
         let copy = dead_letter_copy(
             &topic,
@@ -445,36 +391,166 @@ impl HandlerState {
             &Provenance {
                 handler: Some(&self.pool.name),
                 reason,
-                error: &failure.last_error,
-                attempts: Some(failure.total()),
+                error,
+                attempts,
             },
         );
+        let letter = LetterState {
+            copy,
+            reason,
+            failures: 0,
+        };
+        self.write_dead_letter(myself, one, letter, blocked);
+    }
+
+    /// Sends a dead-letter copy; its acknowledgement finishes the event, its failure
+    /// comes back to the actor to be parked like any other.
+    fn write_dead_letter(
+        &mut self,
+        myself: &ActorRef<HandlerMsg>,
+        one: Batch,
+        letter: LetterState,
+        blocked: Option<BlockedMark>,
+    ) {
         let producer = self.producer.clone();
         let failures = self.failures.clone();
         let handler = self.pool.name.clone();
-        let dead_lettered = self.metrics.handled(&event.source.topic).dead_lettered;
+        let dead_lettered = self.metrics.handled(&one.events[0].source.topic).dead_lettered;
+        let myself = myself.clone();
         tokio::spawn(async move {
-            let source = one.reply_to.clone();
-            let written = write_dead_letter(
-                &producer,
-                copy,
-                &event.source,
-                &one.blocked,
-                (&handler, reason),
-                || source.is_open(),
-            )
-            .await;
-            failures.forget(&event, &one.reply_to);
-            if written {
-                dead_lettered.increment(1);
-                one.reply_to
-                    .finished(one.handler, one.slot, vec![event.source.offset], Vec::new());
+            let sent = match producer.enqueue_dead_letter(letter.copy.clone()).await {
+                Ok(pending) => pending.wait().await.map(|_| ()),
+                Err(error) => Err(error),
+            };
+            let event = &one.events[0];
+            match sent {
+                Ok(()) => {
+                    drop(blocked);
+                    failures.forget(event, &one.reply_to);
+                    dead_lettered.increment(1);
+                    metrics::counter!(EVENTS_DEAD_LETTERED,
+                        "topic" => event.source.topic.to_string(),
+                        "handler" => handler.to_string(),
+                        "reason" => letter.reason.as_str())
+                    .increment(1);
+                    one.reply_to
+                        .finished(one.handler, one.slot, vec![event.source.offset], Vec::new());
+                }
+                Err(error) => {
+                    // A restarted actor gets the event again from its worker and, its
+                    // attempts used, gives it up anew.
+                    let _ = myself.send_message(HandlerMsg::DeadLetterFailed(
+                        Box::new((one, letter, blocked)),
+                        error,
+                    ));
+                }
             }
         });
     }
 
+    /// A dead-letter write failed: the event waits in its key's queue and the write is
+    /// tried again after the handler's backoff, its partition shown blocked meanwhile.
+    fn dead_letter_failed(
+        &mut self,
+        myself: &ActorRef<HandlerMsg>,
+        (one, mut letter, blocked): (Batch, LetterState, Option<BlockedMark>),
+        error: &ProduceError,
+    ) {
+        let event = one.events[0].clone();
+        if !one.reply_to.is_open() {
+            self.failures.forget(&event, &one.reply_to);
+            return;
+        }
+        letter.failures += 1;
+        metrics::counter!(DEAD_LETTER_FAILURES, "topic" => letter.copy.topic.clone()).increment(1);
+        let delay = self.retry.delay_after(letter.failures);
+        tracing::error!(handler = %self.pool.name, consumer = %self.pool.consumer, topic = %event.source.topic,
+            partition = event.source.partition, offset = event.source.offset,
+            writing_to = %letter.copy.topic, failures = letter.failures, %error,
+            retry_in_ms = delay.as_millis() as u64,
+            "dead-letter write failed; the partition cannot move past it");
+        let blocked = blocked.or_else(|| Some(one.blocked.hold()));
+        let key = park_key(&one, &event);
+        let parked = Parked {
+            batch: one,
+            blocked,
+            work: Work::DeadLetter(Box::new(letter)),
+        };
+        self.outbox.park(myself, key, parked, delay);
+    }
+
+    /// Copies of a batch the broker did not acknowledge: the others are finished; each
+    /// of these parks its key, to be sent again after its backoff (the resend lands
+    /// before any later copy of its key, which waits behind it), or, refused for good,
+    /// goes to the dead-letter topic.
+    fn settled(&mut self, myself: &ActorRef<HandlerMsg>, unsettled: Unsettled) {
+        let Unsettled {
+            mut report,
+            batch,
+            failed,
+        } = unsettled;
+        let failed_offsets: Vec<i64> = failed
+            .iter()
+            .map(|(index, _)| batch.events[*index].source.offset)
+            .collect();
+        report.offsets.retain(|offset| !failed_offsets.contains(offset));
+        report.count = report.count.saturating_sub(failed.len());
+        if report.count > 0 || !report.holds.is_empty() {
+            report.send();
+        }
+        for (index, error) in failed {
+            let event = batch.events[index].clone();
+            let one = alone(&batch, &event);
+            if !one.reply_to.is_open() {
+                self.failures.forget(&event, &one.reply_to);
+                continue;
+            }
+            let message = error.to_string();
+            let key = park_key(&batch, &event);
+            if error.is_permanent() {
+                let reason = match error {
+                    ProduceError::TooLarge { .. } => Reason::TooLarge,
+                    _ => Reason::ProduceRejected,
+                };
+                if self.dead_letter.is_some() {
+                    self.give_up(myself, one, reason, &message, None, None);
+                    continue;
+                }
+            }
+            let failure = self.failures.failed(
+                &event,
+                &one.reply_to,
+                Failed::Error {
+                    message: &message,
+                    transient: !error.is_permanent(),
+                    alone: true,
+                },
+            );
+            let parked = if error.is_permanent() {
+                // No dead-letter topic: retried at the longest backoff, shown blocked.
+                tracing::error!(handler = %self.pool.name, consumer = %self.pool.consumer, topic = %event.source.topic,
+                    partition = event.source.partition, offset = event.source.offset, error = %message,
+                    "write refused by the broker for good and no dead-letter topic is set; retrying it, the partition cannot move past it");
+                let blocked = Some(one.blocked.hold());
+                Some((
+                    Parked {
+                        batch: one,
+                        blocked,
+                        work: Work::Handle,
+                    },
+                    self.retry.max_backoff,
+                ))
+            } else {
+                self.after_failure(myself, one, &failure, &message, true, None)
+            };
+            if let Some((parked, delay)) = parked {
+                self.outbox.park(myself, key, parked, delay);
+            }
+        }
+    }
+
     /// Reports `batch` finished, once its writes are settled.
-    fn complete(
+    async fn complete(
         &mut self,
         myself: &ActorRef<HandlerMsg>,
         batch: &Batch,
@@ -483,7 +559,6 @@ impl HandlerState {
         retried: bool,
     ) {
         let report = FinishedReport {
-            handler_name: self.pool.name.clone(),
             handled: self.metrics.handled(&batch.events[0].source.topic),
             duration: self.metrics.duration.clone(),
             started,
@@ -500,20 +575,48 @@ impl HandlerState {
             report.send();
             return;
         };
-        let myself = myself.clone();
-        tokio::spawn(async move {
-            match settling.await {
-                Ok(()) => report.send(),
-                // The actor restarts and the worker resends what this batch held.
-                Err(error) => {
-                    let _ = myself.send_message(HandlerMsg::WriteFailed(format!(
-                        "handler {}: {error}",
-                        report.handler_name
-                    )));
-                }
+        if !self.producer.keeps_partition_order() {
+            // Without idempotence librdkafka's own retries may reorder a key's copies:
+            // the next batch is sent only once this one's are settled.
+            let failed = settling.await;
+            if failed.is_empty() {
+                report.send();
+            } else {
+                self.settled(
+                    myself,
+                    Unsettled {
+                        report,
+                        batch: batch.clone(),
+                        failed,
+                    },
+                );
             }
+            return;
+        }
+        let myself = myself.clone();
+        let batch = batch.clone();
+        tokio::spawn(async move {
+            let failed = settling.await;
+            if failed.is_empty() {
+                report.send();
+                return;
+            }
+            // If the actor is gone, its replacement gets the batch again from the worker.
+            let _ = myself.send_message(HandlerMsg::Settled(Box::new(Unsettled {
+                report,
+                batch,
+                failed,
+            })));
         });
     }
+}
+
+/// A batch some of whose copies were not acknowledged, back at its actor.
+pub struct Unsettled {
+    report: FinishedReport,
+    batch: Batch,
+    /// By index in the batch, in batch order.
+    failed: Vec<(usize, ProduceError)>,
 }
 
 /// Metric handles of one actor, registered once rather than looked up per batch.
@@ -569,7 +672,6 @@ impl HandlerMetrics {
 
 /// Everything needed to tell a worker that a batch is finished, once it is.
 struct FinishedReport {
-    handler_name: Arc<str>,
     handled: Handled,
     duration: Histogram,
     started: Instant,
@@ -616,8 +718,9 @@ pub struct BatchOutcome {
     pub settling: Option<Settling>,
 }
 
-/// Resolves once every write of a batch is settled; an error fails the actor.
-pub type Settling = Pin<Box<dyn Future<Output = Result<(), ActorProcessingErr>> + Send>>;
+/// Resolves once every write of a batch is settled, to the writes that failed, by
+/// index in the batch.
+pub type Settling = Pin<Box<dyn Future<Output = Vec<(usize, ProduceError)>> + Send>>;
 
 /// How often `count` checks for windows to close.
 pub fn tick_period_for(window: Duration) -> Duration {

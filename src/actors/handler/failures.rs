@@ -9,6 +9,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use super::BatchSource;
+use crate::actors::producer::dead_letter::Reason;
 use crate::event::Event;
 
 /// An event, by the partition worker that sent it and its offset: a partition read
@@ -44,6 +45,15 @@ pub struct Failure {
 }
 
 impl Failure {
+    /// Why the event is given up, when it is.
+    pub fn reason(&self) -> Reason {
+        if self.panicked {
+            Reason::HandlerPanic
+        } else {
+            Reason::HandlerError
+        }
+    }
+
     /// Attempts in all, failed ones and the one under way.
     pub fn total(&self) -> u32 {
         self.attempts + self.transient
@@ -75,6 +85,26 @@ struct Ledger {
     events: HashMap<EventId, (Failure, Arc<dyn BatchSource>)>,
     /// Entries at which the next sweep runs.
     sweep_at: usize,
+    /// The panics since the slot's handler last succeeded, by what they panicked on.
+    streak: PanicStreak,
+}
+
+/// What a slot panicked on since its handler last succeeded: a handler that panics on
+/// event after event is broken, while one that panics on some events between
+/// successes only meets bad events, which are dead-lettered one by one.
+#[derive(Default)]
+struct PanicStreak {
+    /// Events that panicked (a batch counts as its first event: its events are then
+    /// tried alone, and the one that panics again is charged on its own).
+    events: std::collections::HashSet<EventId>,
+    /// Panics with no event being handled (a tick, a flush, a start).
+    other: usize,
+}
+
+impl PanicStreak {
+    fn len(&self) -> usize {
+        self.events.len() + self.other
+    }
 }
 
 impl Failures {
@@ -83,17 +113,30 @@ impl Failures {
         self.ledger.lock().handling = Some((events.clone(), source.clone()));
     }
 
-    /// The handler returned.
-    pub fn end(&self) {
+    /// The handler returned; `succeeded` when it handled its events.
+    pub fn end(&self, succeeded: bool) {
+        let mut ledger = self.ledger.lock();
+        ledger.handling = None;
+        if succeeded && ledger.streak.len() > 0 {
+            ledger.streak = PanicStreak::default();
+        }
+    }
+
+    /// The slot's actor stopped without a panic: nothing it was handling failed.
+    pub fn actor_stopped(&self) {
         self.ledger.lock().handling = None;
     }
 
-    /// The actor failed: whatever it was handling had one more attempt.
-    pub fn actor_failed(&self, reason: &str) {
+    /// The actor panicked: whatever it was handling had one more attempt. Returns how
+    /// many distinct events (or eventless panics) the slot panicked on in a row, with
+    /// no success between them.
+    pub fn actor_failed(&self, reason: &str) -> usize {
         let mut ledger = self.ledger.lock();
         let Some((events, source)) = ledger.handling.take() else {
-            return;
+            ledger.streak.other += 1;
+            return ledger.streak.len();
         };
+        ledger.streak.events.insert(id_of(&events[0], &source));
         let alone = events.len() == 1;
         for event in events.iter() {
             ledger.record(
@@ -105,6 +148,7 @@ impl Failures {
                 },
             );
         }
+        ledger.streak.len()
     }
 
     /// Whether any of `events` failed before: then they are handled one at a time.
@@ -222,7 +266,7 @@ mod tests {
         let source: Arc<dyn BatchSource> = Arc::new(Partition(AtomicBool::new(true), 1));
         let batch: Arc<[Arc<Event>]> = (0..3).map(event).collect();
         failures.begin(&batch, &source);
-        failures.actor_failed("panic: injected");
+        assert_eq!(failures.actor_failed("panic: injected"), 1);
         for offset in 0..3 {
             let failure = failures.get(&event(offset), &source).expect("recorded");
             assert_eq!((failure.attempts, failure.panicked), (1, true));
@@ -234,8 +278,8 @@ mod tests {
         }
         // A batch the handler returned from is not charged when the actor fails later.
         failures.begin(&batch, &source);
-        failures.end();
-        failures.actor_failed("write failed");
+        failures.end(false);
+        failures.actor_failed("tick panicked");
         assert_eq!(
             failures.get(&event(0), &source).map(|f| f.attempts),
             Some(1)
@@ -319,5 +363,23 @@ mod tests {
         assert_eq!(failures.failed(&event(5), &new, how()).attempts, 1);
         failures.forget(&event(5), &old);
         assert_eq!(failures.get(&event(5), &new).map(|f| f.attempts), Some(1));
+    }
+
+    #[test]
+    fn panics_on_distinct_events_in_a_row_make_a_streak_that_a_success_ends() {
+        let failures = Failures::default();
+        let source: Arc<dyn BatchSource> = Arc::new(Partition(AtomicBool::new(true), 1));
+        let one = |offset| -> Arc<[Arc<Event>]> { Arc::from([event(offset)]) };
+        for attempt in 0..3 {
+            failures.begin(&one(1), &source);
+            assert_eq!(failures.actor_failed("boom"), 1, "attempt {attempt} of one event");
+        }
+        failures.begin(&one(2), &source);
+        assert_eq!(failures.actor_failed("boom"), 2);
+        failures.begin(&one(3), &source);
+        failures.end(true);
+        failures.begin(&one(4), &source);
+        assert_eq!(failures.actor_failed("boom"), 1, "a success ended the streak");
+        assert_eq!(failures.actor_failed("tick"), 2, "a panic with no event counts");
     }
 }

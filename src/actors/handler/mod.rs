@@ -8,18 +8,22 @@
 //! mailbox, so the worker resends what it still holds to the restarted actor, in offset
 //! order, before anything newer (see `partition_worker`).
 //!
-//! An event a handler fails on is retried by its actor with backoff, holding back only
-//! the later events of its own key, and dead-lettered after `retry.max_attempts`.
-//! A panic counts as an attempt for every event of the batch being handled.
+//! Whatever fails in a handler's work (the handler, a copy it writes, a count record, a
+//! dead-letter copy) takes one path, the actor's outbox: the event's key is parked and
+//! retried with the handler's backoff, holding back only the later events of its key,
+//! and the event is dead-lettered after `retry.max_attempts`. Only a panic restarts an
+//! actor; it counts as an attempt for every event of the batch being handled.
 
 mod actor;
 mod failures;
 mod kinds;
+mod outbox;
 mod pool;
 mod standalone;
 mod supervisor;
 
-pub use actor::{HandlerActor, HandlerArgs, ParkKey};
+pub use actor::{HandlerActor, HandlerArgs};
+pub use outbox::ParkKey;
 pub use failures::Failures;
 pub use pool::{HandlerPool, HandlerSettings, Route, Router};
 pub use standalone::Standalone;
@@ -29,7 +33,7 @@ use std::sync::Arc;
 
 use ractor::{ActorId, RpcReplyPort};
 
-use crate::actors::producer::dead_letter::Blocked;
+use crate::actors::producer::dead_letter::{Blocked, BlockedMark};
 use crate::event::Event;
 
 /// Messages of a handler actor.
@@ -41,9 +45,14 @@ pub enum HandlerMsg {
     Flush(RpcReplyPort<()>),
     /// Periodic: close count windows whose end has passed.
     Tick,
-    /// A write of an earlier batch failed after `handle` returned; the actor fails so
-    /// its restart gets everything unfinished again.
-    WriteFailed(String),
+    /// Writes of an earlier batch were not all acknowledged: the failed ones take the
+    /// failure path of the outbox.
+    Settled(Box<actor::Unsettled>),
+    /// A dead-letter write failed: parked and tried again after the backoff.
+    DeadLetterFailed(
+        Box<(Batch, outbox::LetterState, Option<BlockedMark>)>,
+        crate::actors::producer::ProduceError,
+    ),
     /// The backoff of the event at the head of this key's retry queue has passed.
     Retry(ParkKey),
 }

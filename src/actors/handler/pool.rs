@@ -10,6 +10,7 @@ use parking_lot::RwLock;
 use ractor::rpc::CallResult;
 use ractor::ActorRef;
 
+use super::outbox::ParkedShown;
 use super::HandlerMsg;
 use crate::config::{Config, FieldCondition, HandlerConfig, HandlerKind};
 use crate::event::{slot_for, Event, FieldNames};
@@ -95,6 +96,8 @@ pub struct HandlerPool {
     group_by: Option<String>,
     pub settings: ArcSwap<HandlerSettings>,
     pub slots: Vec<Slot>,
+    /// Parked keys of every slot, for `/metrics`.
+    pub parked: Arc<ParkedShown>,
 }
 
 impl HandlerPool {
@@ -112,6 +115,7 @@ impl HandlerPool {
             slots: (0..handler.concurrency.max(1))
                 .map(|_| Slot::new())
                 .collect(),
+            parked: ParkedShown::new(&handler.name, handler.concurrency.max(1)),
         }
     }
 

@@ -83,17 +83,19 @@ impl Standalone {
             .map_err(|panic| format!("handler panicked: {}", panic_text(&panic)))?;
         let outcome = handled.map_err(|error| error.to_string())?;
         if let Some(settling) = outcome.settling {
-            settling.await.map_err(|error| error.to_string())?;
+            if let Some((_, error)) = settling.await.into_iter().next() {
+                return Err(error.to_string());
+            }
         }
         Ok(())
     }
 
     /// Emits what the handler still holds (count windows) and waits for the broker.
     pub async fn flush(&mut self) -> Result<(), String> {
-        self.behaviour
-            .flush(&self.pool, 0)
-            .await
-            .map_err(|error| error.to_string())
+        match self.behaviour.flush(&self.pool, 0).await {
+            0 => Ok(()),
+            left => Err(format!("{left} count records not acknowledged by the broker")),
+        }
     }
 }
 

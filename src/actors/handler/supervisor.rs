@@ -12,10 +12,10 @@ use ractor::{
 use super::kinds::SlotMemory;
 use super::{Failures, HandlerActor, HandlerArgs, HandlerPool, HandlerSettings};
 use crate::actors::producer::ProducerHandle;
-use crate::actors::supervision::{FailureHistory, RestartPolicy, Verdict};
+use crate::actors::supervision::{FailureHistory, RestartPolicy};
 use crate::actors::{Deadline, Fatal, FatalSender};
-use crate::config::Config;
-use crate::telemetry::metrics::ACTOR_RESTARTS;
+use crate::config::{Config, SupervisionConfig};
+use crate::telemetry::metrics::{ACTOR_RESTARTS, HANDLER_PANICS};
 
 pub struct HandlerSupervisor;
 
@@ -43,8 +43,10 @@ pub struct HandlerSupervisorState {
     /// Dead-letter topic per pool.
     dead_letters: Vec<Option<String>>,
     children: HashMap<ActorId, Role>,
+    /// Restart backoff per slot; the restart budget is each slot's panic streak.
     history: HashMap<Role, FailureHistory>,
     policy: RestartPolicy,
+    policy_settings: SupervisionConfig,
     fatal: FatalSender,
     stopping: bool,
 }
@@ -112,45 +114,53 @@ impl HandlerSupervisor {
         let Some(role) = state.children.remove(&cell.get_id()) else {
             return;
         };
-        if let Some(failures) = state.failures.get(&role) {
-            if failed {
-                // A panic (or a failed write) while handling: one attempt for each
-                // event the actor was handling.
-                failures.actor_failed(reason);
-            } else {
-                failures.end();
-            }
+        let failures = state.failures.entry(role).or_default().clone();
+        if !failed {
+            failures.actor_stopped();
         }
         if state.stopping {
             return;
         }
+        // Only a panic fails a handler actor: every other failure of its work parks
+        // the event's key and backs off inside the actor.
+        let streak = failures.actor_failed(reason);
+        Self::slot_failed(myself, state, role, reason, streak);
+    }
+
+    /// A slot's actor panicked (or could not be started): restart it after its backoff,
+    /// or end the daemon when it panicked on `supervision.max_restarts` events in a row
+    /// with no success between them (`streak`): then the handler itself is broken.
+    fn slot_failed(
+        myself: &ActorRef<HandlerSupervisorMsg>,
+        state: &mut HandlerSupervisorState,
+        role: Role,
+        reason: &str,
+        streak: usize,
+    ) {
         let name = state.pools[role.handler].name.clone();
         let actor = format!("handler/{name}/{}", role.slot);
-        let verdict = state
-            .history
-            .entry(role)
-            .or_default()
-            .fail(&mut state.policy, Instant::now());
-        match verdict {
-            Verdict::RestartAfter(delay) => {
-                tracing::warn!(handler = %name, slot = role.slot, reason, delay_ms = delay.as_millis() as u64,
-                    "handler actor failed, restarting");
-                metrics::counter!(ACTOR_RESTARTS, "actor" => format!("handler/{name}"))
-                    .increment(1);
-                myself.send_after(delay, move || HandlerSupervisorMsg::Restart {
-                    handler: role.handler,
-                    slot: role.slot,
-                });
-            }
-            Verdict::Meltdown => {
-                tracing::error!(handler = %name, slot = role.slot, reason,
-                    "handler actors failed too often, giving up");
-                let _ = state.fatal.send(Fatal::Meltdown {
-                    supervisor: "handlers".to_owned(),
-                    actor,
-                });
-            }
+        metrics::counter!(HANDLER_PANICS, "handler" => name.to_string()).increment(1);
+        if streak >= state.policy_settings.max_restarts {
+            tracing::error!(handler = %name, slot = role.slot, reason, events_in_a_row = streak,
+                "handler actor panicked on event after event with no success between them, giving up");
+            let _ = state.fatal.send(Fatal::Meltdown {
+                supervisor: "handlers".to_owned(),
+                actor,
+            });
+            return;
         }
+        let delay = state.history.entry(role).or_default().restart_delay(
+            &state.policy,
+            Instant::now(),
+            streak <= 1,
+        );
+        tracing::warn!(handler = %name, slot = role.slot, reason, delay_ms = delay.as_millis() as u64,
+            events_in_a_row = streak, "handler actor panicked, restarting");
+        metrics::counter!(ACTOR_RESTARTS, "actor" => format!("handler/{name}")).increment(1);
+        myself.send_after(delay, move || HandlerSupervisorMsg::Restart {
+            handler: role.handler,
+            slot: role.slot,
+        });
     }
 }
 
@@ -191,6 +201,7 @@ impl Actor for HandlerSupervisor {
             children: HashMap::new(),
             history: HashMap::new(),
             policy: RestartPolicy::new(args.config.supervision.clone()),
+            policy_settings: args.config.supervision.clone(),
             fatal: args.fatal,
             stopping: false,
         };
@@ -221,10 +232,9 @@ impl Actor for HandlerSupervisor {
                 if !state.stopping {
                     let role = Role { handler, slot };
                     if let Err(error) = Self::spawn_slot(&myself, state, role).await {
-                        tracing::error!(%error, handler, slot, "cannot restart handler actor");
-                        myself.send_after(Duration::from_secs(1), move || {
-                            HandlerSupervisorMsg::Restart { handler, slot }
-                        });
+                        let reason = format!("cannot start handler actor: {error}");
+                        let streak = state.failures.entry(role).or_default().actor_failed(&reason);
+                        Self::slot_failed(&myself, state, role, &reason, streak);
                     }
                 }
             }

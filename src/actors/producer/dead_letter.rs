@@ -5,9 +5,12 @@
 //! reason is logged each time the backoff doubles. A liveness restart cannot fix a
 //! missing or forbidden topic, so `/healthz` stays as it is.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
+
+use parking_lot::Mutex;
 
 use metrics::Gauge;
 
@@ -82,25 +85,42 @@ pub fn dead_letter_copy(
 }
 
 /// Whether a partition has writes that keep failing; `eventd_partition_blocked` is 1
-/// while any of them does.
+/// while any of them does. One per owner of the partition (its partition worker): the
+/// series is set and cleared by the current owner only, so an old worker's leftovers
+/// cannot clear what the new one shows, nor a new one hide an old one's failures while
+/// the old one still runs.
 pub struct Blocked {
     /// The consumer reading the partition, for log lines.
     consumer: String,
     stuck: AtomicUsize,
     gauge: Gauge,
+    /// (consumer, topic, partition): the series' labels.
+    series: (String, String, i32),
+    /// Which owner of the series this is.
+    owner: u64,
 }
 
+/// The current owner of each partition's blocked series.
+static OWNERS: LazyLock<Mutex<HashMap<(String, String, i32), u64>>> = LazyLock::new(Mutex::default);
+static NEXT_OWNER: AtomicU64 = AtomicU64::new(1);
+
 impl Blocked {
+    /// The blocked marker of a new owner of the partition, which takes over its series.
     pub fn new(consumer: &str, topic: &str, partition: i32) -> Self {
+        let series = (consumer.to_owned(), topic.to_owned(), partition);
+        let owner = NEXT_OWNER.fetch_add(1, Ordering::Relaxed);
         let gauge = metrics::gauge!(PARTITION_BLOCKED,
             "consumer" => consumer.to_owned(),
             "topic" => topic.to_owned(),
             "partition" => partition.to_string());
+        OWNERS.lock().insert(series.clone(), owner);
         gauge.set(0.0);
         Self {
             consumer: consumer.to_owned(),
             stuck: AtomicUsize::new(0),
             gauge,
+            series,
+            owner,
         }
     }
 
@@ -112,12 +132,37 @@ impl Blocked {
 
     fn enter(&self) {
         if self.stuck.fetch_add(1, Ordering::AcqRel) == 0 {
-            self.gauge.set(1.0);
+            self.show(1.0);
         }
     }
 
     fn leave(&self) {
         if self.stuck.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.show(0.0);
+        }
+    }
+
+    fn show(&self, value: f64) {
+        // Under the lock, so a new owner's takeover cannot fall between check and set.
+        let owners = OWNERS.lock();
+        if owners.get(&self.series) == Some(&self.owner) {
+            self.gauge.set(value);
+        }
+    }
+
+    /// Whether the series shows this owner blocked (and it is the current owner).
+    #[cfg(test)]
+    fn shown(&self) -> bool {
+        OWNERS.lock().get(&self.series) == Some(&self.owner)
+            && self.stuck.load(Ordering::Acquire) > 0
+    }
+}
+
+impl Drop for Blocked {
+    fn drop(&mut self) {
+        let mut owners = OWNERS.lock();
+        if owners.get(&self.series) == Some(&self.owner) {
+            owners.remove(&self.series);
             self.gauge.set(0.0);
         }
     }
@@ -214,5 +259,28 @@ pub async fn write_dead_letter(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_current_owner_of_a_partition_sets_or_clears_its_blocked_series() {
+        let old = Arc::new(Blocked::new("main", "blocked-test", 3));
+        let old_mark = old.hold();
+        assert!(old.shown());
+        // The partition is reassigned: a new worker takes the series over, at 0.
+        let new = Arc::new(Blocked::new("main", "blocked-test", 3));
+        assert!(!old.shown(), "the old owner no longer shows");
+        let new_mark = new.hold();
+        // The old worker's write finally lands: that must not clear the new one's mark.
+        drop(old_mark);
+        assert!(new.shown(), "the new owner's mark stands");
+        drop(old);
+        assert!(new.shown(), "dropping the old owner leaves the series alone");
+        drop(new_mark);
+        assert!(!new.shown());
     }
 }

@@ -185,6 +185,45 @@ impl PendingDelivery {
             .map_err(|failure| ProduceError::Delivery { topic, failure })
     }
 
+    /// Ready once the report came (read it with `try_report`).
+    pub fn poll_report(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        use std::future::Future;
+        let Pending::Waiting(receiver) = &mut self.state else {
+            return std::task::Poll::Ready(());
+        };
+        match std::pin::Pin::new(receiver).poll(cx) {
+            std::task::Poll::Ready(report) => {
+                self.state = Pending::Reported(report.unwrap_or_else(|_| {
+                    Err(DeliveryFailure::without_code(
+                        "the producer stopped before the delivery report",
+                    ))
+                }));
+                std::task::Poll::Ready(())
+            }
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+
+    /// The report if it has come, without waiting: for a sender that checks on its
+    /// writes at its own pace rather than awaiting each.
+    pub fn try_report(&mut self) -> Option<Result<Delivery, ProduceError>> {
+        let report = match &mut self.state {
+            Pending::Reported(report) => report.clone(),
+            Pending::Waiting(receiver) => match receiver.try_recv() {
+                Ok(report) => report,
+                Err(oneshot::error::TryRecvError::Empty) => return None,
+                Err(oneshot::error::TryRecvError::Closed) => Err(DeliveryFailure::without_code(
+                    "the producer stopped before the delivery report",
+                )),
+            },
+        };
+        self.state = Pending::Reported(report.clone());
+        Some(report.map_err(|failure| ProduceError::Delivery {
+            topic: self.topic.clone(),
+            failure,
+        }))
+    }
+
     async fn report(self, deadline: tokio::time::Instant) -> Result<Delivery, DeliveryFailure> {
         match self.state {
             Pending::Reported(report) => report,
@@ -414,6 +453,13 @@ impl ProducerHandle {
     /// How long a waiter gives a report that is due within `message_timeout`.
     pub fn patience(&self) -> Duration {
         self.shared.message_timeout + DELIVERY_REPORT_GRACE
+    }
+
+    /// When a write not yet acknowledged counts as failed: `producer.message_timeout`.
+    /// With idempotence librdkafka itself never gives up on an event (so it never
+    /// reorders one behind later events of its partition); this deadline is eventd's.
+    pub fn deadline(&self) -> Duration {
+        self.shared.message_timeout
     }
 
     async fn send_record(&self, event: Record<'_>, reply: Reply) -> Result<(), ProduceError> {

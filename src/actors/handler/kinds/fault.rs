@@ -127,7 +127,7 @@ impl Fault {
             }
         }
         let settling = match &self.forward {
-            Some(forward) => forward.forward(pool, batch, None).await?,
+            Some(forward) => Some(forward.forward(batch, None).await?),
             None => None,
         };
         Ok(BatchOutcome {

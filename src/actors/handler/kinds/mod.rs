@@ -73,14 +73,12 @@ impl Behaviour {
                 config,
                 args.slot,
                 memory.clone(),
-                forward::Forward::new(config, args.producer.clone(), args.dead_letter.clone()),
+                forward::Forward::new(config, args.producer.clone()),
                 args.producer.clone(),
             )),
-            (HandlerKind::Forward, _) => Behaviour::Forward(forward::Forward::new(
-                config,
-                args.producer.clone(),
-                args.dead_letter.clone(),
-            )),
+            (HandlerKind::Forward, _) => {
+                Behaviour::Forward(forward::Forward::new(config, args.producer.clone()))
+            }
             // Validation refuses `fault` in builds without fault injection.
             _ => Behaviour::Log(log::Log::new(args.slot)),
         }
@@ -107,25 +105,23 @@ impl Behaviour {
         }
     }
 
-    pub async fn tick(
-        &mut self,
-        pool: &HandlerPool,
-        slot: usize,
-    ) -> Result<(), ActorProcessingErr> {
-        match self {
-            Behaviour::Count(count) => count.emit(pool, slot, false).await,
-            _ => Ok(()),
+    /// Moves count windows on: closes those whose end passed, sends their records.
+    pub async fn tick(&mut self, pool: &HandlerPool, slot: usize) {
+        if let Behaviour::Count(count) = self {
+            count.emit(pool, slot, false).await;
         }
     }
 
-    pub async fn flush(
-        &mut self,
-        pool: &HandlerPool,
-        slot: usize,
-    ) -> Result<(), ActorProcessingErr> {
+    /// Closes every count window now, even unfinished ones (revoke, shutdown), and
+    /// gives their records until the producer's deadline to land; returns how many
+    /// did not.
+    pub async fn flush(&mut self, pool: &HandlerPool, slot: usize) -> usize {
         match self {
-            Behaviour::Count(count) => count.emit(pool, slot, true).await,
-            _ => Ok(()),
+            Behaviour::Count(count) => {
+                count.emit(pool, slot, true).await;
+                count.unacknowledged()
+            }
+            _ => 0,
         }
     }
 }
