@@ -405,6 +405,18 @@ impl Broker {
         producer.flush(Duration::from_secs(10)).expect("flush");
     }
 
+    /// Produces payloads with no Kafka key, in order, and waits for every one.
+    pub fn produce_keyless(&self, topic: &str, payloads: &[String]) {
+        let producer = self.producer();
+        for payload in payloads {
+            producer
+                .send::<(), _>(BaseRecord::to(topic).payload(payload.as_str()))
+                .map_err(|(e, _)| e)
+                .expect("send");
+        }
+        producer.flush(Duration::from_secs(10)).expect("flush");
+    }
+
     /// Every record of `topic` from the beginning, in order per partition.
     pub fn read_all(&self, topic: &str) -> Vec<Record> {
         let mut reader = TopicReader::new(self, topic);

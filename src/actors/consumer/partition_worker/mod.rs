@@ -288,7 +288,7 @@ pub struct PartitionWorkerState {
     /// Marked while a write this partition's offset waits on keeps failing.
     blocked: Arc<Blocked>,
     /// This worker as the handlers of its batches see it.
-    source_handle: Arc<dyn BatchSource>,
+    source_handle: Arc<WorkerHandle>,
     /// When an offset last finished, or unfinished events began after none were.
     last_progress: Instant,
     stall_timeout: Duration,
@@ -296,10 +296,19 @@ pub struct PartitionWorkerState {
     measuring: JoinHandle<()>,
 }
 
-impl BatchSource for ActorRef<PartitionWorkerMsg> {
+/// A partition worker as the handlers of its batches see it.
+struct WorkerHandle {
+    actor: ActorRef<PartitionWorkerMsg>,
+    /// False from the moment the partition is being handed back (revoke, shutdown):
+    /// no retry, resend or dead-letter copy is made for it from then on; its next
+    /// owner reads those events again from the committed offset.
+    owned: AtomicBool,
+}
+
+impl BatchSource for WorkerHandle {
     fn finished(&self, handler: usize, slot: usize, offsets: Vec<i64>, holds: Vec<(i64, i64)>) {
         // The worker may be gone (partition revoked); then nothing waits for this report.
-        let _ = self.send_message(PartitionWorkerMsg::Finished {
+        let _ = self.actor.send_message(PartitionWorkerMsg::Finished {
             handler,
             slot,
             offsets,
@@ -308,7 +317,7 @@ impl BatchSource for ActorRef<PartitionWorkerMsg> {
     }
 
     fn released(&self, handler: usize, slot: usize, window: i64) {
-        let _ = self.send_message(PartitionWorkerMsg::Released {
+        let _ = self.actor.send_message(PartitionWorkerMsg::Released {
             handler,
             slot,
             window,
@@ -316,11 +325,12 @@ impl BatchSource for ActorRef<PartitionWorkerMsg> {
     }
 
     fn is_open(&self) -> bool {
-        self.get_status() == ractor::ActorStatus::Running
+        self.owned.load(Ordering::Acquire)
+            && self.actor.get_status() == ractor::ActorStatus::Running
     }
 
     fn id(&self) -> ractor::ActorId {
-        self.get_id()
+        self.actor.get_id()
     }
 }
 
@@ -808,7 +818,10 @@ impl Actor for PartitionWorker {
         tracing::info!(consumer = %args.consumer_name, topic = %args.topic, partition = args.partition, "partition worker started");
         let measuring = myself.send_interval(args.lag_interval, || PartitionWorkerMsg::Measure);
         Ok(PartitionWorkerState {
-            source_handle: Arc::new(myself.clone()),
+            source_handle: Arc::new(WorkerHandle {
+                actor: myself.clone(),
+                owned: AtomicBool::new(true),
+            }),
             blocked: Arc::new(Blocked::new(
                 &args.consumer_name,
                 &args.topic,
@@ -886,6 +899,7 @@ impl Actor for PartitionWorker {
             }
             PartitionWorkerMsg::Drain(reply) => {
                 state.draining = true;
+                state.source_handle.owned.store(false, Ordering::Release);
                 if state.inflight.is_empty() {
                     let _ = reply.send(());
                 } else {
