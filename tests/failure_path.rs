@@ -11,6 +11,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use common::checker::{produced_ids, Delivery};
+use rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED;
 use common::*;
 
 /// Sum of the `count` fields of count records.
@@ -265,15 +266,9 @@ output = "out"
         .expect("broker 2 down");
     let down = Instant::now();
     broker.produce("like", &all[total / 3..2 * total / 3]);
-    // The copies' deadline passed: they are parked to be sent again.
-    assert!(
-        eventd.wait_until(Duration::from_secs(20), |e| {
-            e.metric_reaches("eventd_handler_parked_keys", &[("handler", "copy")], 1.0)
-        }),
-        "no key was parked while the output's leader was down; logs:\n{}",
-        eventd.logs()
-    );
+    // Down for 5 s, past the 2 s deadline of the copies written meanwhile.
     while down.elapsed() < Duration::from_secs(5) {
+        assert!(eventd.is_running(), "the daemon ended; logs:\n{}", eventd.logs());
         std::thread::sleep(Duration::from_millis(100));
     }
     cluster.set_broker_available(2, true).expect("broker 2 up");
@@ -433,24 +428,34 @@ max_backoff = "30s"
     );
 }
 
-/// `eventd_partition_blocked` belongs to the partition's current worker. An event too
-/// large to forward, with no dead-letter topic, keeps its partition blocked. A second
-/// member joins (eager assignment: the partition's worker is replaced, in this process
-/// or in the other): the process that owns the partition now shows it blocked, steadily,
-/// and the one that does not shows 0, whatever its old worker's leftovers do.
+/// `eventd_partition_blocked` belongs to the partition's current worker. Undecodable
+/// events on both partitions, and a dead-letter topic whose broker refuses every write:
+/// both partitions are blocked. A second member joins and eager assignment gives each
+/// member one partition, each read by a new worker (in the first process too). For
+/// as long as the writes keep failing, every process shows each partition it owns
+/// blocked, steadily: an old worker giving up its retries when its partition went
+/// must not clear the series the new worker set.
 #[test]
 fn the_blocked_gauge_follows_the_partitions_current_worker() {
-    let broker = Broker::start(1, &["like", "out"]);
-    let padding = "p".repeat(1_200);
-    let big = serde_json::json!({
-        "event_id": "e-0", "user_id": "u", "item_id": "item-0",
-        "ts": 1_764_000_000_000i64, "padding": padding,
-    })
-    .to_string();
-    broker.produce("like", &[("item-0".to_owned(), big)]);
+    let broker = Broker::start_cluster(2, 2, &["like", "dlq"]);
+    let cluster = broker.embedded();
+    for partition in 0..2 {
+        cluster.set_leader("like", partition, 1).expect("like on broker 1");
+        cluster.set_leader("dlq", partition, 2).expect("dlq on broker 2");
+    }
+    cluster
+        .fail_produce_requests_on(2, &[RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 5_000])
+        .expect("inject");
+    for key in ["a", "b", "c", "d", "e", "f"] {
+        broker.produce_raw("like", key, b"{not json");
+    }
+    assert!(
+        broker.watermarks("like").iter().all(|(_, low, high)| high > low),
+        "the malformed events did not reach both partitions"
+    );
     let config = r#"
-[producer]
-max_message_bytes = 1000
+[dead_letter]
+topic = "dlq"
 
 [[consumers]]
 name = "main"
@@ -458,47 +463,67 @@ topics = ["like"]
 assignment = "range"
 
 [[handlers]]
-name = "copy"
-kind = "forward"
+name = "audit"
+kind = "log"
 consumer = "main"
-output = "out"
-[handlers.retry]
-max_backoff = "300ms"
 "#;
-    let blocked = [("topic", "like"), ("partition", "0")];
-    let shows_blocked = |e: &Eventd| e.metric_if_present("eventd_partition_blocked", &blocked) == Some(1.0);
+    fn blocked(partition: &str) -> [(&'static str, &str); 2] {
+        [("topic", "like"), ("partition", partition)]
+    }
+    let owned = |e: &Eventd| -> Vec<String> {
+        ["0", "1"]
+            .into_iter()
+            .filter(|p| samples(&e.scrape(), "eventd_consumer_lag_seconds", &[("partition", p)]).is_some())
+            .map(str::to_owned)
+            .collect()
+    };
+    let shows_owned_blocked = |e: &Eventd| {
+        let owned = owned(e);
+        !owned.is_empty()
+            && owned
+                .iter()
+                .all(|p| e.metric_if_present("eventd_partition_blocked", &blocked(p)) == Some(1.0))
+    };
     let first = start_eventd(&broker, config);
     assert!(
-        first.wait_until(Duration::from_secs(20), shows_blocked),
-        "a copy refused for good with no dead-letter topic did not block; logs:\n{}",
-        first.logs()
+        first.wait_until(Duration::from_secs(20), |e| owned(e).len() == 2 && shows_owned_blocked(e)),
+        "failing dead-letter writes did not block both partitions; {}",
+        first.scrape()
     );
     let second = start_eventd(&broker, config);
-    let owns = |e: &Eventd| {
-        samples(&e.scrape(), "eventd_consumer_lag_seconds", &[("partition", "0")]).is_some()
-    };
-    // Ready once the second member got its first assignment, which ends the rebalance.
-    let settled = second.wait_until(Duration::from_secs(30), |second| {
-        second.http_get("/readyz").is_some_and(|(status, _)| status == 200)
-            && owns(second) != owns(&first)
-    });
-    assert!(settled, "the partition has no single owner; logs:\n{}", second.logs());
-    let (owner, other) = if owns(&second) { (&second, &first) } else { (&first, &second) };
     assert!(
-        owner.wait_until(Duration::from_secs(20), shows_blocked),
-        "the partition's new worker does not show it blocked; {}",
-        owner.scrape()
+        second.wait_until(Duration::from_secs(30), |second| {
+            let (mine, theirs) = (owned(second), owned(&first));
+            mine.len() == 1 && theirs.len() == 1 && mine != theirs
+        }),
+        "the partitions were not shared out; second member's logs:\n{}",
+        second.logs()
     );
-    let until = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < until {
-        assert!(shows_blocked(owner), "the owner's blocked series dropped to 0: {}", owner.scrape());
-        assert_ne!(
-            other.metric_if_present("eventd_partition_blocked", &blocked),
-            Some(1.0),
-            "the process that no longer owns the partition shows it blocked"
+    for member in [&first, &second] {
+        assert!(
+            member.wait_until(Duration::from_secs(10), shows_owned_blocked),
+            "a new worker does not show its blocked partition; {}",
+            member.scrape()
         );
+    }
+    // Long enough for the old workers' retries (backoff doubling towards 10 s) to end.
+    let failures = |e: &Eventd| e.metric("eventd_dead_letter_failures_total", &[("topic", "dlq")]);
+    let (first_failures, second_failures) = (failures(&first), failures(&second));
+    let until = Instant::now() + Duration::from_secs(12);
+    while Instant::now() < until {
+        for member in [&first, &second] {
+            assert!(
+                shows_owned_blocked(member),
+                "a partition's blocked series went to 0 while its dead-letter writes still fail; {}",
+                member.scrape()
+            );
+        }
         std::thread::sleep(Duration::from_millis(200));
     }
+    assert!(
+        failures(&first) > first_failures && failures(&second) > second_failures,
+        "the dead-letter writes stopped failing, so the check above proved nothing"
+    );
 }
 
 /// An event parked for a retry when its partition is revoked: the old owner drops it
