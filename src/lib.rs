@@ -19,10 +19,16 @@
 //! └── ProducerActor
 //! ```
 //!
+//! `daemon` is the `run` command: it starts the tree above and waits for signals.
+//! `commands` holds the one-shot commands beside it (`produce`, `tail`, `replay`,
+//! `offsets`), which do one job against the brokers and exit. Both read `config`
+//! (what users write) and build their clients through `kafka`.
+//!
 //! An offset is stored only after every handler routed an event has finished it (and
 //! whatever it wrote was acknowledged by the broker); auto-commit sends stored offsets.
 
 pub mod actors;
+pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod demo;
@@ -30,9 +36,4 @@ pub mod embedded;
 pub mod event;
 pub mod kafka;
 pub mod logging;
-pub mod offsets;
-pub mod position;
-pub mod produce;
-pub mod replay;
-pub mod tail;
 pub mod telemetry;

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use eventd::commands::produce::ProduceOptions;
 use eventd::config::{Config, ConfigError, EXIT_CONFIG};
-use eventd::produce::ProduceOptions;
 
 // glibc malloc took a third of the event path's CPU (one allocation per payload, key
 // and batch slot, freed on another worker thread); mimalloc's per-thread free lists
@@ -65,7 +65,7 @@ enum OffsetsCommand {
         target: OffsetsTarget,
         /// earliest, latest, an offset, or an RFC 3339 time.
         #[arg(long)]
-        to: eventd::position::Position,
+        to: eventd::commands::position::Position,
         /// Print the new offsets; commit nothing.
         #[arg(long)]
         dry_run: bool,
@@ -100,7 +100,7 @@ struct TailCommand {
     partition: Option<i32>,
     /// earliest, latest, an offset, or an RFC 3339 time.
     #[arg(long, default_value = "earliest")]
-    from: eventd::position::Position,
+    from: eventd::commands::position::Position,
     /// Stop after this many events.
     #[arg(long)]
     count: Option<u64>,
@@ -124,10 +124,10 @@ struct ReplayCommand {
     #[arg(long)]
     handler: String,
     /// Only copies dead-lettered at or after this time (RFC 3339, or a duration ago: 2h).
-    #[arg(long, value_parser = eventd::replay::parse_time)]
+    #[arg(long, value_parser = eventd::commands::replay::parse_time)]
     since: Option<chrono::DateTime<chrono::Utc>>,
     /// Only copies dead-lettered before this time (RFC 3339, or a duration ago).
-    #[arg(long, value_parser = eventd::replay::parse_time)]
+    #[arg(long, value_parser = eventd::commands::replay::parse_time)]
     until: Option<chrono::DateTime<chrono::Utc>>,
     /// Print what would be replayed; handle nothing, commit nothing.
     #[arg(long)]
@@ -231,14 +231,14 @@ fn main() -> ExitCode {
                 keys: command.keys,
                 seed: command.seed,
             };
-            run_command(eventd::produce::run(config, options))
+            run_command(eventd::commands::produce::run(config, options))
         }
         Command::Tail(command) => {
             let config = match Config::load_for_producer(command.config.as_deref()) {
                 Ok(config) => config,
                 Err(error) => return refuse_config(&error),
             };
-            let options = eventd::tail::TailOptions {
+            let options = eventd::commands::tail::TailOptions {
                 brokers: command.brokers,
                 topic: command.topic,
                 partition: command.partition,
@@ -248,7 +248,7 @@ fn main() -> ExitCode {
                 json: command.json,
             };
             eventd::logging::init_for_command();
-            std::process::exit(eventd::tail::run(config, options));
+            std::process::exit(eventd::commands::tail::run(config, options));
         }
         Command::Offsets(command) => {
             let (target, reset_to, dry_run, json) = match command {
@@ -263,7 +263,7 @@ fn main() -> ExitCode {
                 Ok(config) => config,
                 Err(error) => return refuse_config(&error),
             };
-            let options = eventd::offsets::OffsetsOptions {
+            let options = eventd::commands::offsets::OffsetsOptions {
                 consumer: target.consumer,
                 topic: target.topic,
                 reset_to,
@@ -271,14 +271,14 @@ fn main() -> ExitCode {
                 json,
             };
             eventd::logging::init_for_command();
-            std::process::exit(eventd::offsets::run(config, options));
+            std::process::exit(eventd::commands::offsets::run(config, options));
         }
         Command::Replay(command) => {
             let config = match Config::load(Some(&command.config)) {
                 Ok(config) => config,
                 Err(error) => return refuse_config(&error),
             };
-            let options = eventd::replay::ReplayOptions {
+            let options = eventd::commands::replay::ReplayOptions {
                 from: command.from,
                 handler: command.handler,
                 since: command.since,
@@ -286,7 +286,7 @@ fn main() -> ExitCode {
                 dry_run: command.dry_run,
                 group: command.group,
             };
-            run_command(eventd::replay::run(config, options))
+            run_command(eventd::commands::replay::run(config, options))
         }
     }
 }

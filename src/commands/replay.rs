@@ -270,7 +270,7 @@ pub async fn run(config: Config, options: ReplayOptions) -> i32 {
         tally.outside_range,
     );
     if !pending.is_empty() {
-        return crate::produce::EXIT_INTERRUPTED;
+        return crate::commands::produce::EXIT_INTERRUPTED;
     }
     if tally.failed > 0 || flushed.is_err() {
         return 1;

@@ -12,10 +12,10 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
+use crate::commands::position::{partitions_of, resolve, Position};
 use crate::config::{Config, EXIT_CONFIG};
 use crate::daemon::EXIT_UNAVAILABLE;
 use crate::kafka::{command_brokers, plain_config, Diagnosis};
-use crate::position::{partitions_of, resolve, Position};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(200);
