@@ -638,6 +638,11 @@ impl Broker {
 #[path = "../tests/common/tansu.rs"]
 mod tansu;
 
+/// The harness's TLS front, which it names for secured brokers (unused here).
+#[allow(dead_code)]
+#[path = "../tests/common/tls.rs"]
+mod tls;
+
 /// The harness asks its parent module for a free port.
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -303,7 +303,7 @@ fn tail_follow_prints_events_written_after_it_reached_the_end() {
             }
         }
     });
-    let mut read_ids = |count: usize| -> Vec<String> {
+    let read_ids = |count: usize| -> Vec<String> {
         (0..count)
             .map(|n| {
                 printed
