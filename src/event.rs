@@ -723,7 +723,11 @@ mod tests {
         assert_eq!(&*event.routing_key(), b"k");
         event.key = None;
         event.body = decode(br#"{"user_id":"u","item_id":70,"ts":1}"#).unwrap();
-        assert_eq!(&*event.routing_key(), b"70", "a numeric id keys by its text");
+        assert_eq!(
+            &*event.routing_key(),
+            b"70",
+            "a numeric id keys by its text"
+        );
     }
 
     #[test]

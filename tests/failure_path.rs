@@ -11,14 +11,18 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use common::checker::{produced_ids, Delivery};
-use rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED;
 use common::*;
+use rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED;
 
 /// Sum of the `count` fields of count records.
 fn counted(records: &[Record]) -> u64 {
     records
         .iter()
-        .map(|r| r.json()["count"].as_u64().expect("count record has a count"))
+        .map(|r| {
+            r.json()["count"]
+                .as_u64()
+                .expect("count record has a count")
+        })
         .sum()
 }
 
@@ -260,7 +264,9 @@ consumer = "main"
 output = "out"
 "#,
     );
-    broker.wait_for("out", Duration::from_secs(30), |records| !records.is_empty());
+    broker.wait_for("out", Duration::from_secs(30), |records| {
+        !records.is_empty()
+    });
     cluster
         .set_broker_available(2, false)
         .expect("broker 2 down");
@@ -268,7 +274,11 @@ output = "out"
     broker.produce("like", &all[total / 3..2 * total / 3]);
     // Down for 5 s, past the 2 s deadline of the copies written meanwhile.
     while down.elapsed() < Duration::from_secs(5) {
-        assert!(eventd.is_running(), "the daemon ended; logs:\n{}", eventd.logs());
+        assert!(
+            eventd.is_running(),
+            "the daemon ended; logs:\n{}",
+            eventd.logs()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     cluster.set_broker_available(2, true).expect("broker 2 up");
@@ -440,8 +450,12 @@ fn the_blocked_gauge_follows_the_partitions_current_worker() {
     let broker = Broker::start_cluster(2, 2, &["like", "dlq"]);
     let cluster = broker.embedded();
     for partition in 0..2 {
-        cluster.set_leader("like", partition, 1).expect("like on broker 1");
-        cluster.set_leader("dlq", partition, 2).expect("dlq on broker 2");
+        cluster
+            .set_leader("like", partition, 1)
+            .expect("like on broker 1");
+        cluster
+            .set_leader("dlq", partition, 2)
+            .expect("dlq on broker 2");
     }
     cluster
         .fail_produce_requests_on(2, &[RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 5_000])
@@ -450,7 +464,10 @@ fn the_blocked_gauge_follows_the_partitions_current_worker() {
         broker.produce_raw("like", key, b"{not json");
     }
     assert!(
-        broker.watermarks("like").iter().all(|(_, low, high)| high > low),
+        broker
+            .watermarks("like")
+            .iter()
+            .all(|(_, low, high)| high > low),
         "the malformed events did not reach both partitions"
     );
     let config = r#"
@@ -473,7 +490,14 @@ consumer = "main"
     let owned = |e: &Eventd| -> Vec<String> {
         ["0", "1"]
             .into_iter()
-            .filter(|p| samples(&e.scrape(), "eventd_consumer_lag_seconds", &[("partition", p)]).is_some())
+            .filter(|p| {
+                samples(
+                    &e.scrape(),
+                    "eventd_consumer_lag_seconds",
+                    &[("partition", p)],
+                )
+                .is_some()
+            })
             .map(str::to_owned)
             .collect()
     };
@@ -486,7 +510,8 @@ consumer = "main"
     };
     let first = start_eventd(&broker, config);
     assert!(
-        first.wait_until(Duration::from_secs(20), |e| owned(e).len() == 2 && shows_owned_blocked(e)),
+        first.wait_until(Duration::from_secs(20), |e| owned(e).len() == 2
+            && shows_owned_blocked(e)),
         "failing dead-letter writes did not block both partitions; {}",
         first.scrape()
     );
@@ -560,17 +585,23 @@ max_backoff = "5s"
     let first = start_eventd(&broker, config);
     let retrying = "handler failed on an event; retrying it";
     assert!(
-        first.wait_until(Duration::from_secs(20), |e| !e.log_lines(retrying).is_empty()),
+        first.wait_until(Duration::from_secs(20), |e| !e
+            .log_lines(retrying)
+            .is_empty()),
         "offset 2 did not fail; logs:\n{}",
         first.logs()
     );
     let second = start_eventd(&broker, config);
     assert!(
-        first.wait_until(Duration::from_secs(10), |e| e.logs().contains("partitions revoked")),
+        first.wait_until(Duration::from_secs(10), |e| e
+            .logs()
+            .contains("partitions revoked")),
         "the second member's join revoked nothing; logs:\n{}",
         first.logs()
     );
-    let dlq = broker.wait_for("dlq", Duration::from_secs(60), |records| !records.is_empty());
+    let dlq = broker.wait_for("dlq", Duration::from_secs(60), |records| {
+        !records.is_empty()
+    });
     assert!(!dlq.is_empty(), "offset 2 was never dead-lettered");
     // Whoever owns the partition now finishes it: the committed offset reaches the end.
     broker.expect_committed_to_end("eventd-main", "like", Duration::from_secs(60), &second);

@@ -88,7 +88,12 @@ impl FailureHistory {
     /// Records a failure of a child whose restarts are budgeted by other means (a
     /// handler slot's panic streak) and returns its restart delay, which doubles while
     /// it fails within the window; `recovered` starts it over at the shortest.
-    pub fn restart_delay(&mut self, policy: &RestartPolicy, now: Instant, recovered: bool) -> Duration {
+    pub fn restart_delay(
+        &mut self,
+        policy: &RestartPolicy,
+        now: Instant,
+        recovered: bool,
+    ) -> Duration {
         self.consecutive = if recovered {
             0
         } else {

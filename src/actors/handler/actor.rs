@@ -27,7 +27,7 @@ use tokio::task::JoinHandle;
 
 use super::failures::{Failed, Failure, Failures};
 use super::kinds::{Behaviour, SlotMemory};
-use super::outbox::{alone, park_key, LetterState, Outbox, Parked, Work};
+use super::outbox::{batch_of_one, park_key, LetterState, Outbox, Parked, Work};
 use super::{Batch, BatchSource, HandlerMsg, HandlerPool, Transient};
 use crate::actors::producer::dead_letter::{dead_letter_copy, BlockedMark, Provenance, Reason};
 use crate::actors::producer::{ProduceError, ProducerHandle};
@@ -144,7 +144,9 @@ async fn handle_batch(myself: &ActorRef<HandlerMsg>, state: &mut HandlerState, b
         state.failures.end(result.is_ok());
         match result {
             Ok(outcome) => {
-                state.complete(myself, &batch, outcome, started, false).await;
+                state
+                    .complete(myself, &batch, outcome, started, false)
+                    .await;
                 return;
             }
             Err(error) => {
@@ -152,7 +154,7 @@ async fn handle_batch(myself: &ActorRef<HandlerMsg>, state: &mut HandlerState, b
                 tracing::warn!(handler = %state.pool.name, consumer = %state.pool.consumer, topic = %batch.events[0].source.topic,
                     partition = batch.events[0].source.partition, events = batch.events.len(),
                     error = %message, transient, "handler failed on a batch; trying its events one at a time");
-                let alone_in_batch = batch.events.len() == 1;
+                let single_event_batch = batch.events.len() == 1;
                 let mut failed = None;
                 for event in batch.events.iter() {
                     failed = Some(state.failures.failed(
@@ -161,16 +163,16 @@ async fn handle_batch(myself: &ActorRef<HandlerMsg>, state: &mut HandlerState, b
                         Failed::Error {
                             message: &message,
                             transient,
-                            alone: alone_in_batch,
+                            own: single_event_batch,
                         },
                     ));
                 }
                 // A batch of one failed on its own: its backoff starts now, rather
                 // than after a second attempt made at once.
-                if let (true, Some(failure)) = (alone_in_batch, failed) {
+                if let (true, Some(failure)) = (single_event_batch, failed) {
                     let event = &batch.events[0];
                     let key = park_key(&batch, event);
-                    let one = alone(&batch, event);
+                    let one = batch_of_one(&batch, event);
                     if let Some((parked, delay)) =
                         state.after_failure(myself, one, &failure, &message, transient, None)
                     {
@@ -182,7 +184,7 @@ async fn handle_batch(myself: &ActorRef<HandlerMsg>, state: &mut HandlerState, b
         }
     }
     for event in batch.events.iter() {
-        let one = alone(&batch, event);
+        let one = batch_of_one(&batch, event);
         let key = park_key(&batch, event);
         if state.outbox.is_parked(&key) {
             state.outbox.queue_behind(&key, Parked::new(one));
@@ -196,7 +198,11 @@ async fn handle_batch(myself: &ActorRef<HandlerMsg>, state: &mut HandlerState, b
 
 /// The backoff of `key`'s first event passed: try it again, then the events behind it
 /// in order, until one fails or the queue is empty.
-async fn retry_parked(myself: &ActorRef<HandlerMsg>, state: &mut HandlerState, key: super::ParkKey) {
+async fn retry_parked(
+    myself: &ActorRef<HandlerMsg>,
+    state: &mut HandlerState,
+    key: super::ParkKey,
+) {
     let Some((mut queue, since)) = state.outbox.take(&key) else {
         return;
     };
@@ -233,10 +239,10 @@ fn describe(error: &ActorProcessingErr) -> (String, bool) {
 
 impl HandlerState {
     /// Whether `failure` used up the attempts its kind of error is allowed. An event is
-    /// given up only after failing alone: a failed batch's attempt counts for each of
+    /// given up only after failing own: a failed batch's attempt counts for each of
     /// its events, but may have been another event's failure.
     fn exhausted(&self, failure: &Failure) -> bool {
-        if !failure.alone {
+        if !failure.own {
             return false;
         }
         if failure.last_transient {
@@ -258,12 +264,19 @@ impl HandlerState {
         let known = self.failures.get(&event, &one.reply_to);
         // Only an event that failed on its own is retried: one in a failed batch may
         // have been another event's failure.
-        let retried = known.as_ref().is_some_and(|f| f.alone_failures > 0);
+        let retried = known.as_ref().is_some_and(|f| f.own_failures > 0);
         if let Some(failure) = &known {
             // A panic ends the actor before it can give up: the attempts were counted
             // by its supervisor, and the event is set aside here, unhandled.
             if self.exhausted(failure) && self.dead_letter.is_some() {
-                self.give_up(myself, one, failure.reason(), &failure.last_error.clone(), Some(failure.total()), blocked);
+                self.give_up(
+                    myself,
+                    one,
+                    failure.reason(),
+                    &failure.last_error.clone(),
+                    Some(failure.total()),
+                    blocked,
+                );
                 return None;
             }
         }
@@ -297,10 +310,10 @@ impl HandlerState {
             Failed::Error {
                 message: &message,
                 transient,
-                alone: true,
+                own: true,
             },
         );
-        if failure.alone_failures == 1 && failure.total() > 1 {
+        if failure.own_failures == 1 && failure.total() > 1 {
             // Its first failure alone shows the failed batch was its own: this
             // attempt, made because the batch failed, was a retry of it.
             self.metrics.retries.increment(1);
@@ -323,13 +336,20 @@ impl HandlerState {
         let event = one.events[0].clone();
         let exhausted = self.exhausted(failure);
         if exhausted && self.dead_letter.is_some() {
-            self.give_up(myself, one, failure.reason(), message, Some(failure.total()), blocked);
+            self.give_up(
+                myself,
+                one,
+                failure.reason(),
+                message,
+                Some(failure.total()),
+                blocked,
+            );
             return None;
         }
         let delay = if exhausted {
             self.retry.max_backoff
         } else {
-            self.retry.delay_after(failure.alone_failures)
+            self.retry.delay_after(failure.own_failures)
         };
         let blocked = match blocked {
             Some(mark) => Some(mark),
@@ -415,7 +435,10 @@ impl HandlerState {
         let producer = self.producer.clone();
         let failures = self.failures.clone();
         let handler = self.pool.name.clone();
-        let dead_lettered = self.metrics.handled(&one.events[0].source.topic).dead_lettered;
+        let dead_lettered = self
+            .metrics
+            .handled(&one.events[0].source.topic)
+            .dead_lettered;
         let myself = myself.clone();
         tokio::spawn(async move {
             let sent = match producer.enqueue_dead_letter(letter.copy.clone()).await {
@@ -433,8 +456,12 @@ impl HandlerState {
                         "handler" => handler.to_string(),
                         "reason" => letter.reason.as_str())
                     .increment(1);
-                    one.reply_to
-                        .finished(one.handler, one.slot, vec![event.source.offset], Vec::new());
+                    one.reply_to.finished(
+                        one.handler,
+                        one.slot,
+                        vec![event.source.offset],
+                        Vec::new(),
+                    );
                 }
                 Err(error) => {
                     // A restarted actor gets the event again from its worker and, its
@@ -493,14 +520,16 @@ impl HandlerState {
             .iter()
             .map(|(index, _)| batch.events[*index].source.offset)
             .collect();
-        report.offsets.retain(|offset| !failed_offsets.contains(offset));
+        report
+            .offsets
+            .retain(|offset| !failed_offsets.contains(offset));
         report.count = report.count.saturating_sub(failed.len());
         if report.count > 0 || !report.holds.is_empty() {
             report.send();
         }
         for (index, error) in failed {
             let event = batch.events[index].clone();
-            let one = alone(&batch, &event);
+            let one = batch_of_one(&batch, &event);
             if !one.reply_to.is_open() {
                 self.failures.forget(&event, &one.reply_to);
                 continue;
@@ -523,7 +552,7 @@ impl HandlerState {
                 Failed::Error {
                     message: &message,
                     transient: !error.is_permanent(),
-                    alone: true,
+                    own: true,
                 },
             );
             let parked = if error.is_permanent() {

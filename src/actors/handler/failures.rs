@@ -39,9 +39,9 @@ pub struct Failure {
     pub last_transient: bool,
     /// The last failure was of the event handled alone, so it is the event's own: one
     /// in a failed batch may have been another event's.
-    pub alone: bool,
-    /// Failures of the event handled alone: its own, for backoff and retry counts.
-    pub alone_failures: u32,
+    pub own: bool,
+    /// Failures of the event handled by itself: its own, for backoff and retry counts.
+    pub own_failures: u32,
 }
 
 impl Failure {
@@ -65,11 +65,12 @@ pub enum Failed<'a> {
     Error {
         message: &'a str,
         transient: bool,
-        alone: bool,
+        /// The event was handled by itself, so the failure is its own.
+        own: bool,
     },
     Panic {
         message: &'a str,
-        alone: bool,
+        own: bool,
     },
 }
 
@@ -137,14 +138,14 @@ impl Failures {
             return ledger.streak.len();
         };
         ledger.streak.events.insert(id_of(&events[0], &source));
-        let alone = events.len() == 1;
+        let own = events.len() == 1;
         for event in events.iter() {
             ledger.record(
                 event,
                 &source,
                 &Failed::Panic {
                     message: reason,
-                    alone,
+                    own,
                 },
             );
         }
@@ -210,30 +211,30 @@ impl Ledger {
             Failed::Error {
                 message,
                 transient,
-                alone,
+                own,
             } => {
                 if *transient {
                     failure.transient += 1;
                 } else {
                     failure.attempts += 1;
                 }
-                if *alone {
-                    failure.alone_failures += 1;
+                if *own {
+                    failure.own_failures += 1;
                 }
                 failure.last_error = (*message).to_owned();
                 failure.panicked = false;
                 failure.last_transient = *transient;
-                failure.alone = *alone;
+                failure.own = *own;
             }
-            Failed::Panic { message, alone } => {
+            Failed::Panic { message, own } => {
                 failure.attempts += 1;
-                if *alone {
-                    failure.alone_failures += 1;
+                if *own {
+                    failure.own_failures += 1;
                 }
                 failure.last_error = (*message).to_owned();
                 failure.panicked = true;
                 failure.last_transient = false;
-                failure.alone = *alone;
+                failure.own = *own;
             }
         }
         failure.clone()
@@ -271,7 +272,7 @@ mod tests {
             let failure = failures.get(&event(offset), &source).expect("recorded");
             assert_eq!((failure.attempts, failure.panicked), (1, true));
             assert!(
-                !failure.alone,
+                !failure.own,
                 "charged with two others: not its own failure yet"
             );
             assert_eq!(failure.last_error, "panic: injected");
@@ -299,7 +300,7 @@ mod tests {
             Failed::Error {
                 message: "down",
                 transient: true,
-                alone: true,
+                own: true,
             },
         );
         let failure = failures.failed(
@@ -308,7 +309,7 @@ mod tests {
             Failed::Error {
                 message: "bad",
                 transient: false,
-                alone: true,
+                own: true,
             },
         );
         assert_eq!(
@@ -330,7 +331,7 @@ mod tests {
                 Failed::Error {
                     message: "x",
                     transient: false,
-                    alone: true,
+                    own: true,
                 },
             );
         }
@@ -342,7 +343,7 @@ mod tests {
             Failed::Error {
                 message: "x",
                 transient: false,
-                alone: true,
+                own: true,
             },
         );
         assert_eq!(failures.len(), 1);
@@ -356,7 +357,7 @@ mod tests {
         let how = || Failed::Error {
             message: "x",
             transient: false,
-            alone: true,
+            own: true,
         };
         failures.failed(&event(5), &old, how());
         failures.failed(&event(5), &old, how());
@@ -372,14 +373,26 @@ mod tests {
         let one = |offset| -> Arc<[Arc<Event>]> { Arc::from([event(offset)]) };
         for attempt in 0..3 {
             failures.begin(&one(1), &source);
-            assert_eq!(failures.actor_failed("boom"), 1, "attempt {attempt} of one event");
+            assert_eq!(
+                failures.actor_failed("boom"),
+                1,
+                "attempt {attempt} of one event"
+            );
         }
         failures.begin(&one(2), &source);
         assert_eq!(failures.actor_failed("boom"), 2);
         failures.begin(&one(3), &source);
         failures.end(true);
         failures.begin(&one(4), &source);
-        assert_eq!(failures.actor_failed("boom"), 1, "a success ended the streak");
-        assert_eq!(failures.actor_failed("tick"), 2, "a panic with no event counts");
+        assert_eq!(
+            failures.actor_failed("boom"),
+            1,
+            "a success ended the streak"
+        );
+        assert_eq!(
+            failures.actor_failed("tick"),
+            2,
+            "a panic with no event counts"
+        );
     }
 }

@@ -23,8 +23,8 @@ mod standalone;
 mod supervisor;
 
 pub use actor::{HandlerActor, HandlerArgs};
-pub use outbox::ParkKey;
 pub use failures::Failures;
+pub use outbox::ParkKey;
 pub use pool::{HandlerPool, HandlerSettings, Route, Router};
 pub use standalone::Standalone;
 pub use supervisor::{build_pools, HandlerSupervisor, HandlerSupervisorArgs, HandlerSupervisorMsg};

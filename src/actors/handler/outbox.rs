@@ -108,7 +108,7 @@ impl Outbox {
         let mut fresh = Vec::with_capacity(batch.events.len());
         for event in batch.events.iter() {
             match self.queues.get_mut(&park_key(&batch, event)) {
-                Some((queue, _)) => queue.push_back(Parked::new(alone(&batch, event))),
+                Some((queue, _)) => queue.push_back(Parked::new(batch_of_one(&batch, event))),
                 None => fresh.push(event.clone()),
             }
         }
@@ -127,7 +127,13 @@ impl Outbox {
     /// Parks `parked` in its key's queue at its offset's place (a copy that failed
     /// after later events of its key were queued goes before them), and schedules the
     /// key's retry after `delay` when the key was not parked yet.
-    pub fn park(&mut self, myself: &ActorRef<HandlerMsg>, key: ParkKey, parked: Parked, delay: Duration) {
+    pub fn park(
+        &mut self,
+        myself: &ActorRef<HandlerMsg>,
+        key: ParkKey,
+        parked: Parked,
+        delay: Duration,
+    ) {
         if let Some((queue, _)) = self.queues.get_mut(&key) {
             let at = queue
                 .iter()
@@ -136,7 +142,12 @@ impl Outbox {
             queue.insert(at, parked);
             return;
         }
-        self.park_queue(myself, key, (VecDeque::from([parked]), Instant::now()), delay);
+        self.park_queue(
+            myself,
+            key,
+            (VecDeque::from([parked]), Instant::now()),
+            delay,
+        );
     }
 
     /// Parks a key's queue (and since when it is parked), its head to be retried
@@ -201,7 +212,7 @@ impl ParkedShown {
 }
 
 /// `batch` with only `event`.
-pub fn alone(batch: &Batch, event: &Arc<Event>) -> Batch {
+pub fn batch_of_one(batch: &Batch, event: &Arc<Event>) -> Batch {
     Batch {
         events: Arc::from([event.clone()]),
         reply_to: batch.reply_to.clone(),

@@ -94,7 +94,9 @@ impl Standalone {
     pub async fn flush(&mut self) -> Result<(), String> {
         match self.behaviour.flush(&self.pool, 0).await {
             0 => Ok(()),
-            left => Err(format!("{left} count records not acknowledged by the broker")),
+            left => Err(format!(
+                "{left} count records not acknowledged by the broker"
+            )),
         }
     }
 }

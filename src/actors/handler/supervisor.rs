@@ -233,7 +233,11 @@ impl Actor for HandlerSupervisor {
                     let role = Role { handler, slot };
                     if let Err(error) = Self::spawn_slot(&myself, state, role).await {
                         let reason = format!("cannot start handler actor: {error}");
-                        let streak = state.failures.entry(role).or_default().actor_failed(&reason);
+                        let streak = state
+                            .failures
+                            .entry(role)
+                            .or_default()
+                            .actor_failed(&reason);
                         Self::slot_failed(&myself, state, role, &reason, streak);
                     }
                 }

@@ -279,7 +279,10 @@ mod tests {
         drop(old_mark);
         assert!(new.shown(), "the new owner's mark stands");
         drop(old);
-        assert!(new.shown(), "dropping the old owner leaves the series alone");
+        assert!(
+            new.shown(),
+            "dropping the old owner leaves the series alone"
+        );
         drop(new_mark);
         assert!(!new.shown());
     }

@@ -244,16 +244,16 @@ impl PendingDelivery {
 /// A producer reference held while sending. Should it turn out to be the last (the
 /// ProducerActor replaced the producer meanwhile), it is dropped off the async threads:
 /// dropping a producer flushes.
-struct Held(Option<Arc<KafkaProducer>>);
+struct ProducerInUse(Option<Arc<KafkaProducer>>);
 
-impl Held {
+impl ProducerInUse {
     /// The producer; only `drop` empties it.
     fn get(&self) -> Result<&Arc<KafkaProducer>, ProduceError> {
         self.0.as_ref().ok_or(ProduceError::NotRunning)
     }
 }
 
-impl Drop for Held {
+impl Drop for ProducerInUse {
     fn drop(&mut self) {
         if let Some(producer) = self.0.take() {
             crate::actors::release_client(producer);
@@ -486,7 +486,7 @@ impl ProducerHandle {
         }
         let permit = self.shared.in_flight.acquire().await;
         let (producer, mut generation) = self.running_producer().await?;
-        let mut producer = Held(Some(producer));
+        let mut producer = ProducerInUse(Some(producer));
         let now = Instant::now();
         let topic = self.topic_state(producer.get()?, event.topic, now).await?;
         let count = topic.count.load(Ordering::Relaxed);
@@ -547,7 +547,7 @@ impl ProducerHandle {
                     drop(producer);
                     match self.producer_after(generation).await {
                         Ok((next, next_generation)) => {
-                            producer = Held(Some(next));
+                            producer = ProducerInUse(Some(next));
                             generation = next_generation;
                         }
                         Err(error) => return Err(error),

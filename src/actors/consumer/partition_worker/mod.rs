@@ -14,50 +14,43 @@
 //! - Undecodable events are counted, logged and written to the dead-letter topic; the
 //!   offset moves past them only once the broker acknowledged that write.
 
+mod dead_letter;
+mod decode;
+mod health;
 mod inflight;
+mod offsets;
+mod redelivery;
 
-use std::borrow::Cow;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use metrics::{Counter, Gauge};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use rdkafka::consumer::{CommitMode, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Headers, Message, OwnedMessage};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::message::OwnedMessage;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use super::context::{KafkaConsumer, KafkaPartitionQueue};
-use crate::actors::handler::{Batch, BatchSource, HandlerMsg, HandlerSettings, Router};
-use crate::actors::producer::dead_letter::{
-    dead_letter_copy, write_dead_letter, Blocked, Provenance, Reason,
-};
+use crate::actors::handler::{BatchSource, Router};
+use crate::actors::producer::dead_letter::Blocked;
 use crate::actors::producer::ProducerHandle;
-use crate::event::{Body, DecodeError, Event, FieldNames, Source};
+use crate::event::{Event, Source};
 use crate::telemetry::metrics::{
     EVENTS_CONSUMED, EVENTS_HANDLED, EVENTS_INVALID, PARTITION_IN_FLIGHT, PARTITION_REPEATS,
-    PARTITION_REWINDS,
 };
-use crate::telemetry::partitions::{PartitionKey, BOARD};
+use crate::telemetry::partitions::BOARD;
+
+use decode::{ReadEvent, ReadPlan};
+use offsets::Behind;
+use redelivery::Outstanding;
 
 pub use inflight::{Arrival, InFlight};
-
-/// An event below every offset this worker dispatched.
-#[derive(Debug, Clone, Copy)]
-pub struct Behind {
-    offset: i64,
-    next: i64,
-}
 
 /// A handler pool's index and a slot in it.
 type SlotKey = (usize, usize);
 
-/// Handler id of dead-letter writes in finished reports.
-const DEAD_LETTER: usize = usize::MAX;
 /// Most events read per `Poll`, so acknowledgements interleave with reading.
 const MAX_READ: usize = 512;
 /// Wake-up when librdkafka's non-empty signal is missed, and for resends.
@@ -103,6 +96,8 @@ pub enum PartitionWorkerMsg {
         offsets: Vec<i64>,
         holds: Vec<(i64, i64)>,
     },
+    /// The dead-letter copy of the undecodable event at this offset was acknowledged.
+    DeadLettered(i64),
     /// A count window was emitted and acknowledged; its offsets may be stored.
     Released {
         handler: usize,
@@ -123,133 +118,6 @@ pub struct FinalPosition {
     pub stored: Option<i64>,
     pub in_flight: usize,
     pub held_windows: usize,
-}
-
-/// Events sent to one handler slot and not yet reported finished.
-#[derive(Default)]
-struct Outstanding {
-    /// Slot generation the events were sent to; a different one means resend.
-    generation: u64,
-    events: SentEvents,
-}
-
-/// Events of one slot in offset order; finished ones are emptied in place and leave
-/// from the front, so sending and finishing cost no map insert or removal.
-#[derive(Default)]
-struct SentEvents {
-    events: VecDeque<(i64, Option<Arc<Event>>)>,
-    unfinished: usize,
-}
-
-impl SentEvents {
-    fn push(&mut self, event: Arc<Event>) {
-        let offset = event.source.offset;
-        match self.events.back() {
-            Some((last, _)) if *last >= offset => {
-                // Not reached while offsets are dispatched in order; kept sorted anyway.
-                match self.events.binary_search_by_key(&offset, |(o, _)| *o) {
-                    Ok(at) => {
-                        if self.events[at].1.replace(event).is_none() {
-                            self.unfinished += 1;
-                        }
-                    }
-                    Err(at) => {
-                        self.events.insert(at, (offset, Some(event)));
-                        self.unfinished += 1;
-                    }
-                }
-            }
-            _ => {
-                self.events.push_back((offset, Some(event)));
-                self.unfinished += 1;
-            }
-        }
-    }
-
-    /// Whether `offset` was held here (and is now released).
-    fn finish(&mut self, offset: i64) -> bool {
-        let Ok(at) = self.events.binary_search_by_key(&offset, |(o, _)| *o) else {
-            return false;
-        };
-        if self.events[at].1.take().is_none() {
-            return false;
-        }
-        self.unfinished -= 1;
-        while self
-            .events
-            .front()
-            .is_some_and(|(_, event)| event.is_none())
-        {
-            self.events.pop_front();
-        }
-        // As in InFlight: a long-unfinished event must not keep every later one's slot.
-        if self.events.len() > 2 * self.unfinished + inflight::COMPACT_SLACK {
-            self.events.retain(|(_, event)| event.is_some());
-        }
-        true
-    }
-
-    fn unfinished(&self) -> impl Iterator<Item = &Arc<Event>> {
-        self.events.iter().filter_map(|(_, event)| event.as_ref())
-    }
-
-    fn is_empty(&self) -> bool {
-        self.unfinished == 0
-    }
-}
-
-/// One decoded (or undecodable) message, detached from librdkafka's buffer.
-struct Taken {
-    offset: i64,
-    key: Option<Vec<u8>>,
-    headers: crate::event::Headers,
-    timestamp: Option<i64>,
-    body: Result<Body, Undecodable>,
-}
-
-/// Why an event could not be decoded, with its original payload for the dead-letter copy.
-type Undecodable = (DecodeError, Option<Vec<u8>>);
-
-/// What this partition's handlers read of each event, as their settings stand now;
-/// the events read with it are routed by the same settings.
-struct Wanted {
-    settings: Vec<Option<Arc<HandlerSettings>>>,
-    names: Arc<FieldNames>,
-    /// Kafka headers are copied out only for handlers that pass them on.
-    headers: bool,
-}
-
-impl Taken {
-    fn from_message<M: Message>(message: &M, wanted: &Wanted) -> Taken {
-        let body = Event::decode(message.payload(), &wanted.names)
-            .map_err(|error| (error, message.payload().map(<[u8]>::to_vec)));
-        // An undecodable event's dead-letter copy keeps its headers.
-        let headers = if wanted.headers || body.is_err() {
-            message
-                .headers()
-                .map(|headers| {
-                    headers
-                        .iter()
-                        .map(|h| {
-                            (
-                                Cow::Owned(h.key.to_owned()),
-                                h.value.map(<[u8]>::to_vec).unwrap_or_default(),
-                            )
-                        })
-                        .collect()
-                })
-                .unwrap_or_default()
-        } else {
-            crate::event::Headers::new()
-        };
-        Taken {
-            offset: message.offset(),
-            key: message.key().map(<[u8]>::to_vec),
-            headers,
-            timestamp: message.timestamp().to_millis(),
-            body,
-        }
-    }
 }
 
 pub struct PartitionWorkerState {
@@ -349,12 +217,12 @@ impl PartitionWorkerState {
         let Some((queue, _)) = &self.source else {
             return Ok(());
         };
-        let wanted = self.wanted();
-        let mut taken = Vec::with_capacity(budget.min(64));
-        while taken.len() < budget {
+        let plan = self.plan();
+        let mut read = Vec::with_capacity(budget.min(64));
+        while read.len() < budget {
             match queue.poll(Duration::ZERO) {
                 None => break,
-                Some(Ok(message)) => taken.push(Taken::from_message(&message, &wanted)),
+                Some(Ok(message)) => read.push(ReadEvent::from_message(&message, &plan)),
                 Some(Err(error)) => {
                     tracing::warn!(consumer = %self.consumer_name, topic = %self.topic,
                         partition = self.partition, %error, "consume error");
@@ -362,51 +230,12 @@ impl PartitionWorkerState {
                 }
             }
         }
-        let more_waiting = taken.len() == MAX_READ;
-        self.dispatch(myself, taken, &wanted)?;
+        let more_waiting = read.len() == MAX_READ;
+        self.dispatch(myself, read, &plan)?;
         if more_waiting {
             self.queue_poll(myself);
         }
         Ok(())
-    }
-
-    fn board_key(&self) -> PartitionKey {
-        (
-            self.consumer_name.to_string(),
-            self.topic.to_string(),
-            self.partition,
-        )
-    }
-
-    /// Age of the oldest unfinished event (its Kafka timestamp to now) and whether the
-    /// partition is stalled, for `/metrics` and `/healthz`.
-    fn measure(&mut self) {
-        let oldest = self
-            .outstanding
-            .values()
-            .filter_map(|o| o.events.unfinished().next())
-            .min_by_key(|event| event.source.offset)
-            .and_then(|event| event.timestamp);
-        let lag_seconds = match (self.inflight.is_empty(), oldest) {
-            (true, _) | (false, None) => 0.0,
-            (false, Some(at)) => {
-                (chrono::Utc::now().timestamp_millis() - at).max(0) as f64 / 1000.0
-            }
-        };
-        let stalled =
-            !self.inflight.is_empty() && self.last_progress.elapsed() >= self.stall_timeout;
-        if stalled != self.stalled {
-            self.stalled = stalled;
-            if stalled {
-                tracing::warn!(consumer = %self.consumer_name, topic = %self.topic, partition = self.partition,
-                    in_flight = self.inflight.len(), since_s = self.last_progress.elapsed().as_secs(),
-                    "partition stalled: events unfinished and none finished for health.stall_timeout");
-            } else {
-                tracing::info!(consumer = %self.consumer_name, topic = %self.topic, partition = self.partition,
-                    "partition no longer stalled");
-            }
-        }
-        BOARD.set_worker(self.board_key(), lag_seconds, stalled);
     }
 
     fn filtered_counter(&mut self, route: usize) -> &Counter {
@@ -419,31 +248,22 @@ impl PartitionWorkerState {
         })
     }
 
-    fn wanted(&self) -> Wanted {
-        let settings = self.router.snapshot(&self.topic);
-        Wanted {
-            names: Arc::new(self.router.field_names(&settings)),
-            headers: self.router.reads_headers(&settings),
-            settings,
-        }
-    }
-
-    /// Hands `taken` to the handlers, skipping repeats; stops at an event below
+    /// Hands `read` to the handlers, skipping repeats; stops at an event below
     /// anything dispatched here.
     fn dispatch(
         &mut self,
         myself: &ActorRef<PartitionWorkerMsg>,
-        taken: Vec<Taken>,
-        wanted: &Wanted,
+        read: Vec<ReadEvent>,
+        plan: &ReadPlan,
     ) -> Result<(), Behind> {
-        if taken.is_empty() {
+        if read.is_empty() {
             return Ok(());
         }
         if self.inflight.is_empty() {
             // Nothing was waiting: a stall counts from now.
             self.last_progress = Instant::now();
         }
-        let settings = &wanted.settings;
+        let settings = &plan.settings;
         // A few (handler, slot) pairs at most: a list searched in place beats hashing
         // the pair for every event.
         let mut batches: Vec<(SlotKey, Vec<Arc<Event>>)> = Vec::new();
@@ -453,7 +273,7 @@ impl PartitionWorkerState {
         // Per batch, on the stack for the few routes a consumer has.
         let mut filtered: smallvec::SmallVec<[u64; 8]> =
             smallvec::smallvec![0; self.router.routes.len()];
-        for message in taken {
+        for message in read {
             match self.inflight.arrival(message.offset) {
                 Arrival::InOrder => {}
                 Arrival::Repeat => {
@@ -539,169 +359,6 @@ impl PartitionWorkerState {
         }
     }
 
-    /// An event arrived below the first offset this worker dispatched: it was never
-    /// dispatched, and the offsets stored since may have passed it. Skipping it could
-    /// lose it, so the stored and committed offset go back to no later than it, and the
-    /// worker fails: its member restarts and reads the partition again from there.
-    async fn rewind(&mut self, behind: Behind) -> ActorProcessingErr {
-        metrics::counter!(PARTITION_REWINDS, "consumer" => self.consumer_name.to_string(), "topic" => self.topic.to_string())
-            .increment(1);
-        let restart_at = self
-            .inflight
-            .committable()
-            .map_or(behind.offset, |stored| stored.min(behind.offset));
-        tracing::error!(consumer = %self.consumer_name, topic = %self.topic, partition = self.partition,
-            offset = behind.offset, next = behind.next, restart_at,
-            "event below the partition's first dispatched offset; restarting the partition from an earlier offset");
-        if let (true, Some((_, client))) = (self.store_offsets, &self.source) {
-            let mut list = TopicPartitionList::with_capacity(1);
-            if list
-                .add_partition_offset(&self.topic, self.partition, Offset::Offset(restart_at))
-                .is_ok()
-            {
-                let client = client.clone();
-                let committed = tokio::task::spawn_blocking(move || {
-                    client.store_offsets(&list)?;
-                    client.commit(&list, CommitMode::Sync)
-                })
-                .await;
-                if !matches!(committed, Ok(Ok(()))) {
-                    tracing::error!(consumer = %self.consumer_name, topic = %self.topic, partition = self.partition,
-                        restart_at, result = ?committed, "cannot commit the earlier offset; the restart resumes from the last commit");
-                }
-            }
-        }
-        format!(
-            "{}/{}: offset {} arrived below the offsets dispatched (next {})",
-            self.topic, self.partition, behind.offset, behind.next
-        )
-        .into()
-    }
-
-    /// Sends `fresh` to a slot, preceded by everything the slot's previous actor held.
-    fn send(&mut self, handler: usize, slot: usize, fresh: Vec<Arc<Event>>) {
-        let Some(route) = self.router.routes.iter().find(|r| r.pool.index == handler) else {
-            return;
-        };
-        let target = &route.pool.slots[slot];
-        let current = target.current();
-        let generation = current.generation;
-        let outstanding = self.outstanding.entry((handler, slot)).or_default();
-        let mut events: Vec<Arc<Event>> = if outstanding.generation != generation {
-            outstanding.events.unfinished().cloned().collect()
-        } else {
-            Vec::with_capacity(fresh.len())
-        };
-        if !events.is_empty() {
-            tracing::info!(consumer = %self.consumer_name, topic = %self.topic, partition = self.partition,
-                handler = %route.pool.name, slot, events = events.len(), "redelivering to restarted handler");
-        }
-        for event in fresh {
-            outstanding.events.push(event.clone());
-            events.push(event);
-        }
-        outstanding.generation = generation;
-        if events.is_empty() {
-            return;
-        }
-        let delivered = current.actor.is_some_and(|actor| {
-            actor
-                .send_message(HandlerMsg::Batch(Batch {
-                    events: events.into(),
-                    reply_to: self.source_handle.clone(),
-                    blocked: self.blocked.clone(),
-                    handler,
-                    slot,
-                }))
-                .is_ok()
-        });
-        if !delivered {
-            // The actor is down; its replacement gets a new generation and everything.
-            outstanding.generation = u64::MAX;
-        }
-    }
-
-    /// Resends to slots whose actor was replaced since the events were sent.
-    fn resend_to_restarted(&mut self) {
-        let stale: Vec<(usize, usize)> = self
-            .outstanding
-            .iter()
-            .filter(|(_, o)| !o.events.is_empty())
-            .filter(|((handler, slot), o)| {
-                self.router
-                    .routes
-                    .iter()
-                    .find(|r| r.pool.index == *handler)
-                    .is_some_and(|r| r.pool.slots[*slot].generation() != o.generation)
-            })
-            .map(|(key, _)| *key)
-            .collect();
-        for (handler, slot) in stale {
-            self.send(handler, slot, Vec::new());
-        }
-    }
-
-    fn invalid_event(
-        &mut self,
-        myself: &ActorRef<PartitionWorkerMsg>,
-        offset: i64,
-        key: Option<Vec<u8>>,
-        kafka_headers: crate::event::Headers,
-        payload: Option<Vec<u8>>,
-        error: DecodeError,
-    ) {
-        self.invalid.increment(1);
-        tracing::warn!(consumer = %self.consumer_name, topic = %self.topic, partition = self.partition,
-            offset, %error, dead_letter = self.dead_letter.as_deref().unwrap_or("none"), "invalid event");
-        let Some(topic) = self.dead_letter.clone() else {
-            self.inflight.dispatched(offset, 0);
-            return;
-        };
-        self.inflight.dispatched(offset, 1);
-        let source = Source {
-            topic: self.topic.clone(),
-            partition: self.partition,
-            offset,
-        };
-        let error = error.to_string();
-        let outgoing = dead_letter_copy(
-            &topic,
-            key,
-            payload.unwrap_or_default(),
-            kafka_headers,
-            &source,
-            &Provenance {
-                handler: None,
-                reason: Reason::Undecodable,
-                error: &error,
-                attempts: None,
-            },
-        );
-        let producer = self.producer.clone();
-        let worker = myself.clone();
-        let blocked = self.blocked.clone();
-        tokio::spawn(async move {
-            // The offset stays unstored until the dead-letter write is acknowledged.
-            let written = write_dead_letter(
-                &producer,
-                outgoing,
-                &source,
-                &blocked,
-                ("", Reason::Undecodable),
-                || worker.get_status() == ractor::ActorStatus::Running,
-            )
-            .await;
-            if written {
-                let _ = worker.send_message(PartitionWorkerMsg::Finished {
-                    handler: DEAD_LETTER,
-                    slot: 0,
-                    offsets: vec![offset],
-                    holds: Vec::new(),
-                });
-            }
-        });
-    }
-
     fn finished(
         &mut self,
         myself: &ActorRef<PartitionWorkerMsg>,
@@ -713,11 +370,7 @@ impl PartitionWorkerState {
         for (window, offset) in holds {
             self.inflight.hold((handler, slot, window), offset);
         }
-        if handler == DEAD_LETTER {
-            offsets
-                .into_iter()
-                .for_each(|offset| self.inflight.finished(offset));
-        } else if let Some(outstanding) = self.outstanding.get_mut(&(handler, slot)) {
+        if let Some(outstanding) = self.outstanding.get_mut(&(handler, slot)) {
             for offset in offsets {
                 // A repeat report (after a resend) must not finish an offset twice.
                 if outstanding.events.finish(offset) {
@@ -725,6 +378,17 @@ impl PartitionWorkerState {
                 }
             }
         }
+        self.progressed(myself);
+    }
+
+    /// An undecodable event's dead-letter copy was acknowledged.
+    fn dead_lettered(&mut self, myself: &ActorRef<PartitionWorkerMsg>, offset: i64) {
+        self.inflight.finished(offset);
+        self.progressed(myself);
+    }
+
+    /// Offsets finished: store what moved, answer a drain, read again below the mark.
+    fn progressed(&mut self, myself: &ActorRef<PartitionWorkerMsg>) {
         self.last_progress = Instant::now();
         self.in_flight_gauge.set(self.inflight.len() as f64);
         self.store_if_moved();
@@ -741,39 +405,6 @@ impl PartitionWorkerState {
     fn queue_poll(&self, myself: &ActorRef<PartitionWorkerMsg>) {
         if !self.poll_queued.swap(true, Ordering::AcqRel) {
             let _ = myself.send_message(PartitionWorkerMsg::Poll);
-        }
-    }
-
-    fn store_if_moved(&mut self) {
-        let Some(offset) = self.inflight.committable() else {
-            return;
-        };
-        if self.stored == Some(offset) {
-            return;
-        }
-        if !self.store_offsets {
-            self.stored = Some(offset);
-            return;
-        }
-        let mut list = TopicPartitionList::with_capacity(1);
-        if list
-            .add_partition_offset(&self.topic, self.partition, Offset::Offset(offset))
-            .is_err()
-        {
-            return;
-        }
-        let Some((_, client)) = &self.source else {
-            return;
-        };
-        // `store_offsets` stores exactly what it is given: the next offset to read.
-        match client.store_offsets(&list) {
-            Ok(()) => self.stored = Some(offset),
-            Err(KafkaError::StoreOffset(RDKafkaErrorCode::State)) => {
-                tracing::debug!(consumer = %self.consumer_name, topic = %self.topic, partition = self.partition, "partition no longer assigned, offset not stored");
-            }
-            Err(error) => {
-                tracing::warn!(consumer = %self.consumer_name, topic = %self.topic, partition = self.partition, offset, %error, "cannot store offset");
-            }
         }
     }
 }
@@ -874,9 +505,9 @@ impl Actor for PartitionWorker {
             }
             PartitionWorkerMsg::Stray(message) => {
                 if !state.draining {
-                    let wanted = state.wanted();
-                    let taken = Taken::from_message(&message, &wanted);
-                    if let Err(behind) = state.dispatch(&myself, vec![taken], &wanted) {
+                    let plan = state.plan();
+                    let read = ReadEvent::from_message(&message, &plan);
+                    if let Err(behind) = state.dispatch(&myself, vec![read], &plan) {
                         return Err(state.rewind(behind).await);
                     }
                 }
@@ -889,6 +520,7 @@ impl Actor for PartitionWorker {
             } => {
                 state.finished(&myself, handler, slot, offsets, holds);
             }
+            PartitionWorkerMsg::DeadLettered(offset) => state.dead_lettered(&myself, offset),
             PartitionWorkerMsg::Released {
                 handler,
                 slot,
@@ -935,52 +567,5 @@ impl Actor for PartitionWorker {
         tracing::info!(consumer = %state.consumer_name, topic = %state.topic, partition = state.partition,
             stored = state.stored, in_flight = state.inflight.len(), "partition worker stopped");
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::event::test_event as event;
-
-    fn offsets(sent: &SentEvents) -> Vec<i64> {
-        sent.unfinished().map(|e| e.source.offset).collect()
-    }
-
-    #[test]
-    fn events_finished_behind_a_stuck_one_do_not_pile_up() {
-        let mut sent = SentEvents::default();
-        for offset in 0..20_000 {
-            sent.push(event(offset));
-            if offset > 0 {
-                assert!(sent.finish(offset));
-            }
-        }
-        assert!(
-            sent.events.len() <= 2 + inflight::COMPACT_SLACK,
-            "{} kept",
-            sent.events.len()
-        );
-        assert_eq!(offsets(&sent), [0]);
-        assert!(sent.finish(0) && sent.is_empty());
-    }
-
-    #[test]
-    fn sent_events_resend_what_is_unfinished_in_offset_order() {
-        let mut sent = SentEvents::default();
-        for offset in [10, 11, 12, 14] {
-            sent.push(event(offset));
-        }
-        assert!(sent.finish(12));
-        assert!(!sent.finish(12), "a repeat report finishes nothing");
-        assert!(!sent.finish(13), "never sent");
-        assert_eq!(offsets(&sent), [10, 11, 14]);
-        assert!(sent.finish(10));
-        assert!(sent.finish(11));
-        assert_eq!(offsets(&sent), [14]);
-        sent.push(event(13));
-        assert_eq!(offsets(&sent), [13, 14], "kept in order even if sent late");
-        assert!(sent.finish(14) && sent.finish(13));
-        assert!(sent.is_empty());
     }
 }

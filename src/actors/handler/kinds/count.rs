@@ -23,7 +23,9 @@ use crate::actors::producer::dead_letter::{Blocked, BlockedMark, Reason};
 use crate::actors::producer::{Outgoing, PendingDelivery, ProduceError, ProducerHandle};
 use crate::config::{HandlerConfig, RetryConfig};
 use crate::event::{headers, Event};
-use crate::telemetry::metrics::{COUNT_WINDOWS_EMITTED, DEAD_LETTER_FAILURES, EVENTS_DEAD_LETTERED};
+use crate::telemetry::metrics::{
+    COUNT_WINDOWS_EMITTED, DEAD_LETTER_FAILURES, EVENTS_DEAD_LETTERED,
+};
 
 /// Windows of one slot: open ones by start time in epoch milliseconds, and closed ones
 /// whose records are not all acknowledged yet.
@@ -234,7 +236,11 @@ impl Count {
     /// Records of closed windows not acknowledged yet.
     pub fn unacknowledged(&self) -> usize {
         let store = self.windows.lock();
-        store.closing.iter().map(|window| window.records.len()).sum()
+        store
+            .closing
+            .iter()
+            .map(|window| window.records.len())
+            .sum()
     }
 
     /// A window that ends its counting: one record per value, all due now.
@@ -281,7 +287,11 @@ impl Count {
         let report = match &mut write.state {
             WriteState::Due(at) if *at <= now => {
                 let sent = match write.dead_letter {
-                    Some(_) => self.producer.enqueue_dead_letter(write.record.clone()).await,
+                    Some(_) => {
+                        self.producer
+                            .enqueue_dead_letter(write.record.clone())
+                            .await
+                    }
                     None => self.producer.enqueue(write.record.clone()).await,
                 };
                 match sent {
@@ -331,7 +341,13 @@ impl Count {
     /// A record was not written: after its backoff it is sent again, or, refused for
     /// good, sent to the dead-letter topic; with none set it is retried at the longest
     /// backoff and its partitions shown blocked, since dropping it would lose counts.
-    fn failed(&self, write: &mut RecordWrite, contributors: &[Contributor], error: &ProduceError, now: Instant) {
+    fn failed(
+        &self,
+        write: &mut RecordWrite,
+        contributors: &[Contributor],
+        error: &ProduceError,
+        now: Instant,
+    ) {
         write.failures += 1;
         let refused = error.is_permanent() && write.dead_letter.is_none();
         if refused {
@@ -359,7 +375,8 @@ impl Count {
             self.retry.delay_after(write.failures)
         };
         if write.dead_letter.is_some() {
-            metrics::counter!(DEAD_LETTER_FAILURES, "topic" => write.record.topic.clone()).increment(1);
+            metrics::counter!(DEAD_LETTER_FAILURES, "topic" => write.record.topic.clone())
+                .increment(1);
         }
         if write.blocked.is_empty() && (refused || write.dead_letter.is_some()) {
             write.blocked = contributors.iter().map(|c| c.blocked.hold()).collect();

@@ -1,0 +1,47 @@
+//! What `/metrics` and `/healthz` show of a partition: the age of its oldest unfinished
+//! event and whether it stalled.
+
+use crate::telemetry::partitions::{PartitionKey, BOARD};
+
+use super::PartitionWorkerState;
+
+impl PartitionWorkerState {
+    pub(super) fn board_key(&self) -> PartitionKey {
+        (
+            self.consumer_name.to_string(),
+            self.topic.to_string(),
+            self.partition,
+        )
+    }
+
+    /// Age of the oldest unfinished event (its Kafka timestamp to now) and whether the
+    /// partition is stalled, for `/metrics` and `/healthz`.
+    pub(super) fn measure(&mut self) {
+        let oldest = self
+            .outstanding
+            .values()
+            .filter_map(|o| o.events.unfinished().next())
+            .min_by_key(|event| event.source.offset)
+            .and_then(|event| event.timestamp);
+        let lag_seconds = match (self.inflight.is_empty(), oldest) {
+            (true, _) | (false, None) => 0.0,
+            (false, Some(at)) => {
+                (chrono::Utc::now().timestamp_millis() - at).max(0) as f64 / 1000.0
+            }
+        };
+        let stalled =
+            !self.inflight.is_empty() && self.last_progress.elapsed() >= self.stall_timeout;
+        if stalled != self.stalled {
+            self.stalled = stalled;
+            if stalled {
+                tracing::warn!(consumer = %self.consumer_name, topic = %self.topic, partition = self.partition,
+                    in_flight = self.inflight.len(), since_s = self.last_progress.elapsed().as_secs(),
+                    "partition stalled: events unfinished and none finished for health.stall_timeout");
+            } else {
+                tracing::info!(consumer = %self.consumer_name, topic = %self.topic, partition = self.partition,
+                    "partition no longer stalled");
+            }
+        }
+        BOARD.set_worker(self.board_key(), lag_seconds, stalled);
+    }
+}
