@@ -1,10 +1,12 @@
 //! The restart policy every supervisor applies: exponential backoff per child and a
 //! meltdown limit on restarts within a sliding window. ractor has no built-in restart.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
 use std::time::{Duration, Instant};
 
 use crate::config::SupervisionConfig;
+use crate::telemetry::metrics::ACTOR_RESTARTS;
 
 /// What a supervisor should do about a failed child.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +104,64 @@ impl FailureHistory {
         self.last_failure = Some(now);
         policy.backoff(self.consecutive)
     }
+}
+
+/// The restart bookkeeping of one supervisor, written once for all of them: its
+/// policy, each child's history by `K`, and the log line and count of every restart.
+#[derive(Debug)]
+pub struct Restarts<K> {
+    policy: RestartPolicy,
+    history: HashMap<K, FailureHistory>,
+}
+
+impl<K: Eq + Hash> Restarts<K> {
+    pub fn new(settings: SupervisionConfig) -> Self {
+        Self {
+            policy: RestartPolicy::new(settings),
+            history: HashMap::new(),
+        }
+    }
+
+    /// Child `key` (`actor` in logs and metrics) failed: restart it after the returned
+    /// delay, or give up when the supervisor's children failed too often in the window.
+    pub fn failed(&mut self, key: K, actor: &str, reason: &str) -> Verdict {
+        let verdict = self
+            .history
+            .entry(key)
+            .or_default()
+            .fail(&mut self.policy, Instant::now());
+        match verdict {
+            Verdict::RestartAfter(delay) => announce(actor, reason, delay),
+            Verdict::Meltdown => {
+                tracing::error!(actor, reason, "actor failed too often, giving up");
+            }
+        }
+        verdict
+    }
+
+    /// Child `key` failed where its restarts are budgeted by other means (a handler
+    /// slot's panic streak): its restart delay, doubling while it fails within the
+    /// window, the shortest again once it `recovered`.
+    pub fn delay(&mut self, key: K, actor: &str, reason: &str, recovered: bool) -> Duration {
+        let delay = self.history.entry(key).or_default().restart_delay(
+            &self.policy,
+            Instant::now(),
+            recovered,
+        );
+        announce(actor, reason, delay);
+        delay
+    }
+}
+
+/// Logs and counts a restart of `actor`, the series of `eventd_actor_restarts_total`.
+fn announce(actor: &str, reason: &str, delay: Duration) {
+    tracing::warn!(
+        actor,
+        reason,
+        delay_ms = delay.as_millis() as u64,
+        "actor failed, restarting"
+    );
+    metrics::counter!(ACTOR_RESTARTS, "actor" => actor.to_owned()).increment(1);
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ pub mod partition_worker;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ractor::{
     Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent,
@@ -21,11 +21,10 @@ use self::group_member::{GroupMember, GroupMemberArgs, GroupMemberMsg};
 use self::partition_consumer::{PartitionConsumer, PartitionConsumerArgs, PartitionConsumerMsg};
 use crate::actors::handler::{HandlerPool, Router};
 use crate::actors::producer::ProducerHandle;
-use crate::actors::supervision::{FailureHistory, RestartPolicy, Verdict};
+use crate::actors::supervision::{Restarts, Verdict};
 use crate::actors::{Deadline, Fatal, FatalSender};
 use crate::config::{Config, ConsumerMode};
 use crate::kafka::{explain_failure, plain_config, Brokers, Diagnosis};
-use crate::telemetry::metrics::ACTOR_RESTARTS;
 use crate::telemetry::Health;
 
 /// What every consumer child needs besides its own config.
@@ -74,8 +73,7 @@ pub struct ConsumerSupervisorState {
     pools: Vec<Arc<HandlerPool>>,
     producer: ProducerHandle,
     children: HashMap<ActorId, (Role, Child)>,
-    history: HashMap<Role, FailureHistory>,
-    policy: RestartPolicy,
+    restarts: Restarts<Role>,
     fatal: FatalSender,
     health: Arc<Health>,
     stopping: bool,
@@ -171,30 +169,17 @@ impl ConsumerSupervisor {
         role: Role,
         reason: &str,
     ) {
-        let verdict = state
-            .history
-            .entry(role.clone())
-            .or_default()
-            .fail(&mut state.policy, Instant::now());
-        match verdict {
+        let actor = role.actor_label(&state.config);
+        match state.restarts.failed(role.clone(), &actor, reason) {
             Verdict::RestartAfter(delay) => {
-                tracing::warn!(
-                    ?role,
-                    reason,
-                    delay_ms = delay.as_millis() as u64,
-                    "consumer failed, restarting"
-                );
-                metrics::counter!(ACTOR_RESTARTS, "actor" => role.actor_label(&state.config))
-                    .increment(1);
                 myself.send_after(delay, move || {
                     ConsumerSupervisorMsg::Restart(RoleToken(role))
                 });
             }
             Verdict::Meltdown => {
-                tracing::error!(?role, reason, "consumers failed too often, giving up");
                 let _ = state.fatal.send(Fatal::Meltdown {
                     supervisor: "consumers".to_owned(),
-                    actor: role.actor_label(&state.config),
+                    actor,
                 });
             }
         }
@@ -249,13 +234,12 @@ impl Actor for ConsumerSupervisor {
         args: ConsumerSupervisorArgs,
     ) -> Result<ConsumerSupervisorState, ActorProcessingErr> {
         let mut state = ConsumerSupervisorState {
-            policy: RestartPolicy::new(args.config.supervision.clone()),
+            restarts: Restarts::new(args.config.supervision.clone()),
             config: args.config,
             brokers: args.brokers,
             pools: args.pools,
             producer: args.producer,
             children: HashMap::new(),
-            history: HashMap::new(),
             fatal: args.fatal,
             health: args.health,
             stopping: false,

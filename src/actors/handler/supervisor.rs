@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ractor::{
     Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent,
@@ -12,10 +12,10 @@ use ractor::{
 use super::kinds::SlotMemory;
 use super::{Failures, HandlerActor, HandlerArgs, HandlerPool, HandlerSettings};
 use crate::actors::producer::ProducerHandle;
-use crate::actors::supervision::{FailureHistory, RestartPolicy};
+use crate::actors::supervision::Restarts;
 use crate::actors::{Deadline, Fatal, FatalSender};
 use crate::config::{Config, SupervisionConfig};
-use crate::telemetry::metrics::{ACTOR_RESTARTS, HANDLER_PANICS};
+use crate::telemetry::metrics::HANDLER_PANICS;
 
 pub struct HandlerSupervisor;
 
@@ -44,9 +44,8 @@ pub struct HandlerSupervisorState {
     dead_letters: Vec<Option<String>>,
     children: HashMap<ActorId, Role>,
     /// Restart backoff per slot; the restart budget is each slot's panic streak.
-    history: HashMap<Role, FailureHistory>,
-    policy: RestartPolicy,
-    policy_settings: SupervisionConfig,
+    restarts: Restarts<Role>,
+    settings: SupervisionConfig,
     fatal: FatalSender,
     stopping: bool,
 }
@@ -140,7 +139,7 @@ impl HandlerSupervisor {
         let name = state.pools[role.handler].name.clone();
         let actor = format!("handler/{name}/{}", role.slot);
         metrics::counter!(HANDLER_PANICS, "handler" => name.to_string()).increment(1);
-        if streak >= state.policy_settings.max_restarts {
+        if streak >= state.settings.max_restarts {
             tracing::error!(handler = %name, slot = role.slot, reason, events_in_a_row = streak,
                 "handler actor panicked on event after event with no success between them, giving up");
             let _ = state.fatal.send(Fatal::Meltdown {
@@ -149,14 +148,11 @@ impl HandlerSupervisor {
             });
             return;
         }
-        let delay = state.history.entry(role).or_default().restart_delay(
-            &state.policy,
-            Instant::now(),
-            streak <= 1,
-        );
-        tracing::warn!(handler = %name, slot = role.slot, reason, delay_ms = delay.as_millis() as u64,
-            events_in_a_row = streak, "handler actor panicked, restarting");
-        metrics::counter!(ACTOR_RESTARTS, "actor" => format!("handler/{name}")).increment(1);
+        tracing::warn!(handler = %name, slot = role.slot, reason, events_in_a_row = streak,
+            "handler actor panicked");
+        let delay = state
+            .restarts
+            .delay(role, &format!("handler/{name}"), reason, streak <= 1);
         myself.send_after(delay, move || HandlerSupervisorMsg::Restart {
             handler: role.handler,
             slot: role.slot,
@@ -199,9 +195,8 @@ impl Actor for HandlerSupervisor {
             producer: args.producer,
             dead_letters,
             children: HashMap::new(),
-            history: HashMap::new(),
-            policy: RestartPolicy::new(args.config.supervision.clone()),
-            policy_settings: args.config.supervision.clone(),
+            restarts: Restarts::new(args.config.supervision.clone()),
+            settings: args.config.supervision.clone(),
             fatal: args.fatal,
             stopping: false,
         };

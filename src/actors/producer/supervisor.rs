@@ -1,11 +1,11 @@
 //! The ProducerActor's supervisor outside the daemon, where no RootSupervisor runs.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use super::{ProducerActor, ProducerArgs, ProducerMsg};
-use crate::actors::supervision::{FailureHistory, RestartPolicy, Verdict};
+use crate::actors::supervision::{Restarts, Verdict};
 
 /// Supervises a ProducerActor on its own, for `eventd produce`: restarts it after a
 /// fatal producer error as the daemon's root supervisor does, within the same
@@ -15,8 +15,7 @@ pub struct ProducerSupervisor;
 pub struct SupervisorState {
     args: ProducerArgs,
     producer: Option<ActorRef<ProducerMsg>>,
-    policy: RestartPolicy,
-    history: FailureHistory,
+    restarts: Restarts<()>,
 }
 
 pub enum SupervisorMsg {
@@ -35,10 +34,9 @@ impl Actor for ProducerSupervisor {
     ) -> Result<Self::State, ActorProcessingErr> {
         let producer = ProducerActor::spawn_supervised(myself.get_cell(), args.clone()).await?;
         Ok(SupervisorState {
-            policy: RestartPolicy::new(args.config.supervision.clone()),
+            restarts: Restarts::new(args.config.supervision.clone()),
             args,
             producer: Some(producer),
-            history: FailureHistory::default(),
         })
     }
 
@@ -68,9 +66,8 @@ impl Actor for ProducerSupervisor {
             return Ok(());
         };
         state.producer = None;
-        match state.history.fail(&mut state.policy, Instant::now()) {
+        match state.restarts.failed((), "producer", &error.to_string()) {
             Verdict::RestartAfter(delay) => {
-                tracing::warn!(%error, delay_ms = delay.as_millis() as u64, "producer failed, restarting");
                 myself.send_after(delay, || SupervisorMsg::RestartProducer);
                 Ok(())
             }

@@ -2,7 +2,7 @@
 //! (drain, emit count windows, commit, close), then handlers, then the producer's flush.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
@@ -12,12 +12,11 @@ use crate::actors::handler::{
     build_pools, HandlerSupervisor, HandlerSupervisorArgs, HandlerSupervisorMsg,
 };
 use crate::actors::producer::{ProducerActor, ProducerArgs, ProducerHandle, ProducerMsg};
-use crate::actors::supervision::{FailureHistory, RestartPolicy, Verdict};
+use crate::actors::supervision::{Restarts, Verdict};
 use crate::actors::{Deadline, Fatal, FatalSender};
 use crate::config::Config;
 use crate::kafka::login::LOGINS;
 use crate::kafka::Brokers;
-use crate::telemetry::metrics::ACTOR_RESTARTS;
 use crate::telemetry::Health;
 
 pub struct RootSupervisor;
@@ -41,8 +40,7 @@ pub struct RootState {
     handlers: ActorRef<HandlerSupervisorMsg>,
     consumers: ActorRef<ConsumerSupervisorMsg>,
     fatal: FatalSender,
-    policy: RestartPolicy,
-    producer_history: FailureHistory,
+    restarts: Restarts<()>,
     progress: Arc<Mutex<&'static str>>,
     stopping: bool,
 }
@@ -188,7 +186,7 @@ impl Actor for RootSupervisor {
         )
         .await?;
         Ok(RootState {
-            policy: RestartPolicy::new(args.config.supervision.clone()),
+            restarts: Restarts::new(args.config.supervision.clone()),
             config: args.config,
             brokers: args.brokers,
             producer_handle: args.producer,
@@ -196,7 +194,6 @@ impl Actor for RootSupervisor {
             handlers,
             consumers,
             fatal: args.fatal,
-            producer_history: FailureHistory::default(),
             progress: args.progress,
             stopping: false,
         })
@@ -370,17 +367,8 @@ impl Actor for RootSupervisor {
 
 impl RootSupervisor {
     fn producer_down(&self, myself: &ActorRef<RootMsg>, state: &mut RootState, reason: &str) {
-        match state
-            .producer_history
-            .fail(&mut state.policy, Instant::now())
-        {
+        match state.restarts.failed((), "producer", reason) {
             Verdict::RestartAfter(delay) => {
-                tracing::warn!(
-                    reason,
-                    delay_ms = delay.as_millis() as u64,
-                    "producer failed, restarting"
-                );
-                metrics::counter!(ACTOR_RESTARTS, "actor" => "producer").increment(1);
                 myself.send_after(delay, || RootMsg::RestartProducer);
             }
             Verdict::Meltdown => {
