@@ -301,7 +301,8 @@ async fn reload(root: ractor::ActorRef<RootMsg>, path: Option<PathBuf>) {
     let report = root
         .call(
             |reply| RootMsg::Reload(config, reply),
-            Some(std::time::Duration::from_secs(10)),
+            // The root asks the handler supervisor in turn.
+            Some(crate::waits::RELOAD_ANSWER * 2),
         )
         .await;
     let Ok(ractor::rpc::CallResult::Success(report)) = report else {

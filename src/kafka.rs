@@ -350,7 +350,6 @@ impl ClientContext for Diagnosis {
 impl ConsumerContext for Diagnosis {}
 
 /// How long the startup check waits for the brokers' metadata.
-const TOPIC_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why eventd cannot start writing: a topic it writes to is missing, or no broker told.
 #[derive(Debug, thiserror::Error)]
@@ -412,7 +411,7 @@ pub fn check_written_topics(config: &Config, brokers: &Brokers) -> Vec<TopicChec
     };
     let mut problems = Vec::new();
     for (key, topic) in topics {
-        match client.fetch_metadata(Some(&topic), TOPIC_CHECK_TIMEOUT) {
+        match client.fetch_metadata(Some(&topic), crate::waits::METADATA_TIMEOUT) {
             Err(error) => {
                 return vec![TopicCheckError::Unreachable {
                     bootstrap: brokers.bootstrap.clone(),

@@ -37,3 +37,4 @@ pub mod event;
 pub mod kafka;
 pub mod logging;
 pub mod telemetry;
+pub mod waits;

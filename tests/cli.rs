@@ -124,17 +124,6 @@ fn bad_config_exits_78_naming_the_key() {
     );
     assert_refused(&commit, &["consumers[0].commit_interval"]);
 
-    // Retries that outlast the restart budget: a panicking event would end the daemon
-    // before it could be dead-lettered.
-    let retries = write(
-        &dir,
-        "retries.toml",
-        &format!(
-            "[supervision]\nmax_restarts = 5\n{VALID_BODY}[handlers.retry]\nmax_attempts = 5\n"
-        ),
-    );
-    assert_refused(&retries, &["handlers[0].retry.max_attempts"]);
-
     // An unknown key is refused, not ignored.
     let unknown = write(
         &dir,

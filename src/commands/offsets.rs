@@ -14,7 +14,7 @@ use crate::config::{Config, ConsumerMode, EXIT_CONFIG};
 use crate::daemon::EXIT_UNAVAILABLE;
 use crate::kafka::{command_brokers, plain_config, Diagnosis};
 
-const TIMEOUT: Duration = Duration::from_secs(10);
+const TIMEOUT: Duration = crate::waits::METADATA_TIMEOUT;
 /// `reset` refused: the group has live members.
 pub const EXIT_GROUP_ACTIVE: i32 = 1;
 

@@ -499,7 +499,7 @@ async fn reachable(config: &Config, brokers: &Brokers) -> Result<(), Unreachable
     tokio::task::spawn_blocking(move || {
         client
             .client()
-            .fetch_metadata(None, Duration::from_secs(10))
+            .fetch_metadata(None, crate::waits::METADATA_TIMEOUT)
             .map(|_| ())
             .map_err(|error| Unreachable::NoAnswer(error.to_string()))
     })

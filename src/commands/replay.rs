@@ -394,7 +394,7 @@ async fn assign_to_ends(
     topic: String,
 ) -> Result<HashMap<i32, (i64, i64)>, KafkaError> {
     tokio::task::spawn_blocking(move || {
-        let timeout = Duration::from_secs(10);
+        let timeout = crate::waits::METADATA_TIMEOUT;
         let metadata = consumer.fetch_metadata(Some(&topic), timeout)?;
         let Some(found) = metadata.topics().first() else {
             return Err(KafkaError::MetadataFetch(RDKafkaErrorCode::UnknownTopic));

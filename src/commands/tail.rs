@@ -17,7 +17,7 @@ use crate::config::{Config, EXIT_CONFIG};
 use crate::daemon::EXIT_UNAVAILABLE;
 use crate::kafka::{command_brokers, plain_config, Diagnosis};
 
-const TIMEOUT: Duration = Duration::from_secs(10);
+const TIMEOUT: Duration = crate::waits::METADATA_TIMEOUT;
 const POLL: Duration = Duration::from_millis(200);
 
 pub struct TailOptions {

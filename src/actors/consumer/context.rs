@@ -26,6 +26,7 @@ use crate::actors::Deadline;
 use crate::telemetry::metrics::{COMMIT_FAILURES, OFFSETS_COMMITTED, OFFSET_RESETS, REBALANCES};
 use crate::telemetry::partitions::BOARD;
 use crate::telemetry::Starting;
+use crate::waits::POLL_THREAD_RESERVE;
 
 pub type KafkaConsumer = BaseConsumer<EventdContext>;
 pub type KafkaPartitionQueue = rdkafka::consumer::base_consumer::PartitionQueue<EventdContext>;
@@ -368,10 +369,6 @@ impl ConsumerContext for EventdContext {
     }
 }
 
-/// Of the grace, what the final commit leaves for stopping the polling thread (which
-/// closes the client).
-const POLL_THREAD_RESERVE: Duration = Duration::from_millis(1000);
-
 /// A consumer client with the thread that serves its main queue (rebalances, commits,
 /// errors). However its owner ends, dropping this stops the thread, which then closes
 /// the client off the async runtime once nothing else holds it.
@@ -536,7 +533,7 @@ fn spawn_poll_loop(
         }
         // Wait for partition queues (which hold the consumer too) to be gone, so the
         // close, which may block, happens here and not on the async runtime.
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let deadline = std::time::Instant::now() + POLL_THREAD_RESERVE;
         while Arc::strong_count(&consumer) > 1 && std::time::Instant::now() < deadline {
             consumer.poll(Duration::from_millis(20));
         }

@@ -75,7 +75,7 @@ pub async fn hand_back(
     }
     let stop_wait = left()
         .max(Duration::from_millis(100))
-        .min(Duration::from_secs(2));
+        .min(crate::waits::HANDBACK_RESERVE);
     let stops = partitions
         .iter()
         .map(|p| p.worker.stop_and_wait(None, Some(stop_wait)));

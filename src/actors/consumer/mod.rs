@@ -10,7 +10,6 @@ pub mod partition_worker;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use ractor::{
     Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent,
@@ -210,7 +209,7 @@ fn partitions_of(
     let mut partitions = Vec::new();
     for topic in topics {
         let metadata = client
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .fetch_metadata(Some(topic), crate::waits::METADATA_TIMEOUT)
             .map_err(|error| explain_failure(&client, &error))?;
         let found = metadata
             .topics()

@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use ractor::{
     Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent,
@@ -245,7 +244,7 @@ impl Actor for HandlerSupervisor {
                 myself
                     .stop_children_and_wait(
                         None,
-                        Some(deadline.left_before(Duration::from_millis(1000))),
+                        Some(deadline.left_before(crate::waits::AFTER_HANDLERS)),
                     )
                     .await;
                 let _ = reply.send(());

@@ -1,26 +1,24 @@
-//! Dead-letter writes that must land before an offset may move: an undecodable event,
-//! or one whose write the broker refused for good. Such a write is retried until the
-//! broker acknowledges it, with doubling backoff, and a write that keeps failing is
-//! loud: each failure is counted, the source partition is marked blocked, and the
-//! reason is logged each time the backoff doubles. A liveness restart cannot fix a
-//! missing or forbidden topic, so `/healthz` stays as it is.
+//! Dead-letter copies and the blocked marker of a partition. A dead-letter write must
+//! land before the offset may move, so one that keeps failing is retried with the
+//! backoff of `[handlers.retry]` and is loud: each failure is counted, the source
+//! partition is shown blocked, and the reason is logged while the backoff grows. A
+//! liveness restart cannot fix a missing or forbidden topic, so `/healthz` stays as
+//! it is.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
-use std::time::Duration;
 
 use parking_lot::Mutex;
 
 use metrics::Gauge;
 
 use super::{Outgoing, ProducerHandle};
+use crate::config::RetryConfig;
 use crate::event::{headers, Headers, Source};
 use crate::telemetry::metrics::{DEAD_LETTER_FAILURES, EVENTS_DEAD_LETTERED, PARTITION_BLOCKED};
 
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
-/// Once the backoff stopped doubling, every this many failures is logged again.
+/// Once the backoff stopped growing, every this many failures is logged again.
 const LOG_EVERY_AT_MAX: u32 = 6;
 
 /// Why an event was dead-lettered: the `reason` label of
@@ -177,89 +175,60 @@ impl Drop for BlockedMark {
     }
 }
 
-/// Retries of one write: the backoff, how many failed, and whether the partition was
-/// marked blocked for it.
-pub struct Retry<'a> {
-    blocked: &'a Blocked,
-    backoff: Duration,
-    failures: u32,
-}
-
-impl<'a> Retry<'a> {
-    pub fn new(blocked: &'a Blocked) -> Self {
-        Self {
-            blocked,
-            backoff: FIRST_BACKOFF,
-            failures: 0,
-        }
-    }
-
-    /// Records a failure (logged when the backoff doubles) and sleeps the backoff.
-    pub async fn failed(&mut self, what: &str, topic: &str, source: &Source, reason: &str) {
-        self.failures += 1;
-        if self.failures == 1 {
-            self.blocked.enter();
-        }
-        let doubling = self.backoff < MAX_BACKOFF;
-        if doubling || self.failures % LOG_EVERY_AT_MAX == 0 {
-            tracing::error!(consumer = %self.blocked.consumer, topic = %source.topic, partition = source.partition,
-                writing_to = topic,
-                offset = source.offset, failures = self.failures,
-                retry_in_ms = self.backoff.as_millis() as u64, reason,
-                "{what} failed; the partition cannot move past it");
-        }
-        tokio::time::sleep(self.backoff).await;
-        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
-    }
-
-    /// The write landed, or is given up because its partition is gone.
-    pub fn done(self) {
-        if self.failures > 0 {
-            self.blocked.leave();
-        }
-    }
-}
-
-/// Writes `copy` to the dead-letter topic until the broker acknowledges it; returns
-/// false if `keep_trying` says the source partition is gone first. `handler` (empty
-/// for undecodable events) and `reason` label the count of dead-lettered events.
+/// Writes `copy` to the dead-letter topic until the broker acknowledges it, backing off
+/// under `retry` between attempts; returns false if `keep_trying` says the source
+/// partition is gone first. `handler` (empty for undecodable events) and `reason`
+/// label the count of dead-lettered events. For the partition worker's undecodable
+/// events; a handler's dead-letter copies go through its outbox instead.
 pub async fn write_dead_letter(
     producer: &ProducerHandle,
     copy: Outgoing,
     source: &Source,
     blocked: &Blocked,
     (handler, reason): (&str, Reason),
+    retry: &RetryConfig,
     keep_trying: impl Fn() -> bool,
 ) -> bool {
-    let failures = metrics::counter!(DEAD_LETTER_FAILURES, "topic" => copy.topic.clone());
-    let mut retry = Retry::new(blocked);
-    loop {
+    let failures_total = metrics::counter!(DEAD_LETTER_FAILURES, "topic" => copy.topic.clone());
+    let mut failures = 0u32;
+    let written = loop {
+        if !keep_trying() {
+            break false;
+        }
         let sent = match producer.enqueue_dead_letter(copy.clone()).await {
             Ok(pending) => pending.wait().await,
             Err(error) => Err(error),
         };
-        match sent {
+        let error = match sent {
             Ok(_) => {
                 metrics::counter!(EVENTS_DEAD_LETTERED,
                     "topic" => source.topic.to_string(),
                     "handler" => handler.to_owned(),
                     "reason" => reason.as_str())
                 .increment(1);
-                retry.done();
-                return true;
+                break true;
             }
-            Err(error) => {
-                failures.increment(1);
-                retry
-                    .failed("dead-letter write", &copy.topic, source, &error.to_string())
-                    .await;
-                if !keep_trying() {
-                    retry.done();
-                    return false;
-                }
-            }
+            Err(error) => error,
+        };
+        failures += 1;
+        failures_total.increment(1);
+        if failures == 1 {
+            blocked.enter();
         }
+        let delay = retry.delay_after(failures);
+        // Logged while the backoff grows, then every few failures at the longest.
+        if delay < retry.max_backoff.mul_f64(0.75) || failures % LOG_EVERY_AT_MAX == 0 {
+            tracing::error!(consumer = %blocked.consumer, topic = %source.topic, partition = source.partition,
+                writing_to = %copy.topic, offset = source.offset, failures,
+                retry_in_ms = delay.as_millis() as u64, reason = %error,
+                "dead-letter write failed; the partition cannot move past it");
+        }
+        tokio::time::sleep(delay).await;
+    };
+    if failures > 0 {
+        blocked.leave();
     }
+    written
 }
 
 #[cfg(test)]

@@ -127,7 +127,8 @@ impl Actor for ProducerActor {
         _myself: ActorRef<Self::Msg>,
         state: &mut ProducerState,
     ) -> Result<(), ActorProcessingErr> {
-        let left = flush(&state.handle, Duration::from_secs(5)).await;
+        // At shutdown the root bounds this stop by what is left of the grace.
+        let left = flush(&state.handle, crate::waits::AFTER_HANDLERS).await;
         if left > 0 {
             tracing::warn!(
                 unacknowledged = left,

@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::kafka::login::LOGINS;
 use crate::kafka::Brokers;
 use crate::telemetry::Health;
+use crate::waits::{AFTER_CONSUMERS, AFTER_HANDLERS, ANSWER_MARGIN, EXIT_MARGIN, RELOAD_ANSWER};
 
 pub struct RootSupervisor;
 
@@ -124,16 +125,6 @@ fn applies_live(key: &str, running: &Config, new: &Config, not_applied: &[String
         && before.name == after.name
         && !not_applied.contains(&after.name)
 }
-
-/// Of the grace, what the steps after the consumers' keep: stopping handlers and
-/// flushing the producer.
-const AFTER_CONSUMERS: Duration = Duration::from_millis(1500);
-/// What the producer flush keeps after the handlers stop.
-const AFTER_HANDLERS: Duration = Duration::from_millis(1000);
-/// Between the consumers' deadline and the root's: time for their answer to arrive.
-const ANSWER_MARGIN: Duration = Duration::from_millis(300);
-/// Left for logging and exiting once everything is done.
-const EXIT_MARGIN: Duration = Duration::from_millis(200);
 
 fn producer_args(config: &Arc<Config>, brokers: &Brokers, handle: &ProducerHandle) -> ProducerArgs {
     ProducerArgs {
@@ -287,7 +278,7 @@ impl Actor for RootSupervisor {
                     .handlers
                     .call(
                         |port| HandlerSupervisorMsg::Reload(effective.clone(), port),
-                        Some(Duration::from_secs(5)),
+                        Some(RELOAD_ANSWER),
                     )
                     .await;
                 let report = match answered {

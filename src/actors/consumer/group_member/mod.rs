@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::sync::{mpsc, Arc};
-use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use rdkafka::consumer::Consumer;
@@ -21,11 +20,9 @@ use crate::actors::Deadline;
 use crate::config::ConsumerConfig;
 use crate::kafka::consumer_config;
 use crate::telemetry::metrics::CONSUMER_FENCED;
+use crate::waits::{CLOSE_RESERVE, HANDBACK_RESERVE};
 
 pub struct GroupMember;
-
-/// Of the grace, what a shutdown keeps for the commit and close after the hand-back.
-pub const CLOSE_RESERVE: std::time::Duration = std::time::Duration::from_millis(2500);
 
 pub struct GroupMemberArgs {
     pub shared: ConsumerShared,
@@ -124,7 +121,7 @@ impl Actor for GroupMember {
         let context = EventdContext::new(
             Arc::from(consumer.name.as_str()),
             Some(myself.clone()),
-            consumer.drain_timeout + Duration::from_secs(2),
+            consumer.drain_timeout + HANDBACK_RESERVE,
             lifecycle.clone(),
             Some(shared.health.starting()),
         );
@@ -176,8 +173,7 @@ impl Actor for GroupMember {
                     let key = (assigned.topic.clone(), assigned.partition);
                     // A new worker starts only once the old one for the partition is gone.
                     if let Some(old) = state.workers.remove(&key) {
-                        old.stop_and_wait(None, Some(Duration::from_secs(2)))
-                            .await?;
+                        old.stop_and_wait(None, Some(HANDBACK_RESERVE)).await?;
                     }
                     let (worker, _) = Actor::spawn_linked(
                         None,

@@ -12,13 +12,13 @@ use rdkafka::message::OwnedMessage;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::context::{ConsumerClient, EventdContext, KafkaConsumer, Lifecycle, MainQueueEvent};
-use super::group_member::CLOSE_RESERVE;
 use super::handback::{hand_back, OwnedPartition};
 use super::partition_worker::{PartitionWorker, PartitionWorkerArgs, PartitionWorkerMsg};
 use super::ConsumerShared;
 use crate::actors::Deadline;
 use crate::config::{ConsumerConfig, NamedStart, StartPosition};
 use crate::kafka::consumer_config;
+use crate::waits::{CLOSE_RESERVE, METADATA_TIMEOUT};
 
 pub struct PartitionConsumer;
 
@@ -66,7 +66,7 @@ fn start_offset(
     topic: &str,
     partition: i32,
 ) -> Result<Offset, ActorProcessingErr> {
-    let timeout = Duration::from_secs(10);
+    let timeout = METADATA_TIMEOUT;
     if consumer.commit_group.is_some() {
         let mut list = TopicPartitionList::new();
         list.add_partition(topic, partition);

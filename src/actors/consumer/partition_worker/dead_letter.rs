@@ -7,6 +7,7 @@ use super::{PartitionWorkerMsg, PartitionWorkerState};
 use crate::actors::producer::dead_letter::{
     dead_letter_copy, write_dead_letter, Provenance, Reason,
 };
+use crate::config::RetryConfig;
 use crate::event::{DecodeError, Source};
 
 impl PartitionWorkerState {
@@ -57,6 +58,8 @@ impl PartitionWorkerState {
                 &source,
                 &blocked,
                 ("", Reason::Undecodable),
+                // No handler is involved: the default `[handlers.retry]` backoff.
+                &RetryConfig::default(),
                 || worker.get_status() == ractor::ActorStatus::Running,
             )
             .await;

@@ -200,12 +200,14 @@ impl Count {
             }
         }
         if early {
-            // Revoke or shutdown: give what was just sent its chance to land now.
+            // Revoke or shutdown: give what was just sent until the producer's deadline
+            // (the caller bounds it further by what is left of its own) to land now.
+            let until = tokio::time::Instant::now() + self.producer.deadline();
             for window in &mut closing {
                 for write in &mut window.records {
                     if let WriteState::Queued(pending, _) = &mut write.state {
-                        let _ = tokio::time::timeout(
-                            self.producer.deadline(),
+                        let _ = tokio::time::timeout_at(
+                            until,
                             futures::future::poll_fn(|cx| pending.poll_report(cx)),
                         )
                         .await;
