@@ -615,3 +615,36 @@ max_backoff = "5s"
         first.logs()
     );
 }
+
+/// A fatal producer error mid-stream (the idempotent producer is replaced, and what it
+/// still held fails): the copies it held are sent again before any newer copy of
+/// their keys, so the first copies keep source order per key, and none is missing.
+#[test]
+fn forwarded_copies_keep_their_keys_order_across_a_producer_restart() {
+    let broker = Broker::start(1, &["like", "out"]);
+    let total = 6_000;
+    broker.produce("like", &events(total, 40));
+    let eventd = start_eventd(
+        &broker,
+        &format!(
+            r#"{COPY_LIKE_TO_OUT}
+[[handlers]]
+name = "breaker"
+kind = "fault"
+consumer = "main"
+action = "producer_fatal"
+offsets = [2500]
+once = true
+"#
+        ),
+    );
+    broker.expect_every_id("out", total, Duration::from_secs(60), &eventd);
+    assert!(
+        eventd.metric_reaches("eventd_actor_restarts_total", &[("actor", "producer")], 1.0),
+        "the producer was not restarted; logs:\n{}",
+        eventd.logs()
+    );
+    let delivery = Delivery::check(&produced_ids(total), &broker.read_all("out"));
+    eprintln!("producer restart: {}", delivery.summary());
+    delivery.assert_at_least_once_in_order("across a producer restart");
+}

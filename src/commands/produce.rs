@@ -311,7 +311,7 @@ pub async fn run(mut config: Config, options: ProduceOptions) -> i32 {
             // enqueue returns without waiting.
             tokio::select! {
                 biased;
-                enqueued = handle.enqueue_in(event.record(), &group, place.number()) => enqueued,
+                enqueued = handle.enqueue_in(event.record(), &group, place.number(), None) => enqueued,
                 _ = &mut interrupted => {
                     ended = Ended::Interrupted;
                     break;

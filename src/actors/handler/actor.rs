@@ -64,6 +64,43 @@ pub struct HandlerState {
     failures: Arc<Failures>,
     /// Keys with an event waiting for a retry; its later events queue behind it.
     outbox: Outbox,
+    /// Batches whose writes are not settled, by the producer generation they went to.
+    writes: Arc<UnsettledWrites>,
+    /// Work that waits while writes sent to a replaced producer are not settled:
+    /// those may fail and be sent again, and nothing newer may overtake them.
+    held: std::collections::VecDeque<Held>,
+}
+
+/// Work held back until writes to a replaced producer are settled.
+enum Held {
+    Batch(Batch),
+    Retry(super::ParkKey),
+}
+
+/// Batches with writes not yet settled, counted per producer generation.
+#[derive(Default)]
+struct UnsettledWrites {
+    by_generation: parking_lot::Mutex<std::collections::BTreeMap<u64, usize>>,
+}
+
+impl UnsettledWrites {
+    fn sent(&self, generation: u64) {
+        *self.by_generation.lock().entry(generation).or_default() += 1;
+    }
+
+    fn settled(&self, generation: u64) {
+        let mut by_generation = self.by_generation.lock();
+        if let Some(count) = by_generation.get_mut(&generation) {
+            *count -= 1;
+            if *count == 0 {
+                by_generation.remove(&generation);
+            }
+        }
+    }
+
+    fn oldest(&self) -> Option<u64> {
+        self.by_generation.lock().keys().next().copied()
+    }
 }
 
 impl Actor for HandlerActor {
@@ -84,6 +121,8 @@ impl Actor for HandlerActor {
             metrics: HandlerMetrics::new(&args.pool.name),
             retry: args.pool.config.retry.clone(),
             outbox: Outbox::new(args.pool.parked.clone(), args.slot),
+            writes: Arc::default(),
+            held: std::collections::VecDeque::new(),
             pool: args.pool,
             slot: args.slot,
             behaviour,
@@ -101,8 +140,24 @@ impl Actor for HandlerActor {
         state: &mut HandlerState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
+            HandlerMsg::Batch(batch) if state.behind_a_producer_restart() => {
+                state.held.push_back(Held::Batch(batch));
+            }
             HandlerMsg::Batch(batch) => handle_batch(&myself, state, batch).await,
+            HandlerMsg::Retry(key) if state.behind_a_producer_restart() => {
+                state.held.push_back(Held::Retry(key));
+            }
             HandlerMsg::Retry(key) => retry_parked(&myself, state, key).await,
+            HandlerMsg::ProducerCaughtUp => {
+                // Held work goes on in the order it came, while nothing holds it again.
+                while state.writes_to_replaced_producer_settled() {
+                    match state.held.pop_front() {
+                        Some(Held::Batch(batch)) => handle_batch(&myself, state, batch).await,
+                        Some(Held::Retry(key)) => retry_parked(&myself, state, key).await,
+                        None => break,
+                    }
+                }
+            }
             HandlerMsg::Settled(unsettled) => state.settled(&myself, *unsettled),
             HandlerMsg::DeadLetterFailed(letter, error) => {
                 state.dead_letter_failed(&myself, *letter, &error)
@@ -139,13 +194,14 @@ async fn handle_batch(myself: &ActorRef<HandlerMsg>, state: &mut HandlerState, b
     // Events that failed before (a panic, a restart while retrying) go one at a time.
     if !state.failures.knows_any(&batch.events, &batch.reply_to) {
         let started = Instant::now();
+        let generation = state.producer.generation();
         state.failures.begin(&batch.events, &batch.reply_to);
         let result = state.behaviour.handle(&state.pool, &batch).await;
         state.failures.end(result.is_ok());
         match result {
             Ok(outcome) => {
                 state
-                    .complete(myself, &batch, outcome, started, false)
+                    .complete(myself, &batch, outcome, (started, generation), false)
                     .await;
                 return;
             }
@@ -183,12 +239,20 @@ async fn handle_batch(myself: &ActorRef<HandlerMsg>, state: &mut HandlerState, b
             }
         }
     }
-    for event in batch.events.iter() {
+    for (index, event) in batch.events.iter().enumerate() {
         let one = batch_of_one(&batch, event);
         let key = park_key(&batch, event);
         if state.outbox.is_parked(&key) {
             state.outbox.queue_behind(&key, Parked::new(one));
             continue;
+        }
+        if !state.writes_to_replaced_producer_settled() {
+            // The producer was replaced meanwhile: the rest waits, first in line.
+            state.held.push_front(Held::Batch(Batch {
+                events: batch.events[index..].into(),
+                ..batch.clone()
+            }));
+            return;
         }
         if let Some((parked, delay)) = state.try_alone(myself, one, None).await {
             state.outbox.park(myself, key, parked, delay);
@@ -214,6 +278,13 @@ async fn retry_parked(
                 .forget(&head.batch.events[0], &head.batch.reply_to);
             continue;
         }
+        if !state.writes_to_replaced_producer_settled() {
+            // The producer was replaced meanwhile: the key stays parked until it caught up.
+            queue.push_front(head);
+            state.outbox.restore(key.clone(), (queue, since));
+            state.held.push_back(Held::Retry(key));
+            return;
+        }
         let failed = match head.work {
             Work::Handle => state.try_alone(myself, head.batch, head.blocked).await,
             Work::DeadLetter(letter) => {
@@ -238,6 +309,19 @@ fn describe(error: &ActorProcessingErr) -> (String, bool) {
 }
 
 impl HandlerState {
+    /// Whether new work must wait: earlier work is held, or writes sent to a producer
+    /// since replaced (after a fatal error) are not all settled. Those may fail and be
+    /// sent again, and no newer copy of their keys may land first.
+    fn behind_a_producer_restart(&self) -> bool {
+        !self.held.is_empty() || !self.writes_to_replaced_producer_settled()
+    }
+
+    fn writes_to_replaced_producer_settled(&self) -> bool {
+        self.writes
+            .oldest()
+            .is_none_or(|oldest| oldest >= self.producer.generation())
+    }
+
     /// Whether `failure` used up the attempts its kind of error is allowed. An event is
     /// given up only after failing own: a failed batch's attempt counts for each of
     /// its events, but may have been another event's failure.
@@ -284,6 +368,7 @@ impl HandlerState {
             self.metrics.retries.increment(1);
         }
         let started = Instant::now();
+        let generation = self.producer.generation();
         self.failures.begin(&one.events, &one.reply_to);
         let result = self.behaviour.handle(&self.pool, &one).await;
         self.failures.end(result.is_ok());
@@ -298,7 +383,8 @@ impl HandlerState {
                     }
                 }
                 drop(blocked);
-                self.complete(myself, &one, outcome, started, retried).await;
+                self.complete(myself, &one, outcome, (started, generation), retried)
+                    .await;
                 return None;
             }
             Err(error) => error,
@@ -578,13 +664,14 @@ impl HandlerState {
         }
     }
 
-    /// Reports `batch` finished, once its writes are settled.
+    /// Reports `batch` finished, once its writes are settled; `generation` is the
+    /// producer's its writes went to.
     async fn complete(
         &mut self,
         myself: &ActorRef<HandlerMsg>,
         batch: &Batch,
         outcome: BatchOutcome,
-        started: Instant,
+        (started, generation): (Instant, u64),
         retried: bool,
     ) {
         let report = FinishedReport {
@@ -624,18 +711,25 @@ impl HandlerState {
         }
         let myself = myself.clone();
         let batch = batch.clone();
+        let writes = self.writes.clone();
+        let producer = self.producer.clone();
+        writes.sent(generation);
         tokio::spawn(async move {
             let failed = settling.await;
+            writes.settled(generation);
             if failed.is_empty() {
                 report.send();
-                return;
+            } else {
+                // If the actor is gone, its replacement gets the batch again from the worker.
+                let _ = myself.send_message(HandlerMsg::Settled(Box::new(Unsettled {
+                    report,
+                    batch,
+                    failed,
+                })));
             }
-            // If the actor is gone, its replacement gets the batch again from the worker.
-            let _ = myself.send_message(HandlerMsg::Settled(Box::new(Unsettled {
-                report,
-                batch,
-                failed,
-            })));
+            if producer.generation() != generation {
+                let _ = myself.send_message(HandlerMsg::ProducerCaughtUp);
+            }
         });
     }
 }

@@ -55,6 +55,8 @@ pub enum HandlerMsg {
     ),
     /// The backoff of the event at the head of this key's retry queue has passed.
     Retry(ParkKey),
+    /// Writes sent to a producer since replaced were settled: held work may go on.
+    ProducerCaughtUp,
 }
 
 /// An error a handler marks as one that may pass (a downstream unavailable, a

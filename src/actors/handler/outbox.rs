@@ -164,6 +164,13 @@ impl Outbox {
         self.show();
     }
 
+    /// Puts back a queue taken for a retry that must wait, with no retry scheduled:
+    /// whoever held the retry back runs it.
+    pub fn restore(&mut self, key: ParkKey, queue: (VecDeque<Parked>, Instant)) {
+        self.queues.insert(key, queue);
+        self.show();
+    }
+
     /// Takes a key's queue to retry it; it is parked again if its head fails again.
     pub fn take(&mut self, key: &ParkKey) -> Option<(VecDeque<Parked>, Instant)> {
         let taken = self.queues.remove(key);

@@ -67,6 +67,10 @@ pub struct Record<'a> {
 pub enum ProduceError {
     #[error("the producer is not running")]
     NotRunning,
+    /// A sender that keeps order across a restart of the producer (after a fatal error)
+    /// sends nothing to the new one while its writes to the old are unsettled.
+    #[error("the producer was replaced while these events were being sent")]
+    Replaced,
     #[error(
         "event for topic {topic:?} is {size} bytes, above producer.max_message_bytes ({limit})"
     )]
@@ -100,7 +104,7 @@ impl ProduceError {
     /// The topic the event was for; empty for `NotRunning`.
     pub fn topic(&self) -> &str {
         match self {
-            ProduceError::NotRunning => "",
+            ProduceError::NotRunning | ProduceError::Replaced => "",
             ProduceError::TooLarge { topic, .. }
             | ProduceError::Partition { topic, .. }
             | ProduceError::Metadata { topic, .. }
@@ -364,6 +368,12 @@ impl ProducerHandle {
         previous
     }
 
+    /// Bumped each time the ProducerActor installs a producer: writes sent under an
+    /// older generation went to a producer since replaced.
+    pub fn generation(&self) -> u64 {
+        self.shared.generation.load(Ordering::Acquire)
+    }
+
     pub(super) fn current(&self) -> Option<Arc<KafkaProducer>> {
         self.shared.producer.load_full()
     }
@@ -385,7 +395,8 @@ impl ProducerHandle {
 
     async fn try_enqueue(&self, event: Outgoing) -> Result<PendingDelivery, ProduceError> {
         let (reply, receiver) = oneshot::channel();
-        self.send_record(event.record(), Reply::One(reply)).await?;
+        self.send_record(event.record(), Reply::One(reply), None)
+            .await?;
         // In async mode nothing below awaits: a caller that drops this future at an
         // await above knows the event was not sent (`eventd produce` relies on it).
         let patience = self.patience();
@@ -411,11 +422,14 @@ impl ProducerHandle {
     /// Queues `record` as one of `group`, whose failures name it by `token`. As
     /// `enqueue`: waits while `producer.max_in_flight` events are unacknowledged, and
     /// in sync mode until every event of the group is reported.
+    /// With `generation`, the record goes only to that producer: `Replaced` once the
+    /// ProducerActor installed another.
     pub async fn enqueue_in(
         &self,
         record: Record<'_>,
         group: &Arc<DeliveryGroup>,
         token: u64,
+        generation: Option<u64>,
     ) -> Result<(), ProduceError> {
         // A caller may drop this future at any await before the send: the group must
         // not then wait for a report that never comes.
@@ -430,14 +444,14 @@ impl ProducerHandle {
         group.sending();
         let mut unsent = Unsent(Some(group));
         let sent = self
-            .send_record(record, Reply::Group(group.clone(), token))
+            .send_record(record, Reply::Group(group.clone(), token), generation)
             .await;
         if sent.is_ok() {
             unsent.0 = None;
         }
         drop(unsent);
         if let Err(error) = &sent {
-            if !matches!(error, ProduceError::NotRunning) {
+            if !matches!(error, ProduceError::NotRunning | ProduceError::Replaced) {
                 metrics::counter!(PRODUCER_MESSAGES, "topic" => error.topic().to_owned(), "outcome" => "refused")
                     .increment(1);
             }
@@ -462,7 +476,12 @@ impl ProducerHandle {
         self.shared.message_timeout
     }
 
-    async fn send_record(&self, event: Record<'_>, reply: Reply) -> Result<(), ProduceError> {
+    async fn send_record(
+        &self,
+        event: Record<'_>,
+        reply: Reply,
+        pinned: Option<u64>,
+    ) -> Result<(), ProduceError> {
         let size = event.payload.len()
             + event.key.map_or(0, <[u8]>::len)
             + event
@@ -486,6 +505,9 @@ impl ProducerHandle {
         }
         let permit = self.shared.in_flight.acquire().await;
         let (producer, mut generation) = self.running_producer().await?;
+        if pinned.is_some_and(|pinned| pinned != generation) {
+            return Err(ProduceError::Replaced);
+        }
         let mut producer = ProducerInUse(Some(producer));
         let now = Instant::now();
         let topic = self.topic_state(producer.get()?, event.topic, now).await?;
@@ -540,6 +562,11 @@ impl ProducerHandle {
                     record = back;
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_millis(100));
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::Fatal), _))
+                    if pinned.is_some() =>
+                {
+                    break Err(ProduceError::Replaced);
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::Fatal), back)) => {
                     // The ProducerActor is replacing this producer; send with the next.

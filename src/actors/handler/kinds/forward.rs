@@ -31,7 +31,7 @@ struct Settle {
     deadline: std::time::Duration,
     events: usize,
     group: Arc<DeliveryGroup>,
-    /// Copies the producer refused for good before queueing them, by index.
+    /// Copies not queued, by index: refused for good, or not sent to a replaced producer.
     refused: Vec<(usize, ProduceError)>,
 }
 
@@ -65,6 +65,10 @@ impl Forward {
     ) -> Result<Settling, ActorProcessingErr> {
         let group = DeliveryGroup::new();
         let mut refused = Vec::new();
+        // Every copy of the batch goes to one producer: should it be replaced midway,
+        // the rest are not sent to the new one before the old one's copies settle (the
+        // actor sends them again, after any of those that fail).
+        let generation = self.producer.generation();
         let mut source_text = headers::SourceText::default();
         for (index, event) in batch.events.iter().enumerate() {
             let reduced_payload = fields.as_deref().map(|fields| reduced(event, fields));
@@ -78,8 +82,17 @@ impl Forward {
                 headers: &event.headers,
                 more_headers: &source_text.headers(&event.source),
             };
-            match self.producer.enqueue_in(record, &group, index as u64).await {
+            match self
+                .producer
+                .enqueue_in(record, &group, index as u64, Some(generation))
+                .await
+            {
                 Ok(()) => {}
+                Err(ProduceError::Replaced) => {
+                    refused
+                        .extend((index..batch.events.len()).map(|i| (i, ProduceError::Replaced)));
+                    break;
+                }
                 Err(error) if error.is_permanent() => refused.push((index, error)),
                 // The producer is restarting or its queue stays full: it may pass.
                 Err(error) => return Err(Transient(error.to_string()).into()),
