@@ -100,6 +100,8 @@ struct PanicStreak {
     events: std::collections::HashSet<EventId>,
     /// Panics with no event being handled (a tick, a flush, a start).
     other: usize,
+    /// The handler succeeded since the last panic.
+    recovered: bool,
 }
 
 impl PanicStreak {
@@ -118,8 +120,11 @@ impl Failures {
     pub fn end(&self, succeeded: bool) {
         let mut ledger = self.ledger.lock();
         ledger.handling = None;
-        if succeeded && ledger.streak.len() > 0 {
-            ledger.streak = PanicStreak::default();
+        if succeeded && !ledger.streak.recovered {
+            ledger.streak = PanicStreak {
+                recovered: true,
+                ..PanicStreak::default()
+            };
         }
     }
 
@@ -130,12 +135,13 @@ impl Failures {
 
     /// The actor panicked: whatever it was handling had one more attempt. Returns how
     /// many distinct events (or eventless panics) the slot panicked on in a row, with
-    /// no success between them.
-    pub fn actor_failed(&self, reason: &str) -> usize {
+    /// no success between them, and whether it succeeded since its last panic.
+    pub fn actor_failed(&self, reason: &str) -> (usize, bool) {
         let mut ledger = self.ledger.lock();
+        let recovered = std::mem::replace(&mut ledger.streak.recovered, false);
         let Some((events, source)) = ledger.handling.take() else {
             ledger.streak.other += 1;
-            return ledger.streak.len();
+            return (ledger.streak.len(), recovered);
         };
         ledger.streak.events.insert(id_of(&events[0], &source));
         let own = events.len() == 1;
@@ -149,7 +155,7 @@ impl Failures {
                 },
             );
         }
-        ledger.streak.len()
+        (ledger.streak.len(), recovered)
     }
 
     /// Whether any of `events` failed before: then they are handled one at a time.
@@ -267,7 +273,7 @@ mod tests {
         let source: Arc<dyn BatchSource> = Arc::new(Partition(AtomicBool::new(true), 1));
         let batch: Arc<[Arc<Event>]> = (0..3).map(event).collect();
         failures.begin(&batch, &source);
-        assert_eq!(failures.actor_failed("panic: injected"), 1);
+        assert_eq!(failures.actor_failed("panic: injected").0, 1);
         for offset in 0..3 {
             let failure = failures.get(&event(offset), &source).expect("recorded");
             assert_eq!((failure.attempts, failure.panicked), (1, true));
@@ -375,23 +381,23 @@ mod tests {
             failures.begin(&one(1), &source);
             assert_eq!(
                 failures.actor_failed("boom"),
-                1,
-                "attempt {attempt} of one event"
+                (1, false),
+                "attempt {attempt} of one event, no success between"
             );
         }
         failures.begin(&one(2), &source);
-        assert_eq!(failures.actor_failed("boom"), 2);
+        assert_eq!(failures.actor_failed("boom"), (2, false));
         failures.begin(&one(3), &source);
         failures.end(true);
         failures.begin(&one(4), &source);
         assert_eq!(
             failures.actor_failed("boom"),
-            1,
+            (1, true),
             "a success ended the streak"
         );
         assert_eq!(
             failures.actor_failed("tick"),
-            2,
+            (2, false),
             "a panic with no event counts"
         );
     }

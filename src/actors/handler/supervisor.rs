@@ -121,19 +121,21 @@ impl HandlerSupervisor {
         }
         // Only a panic fails a handler actor: every other failure of its work parks
         // the event's key and backs off inside the actor.
-        let streak = failures.actor_failed(reason);
-        Self::slot_failed(myself, state, role, reason, streak);
+        let panic = failures.actor_failed(reason);
+        Self::slot_failed(myself, state, role, reason, panic);
     }
 
     /// A slot's actor panicked (or could not be started): restart it after its backoff,
     /// or end the daemon when it panicked on `supervision.max_restarts` events in a row
-    /// with no success between them (`streak`): then the handler itself is broken.
+    /// with no success between them (`streak`): then the handler itself is broken. The
+    /// backoff starts over once the handler `recovered` (succeeded since its last
+    /// panic), and keeps growing while one event panics it again and again.
     fn slot_failed(
         myself: &ActorRef<HandlerSupervisorMsg>,
         state: &mut HandlerSupervisorState,
         role: Role,
         reason: &str,
-        streak: usize,
+        (streak, recovered): (usize, bool),
     ) {
         let name = state.pools[role.handler].name.clone();
         let actor = format!("handler/{name}/{}", role.slot);
@@ -151,7 +153,7 @@ impl HandlerSupervisor {
             "handler actor panicked");
         let delay = state
             .restarts
-            .delay(role, &format!("handler/{name}"), reason, streak <= 1);
+            .delay(role, &format!("handler/{name}"), reason, recovered);
         myself.send_after(delay, move || HandlerSupervisorMsg::Restart {
             handler: role.handler,
             slot: role.slot,
@@ -227,12 +229,12 @@ impl Actor for HandlerSupervisor {
                     let role = Role { handler, slot };
                     if let Err(error) = Self::spawn_slot(&myself, state, role).await {
                         let reason = format!("cannot start handler actor: {error}");
-                        let streak = state
+                        let panic = state
                             .failures
                             .entry(role)
                             .or_default()
                             .actor_failed(&reason);
-                        Self::slot_failed(&myself, state, role, &reason, streak);
+                        Self::slot_failed(&myself, state, role, &reason, panic);
                     }
                 }
             }
