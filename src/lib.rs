@@ -6,10 +6,13 @@
 //! RootSupervisor                        actors::root: owns everything, shuts down in order
 //! ├── ProducerActor                     actors::producer: the one librdkafka producer
 //! ├── HandlerSupervisor                 actors::handler: one pool per [[handlers]] entry,
-//! │   └── HandlerActor × concurrency    restarts failed actors with backoff
+//! │   │                                 restarts an actor that panics, budget per slot
+//! │   └── HandlerActor × concurrency    handler::actor, with its outbox (handler::outbox):
+//! │                                     every failure of its work parks the event's key
 //! └── ConsumerSupervisor                actors::consumer: one child per [[consumers]] entry
 //!     ├── GroupMember × members         mode = "group": one consumer in the group
-//!     │   └── PartitionWorker × assigned partitions (split partition queues)
+//!     │   └── PartitionWorker × assigned partitions (split partition queues): reads,
+//!     │                                 decodes, routes, redelivers, stores offsets
 //!     └── PartitionConsumer × partitions  mode = "partitions": manual assignment
 //!         └── PartitionWorker
 //! telemetry                             /metrics, /healthz, /readyz
@@ -26,6 +29,7 @@
 //!
 //! An offset is stored only after every handler routed an event has finished it (and
 //! whatever it wrote was acknowledged by the broker); auto-commit sends stored offsets.
+//! `waits` names the few fixed waits; every other wait derives from the config.
 
 pub mod actors;
 pub mod commands;

@@ -26,15 +26,9 @@ fn counted(records: &[Record]) -> u64 {
         .sum()
 }
 
-/// A count record keyed by a ~450-byte `group_by` value is over a 1000-byte
-/// `producer.max_message_bytes`, so the broker-bound write is refused for good. With no
-/// dead-letter topic nothing can take it: the daemon stays up and shows the partition
-/// blocked, however often the record is tried (more often here than the restart budget,
-/// which a failing actor would use up).
-#[test]
-fn a_count_record_too_large_without_a_dead_letter_topic_blocks_its_partition_and_the_daemon_stays_up(
-) {
-    let broker = Broker::start(1, &["like", "counts"]);
+/// Five events whose `item_id` is ~450 bytes long: a count record keyed by it is over
+/// a 1000-byte `producer.max_message_bytes`, while a truncated dead-letter copy fits.
+fn produce_long_items(broker: &Broker) {
     let long_item = "i".repeat(450);
     broker.produce(
         "like",
@@ -42,9 +36,10 @@ fn a_count_record_too_large_without_a_dead_letter_topic_blocks_its_partition_and
             .map(|id| (long_item.clone(), event(id, &long_item)))
             .collect::<Vec<_>>(),
     );
-    let mut eventd = start_eventd(
-        &broker,
-        r#"
+}
+
+/// The count handler of both tests below: windows of 1 s, records to `counts`.
+const TALLY_TOO_SMALL_FOR_ITS_RECORDS: &str = r#"
 [producer]
 max_message_bytes = 1000
 
@@ -59,11 +54,23 @@ consumer = "main"
 group_by = "item_id"
 window = "1s"
 output = "counts"
-# A short longest backoff so the refusal is tried more often than the restart budget
-# (10 in a minute by default) within seconds; the budget itself keeps its default.
-[handlers.retry]
-max_backoff = "500ms"
-"#,
+"#;
+
+/// A count record keyed by a ~450-byte `group_by` value is over a 1000-byte
+/// `producer.max_message_bytes`, so the broker-bound write is refused for good. With no
+/// dead-letter topic nothing can take it: the daemon stays up and shows the partition
+/// blocked, however often the record is tried (more often here than the restart budget,
+/// which a failing actor would use up).
+#[test]
+fn a_count_record_too_large_without_a_dead_letter_topic_blocks_its_partition_and_the_daemon_stays_up(
+) {
+    let broker = Broker::start(1, &["like", "counts"]);
+    produce_long_items(&broker);
+    // A short longest backoff so the refusal is tried more often than the restart budget
+    // (10 in a minute by default) within seconds; the budget itself keeps its default.
+    let mut eventd = start_eventd(
+        &broker,
+        &format!("{TALLY_TOO_SMALL_FOR_ITS_RECORDS}[handlers.retry]\nmax_backoff = \"500ms\"\n"),
     );
     let blocked = [("topic", "like"), ("partition", "0")];
     assert!(
@@ -101,35 +108,10 @@ max_backoff = "500ms"
 #[test]
 fn a_count_record_too_large_goes_to_the_dead_letter_topic_and_the_partition_commits_on() {
     let broker = Broker::start(1, &["like", "counts", "dlq"]);
-    let long_item = "i".repeat(450);
-    let total = 5;
-    broker.produce(
-        "like",
-        &(0..total)
-            .map(|id| (long_item.clone(), event(id, &long_item)))
-            .collect::<Vec<_>>(),
-    );
+    produce_long_items(&broker);
     let eventd = start_eventd(
         &broker,
-        r#"
-[dead_letter]
-topic = "dlq"
-
-[producer]
-max_message_bytes = 1000
-
-[[consumers]]
-name = "main"
-topics = ["like"]
-
-[[handlers]]
-name = "tally"
-kind = "count"
-consumer = "main"
-group_by = "item_id"
-window = "1s"
-output = "counts"
-"#,
+        &format!("[dead_letter]\ntopic = \"dlq\"\n{TALLY_TOO_SMALL_FOR_ITS_RECORDS}"),
     );
     let dlq = broker.wait_for("dlq", Duration::from_secs(30), |records| {
         !records.is_empty()
