@@ -9,6 +9,14 @@ use std::time::Duration;
 /// assignment's partition lookup, the one-shot commands.
 pub const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a partition count the producer learned is trusted before it is asked for
+/// again, so partitions added to a topic are used without a restart.
+pub const PARTITION_COUNT_TTL: Duration = Duration::from_secs(30);
+
+/// Beyond a write's deadline, how long a sender waiting on one delivery report gives
+/// it before counting it lost (a report never comes only from a discarded producer).
+pub const DELIVERY_REPORT_GRACE: Duration = Duration::from_secs(30);
+
 /// How long an actor that is asked to apply a reload has to answer.
 pub const RELOAD_ANSWER: Duration = Duration::from_secs(5);
 

@@ -98,7 +98,9 @@ struct PanicStreak {
     /// Events that panicked (a batch counts as its first event: its events are then
     /// tried alone, and the one that panics again is charged on its own).
     events: std::collections::HashSet<EventId>,
-    /// Panics with no event being handled (a tick, a flush, a start).
+    /// Panics with no event being handled (a tick, a flush, a start), and panics of
+    /// an event past its `retry.max_attempts` (no dead-letter topic takes it): each is
+    /// one more step towards the meltdown.
     other: usize,
     /// The handler succeeded since the last panic.
     recovered: bool,
@@ -134,9 +136,10 @@ impl Failures {
     }
 
     /// The actor panicked: whatever it was handling had one more attempt. Returns how
-    /// many distinct events (or eventless panics) the slot panicked on in a row, with
-    /// no success between them, and whether it succeeded since its last panic.
-    pub fn actor_failed(&self, reason: &str) -> (usize, bool) {
+    /// many distinct events the slot panicked on in a row with no success between
+    /// them (eventless panics, and those of an event past its `max_attempts`, count
+    /// one each), and whether it succeeded since its last panic.
+    pub fn actor_failed(&self, reason: &str, max_attempts: u32) -> (usize, bool) {
         let mut ledger = self.ledger.lock();
         let recovered = std::mem::replace(&mut ledger.streak.recovered, false);
         let Some((events, source)) = ledger.handling.take() else {
@@ -146,7 +149,7 @@ impl Failures {
         ledger.streak.events.insert(id_of(&events[0], &source));
         let own = events.len() == 1;
         for event in events.iter() {
-            ledger.record(
+            let failure = ledger.record(
                 event,
                 &source,
                 &Failed::Panic {
@@ -154,6 +157,9 @@ impl Failures {
                     own,
                 },
             );
+            if own && failure.attempts > max_attempts {
+                ledger.streak.other += 1;
+            }
         }
         (ledger.streak.len(), recovered)
     }
@@ -273,7 +279,7 @@ mod tests {
         let source: Arc<dyn BatchSource> = Arc::new(Partition(AtomicBool::new(true), 1));
         let batch: Arc<[Arc<Event>]> = (0..3).map(event).collect();
         failures.begin(&batch, &source);
-        assert_eq!(failures.actor_failed("panic: injected").0, 1);
+        assert_eq!(failures.actor_failed("panic: injected", 3).0, 1);
         for offset in 0..3 {
             let failure = failures.get(&event(offset), &source).expect("recorded");
             assert_eq!((failure.attempts, failure.panicked), (1, true));
@@ -286,7 +292,7 @@ mod tests {
         // A batch the handler returned from is not charged when the actor fails later.
         failures.begin(&batch, &source);
         failures.end(false);
-        failures.actor_failed("tick panicked");
+        failures.actor_failed("tick panicked", 3);
         assert_eq!(
             failures.get(&event(0), &source).map(|f| f.attempts),
             Some(1)
@@ -380,23 +386,26 @@ mod tests {
         for attempt in 0..3 {
             failures.begin(&one(1), &source);
             assert_eq!(
-                failures.actor_failed("boom"),
+                failures.actor_failed("boom", 3),
                 (1, false),
                 "attempt {attempt} of one event, no success between"
             );
         }
+        // Past its attempts (no dead-letter topic took it), each panic is a step.
+        failures.begin(&one(1), &source);
+        assert_eq!(failures.actor_failed("boom", 3), (2, false));
         failures.begin(&one(2), &source);
-        assert_eq!(failures.actor_failed("boom"), (2, false));
+        assert_eq!(failures.actor_failed("boom", 3), (3, false));
         failures.begin(&one(3), &source);
         failures.end(true);
         failures.begin(&one(4), &source);
         assert_eq!(
-            failures.actor_failed("boom"),
+            failures.actor_failed("boom", 3),
             (1, true),
             "a success ended the streak"
         );
         assert_eq!(
-            failures.actor_failed("tick"),
+            failures.actor_failed("tick", 3),
             (2, false),
             "a panic with no event counts"
         );

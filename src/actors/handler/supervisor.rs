@@ -121,7 +121,8 @@ impl HandlerSupervisor {
         }
         // Only a panic fails a handler actor: every other failure of its work parks
         // the event's key and backs off inside the actor.
-        let panic = failures.actor_failed(reason);
+        let max_attempts = state.pools[role.handler].config.retry.max_attempts;
+        let panic = failures.actor_failed(reason, max_attempts);
         Self::slot_failed(myself, state, role, reason, panic);
     }
 
@@ -229,11 +230,12 @@ impl Actor for HandlerSupervisor {
                     let role = Role { handler, slot };
                     if let Err(error) = Self::spawn_slot(&myself, state, role).await {
                         let reason = format!("cannot start handler actor: {error}");
+                        let max_attempts = state.pools[handler].config.retry.max_attempts;
                         let panic = state
                             .failures
                             .entry(role)
                             .or_default()
-                            .actor_failed(&reason);
+                            .actor_failed(&reason, max_attempts);
                         Self::slot_failed(&myself, state, role, &reason, panic);
                     }
                 }

@@ -23,12 +23,7 @@ use super::KafkaProducer;
 use crate::config::{ProducerConfig, ProducerMode};
 use crate::telemetry::metrics::{PRODUCER_MESSAGES, PRODUCER_QUEUE_DEPTH};
 
-/// How long a learned partition count is trusted before it is asked for again, so
-/// partitions added to a topic are used without a restart.
-const PARTITION_COUNT_TTL: Duration = Duration::from_secs(30);
-const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
-/// Beyond `message_timeout`, how long a sender waits for a delivery report.
-const DELIVERY_REPORT_GRACE: Duration = Duration::from_secs(30);
+use crate::waits::{DELIVERY_REPORT_GRACE, METADATA_TIMEOUT, PARTITION_COUNT_TTL};
 
 /// An event to write.
 #[derive(Debug, Clone)]
