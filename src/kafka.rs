@@ -349,8 +349,6 @@ impl ClientContext for Diagnosis {
 
 impl ConsumerContext for Diagnosis {}
 
-/// How long the startup check waits for the brokers' metadata.
-
 /// Why eventd cannot start writing: a topic it writes to is missing, or no broker told.
 #[derive(Debug, thiserror::Error)]
 pub enum TopicCheckError {

@@ -140,10 +140,14 @@ impl Actor for HandlerActor {
         state: &mut HandlerState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            HandlerMsg::Batch(batch) if state.behind_a_producer_restart() => {
-                state.held.push_back(Held::Batch(batch));
+            HandlerMsg::Batch(batch) => {
+                state.metrics.batch_size.record(batch.events.len() as f64);
+                if state.behind_a_producer_restart() {
+                    state.held.push_back(Held::Batch(batch));
+                } else {
+                    handle_batch(&myself, state, batch).await;
+                }
             }
-            HandlerMsg::Batch(batch) => handle_batch(&myself, state, batch).await,
             HandlerMsg::Retry(key) if state.behind_a_producer_restart() => {
                 state.held.push_back(Held::Retry(key));
             }
@@ -187,7 +191,6 @@ async fn handle_batch(myself: &ActorRef<HandlerMsg>, state: &mut HandlerState, b
     if batch.events.is_empty() {
         return;
     }
-    state.metrics.batch_size.record(batch.events.len() as f64);
     let Some(batch) = state.outbox.divert(batch) else {
         return;
     };
@@ -601,6 +604,7 @@ impl HandlerState {
             mut report,
             batch,
             failed,
+            counted,
         } = unsettled;
         let failed_offsets: Vec<i64> = failed
             .iter()
@@ -620,8 +624,15 @@ impl HandlerState {
                 self.failures.forget(&event, &one.reply_to);
                 continue;
             }
-            let message = error.to_string();
             let key = park_key(&batch, &event);
+            if matches!(error, ProduceError::Replaced) {
+                // Not sent at all, the producer being replaced: no fault of the event's,
+                // so no attempt is charged. It waits its turn like any parked key.
+                self.outbox
+                    .park(myself, key, Parked::new(one), self.retry.backoff);
+                continue;
+            }
+            let message = error.to_string();
             if error.is_permanent() {
                 let reason = match error {
                     ProduceError::TooLarge { .. } => Reason::TooLarge,
@@ -661,6 +672,9 @@ impl HandlerState {
             if let Some((parked, delay)) = parked {
                 self.outbox.park(myself, key, parked, delay);
             }
+        }
+        if let Some(generation) = counted {
+            self.writes.settled(generation);
         }
     }
 
@@ -704,6 +718,7 @@ impl HandlerState {
                         report,
                         batch: batch.clone(),
                         failed,
+                        counted: None,
                     },
                 );
             }
@@ -716,15 +731,18 @@ impl HandlerState {
         writes.sent(generation);
         tokio::spawn(async move {
             let failed = settling.await;
-            writes.settled(generation);
             if failed.is_empty() {
+                writes.settled(generation);
                 report.send();
             } else {
-                // If the actor is gone, its replacement gets the batch again from the worker.
+                // The actor counts these writes settled once it parked the failed ones,
+                // so no newer copy of their keys is sent in between. If the actor is
+                // gone, its replacement gets the batch again from the worker.
                 let _ = myself.send_message(HandlerMsg::Settled(Box::new(Unsettled {
                     report,
                     batch,
                     failed,
+                    counted: Some(generation),
                 })));
             }
             if producer.generation() != generation {
@@ -740,6 +758,8 @@ pub struct Unsettled {
     batch: Batch,
     /// By index in the batch, in batch order.
     failed: Vec<(usize, ProduceError)>,
+    /// The producer generation under which the batch is counted unsettled, if it is.
+    counted: Option<u64>,
 }
 
 /// Metric handles of one actor, registered once rather than looked up per batch.
@@ -834,7 +854,7 @@ impl FinishedReport {
 pub struct BatchOutcome {
     /// Events the handler chose not to act on (no group_by value, not sampled...).
     pub skipped: usize,
-    /// Count windows now holding offsets of this partition: (window start, first offset).
+    /// Count windows now holding offsets of this partition: (window id, first offset).
     pub holds: Vec<(i64, i64)>,
     /// Writes still to be settled (acknowledged, or set aside); the batch is finished
     /// when this resolves.

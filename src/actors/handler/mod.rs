@@ -69,9 +69,10 @@ pub struct Transient(pub String);
 /// finished. The partition worker implements it; the handler layer knows no more of it.
 pub trait BatchSource: Send + Sync + 'static {
     /// `offsets` of one batch are finished; `holds` lists count windows that now hold
-    /// offsets of this partition (window start, first offset).
+    /// offsets of this partition (window id, first offset).
     fn finished(&self, handler: usize, slot: usize, offsets: Vec<i64>, holds: Vec<(i64, i64)>);
-    /// A count window that held offsets of this partition was emitted and acknowledged.
+    /// A count window (by id) that held offsets of this partition was emitted and
+    /// acknowledged.
     fn released(&self, handler: usize, slot: usize, window: i64);
     /// False once the partition is gone (revoked, stopped): nothing waits on its writes.
     fn is_open(&self) -> bool;

@@ -81,6 +81,8 @@ pub struct Outbox {
 
 impl Outbox {
     pub fn new(shown: Arc<ParkedShown>, slot: usize) -> Self {
+        // A restarted actor starts with no parked key: its predecessor's are gone.
+        shown.set(slot, 0, None);
         Self {
             queues: HashMap::new(),
             shown,

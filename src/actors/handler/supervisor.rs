@@ -119,6 +119,17 @@ impl HandlerSupervisor {
         if state.stopping {
             return;
         }
+        if !failed {
+            // Stopped without a panic while the daemon runs: no attempt of any event,
+            // so it comes back at once and costs nothing of the budget.
+            tracing::warn!(handler = %state.pools[role.handler].name, slot = role.slot, reason,
+                "handler actor stopped; starting it again");
+            let _ = myself.send_message(HandlerSupervisorMsg::Restart {
+                handler: role.handler,
+                slot: role.slot,
+            });
+            return;
+        }
         // Only a panic fails a handler actor: every other failure of its work parks
         // the event's key and backs off inside the actor.
         let max_attempts = state.pools[role.handler].config.retry.max_attempts;

@@ -83,10 +83,10 @@ pub fn dead_letter_copy(
 }
 
 /// Whether a partition has writes that keep failing; `eventd_partition_blocked` is 1
-/// while any of them does. One per owner of the partition (its partition worker): the
-/// series is set and cleared by the current owner only, so an old worker's leftovers
-/// cannot clear what the new one shows, nor a new one hide an old one's failures while
-/// the old one still runs.
+/// while any of them does. One per owner of the partition (its partition worker): a new
+/// owner takes the series over, and only the current owner sets or clears it, so an
+/// old worker's leftovers (which no longer retry anything) cannot clear what the new
+/// one shows.
 pub struct Blocked {
     /// The consumer reading the partition, for log lines.
     consumer: String,

@@ -63,11 +63,31 @@ pub struct DeliveryGroup {
     failed: AtomicU64,
     failures: Mutex<Vec<(u64, Arc<TopicState>, DeliveryFailure)>>,
     settled: Notify,
+    /// Which tokens were acknowledged, one bit each, for groups made `with_tokens`: a
+    /// sender that stops waiting at its deadline must know which events landed.
+    acknowledged: Vec<AtomicU64>,
 }
 
 impl DeliveryGroup {
     pub fn new() -> Arc<Self> {
         Arc::default()
+    }
+
+    /// A group whose tokens are `0..tokens` and which remembers which were acknowledged.
+    pub fn with_tokens(tokens: usize) -> Arc<Self> {
+        Arc::new(Self {
+            acknowledged: (0..tokens.div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            ..Self::default()
+        })
+    }
+
+    /// Whether the event of `token` was acknowledged (groups made `with_tokens` only).
+    pub fn acknowledged(&self, token: u64) -> bool {
+        self.acknowledged
+            .get((token / 64) as usize)
+            .is_some_and(|word| word.load(Ordering::Acquire) & (1 << (token % 64)) != 0)
     }
 
     /// Counted before librdkafka sees the event: its report may come before `send`
@@ -90,6 +110,9 @@ impl DeliveryGroup {
         match report {
             Ok(_) => {
                 self.delivered.fetch_add(1, Ordering::Relaxed);
+                if let Some(word) = self.acknowledged.get((token / 64) as usize) {
+                    word.fetch_or(1 << (token % 64), Ordering::Release);
+                }
             }
             Err(failure) => {
                 self.failures.lock().push((token, topic, failure));
@@ -294,6 +317,28 @@ mod tests {
     use futures::FutureExt;
 
     use super::*;
+
+    #[tokio::test]
+    async fn a_group_with_tokens_knows_which_events_were_acknowledged() {
+        let group = DeliveryGroup::with_tokens(130);
+        let topic = Arc::new(TopicState::new("out", 1, 0));
+        for _ in 0..3 {
+            group.sending();
+        }
+        let landed = Delivery {
+            partition: 0,
+            offset: 1,
+        };
+        group.report(0, topic.clone(), Ok(landed));
+        group.report(129, topic.clone(), Ok(landed));
+        group.report(64, topic, Err(DeliveryFailure::without_code("refused")));
+        group.settled().await;
+        assert!(group.acknowledged(0) && group.acknowledged(129));
+        assert!(!group.acknowledged(64), "failed, not acknowledged");
+        assert!(!group.acknowledged(1), "never reported");
+        assert!(!group.acknowledged(5_000), "beyond the tokens");
+        assert_eq!(group.take_failures().len(), 1);
+    }
 
     #[tokio::test]
     async fn a_full_limit_lets_a_sender_on_only_once_an_eighth_is_free() {

@@ -272,7 +272,7 @@ pub struct TopicState {
 }
 
 impl TopicState {
-    fn new(topic: &str, count: i32, checked_ms: u64) -> Self {
+    pub(super) fn new(topic: &str, count: i32, checked_ms: u64) -> Self {
         Self {
             name: topic.into(),
             count: AtomicI32::new(count),

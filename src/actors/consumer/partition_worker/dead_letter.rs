@@ -4,6 +4,7 @@
 use ractor::ActorRef;
 
 use super::{PartitionWorkerMsg, PartitionWorkerState};
+use crate::actors::handler::BatchSource;
 use crate::actors::producer::dead_letter::{
     dead_letter_copy, write_dead_letter, Provenance, Reason,
 };
@@ -49,6 +50,7 @@ impl PartitionWorkerState {
         );
         let producer = self.producer.clone();
         let worker = myself.clone();
+        let owner = self.source_handle.clone();
         let blocked = self.blocked.clone();
         tokio::spawn(async move {
             // The offset stays unstored until the dead-letter write is acknowledged.
@@ -60,7 +62,8 @@ impl PartitionWorkerState {
                 ("", Reason::Undecodable),
                 // No handler is involved: the default `[handlers.retry]` backoff.
                 &RetryConfig::default(),
-                || worker.get_status() == ractor::ActorStatus::Running,
+                // Nothing is written for a partition being handed back.
+                || owner.is_open(),
             )
             .await;
             if written {

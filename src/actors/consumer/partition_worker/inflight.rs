@@ -7,7 +7,7 @@ use std::collections::{HashMap, VecDeque};
 /// Finished entries kept behind an unfinished one before they are swept out.
 pub const COMPACT_SLACK: usize = 1024;
 
-/// A count window holding offsets: (handler, slot, window start).
+/// A count window holding offsets: (handler, slot, window id).
 pub type HoldKey = (usize, usize, i64);
 
 /// How an offset relates to what was dispatched before.

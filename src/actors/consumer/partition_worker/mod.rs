@@ -89,7 +89,7 @@ pub enum PartitionWorkerMsg {
     /// An event of this partition that arrived on the consumer's main queue.
     Stray(OwnedMessage),
     /// A handler actor finished these offsets of one batch; `holds` lists count
-    /// windows that now hold offsets of this partition (window start, first offset).
+    /// windows that now hold offsets of this partition (window id, first offset).
     Finished {
         handler: usize,
         slot: usize,

@@ -33,10 +33,16 @@ use crate::telemetry::metrics::{
 pub struct CountWindows {
     windows: BTreeMap<i64, Window>,
     closing: Vec<Closing>,
+    /// The id of the next window opened.
+    next_id: i64,
 }
 
 #[derive(Default)]
 struct Window {
+    /// Names the window in the offset holds of its partitions: a window closed early
+    /// (revoke, shutdown) and the one opened after it for the same start are two
+    /// windows, and releasing the first must not free the offsets the second holds.
+    id: i64,
     /// Keyed by event values: foldhash, randomly seeded per map, is several times
     /// cheaper than SipHash for the short values counted per event.
     counts: HashMap<String, u64, foldhash::fast::RandomState>,
@@ -56,6 +62,7 @@ struct Contributor {
 /// A closed window: its records, each acknowledged on its own, and the partitions it
 /// frees once the last one is.
 struct Closing {
+    id: i64,
     start: i64,
     partial: bool,
     records: Vec<RecordWrite>,
@@ -138,9 +145,18 @@ impl Count {
         let Some((_, first)) = counted.first() else {
             return Ok(outcome);
         };
-        outcome.holds.push((start, first.source.offset));
         let mut store = self.windows.lock();
-        let window = store.windows.entry(start).or_default();
+        let CountWindows {
+            windows, next_id, ..
+        } = &mut *store;
+        let window = windows.entry(start).or_insert_with(|| {
+            *next_id += 1;
+            Window {
+                id: *next_id,
+                ..Window::default()
+            }
+        });
+        outcome.holds.push((window.id, first.source.offset));
         let mut last_topic: Option<&Arc<str>> = None;
         for (value, event) in counted {
             // Most values are counted already: no key allocation for them.
@@ -226,7 +242,7 @@ impl Count {
             .increment(1);
             tracing::debug!(handler = %pool.name, slot, window_start = window.start, partial = window.partial, "count window emitted");
             for contributor in &window.contributors {
-                contributor.worker.released(pool.index, slot, window.start);
+                contributor.worker.released(pool.index, slot, window.id);
             }
             false
         });
@@ -277,6 +293,7 @@ impl Count {
             })
             .collect();
         Closing {
+            id: window.id,
             start,
             partial,
             records,

@@ -63,7 +63,7 @@ impl Forward {
         batch: &Batch,
         fields: Option<Vec<String>>,
     ) -> Result<Settling, ActorProcessingErr> {
-        let group = DeliveryGroup::new();
+        let group = DeliveryGroup::with_tokens(batch.events.len());
         let mut refused = Vec::new();
         // Every copy of the batch goes to one producer: should it be replaced midway,
         // the rest are not sent to the new one before the old one's copies settle (the
@@ -111,8 +111,9 @@ impl Forward {
 
 impl Settle {
     /// The copies not acknowledged, by index in the batch, in batch order. Past the
-    /// deadline every copy not reported counts as failed: sent again, it may land
-    /// twice, which at-least-once allows.
+    /// deadline every copy not yet acknowledged counts as failed: sent again behind
+    /// the original, which librdkafka still holds, it may land twice, which
+    /// at-least-once allows.
     async fn run(self) -> Vec<(usize, ProduceError)> {
         let settled = tokio::time::timeout(self.deadline, self.group.settled())
             .await
@@ -125,7 +126,9 @@ impl Settle {
                 .map(|(token, error)| (token as usize, error)),
         );
         if !settled {
-            let mut reported = vec![false; self.events];
+            let mut reported: Vec<bool> = (0..self.events)
+                .map(|index| self.group.acknowledged(index as u64))
+                .collect();
             for (index, _) in &failed {
                 reported[*index] = true;
             }
