@@ -196,7 +196,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> i32 {
     // The grace counts from the signal: everything below shares it.
     let grace = config.shutdown.grace;
     let deadline = Deadline::after(grace);
-    health.set_ready(false);
+    health.set_stopping();
     if let Some(task) = reloading.take() {
         task.abort();
     }

@@ -319,25 +319,54 @@ pub fn explain_failure(client: &BaseConsumer<Diagnosis>, error: &dyn std::fmt::D
     }
 }
 
+/// How loud a librdkafka log line is here: its own level, except for what a healthy
+/// cluster says on its way up, which librdkafka retries by itself and which an
+/// operator need not act on (a coordinator still loading its state after a start).
+pub fn log_level(level: RDKafkaLogLevel, message: &str) -> tracing::Level {
+    match level {
+        RDKafkaLogLevel::Emerg
+        | RDKafkaLogLevel::Alert
+        | RDKafkaLogLevel::Critical
+        | RDKafkaLogLevel::Error => tracing::Level::ERROR,
+        RDKafkaLogLevel::Warning if message.contains("Coordinator load in progress") => {
+            tracing::Level::INFO
+        }
+        RDKafkaLogLevel::Warning => tracing::Level::WARN,
+        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => tracing::Level::INFO,
+        RDKafkaLogLevel::Debug => tracing::Level::DEBUG,
+    }
+}
+
+/// Logs a librdkafka line at the level `log_level` gives it, with `fac` and `message`
+/// as fields and the consumer it belongs to, if any.
+pub fn log_librdkafka(level: RDKafkaLogLevel, fac: &str, message: &str, consumer: Option<&str>) {
+    match log_level(level, message) {
+        tracing::Level::ERROR => tracing::error!(consumer, fac, message, "librdkafka"),
+        tracing::Level::WARN => tracing::warn!(consumer, fac, message, "librdkafka"),
+        tracing::Level::INFO => tracing::info!(consumer, fac, message, "librdkafka"),
+        _ => tracing::debug!(consumer, fac, message, "librdkafka"),
+    }
+}
+
+/// Whether a client error is news to an operator: reaching the end of a partition is
+/// how a reader learns it caught up, not a failure.
+pub fn is_worth_a_warning(error: &KafkaError) -> bool {
+    error.rdkafka_error_code() != Some(RDKafkaErrorCode::PartitionEOF)
+}
+
 impl ClientContext for Diagnosis {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
         if fac == "FAIL" {
             remember(&self.last_failure_logged, message);
         }
-        match level {
-            RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => tracing::error!(fac, message, "librdkafka"),
-            RDKafkaLogLevel::Warning => tracing::warn!(fac, message, "librdkafka"),
-            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-                tracing::info!(fac, message, "librdkafka")
-            }
-            RDKafkaLogLevel::Debug => tracing::debug!(fac, message, "librdkafka"),
-        }
+        log_librdkafka(level, fac, message, None);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        if !is_worth_a_warning(&error) {
+            tracing::debug!(%error, reason, "librdkafka");
+            return;
+        }
         tracing::warn!(%error, reason, "librdkafka");
         // "1/1 brokers are down" follows the reason they are down.
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
@@ -384,6 +413,52 @@ pub fn written_topics(config: &Config) -> Vec<(String, String)> {
         topics.push(("dead_letter.topic".to_owned(), topic.clone()));
     }
     topics
+}
+
+/// Every topic a config reads or writes, once, with what uses it first, in config
+/// order: inputs, then outputs and dead-letter topics.
+pub fn used_topics(config: &Config) -> Vec<(String, String)> {
+    let mut used: Vec<(String, String)> = Vec::new();
+    let mut add = |topic: &str, use_: String| {
+        if !used.iter().any(|(t, _)| t == topic) {
+            used.push((topic.to_owned(), use_));
+        }
+    };
+    for (i, consumer) in config.consumers.iter().enumerate() {
+        for topic in &consumer.topics {
+            add(topic, format!("read (consumers[{i}].topics)"));
+        }
+    }
+    for (key, topic) in written_topics(config) {
+        add(&topic, format!("written ({key})"));
+    }
+    used
+}
+
+/// The partitions of each of `topics` on the brokers (`None`: it does not exist),
+/// without creating any. Blocking; for `check-config --topics`.
+pub fn partitions_of_topics(
+    config: &Config,
+    brokers: &Brokers,
+    topics: &[String],
+) -> Result<Vec<Option<usize>>, String> {
+    let client: BaseConsumer<Diagnosis> = plain_config(config, brokers)
+        .set("allow.auto.create.topics", "false")
+        .create_with_context(Diagnosis::default())
+        .map_err(|error| error.to_string())?;
+    let metadata = client
+        .fetch_metadata(None, crate::waits::METADATA_TIMEOUT)
+        .map_err(|error| explain_failure(&client, &error))?;
+    Ok(topics
+        .iter()
+        .map(|topic| {
+            metadata
+                .topics()
+                .iter()
+                .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+                .map(|t| t.partitions().len())
+        })
+        .collect())
 }
 
 /// Checks that every topic eventd writes to exists, without creating any: a metadata
@@ -438,6 +513,27 @@ pub fn check_written_topics(config: &Config, brokers: &Brokers) -> Vec<TopicChec
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_healthy_cluster_on_its_way_up_is_not_a_warning() {
+        assert_eq!(
+            log_level(
+                RDKafkaLogLevel::Warning,
+                "Failed to acquire idempotence PID from broker: Coordinator load in progress: retrying"
+            ),
+            tracing::Level::INFO
+        );
+        assert_eq!(
+            log_level(RDKafkaLogLevel::Warning, "Connection refused"),
+            tracing::Level::WARN
+        );
+        assert!(!is_worth_a_warning(&KafkaError::Global(
+            RDKafkaErrorCode::PartitionEOF
+        )));
+        assert!(is_worth_a_warning(&KafkaError::Global(
+            RDKafkaErrorCode::AllBrokersDown
+        )));
+    }
     use rdkafka::types::RDKafkaConfRes;
 
     #[test]

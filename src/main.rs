@@ -37,14 +37,25 @@ enum Command {
         log_format: Option<String>,
     },
     /// Validate a config file: print `ok`, or every error with its key (exit 78).
-    CheckConfig { file: PathBuf },
+    CheckConfig {
+        /// Config file (TOML, YAML or JSON), as every command takes it.
+        #[arg(long, short, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The config file, given without --config.
+        #[arg(value_name = "FILE", conflicts_with = "config")]
+        file: Option<PathBuf>,
+        /// Also list every topic the config reads and writes and whether each exists on
+        /// kafka.brokers (exit 69 when one is missing).
+        #[arg(long)]
+        topics: bool,
+    },
     /// Send events: JSON lines from stdin or --input, or synthetic ones with --count.
     Produce(ProduceCommand),
     /// Run one handler again on the events it dead-lettered (after a fix).
     Replay(ReplayCommand),
     /// Print a topic's events without joining a consumer group.
     Tail(TailCommand),
-    /// A consumer's committed offsets, high watermarks and lag; move a stopped group's.
+    /// Show a consumer's committed offsets, high watermarks and lag, or reset a stopped group's offsets.
     #[command(subcommand)]
     Offsets(OffsetsCommand),
 }
@@ -183,9 +194,24 @@ fn positive_rate(text: &str) -> Result<f64, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig { file } => match Config::load(Some(&file)) {
-            Ok(_) => {
+        Command::CheckConfig {
+            config: None,
+            file: None,
+            ..
+        } => {
+            eprintln!("eventd check-config: no config file was given: pass one with --config FILE");
+            ExitCode::from(2)
+        }
+        Command::CheckConfig {
+            config,
+            file,
+            topics,
+        } => match Config::load(config.or(file).as_deref()) {
+            Ok(config) => {
                 println!("ok");
+                if topics {
+                    return list_topics(&config);
+                }
                 ExitCode::SUCCESS
             }
             Err(error) => {
@@ -205,7 +231,16 @@ fn main() -> ExitCode {
             }
             let config = match Config::load(path.as_deref()) {
                 Ok(config) => config,
-                Err(error) => return refuse_config(&error),
+                Err(error) => {
+                    let code = refuse_config(&error);
+                    if path.is_none() {
+                        eprintln!(
+                            "eventd: no config file was given: pass one with `eventd run --config FILE` \
+                             (config/eventd.toml runs the embedded demo)"
+                        );
+                    }
+                    return code;
+                }
             };
             eventd::logging::init(&config.log);
             let Some(runtime) = runtime() else {
@@ -301,6 +336,47 @@ fn run_command(command: impl std::future::Future<Output = i32>) -> ExitCode {
     let code = runtime.block_on(command);
     // Exit without waiting for clients that may block on an unreachable broker.
     std::process::exit(code);
+}
+
+/// `check-config --topics`: each topic the config uses, what uses it, and whether it
+/// exists on the brokers, so an operator knows what to create before `run`.
+fn list_topics(config: &Config) -> ExitCode {
+    let used = eventd::kafka::used_topics(config);
+    let Some(bootstrap) = config.kafka.brokers.clone() else {
+        for (topic, use_) in &used {
+            println!("{topic}\t{use_}\tcreated by the embedded broker (no kafka.brokers)");
+        }
+        return ExitCode::SUCCESS;
+    };
+    let brokers = eventd::kafka::Brokers {
+        bootstrap,
+        embedded: false,
+    };
+    let names: Vec<String> = used.iter().map(|(topic, _)| topic.clone()).collect();
+    let partitions = match eventd::kafka::partitions_of_topics(config, &brokers, &names) {
+        Ok(partitions) => partitions,
+        Err(reason) => {
+            eprintln!(
+                "eventd check-config: cannot read topic metadata from {}: {reason}",
+                brokers.bootstrap
+            );
+            return ExitCode::from(eventd::daemon::EXIT_UNAVAILABLE as u8);
+        }
+    };
+    let mut missing = 0;
+    for ((topic, use_), partitions) in used.iter().zip(partitions) {
+        match partitions {
+            Some(count) => println!("{topic}\t{use_}\texists, {count} partitions"),
+            None => {
+                missing += 1;
+                println!("{topic}\t{use_}\tMISSING: create it, eventd does not");
+            }
+        }
+    }
+    if missing > 0 {
+        return ExitCode::from(eventd::daemon::EXIT_UNAVAILABLE as u8);
+    }
+    ExitCode::SUCCESS
 }
 
 fn refuse_config(error: &ConfigError) -> ExitCode {

@@ -98,6 +98,57 @@ fn assert_refused(path: &Path, keys: &[&str]) {
     }
 }
 
+/// Every command that reads a config takes `--config FILE`; `check-config` also takes
+/// the file as its argument. `run` without a config says so and how to give one.
+#[test]
+fn every_command_takes_its_config_with_dash_dash_config() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let valid = write(&dir, "valid.toml", VALID_BODY);
+    for args in [
+        vec![
+            "check-config".into(),
+            "--config".into(),
+            valid.clone().into_os_string(),
+        ],
+        vec![
+            "check-config".into(),
+            "-c".into(),
+            valid.clone().into_os_string(),
+        ],
+        vec!["check-config".into(), valid.clone().into_os_string()],
+    ] {
+        let output = eventd_bin().args(&args).output().expect("eventd runs");
+        assert_eq!(
+            (output.status.code(), text(&output.stdout).trim().to_owned()),
+            (Some(0), "ok".to_owned()),
+            "{args:?}: {}",
+            text(&output.stderr)
+        );
+    }
+    let neither = eventd_bin()
+        .arg("check-config")
+        .output()
+        .expect("eventd runs");
+    assert_eq!(
+        neither.status.code(),
+        Some(2),
+        "a missing file is a usage error"
+    );
+    assert!(
+        text(&neither.stderr).contains("no config file was given: pass one with --config FILE"),
+        "{}",
+        text(&neither.stderr)
+    );
+    let bare = eventd_bin().arg("run").output().expect("eventd runs");
+    assert_eq!(bare.status.code(), Some(78));
+    assert!(
+        text(&bare.stderr)
+            .contains("no config file was given: pass one with `eventd run --config FILE`"),
+        "{}",
+        text(&bare.stderr)
+    );
+}
+
 #[test]
 fn bad_config_exits_78_naming_the_key() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -641,4 +692,74 @@ fn one_shot_commands_without_a_broker_say_so_and_exit_78() {
             "{args:?}: {stderr}"
         );
     }
+}
+
+/// `check-config --topics` lists every topic the config reads and writes and whether
+/// each exists on kafka.brokers, so an operator knows what to create before `run`.
+#[test]
+fn check_config_lists_the_topics_to_create() {
+    let broker = Broker::start(2, &["like", "like_counts"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(
+        &dir,
+        "topics.toml",
+        &format!(
+            r#"[kafka]
+brokers = "{}"
+
+[dead_letter]
+topic = "eventd.dlq"
+
+[[consumers]]
+name = "main"
+topics = ["like"]
+
+[[handlers]]
+name = "tally"
+kind = "count"
+consumer = "main"
+group_by = "item_id"
+window = "1m"
+output = "like_counts"
+"#,
+            broker.bootstrap()
+        ),
+    );
+    let output = eventd_bin()
+        .args(["check-config", "--topics", "--config"])
+        .arg(&path)
+        .output()
+        .expect("eventd runs");
+    let stdout = text(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(69),
+        "{stdout}{}",
+        text(&output.stderr)
+    );
+    let line = |topic: &str| {
+        stdout
+            .lines()
+            .find(|line| line.starts_with(&format!("{topic}\t")))
+            .unwrap_or_else(|| panic!("no line for {topic}: {stdout}"))
+            .to_owned()
+    };
+    assert!(
+        line("like").contains("read (consumers[0].topics)")
+            && line("like").contains("exists, 2 partitions"),
+        "{stdout}"
+    );
+    assert!(
+        line("like_counts").contains("written (handlers[0].output)")
+            && line("like_counts").contains("exists"),
+        "{stdout}"
+    );
+    assert!(line("eventd.dlq").contains("MISSING"), "{stdout}");
+    broker.create_topic("eventd.dlq", 2);
+    let output = eventd_bin()
+        .args(["check-config", "--topics", "--config"])
+        .arg(&path)
+        .output()
+        .expect("eventd runs");
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stdout));
 }

@@ -18,12 +18,6 @@ pub enum ConfigError {
         source_name: String,
         message: String,
     },
-    #[error("{source_name}: {key}: {message}")]
-    Parse {
-        source_name: String,
-        key: String,
-        message: String,
-    },
     #[error("{}", format_issues(.source_name, .issues))]
     Invalid {
         source_name: String,
@@ -94,12 +88,15 @@ impl Config {
             source_name: source_name.clone(),
             message: err.to_string(),
         })?;
-        let mut config: Config =
-            serde_path_to_error::deserialize(layered).map_err(|err| ConfigError::Parse {
-                source_name: source_name.clone(),
-                key: err.path().to_string(),
-                message: err.inner().to_string(),
-            })?;
+        let mut config: Config = match serde_path_to_error::deserialize(layered.clone()) {
+            Ok(config) => config,
+            Err(first) => {
+                return Err(ConfigError::Invalid {
+                    source_name,
+                    issues: parse_issues(&layered, &first),
+                })
+            }
+        };
         config
             .expand_placeholders(placeholder_value)
             .map_err(|issues| ConfigError::Invalid {
@@ -118,5 +115,212 @@ impl Config {
             issues,
         })?;
         Ok(config)
+    }
+}
+
+/// Parse errors reported at most per load: enough for every mistake of a hand-written
+/// file, bounded for a generated one.
+const MAX_PARSE_ISSUES: usize = 20;
+
+/// Every key the file gets wrong at the parse level, not only the first: the first
+/// error as the layered config reports it, then the others found by reading the same
+/// values again with each offending key left out in turn.
+fn parse_issues(
+    layered: &config::Config,
+    first: &serde_path_to_error::Error<config::ConfigError>,
+) -> Vec<ConfigIssue> {
+    let Ok(mut values) = layered.clone().try_deserialize::<serde_json::Value>() else {
+        return vec![parse_issue(
+            first.path().to_string(),
+            &first.inner().to_string(),
+            None,
+        )];
+    };
+    let mut issues = vec![parse_issue(
+        first.path().to_string(),
+        &first.inner().to_string(),
+        Some(&values),
+    )];
+    let mut left_out = vec![first.path().to_string()];
+    if !remove_key(&mut values, &left_out[0]) {
+        return issues;
+    }
+    while issues.len() < MAX_PARSE_ISSUES {
+        let Err(error) = serde_path_to_error::deserialize::<_, Config>(&values) else {
+            break;
+        };
+        let key = error.path().to_string();
+        if left_out.contains(&key) {
+            break;
+        }
+        issues.push(parse_issue(
+            key.clone(),
+            &error.inner().to_string(),
+            Some(&values),
+        ));
+        if !remove_key(&mut values, &key) {
+            break;
+        }
+        left_out.push(key);
+    }
+    issues
+}
+
+/// One parse error as an operator reads it: the key as written, what was expected,
+/// with an example where the form is not obvious.
+fn parse_issue(key: String, message: &str, values: Option<&serde_json::Value>) -> ConfigIssue {
+    // The config crate repeats the key in its own spelling; the issue names it already.
+    let message = message
+        .split_once(" for key `")
+        .map_or(message, |(message, _)| message);
+    let message = if message.contains("expected a duration") {
+        let got = message
+            .split(['"', '`'])
+            .nth(1)
+            .map(|value| format!(" (got {value})"))
+            .unwrap_or_default();
+        format!("expects a duration as a quoted string with its unit, such as \"10s\", \"500ms\" or \"2m\"{got}")
+    } else if let Some(field) = unknown_field(message) {
+        match handler_kind_at(&key, values) {
+            Some(kind) => format!(
+                "{field:?} is not a key of a handler of kind = \"{kind}\"; its keys are {}",
+                super::validate::handler_keys(&kind).join(", ")
+            ),
+            None => message.replacen("unknown field", "unknown key", 1),
+        }
+    } else {
+        message.to_owned()
+    };
+    ConfigIssue { key, message }
+}
+
+/// The field an "unknown field `x`, expected ..." message names.
+fn unknown_field(message: &str) -> Option<&str> {
+    message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split_once('`'))
+        .map(|(field, _)| field)
+}
+
+/// The `kind` of the handler that `key` (`handlers[N].something`) belongs to.
+fn handler_kind_at(key: &str, values: Option<&serde_json::Value>) -> Option<String> {
+    let index: usize = key
+        .strip_prefix("handlers[")?
+        .split_once(']')?
+        .0
+        .parse()
+        .ok()?;
+    values?
+        .get("handlers")?
+        .get(index)?
+        .get("kind")?
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// Leaves `key` (`a.b[2].c`) out of `values`; false when there is nothing there to
+/// leave out (a missing key, or the whole document).
+fn remove_key(values: &mut serde_json::Value, key: &str) -> bool {
+    let mut segments: Vec<String> = Vec::new();
+    for part in key.split('.') {
+        let mut rest = part;
+        if let Some((name, _)) = rest.split_once('[') {
+            if !name.is_empty() {
+                segments.push(name.to_owned());
+            }
+            rest = &rest[name.len()..];
+            for index in rest.split('[').filter(|s| !s.is_empty()) {
+                segments.push(format!("[{}", index));
+            }
+        } else if !rest.is_empty() {
+            segments.push(rest.to_owned());
+        }
+    }
+    let Some((last, parents)) = segments.split_last() else {
+        return false;
+    };
+    let mut at = values;
+    for segment in parents {
+        let next = match segment.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
+            Some(index) => index.parse::<usize>().ok().and_then(|i| at.get_mut(i)),
+            None => at.get_mut(segment.as_str()),
+        };
+        let Some(next) = next else {
+            return false;
+        };
+        at = next;
+    }
+    match last.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
+        Some(_) => false,
+        None => at
+            .as_object_mut()
+            .is_some_and(|object| object.remove(last.as_str()).is_some()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(body: &str) -> Vec<String> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("eventd.toml");
+        std::fs::write(&path, body).expect("write");
+        match Config::load(Some(&path)) {
+            Ok(_) => Vec::new(),
+            Err(error) => error
+                .lines()
+                .into_iter()
+                .map(|line| line.replacen(&format!("{}: ", path.display()), "", 1))
+                .collect(),
+        }
+    }
+
+    const CONSUMER: &str = "[[consumers]]\nname = \"m\"\ntopics = [\"like\"]\n";
+
+    #[test]
+    fn every_parse_error_of_a_file_is_reported_at_once_with_its_key_as_written() {
+        let lines = load(&format!(
+            "[producer]\nlinger = 5\nmax_in_flight = \"many\"\n{CONSUMER}\
+             [[handlers]]\nname = \"h\"\nkind = \"count\"\nconsumer = \"m\"\n\
+             group_by = \"item_id\"\noutput = \"o\"\nwindow = 10\n"
+        ));
+        assert_eq!(lines.len(), 3, "{lines:#?}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("handlers[0].window: expects a duration")
+                    && l.contains("\"10s\"")
+                    && l.contains("(got 10)")),
+            "{lines:#?}"
+        );
+        assert!(lines
+            .iter()
+            .any(|l| l.starts_with("producer.linger: expects a duration")));
+        assert!(lines
+            .iter()
+            .any(|l| l.starts_with("producer.max_in_flight:")));
+        assert!(
+            lines.iter().all(|l| !l.contains("for key")),
+            "the key is named once, as written: {lines:#?}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_handler_key_lists_only_the_keys_of_its_kind() {
+        let lines = load(&format!(
+            "{CONSUMER}[[handlers]]\nname = \"h\"\nkind = \"log\"\nconsumer = \"m\"\nbogus = 1\n"
+        ));
+        assert_eq!(lines.len(), 1, "{lines:#?}");
+        assert!(
+            lines[0].starts_with(
+                "handlers[0].bogus: \"bogus\" is not a key of a handler of kind = \"log\""
+            ),
+            "{lines:#?}"
+        );
+        assert!(lines[0].contains("sample"), "{lines:#?}");
+        for fault_key in ["action", "every", "offsets", "once"] {
+            assert!(!lines[0].contains(fault_key), "{lines:#?}");
+        }
     }
 }

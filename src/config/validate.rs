@@ -510,6 +510,50 @@ impl Config {
     }
 }
 
+/// Keys every handler takes, whatever its kind.
+const HANDLER_KEYS: &[&str] = &[
+    "name",
+    "kind",
+    "consumer",
+    "topics",
+    "filter",
+    "concurrency",
+    "retry",
+    "dead_letter",
+];
+
+/// The keys a kind needs, and all the keys of its own it takes.
+fn kind_keys(kind: HandlerKind) -> (&'static [&'static str], &'static [&'static str]) {
+    match kind {
+        HandlerKind::Log => (&[], &["sample"]),
+        HandlerKind::Forward => (&["output"], &["output", "fields"]),
+        HandlerKind::Count => (
+            &["output", "group_by", "window"],
+            &["output", "group_by", "window"],
+        ),
+        HandlerKind::Fault => (
+            &["action"],
+            &[
+                "action", "every", "offsets", "once", "times", "lasting", "sleep", "output",
+            ],
+        ),
+    }
+}
+
+/// Every key a handler of `kind` (as written in the file) takes, for an error naming
+/// an unknown one; only the common keys for a kind that does not exist.
+pub fn handler_keys(kind: &str) -> Vec<&'static str> {
+    let own = match kind {
+        "log" => kind_keys(HandlerKind::Log).1,
+        "forward" => kind_keys(HandlerKind::Forward).1,
+        "count" => kind_keys(HandlerKind::Count).1,
+        #[cfg(feature = "fault-injection")]
+        "fault" => kind_keys(HandlerKind::Fault).1,
+        _ => &[],
+    };
+    HANDLER_KEYS.iter().chain(own).copied().collect()
+}
+
 /// Each kind has its own keys: the ones it needs must be set, the others must not be,
 /// so a key that would be silently ignored is reported instead.
 fn validate_kind_fields(
@@ -532,20 +576,7 @@ fn validate_kind_fields(
         ("lasting", handler.lasting.is_some()),
         ("sleep", handler.sleep.is_some()),
     ];
-    let (required, allowed): (&[&str], &[&str]) = match kind {
-        HandlerKind::Log => (&[], &["sample"]),
-        HandlerKind::Forward => (&["output"], &["output", "fields"]),
-        HandlerKind::Count => (
-            &["output", "group_by", "window"],
-            &["output", "group_by", "window"],
-        ),
-        HandlerKind::Fault => (
-            &["action"],
-            &[
-                "action", "every", "offsets", "once", "times", "lasting", "sleep", "output",
-            ],
-        ),
-    };
+    let (required, allowed) = kind_keys(kind);
     for (field, is_set) in set {
         if is_set && !allowed.contains(&field) {
             issues.push(key(field), format!("is not a key of kind = \"{kind}\""));

@@ -21,6 +21,8 @@ pub struct Health {
     alive: AtomicBool,
     /// The tree started and no shutdown has begun.
     ready: AtomicBool,
+    /// A shutdown has begun: not ready for good.
+    stopping: AtomicBool,
     /// Consumers not yet consuming: a group member before its first assignment (an
     /// empty one counts), a partition consumer before its partition is assigned.
     starting: AtomicUsize,
@@ -68,6 +70,11 @@ impl Health {
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::SeqCst);
     }
+    /// The shutdown began: `/readyz` says so, and stays 503.
+    pub fn set_stopping(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.ready.store(false, Ordering::SeqCst);
+    }
     pub fn is_alive(&self) -> bool {
         self.alive.load(Ordering::SeqCst)
     }
@@ -85,8 +92,10 @@ impl Health {
     /// Why `/readyz` says what it says, in one line.
     fn readiness(&self) -> (bool, String) {
         let waiting = self.starting.load(Ordering::SeqCst);
-        if !self.ready.load(Ordering::SeqCst) {
-            (false, "not ready: starting or shutting down\n".to_owned())
+        if self.stopping.load(Ordering::SeqCst) {
+            (false, "not ready: shutting down\n".to_owned())
+        } else if !self.ready.load(Ordering::SeqCst) {
+            (false, "not ready: starting\n".to_owned())
         } else if let Some(silent) = self.broker_silence() {
             (
                 false,
@@ -165,5 +174,29 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
     match state.health.readiness() {
         (true, why) => (StatusCode::OK, why),
         (false, why) => (StatusCode::SERVICE_UNAVAILABLE, why),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_says_whether_it_is_starting_or_shutting_down() {
+        let health = Arc::new(Health::default());
+        assert_eq!(
+            health.readiness(),
+            (false, "not ready: starting\n".to_owned())
+        );
+        let consumer = health.starting();
+        health.set_ready(true);
+        assert!(health.readiness().1.contains("1 consumer(s) waiting"));
+        consumer.started();
+        assert_eq!(health.readiness(), (true, "ready\n".to_owned()));
+        health.set_stopping();
+        assert_eq!(
+            health.readiness(),
+            (false, "not ready: shutting down\n".to_owned())
+        );
     }
 }

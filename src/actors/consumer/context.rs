@@ -181,23 +181,7 @@ impl ClientContext for EventdContext {
                 "offset reset: the stored offset is gone, events between are skipped by auto.offset.reset");
             return;
         }
-        match level {
-            RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => {
-                tracing::error!(consumer = %self.consumer_name, fac, message, "librdkafka")
-            }
-            RDKafkaLogLevel::Warning => {
-                tracing::warn!(consumer = %self.consumer_name, fac, message, "librdkafka")
-            }
-            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-                tracing::info!(consumer = %self.consumer_name, fac, message, "librdkafka")
-            }
-            RDKafkaLogLevel::Debug => {
-                tracing::debug!(consumer = %self.consumer_name, fac, message, "librdkafka")
-            }
-        }
+        crate::kafka::log_librdkafka(level, fac, message, Some(&self.consumer_name));
     }
 }
 

@@ -265,6 +265,10 @@ impl DeliveryContext {
 }
 
 impl ClientContext for DeliveryContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        crate::kafka::log_librdkafka(level, fac, message, None);
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         // rust-rdkafka passes the underlying error without librdkafka's "is fatal"
         // flag, so the actor asks the client whether this one was fatal.
