@@ -418,6 +418,22 @@ max_backoff = "30s"
         "events with other numeric item ids waited behind the failing one; logs:\n{}",
         eventd.logs()
     );
+    // What waits is shown: one parked key, whose age grows between scrapes.
+    let flaky = [("handler", "flaky")];
+    assert_eq!(
+        eventd.metric("eventd_handler_parked_keys", &flaky),
+        1.0,
+        "{}",
+        eventd.scrape()
+    );
+    let age = eventd.metric("eventd_handler_parked_oldest_seconds", &flaky);
+    assert!(
+        eventd.wait_until(Duration::from_secs(5), |e| {
+            e.metric("eventd_handler_parked_oldest_seconds", &flaky) >= age + 1.0
+        }),
+        "the parked age does not grow: {age}; {}",
+        eventd.scrape()
+    );
 }
 
 /// `eventd_partition_blocked` belongs to the partition's current worker. Undecodable

@@ -40,15 +40,15 @@ concurrency = 2
     assert!(eventd.logs().contains("redelivering to restarted handler"));
 }
 
-/// Without a dead-letter topic the first event is never skipped: each panic past its
-/// `retry.max_attempts` counts one more towards the meltdown.
-#[test]
-fn a_handler_that_always_fails_ends_the_daemon_with_70() {
-    let broker = Broker::start(1, &["like"]);
+/// A handler that panics on every event, with a restart budget of 3 and a 50 ms restart
+/// delay (down from 10 and 100 ms only so the tests end in seconds; the rule is the
+/// same at any size), on 50 events; `dead_letter` is empty or a `[dead_letter]` section.
+fn start_always_panicking(broker: &Broker, dead_letter: &str) -> Eventd {
     broker.produce("like", &events(50, 5));
-    let mut eventd = start_eventd(
-        &broker,
-        r#"
+    start_eventd(
+        broker,
+        &format!(
+            r#"{dead_letter}
 [supervision]
 max_restarts = 3
 restart_window = "60s"
@@ -66,8 +66,17 @@ action = "panic"
 every = 1
 [handlers.retry]
 max_attempts = 2
-"#,
-    );
+"#
+        ),
+    )
+}
+
+/// Without a dead-letter topic the first event is never skipped: each panic past its
+/// `retry.max_attempts` counts one more towards the meltdown.
+#[test]
+fn a_handler_that_always_fails_ends_the_daemon_with_70() {
+    let broker = Broker::start(1, &["like"]);
+    let mut eventd = start_always_panicking(&broker, "");
     let status = eventd
         .wait_exit(Duration::from_secs(30))
         .expect("the daemon gives up");
@@ -77,37 +86,11 @@ max_attempts = 2
 
 /// With a dead-letter topic each panicking event is dead-lettered after its attempts,
 /// but a handler that panics on event after event, never succeeding between them, is
-/// broken: `max_restarts` such events in a row end the daemon. The budget is lowered
-/// from the default 10 (and the restart delay shortened) only so the test ends in
-/// seconds; the rule is the same at any size.
+/// broken: `max_restarts` such events in a row end the daemon.
 #[test]
 fn a_handler_that_panics_on_every_event_ends_the_daemon_even_with_a_dead_letter_topic() {
     let broker = Broker::start(1, &["like", "dlq"]);
-    broker.produce("like", &events(50, 5));
-    let mut eventd = start_eventd(
-        &broker,
-        r#"
-[dead_letter]
-topic = "dlq"
-
-[supervision]
-max_restarts = 3
-backoff = "50ms"
-
-[[consumers]]
-name = "main"
-topics = ["like"]
-
-[[handlers]]
-name = "broken"
-kind = "fault"
-consumer = "main"
-action = "panic"
-every = 1
-[handlers.retry]
-max_attempts = 2
-"#,
-    );
+    let mut eventd = start_always_panicking(&broker, "[dead_letter]\ntopic = \"dlq\"\n");
     let status = eventd
         .wait_exit(Duration::from_secs(30))
         .expect("the daemon gives up");
