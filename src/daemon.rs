@@ -28,7 +28,9 @@ pub const EXIT_GRACE_EXPIRED: i32 = 1;
 /// sysexits' EX_UNAVAILABLE: a topic eventd writes to is missing, or no broker answered.
 /// Unlike 78 it is worth restarting: the topic may be created meanwhile.
 pub const EXIT_UNAVAILABLE: i32 = 69;
-pub const EXIT_MELTDOWN: i32 = 70;
+/// sysexits' EX_SOFTWARE: an internal error, such as a thread of eventd's failing.
+pub const EXIT_SOFTWARE: i32 = 70;
+pub const EXIT_MELTDOWN: i32 = EXIT_SOFTWARE;
 pub const EXIT_SECOND_SIGNAL: i32 = 130;
 
 /// Runs the daemon until it should exit; returns the exit code.

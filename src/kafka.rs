@@ -163,6 +163,9 @@ pub fn producer_config(config: &Config, brokers: &Brokers) -> ClientConfig {
     let producer = &config.producer;
     let mut client = base(config, brokers);
     client
+        // A topic deleted or misnamed is refused (and the event dead-lettered), not
+        // created with the broker's defaults by the first write to it.
+        .set("allow.auto.create.topics", "false")
         .set("acks", producer.acks.as_librdkafka())
         .set("enable.idempotence", producer.idempotence.to_string())
         .set(

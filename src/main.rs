@@ -146,6 +146,11 @@ struct ReplayCommand {
     /// Consumer group that keeps the replay's progress [default: eventd-replay-<handler>].
     #[arg(long)]
     group: Option<String>,
+    /// Give up (exit 69) when one copy, reading on, or the final write of count
+    /// windows makes no progress for this long [default: twice producer.message_timeout
+    /// plus the handler's retry.max_backoff].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    timeout: Option<std::time::Duration>,
 }
 
 #[derive(clap::Args)]
@@ -320,6 +325,7 @@ fn main() -> ExitCode {
                 until: command.until,
                 dry_run: command.dry_run,
                 group: command.group,
+                timeout: command.timeout,
             };
             run_command(eventd::commands::replay::run(config, options))
         }

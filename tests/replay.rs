@@ -177,9 +177,12 @@ fn replay_runs_only_the_named_handler(broker: Broker, env: &[(&str, String)]) {
     // Both of x's copies were written just now: an hour ago is before them.
     let earlier = replay(&fixed, &["--handler", "x", "--until", "1h"]);
     assert_eq!(earlier.status.code(), Some(0), "{}", text(&earlier));
+    // The partition stops at x's first copy, after --until: y's copy is passed over
+    // only if it came before it.
+    let earlier_out = String::from_utf8_lossy(&earlier.stdout);
     assert!(
-        String::from_utf8_lossy(&earlier.stdout)
-            .contains("replayed 0, failed 0, skipped 3 (other handler 1, truncated 0, outside --since/--until 2)"),
+        earlier_out.contains("replayed 0, failed 0, skipped 1 (other handler 0, truncated 0, outside --since/--until 1)")
+            || earlier_out.contains("replayed 0, failed 0, skipped 2 (other handler 1, truncated 0, outside --since/--until 1)"),
         "{}",
         text(&earlier)
     );
@@ -286,4 +289,269 @@ fn replay_refuses_a_handler_the_config_does_not_have() {
         stderr.contains("\"z\"") && stderr.contains("\"x\""),
         "{stderr}"
     );
+}
+
+/// Writes a dead-letter copy of the `like` event at `source_offset` (id `e-<offset>`),
+/// as handler `handler` would have, to `partition` of `dlq`; `padding` bytes of
+/// extra field make it as large as wanted.
+fn dead_letter_copy(
+    broker: &Broker,
+    partition: i32,
+    handler: &str,
+    source_offset: usize,
+    padding: usize,
+) {
+    let mut event: serde_json::Value =
+        serde_json::from_str(&event(source_offset, "item-1")).expect("event json");
+    if padding > 0 {
+        event["note"] = serde_json::Value::String("x".repeat(padding));
+    }
+    let source_offset = source_offset.to_string();
+    let failed_at = chrono::Utc::now().to_rfc3339();
+    let copy_headers = [
+        ("eventd.handler", handler),
+        ("eventd.error", "injected"),
+        ("eventd.failed_at", failed_at.as_str()),
+        ("eventd.source.topic", "like"),
+        ("eventd.source.partition", "0"),
+        ("eventd.source.offset", source_offset.as_str()),
+    ]
+    .into_iter()
+    .fold(OwnedHeaders::new(), |headers, (key, value)| {
+        headers.insert(Header {
+            key,
+            value: Some(value),
+        })
+    });
+    let payload = event.to_string();
+    let producer = broker.producer();
+    producer
+        .send(
+            BaseRecord::to("dlq")
+                .partition(partition)
+                .key("item-1")
+                .payload(&payload)
+                .headers(copy_headers),
+        )
+        .map_err(|(error, _)| error)
+        .expect("send");
+    producer.flush(Duration::from_secs(10)).expect("flush");
+}
+
+/// Handler x forwards to out-x; `producer` is the config's [producer] table.
+fn forwarding_x(producer: &str) -> String {
+    format!(
+        r#"
+[producer]
+{producer}
+
+[dead_letter]
+topic = "dlq"
+
+[[consumers]]
+name = "main"
+topics = ["like"]
+
+[[handlers]]
+name = "x"
+kind = "forward"
+consumer = "main"
+output = "out-x"
+"#
+    )
+}
+
+#[test]
+fn replay_reports_a_copy_refused_for_good_and_stops_its_partition_there() {
+    let broker = Broker::start(1, TOPICS);
+    dead_letter_copy(&broker, 0, "x", 0, 3000);
+    dead_letter_copy(&broker, 0, "x", 1, 0);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let small = config_file(
+        dir.path(),
+        "small.toml",
+        &broker,
+        &forwarding_x("max_message_bytes = 2000"),
+    );
+
+    let refused = replay(&small, &["--handler", "x"]);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert!(
+        String::from_utf8_lossy(&refused.stdout).contains("replayed 0, failed 1"),
+        "{}",
+        text(&refused)
+    );
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("dlq/0@0") && stderr.contains("above producer.max_message_bytes"),
+        "{}",
+        text(&refused)
+    );
+    assert!(
+        id_list(&broker, "out-x").is_empty(),
+        "the copy after the failure is left for the next run: {:?}",
+        id_list(&broker, "out-x")
+    );
+    assert_eq!(
+        broker.read_all("dlq").len(),
+        2,
+        "a copy that fails again stays where it is, and is not dead-lettered again"
+    );
+
+    // An output topic that does not exist refuses the copy for good too: it is not
+    // retried as if the broker were away (the timeout bounds the test if it were).
+    let nowhere = config_file(
+        dir.path(),
+        "nowhere.toml",
+        &broker,
+        &forwarding_x("").replace("out-x", "nowhere"),
+    );
+    let started = std::time::Instant::now();
+    let unknown = replay(&nowhere, &["--handler", "x", "--timeout", "20s"]);
+    assert_eq!(unknown.status.code(), Some(1), "{}", text(&unknown));
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("\"nowhere\""),
+        "{}",
+        text(&unknown)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Once the limit is raised, the next run handles both, from the failed one on.
+    let large = config_file(dir.path(), "large.toml", &broker, &forwarding_x(""));
+    let fixed = replay(&large, &["--handler", "x"]);
+    assert_eq!(fixed.status.code(), Some(0), "{}", text(&fixed));
+    assert!(
+        String::from_utf8_lossy(&fixed.stdout).contains("replayed 2, failed 0"),
+        "{}",
+        text(&fixed)
+    );
+    assert_eq!(id_list(&broker, "out-x"), vec!["e-0", "e-1"]);
+}
+
+/// Handler x fails with an outage (a transient error) on source offset 1, for
+/// `lasting`; it forwards everything else to out-x.
+fn x_unavailable_at_1(lasting: &str) -> String {
+    format!(
+        r#"
+[[consumers]]
+name = "main"
+topics = ["like"]
+
+[[handlers]]
+name = "x"
+kind = "fault"
+consumer = "main"
+action = "unavailable"
+offsets = [1]
+lasting = "{lasting}"
+output = "out-x"
+"#
+    )
+}
+
+#[test]
+fn replay_retries_an_outage_and_gives_up_at_its_timeout_naming_the_copy() {
+    let broker = Broker::start(1, TOPICS);
+    dead_letter_copy(&broker, 0, "x", 1, 0);
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    // An outage longer than --timeout: the replay ends, says on what, commits nothing
+    // past it.
+    let endless = config_file(
+        dir.path(),
+        "endless.toml",
+        &broker,
+        &x_unavailable_at_1("1h"),
+    );
+    let started = std::time::Instant::now();
+    let gave_up = replay(&endless, &["--handler", "x", "--timeout", "3s"]);
+    assert_eq!(gave_up.status.code(), Some(69), "{}", text(&gave_up));
+    let stderr = String::from_utf8_lossy(&gave_up.stderr);
+    assert!(
+        stderr.contains("gave up")
+            && stderr.contains("dlq/0@0")
+            && stderr.contains("injected outage"),
+        "{}",
+        text(&gave_up)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "bounded by --timeout: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        broker.committed("eventd-replay-x", "dlq"),
+        vec![(0, None)],
+        "nothing committed past a copy not finished"
+    );
+
+    // An outage that passes within the default timeout: retried until it does.
+    let passing = config_file(
+        dir.path(),
+        "passing.toml",
+        &broker,
+        &x_unavailable_at_1("2s"),
+    );
+    let passed = replay(&passing, &["--handler", "x"]);
+    assert_eq!(passed.status.code(), Some(0), "{}", text(&passed));
+    assert!(
+        String::from_utf8_lossy(&passed.stdout).contains("replayed 1, failed 0"),
+        "{}",
+        text(&passed)
+    );
+    assert_eq!(id_list(&broker, "out-x"), vec!["e-1"]);
+}
+
+#[test]
+fn replay_reads_each_partition_only_up_to_where_it_ended_at_the_start() {
+    let broker = Broker::start(2, TOPICS);
+    // Partition 0's copy goes through at once; partition 1's waits out a 4 s outage,
+    // long enough for the test to add a copy to partition 0 meanwhile.
+    dead_letter_copy(&broker, 0, "x", 0, 0);
+    dead_letter_copy(&broker, 1, "x", 1, 0);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config_file(
+        dir.path(),
+        "eventd.toml",
+        &broker,
+        &x_unavailable_at_1("4s"),
+    );
+    let mut running = Command::new(env!("CARGO_BIN_EXE_eventd"))
+        .arg("replay")
+        .arg("--config")
+        .arg(&config)
+        .args(["--from", "dlq", "--handler", "x"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("eventd replay starts");
+    broker.wait_for("out-x", Duration::from_secs(30), |records| {
+        records
+            .iter()
+            .any(|r| r.field("event_id").as_deref() == Some("e-0"))
+    });
+    dead_letter_copy(&broker, 0, "x", 2, 0);
+    let status = running.wait().expect("replay ends");
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(running.stdout.as_mut().expect("stdout"), &mut stdout)
+        .expect("read stdout");
+    assert_eq!(status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("replayed 2, failed 0"), "{stdout}");
+    assert!(
+        !id_list(&broker, "out-x").contains(&"e-2".to_owned()),
+        "a copy written after the replay started is left for the next one: {:?}",
+        id_list(&broker, "out-x")
+    );
+    let next = replay(&config, &["--handler", "x"]);
+    assert_eq!(next.status.code(), Some(0), "{}", text(&next));
+    assert!(
+        String::from_utf8_lossy(&next.stdout).contains("replayed 1, failed 0"),
+        "{}",
+        text(&next)
+    );
+    assert!(id_list(&broker, "out-x").contains(&"e-2".to_owned()));
 }

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use ractor::Actor;
@@ -17,10 +17,10 @@ use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::actors::handler::Standalone;
+use crate::actors::handler::{Standalone, StandaloneError};
 use crate::actors::producer::{ProducerActor, ProducerArgs, ProducerSupervisor};
 use crate::config::{Config, EXIT_CONFIG};
-use crate::daemon::EXIT_UNAVAILABLE;
+use crate::daemon::{EXIT_SOFTWARE, EXIT_UNAVAILABLE};
 use crate::event::{headers, Event, Source};
 use crate::kafka::{command_brokers, explain_failure, plain_config, Diagnosis};
 
@@ -37,6 +37,8 @@ pub struct ReplayOptions {
     pub dry_run: bool,
     /// Consumer group; `eventd-replay-<handler>` by default.
     pub group: Option<String>,
+    /// Longest wait for progress; derived from the config by default.
+    pub timeout: Option<Duration>,
 }
 
 /// What became of each dead-letter copy read.
@@ -115,6 +117,9 @@ pub async fn run(config: Config, options: ReplayOptions) -> i32 {
         }
     };
 
+    let timeout = options
+        .timeout
+        .unwrap_or_else(|| default_timeout(&config, &handler));
     let config = Arc::new(config);
     let handle = ProducerActor::handle(&config);
     let producer = if options.dry_run {
@@ -133,8 +138,10 @@ pub async fn run(config: Config, options: ReplayOptions) -> i32 {
         {
             Ok(spawned) => Some(spawned),
             Err(error) => {
+                // The [kafka] settings were already accepted by the consumer above:
+                // what is left is librdkafka or the machine failing us.
                 eprintln!("eventd replay: cannot start the producer: {error}");
-                return EXIT_CONFIG;
+                return EXIT_SOFTWARE;
             }
         }
     };
@@ -144,17 +151,35 @@ pub async fn run(config: Config, options: ReplayOptions) -> i32 {
     let mut progress: HashMap<i32, i64> = HashMap::new();
     let mut uncommitted = 0;
     let holds_events = handler.kind == crate::config::HandlerKind::Count;
-    let mut held: std::collections::HashSet<i32> = std::collections::HashSet::new();
+    // Partitions still to read, each up to its end when the replay started: copies
+    // written later (by the daemon, or dead-lettered again by this replay) are left
+    // for the next replay.
     let mut pending = ends.clone();
     pending.retain(|_, (next, end)| next < end);
     let mut interrupted = std::pin::pin!(tokio::signal::ctrl_c());
+    let mut ended = Ended::Done;
+    let mut last_read = Instant::now();
+    let mut last_consume_error: Option<String> = None;
     while !pending.is_empty() {
+        if last_read.elapsed() >= timeout {
+            let mut partitions: Vec<i32> = pending.keys().copied().collect();
+            partitions.sort_unstable();
+            ended = Ended::GaveUp(format!(
+                "partitions {partitions:?} of {:?} not read to their end: nothing came in {} ({})",
+                options.from,
+                humantime::format_duration(timeout),
+                last_consume_error
+                    .as_deref()
+                    .unwrap_or("no error reported; is the broker reachable?")
+            ));
+            break;
+        }
         let polled = {
             let consumer = consumer.clone();
             tokio::select! {
                 biased;
                 _ = &mut interrupted => {
-                    eprintln!("eventd replay: interrupted; progress so far is committed");
+                    ended = Ended::Interrupted;
                     break;
                 }
                 polled = tokio::task::spawn_blocking(move || {
@@ -166,35 +191,48 @@ pub async fn run(config: Config, options: ReplayOptions) -> i32 {
             Ok(None) => continue,
             Ok(Some(Ok(message))) => message,
             Ok(Some(Err(KafkaError::PartitionEOF(partition)))) => {
-                pending.remove(&partition);
+                if pending.remove(&partition).is_some() {
+                    stop_reading(&consumer, &options.from, partition).await;
+                }
+                last_read = Instant::now();
                 continue;
             }
             Ok(Some(Err(error))) => {
                 eprintln!("eventd replay: consume error: {error}");
+                last_consume_error = Some(error.to_string());
                 continue;
             }
             Err(error) => {
-                eprintln!("eventd replay: consumer thread failed: {error}");
+                eprintln!("eventd replay: the consumer thread failed: {error}");
+                ended = Ended::Internal;
                 break;
             }
         };
+        last_read = Instant::now();
         let (partition, offset) = (message.partition(), message.offset());
-        if let Some((_, end)) = pending.get(&partition) {
-            if offset + 1 >= *end {
-                pending.remove(&partition);
-            }
+        let Some((_, end)) = pending.get(&partition) else {
+            // Fetched before the partition was stopped.
+            continue;
+        };
+        if offset >= *end {
+            pending.remove(&partition);
+            stop_reading(&consumer, &options.from, partition).await;
+            continue;
         }
+        let last_of_partition = offset + 1 >= *end;
         let at = format!("{}/{partition}@{offset}", options.from);
         // Ctrl-C abandons the event being handled: it is not committed, so the next
         // run handles it again.
         let outcome = tokio::select! {
             biased;
             _ = &mut interrupted => {
-                eprintln!("eventd replay: interrupted; progress so far is committed");
+                ended = Ended::Interrupted;
                 break;
             }
-            outcome = replay_one(&message, &options, &names, &mut standalone) => outcome,
+            outcome = replay_one(&message, &options, &names, &mut standalone, &handler.retry, timeout) => outcome,
         };
+        // Progress in a partition stops at a copy that failed again or lies after
+        // --until: the next run starts there, so nothing after it is handled now.
         match outcome {
             Outcome::Replayed => tally.replayed += 1,
             Outcome::WouldReplay(source) => {
@@ -204,11 +242,19 @@ pub async fn run(config: Config, options: ReplayOptions) -> i32 {
             Outcome::Failed(reason) => {
                 tally.failed += 1;
                 eprintln!(
-                    "eventd replay: {at}: failed again, left in {}: {reason}",
+                    "eventd replay: {at}: failed again, left in {}; partition {partition} stops here: {reason}",
                     options.from
                 );
-                // Progress stops here, so the next run (after a fix) tries it again.
-                held.insert(partition);
+                pending.remove(&partition);
+                stop_reading(&consumer, &options.from, partition).await;
+                continue;
+            }
+            Outcome::GaveUp(reason) => {
+                ended = Ended::GaveUp(format!(
+                    "{at} not finished within --timeout {}: {reason}",
+                    humantime::format_duration(timeout)
+                ));
+                break;
             }
             Outcome::OtherHandler => tally.other_handler += 1,
             Outcome::Truncated(source, size) => {
@@ -219,14 +265,18 @@ pub async fn run(config: Config, options: ReplayOptions) -> i32 {
             }
             Outcome::OutsideRange(after_until) => {
                 tally.outside_range += 1;
-                // Copies after --until are left for a later replay to find: this
-                // partition's progress stops at the first of them.
                 if after_until {
-                    held.insert(partition);
+                    pending.remove(&partition);
+                    stop_reading(&consumer, &options.from, partition).await;
+                    continue;
                 }
             }
         }
-        if !options.dry_run && !held.contains(&partition) {
+        if last_of_partition {
+            pending.remove(&partition);
+            stop_reading(&consumer, &options.from, partition).await;
+        }
+        if !options.dry_run {
             progress.insert(partition, offset + 1);
             uncommitted += 1;
             // A handler holding events (count windows) writes them only at the flush
@@ -237,20 +287,33 @@ pub async fn run(config: Config, options: ReplayOptions) -> i32 {
             }
         }
     }
-    let flushed = if options.dry_run {
+    let flushed = if options.dry_run || holds_events && matches!(ended, Ended::Interrupted) {
         Ok(())
     } else {
-        standalone.flush().await
+        match tokio::time::timeout(timeout, standalone.flush()).await {
+            Ok(flushed) => flushed.map_err(|error| error.to_string()),
+            Err(_) => {
+                standalone.give_up();
+                Err(format!(
+                    "count records not acknowledged within --timeout {}",
+                    humantime::format_duration(timeout)
+                ))
+            }
+        }
     };
     if let Err(error) = &flushed {
         eprintln!(
-            "eventd replay: handler {:?} could not emit what it holds: {error}",
+            "eventd replay: handler {:?} could not emit what it holds, so nothing it counted is committed: {error}",
             handler.name
         );
     }
+    standalone.give_up();
     // Committed only once everything written is acknowledged: a count window emitted
-    // by the flush above counts the events committed here.
-    if !options.dry_run && flushed.is_ok() {
+    // by the flush above counts the events committed here. An interrupted count
+    // replay commits nothing: its windows were not written.
+    let counted_unwritten =
+        holds_events && (flushed.is_err() || matches!(ended, Ended::Interrupted));
+    if !options.dry_run && !counted_unwritten {
         commit(&consumer, &options.from, &progress).await;
     }
     if let Some((supervisor, task)) = producer {
@@ -269,19 +332,60 @@ pub async fn run(config: Config, options: ReplayOptions) -> i32 {
         tally.truncated,
         tally.outside_range,
     );
-    if !pending.is_empty() {
-        return crate::commands::produce::EXIT_INTERRUPTED;
+    match ended {
+        Ended::Interrupted => {
+            eprintln!("eventd replay: interrupted; progress so far is committed");
+            crate::commands::produce::EXIT_INTERRUPTED
+        }
+        Ended::Internal => EXIT_SOFTWARE,
+        Ended::GaveUp(what) => {
+            eprintln!("eventd replay: gave up: {what}; progress before it is committed, run again once it can pass");
+            EXIT_UNAVAILABLE
+        }
+        Ended::Done if flushed.is_err() => EXIT_UNAVAILABLE,
+        Ended::Done if tally.failed > 0 => 1,
+        Ended::Done => 0,
     }
-    if tally.failed > 0 || flushed.is_err() {
-        return 1;
+}
+
+/// How the reading loop ended.
+enum Ended {
+    Done,
+    Interrupted,
+    /// The consumer's thread failed: a defect, not the broker.
+    Internal,
+    /// No progress within --timeout; says on what.
+    GaveUp(String),
+}
+
+/// Long enough for one attempt to be acknowledged or time out, a backoff, and a
+/// second attempt: less gives an outage no chance to pass, more keeps an operator
+/// waiting on one that does not.
+fn default_timeout(config: &Config, handler: &crate::config::HandlerConfig) -> Duration {
+    config.producer.message_timeout * 2 + handler.retry.max_backoff
+}
+
+/// Stops fetching a partition read to its end (or stopped at a failure), so nothing
+/// written after the replay started is read.
+async fn stop_reading(consumer: &Arc<BaseConsumer<Diagnosis>>, topic: &str, partition: i32) {
+    let mut list = TopicPartitionList::new();
+    list.add_partition(topic, partition);
+    let consumer = consumer.clone();
+    let unassigned =
+        tokio::task::spawn_blocking(move || consumer.incremental_unassign(&list)).await;
+    if let Ok(Err(error)) = unassigned {
+        // Not fatal: what is fetched after the end is skipped anyway.
+        tracing::debug!(partition, %error, "cannot unassign a finished partition");
     }
-    0
 }
 
 enum Outcome {
     Replayed,
     WouldReplay(String),
+    /// Refused for good, or the handler panicked: reported, and the exit code is 1.
     Failed(String),
+    /// Kept failing for a reason that may pass (an outage) until --timeout.
+    GaveUp(String),
     OtherHandler,
     Truncated(String, String),
     /// Outside --since/--until; true when after --until.
@@ -293,6 +397,8 @@ async fn replay_one(
     options: &ReplayOptions,
     names: &Arc<crate::event::FieldNames>,
     standalone: &mut Standalone,
+    retry: &crate::config::RetryConfig,
+    timeout: Duration,
 ) -> Outcome {
     let found: HashMap<&str, &[u8]> = message
         .headers()
@@ -380,9 +486,37 @@ async fn replay_one(
         timestamp: message.timestamp().to_millis(),
         body,
     });
-    match standalone.handle(event).await {
-        Ok(()) => Outcome::Replayed,
-        Err(error) => Outcome::Failed(error),
+    handle_until(standalone, event, retry, timeout).await
+}
+
+/// Gives `event` to the handler, and again after a backoff (under the handler's
+/// `[handlers.retry]`, as the daemon would) while it fails for a reason that may pass,
+/// until `timeout` from the first attempt.
+async fn handle_until(
+    standalone: &mut Standalone,
+    event: Arc<Event>,
+    retry: &crate::config::RetryConfig,
+    timeout: Duration,
+) -> Outcome {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let error = match tokio::time::timeout_at(deadline, standalone.handle(event.clone())).await
+        {
+            Ok(Ok(())) => return Outcome::Replayed,
+            Ok(Err(StandaloneError::Transient(error))) => error,
+            Ok(Err(error @ (StandaloneError::Refused(_) | StandaloneError::Panicked(_)))) => {
+                return Outcome::Failed(error.to_string())
+            }
+            Err(_) => format!("attempt {attempts} still waiting at the deadline"),
+        };
+        let next = tokio::time::Instant::now() + retry.delay_after(attempts);
+        if next >= deadline {
+            return Outcome::GaveUp(format!("{attempts} attempts, the last: {error}"));
+        }
+        eprintln!("eventd replay: attempt {attempts} failed, trying again: {error}");
+        tokio::time::sleep_until(next).await;
     }
 }
 

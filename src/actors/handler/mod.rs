@@ -26,7 +26,7 @@ pub use actor::{HandlerActor, HandlerArgs};
 pub use failures::Failures;
 pub use outbox::ParkKey;
 pub use pool::{HandlerPool, HandlerSettings, Route, Router};
-pub use standalone::Standalone;
+pub use standalone::{Standalone, StandaloneError};
 pub use supervisor::{build_pools, HandlerSupervisor, HandlerSupervisorArgs, HandlerSupervisorMsg};
 
 use std::sync::Arc;

@@ -79,8 +79,8 @@ pub enum ProduceError {
         topic: String,
         error: PartitionError,
     },
-    #[error("cannot learn the partitions of topic {topic:?}: {reason}")]
-    Metadata { topic: String, reason: String },
+    #[error("cannot learn the partitions of topic {topic:?}: {error}")]
+    Metadata { topic: String, error: MetadataError },
     #[error("cannot enqueue event for topic {topic:?}: {reason}")]
     Enqueue {
         topic: String,
@@ -113,6 +113,7 @@ impl ProduceError {
     pub fn is_permanent(&self) -> bool {
         match self {
             ProduceError::TooLarge { .. } | ProduceError::Partition { .. } => true,
+            ProduceError::Metadata { error, .. } => error.is_permanent(),
             ProduceError::Delivery {
                 failure:
                     DeliveryFailure {
@@ -132,6 +133,42 @@ impl ProduceError {
                     )
             }
             _ => false,
+        }
+    }
+}
+
+/// Why the partitions of an output topic could not be learnt.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum MetadataError {
+    /// The topic does not exist, or this client may not see it: sending the event
+    /// again cannot help until someone creates the topic or grants the ACL.
+    #[error("{0}")]
+    Refused(RDKafkaErrorCode),
+    /// The broker does not list it at all, which is how a missing topic looks when
+    /// the broker answers for the topics it has only.
+    #[error("the broker does not list it")]
+    NotListed,
+    /// A topic being created: its partitions are not announced yet.
+    #[error("the broker lists no partitions for it")]
+    NoPartitions,
+    /// No answer in time, a transport error: the broker may come back.
+    #[error("{0}")]
+    Unanswered(String),
+}
+
+impl MetadataError {
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            MetadataError::Refused(code) => matches!(
+                code,
+                RDKafkaErrorCode::UnknownTopicOrPartition
+                    | RDKafkaErrorCode::UnknownTopic
+                    | RDKafkaErrorCode::TopicAuthorizationFailed
+                    | RDKafkaErrorCode::ClusterAuthorizationFailed
+                    | RDKafkaErrorCode::InvalidTopic
+            ),
+            MetadataError::NotListed => true,
+            MetadataError::NoPartitions | MetadataError::Unanswered(_) => false,
         }
     }
 }
@@ -710,9 +747,9 @@ impl ProducerHandle {
         }
         let count = fetch_partition_count(producer.clone(), topic.to_owned())
             .await
-            .map_err(|reason| ProduceError::Metadata {
+            .map_err(|error| ProduceError::Metadata {
                 topic: topic.to_owned(),
-                reason,
+                error,
             })?;
         let state = Arc::new(TopicState::new(
             topic,
@@ -749,25 +786,28 @@ impl ProducerHandle {
     }
 }
 
-async fn fetch_partition_count(producer: Arc<KafkaProducer>, topic: String) -> Result<i32, String> {
+async fn fetch_partition_count(
+    producer: Arc<KafkaProducer>,
+    topic: String,
+) -> Result<i32, MetadataError> {
     tokio::task::spawn_blocking(move || {
         let metadata = producer
             .client()
             .fetch_metadata(Some(&topic), METADATA_TIMEOUT)
-            .map_err(|error| error.to_string())?;
+            .map_err(|error| MetadataError::Unanswered(error.to_string()))?;
         let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else {
-            return Err("the broker does not list it".to_owned());
+            return Err(MetadataError::NotListed);
         };
         if let Some(error) = found.error() {
-            return Err(format!("{}", RDKafkaErrorCode::from(error)));
+            return Err(MetadataError::Refused(RDKafkaErrorCode::from(error)));
         }
         match i32::try_from(found.partitions().len()) {
-            Ok(0) | Err(_) => Err("the broker lists no partitions for it".to_owned()),
+            Ok(0) | Err(_) => Err(MetadataError::NoPartitions),
             Ok(count) => Ok(count),
         }
     })
     .await
-    .map_err(|error| error.to_string())?
+    .map_err(|error| MetadataError::Unanswered(error.to_string()))?
 }
 
 /// Room kept below `producer.max_message_bytes` for the truncation headers and
