@@ -167,8 +167,8 @@ impl Actor for HandlerActor {
                 state.dead_letter_failed(&myself, *letter, &error)
             }
             HandlerMsg::Flush(reply) => {
-                state.behaviour.flush(&state.pool, state.slot).await;
-                let _ = reply.send(());
+                let unacknowledged = state.behaviour.flush(&state.pool, state.slot).await;
+                let _ = reply.send(unacknowledged);
             }
             HandlerMsg::Tick => state.behaviour.tick(&state.pool, state.slot).await,
         }

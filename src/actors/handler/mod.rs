@@ -41,8 +41,9 @@ pub enum HandlerMsg {
     /// Events to handle in the order given; the sender is told when they are finished.
     Batch(Batch),
     /// Emit every open count window now, even unfinished ones (revoke, shutdown), and
-    /// reply once the broker acknowledged them. Other kinds reply at once.
-    Flush(RpcReplyPort<()>),
+    /// reply once the broker acknowledged them (or at the producer's deadline) with
+    /// how many records are not acknowledged. Other kinds reply 0 at once.
+    Flush(RpcReplyPort<usize>),
     /// Periodic: close count windows whose end has passed.
     Tick,
     /// Writes of an earlier batch were not all acknowledged: the failed ones take the
@@ -57,6 +58,18 @@ pub enum HandlerMsg {
     Retry(ParkKey),
     /// Writes sent to a producer since replaced were settled: held work may go on.
     ProducerCaughtUp,
+}
+
+/// Why count windows were not all written at a hand-back: the records are still
+/// held (the broker did not acknowledge them in time) or nobody answered.
+#[derive(Debug, thiserror::Error)]
+pub enum FlushError {
+    #[error("handler {handler}: {records} count records not acknowledged by the broker in time")]
+    Unacknowledged { handler: String, records: usize },
+    #[error("handler {handler}: no answer to the flush in time")]
+    TimedOut { handler: String },
+    #[error("handler {handler}: the actor stopped during the flush")]
+    Stopped { handler: String },
 }
 
 /// An error a handler marks as one that may pass (a downstream unavailable, a

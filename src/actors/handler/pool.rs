@@ -11,7 +11,7 @@ use ractor::rpc::CallResult;
 use ractor::ActorRef;
 
 use super::outbox::ParkedShown;
-use super::HandlerMsg;
+use super::{FlushError, HandlerMsg};
 use crate::config::{Config, FieldCondition, HandlerConfig, HandlerKind};
 use crate::event::{slot_for, Event, FieldNames};
 
@@ -212,7 +212,7 @@ impl Router {
 
     /// Emits every open count window of this consumer's pools and waits until the
     /// broker acknowledged them, so held offsets can move.
-    pub async fn flush(&self, timeout: std::time::Duration) -> Result<(), String> {
+    pub async fn flush(&self, timeout: std::time::Duration) -> Result<(), FlushError> {
         let mut calls = Vec::new();
         for route in &self.routes {
             if route.pool.kind != HandlerKind::Count {
@@ -220,15 +220,16 @@ impl Router {
             }
             for slot in &route.pool.slots {
                 if let Some(actor) = slot.actor() {
-                    let name = route.pool.name.clone();
+                    let handler = route.pool.name.to_string();
                     calls.push(async move {
                         match actor.call(HandlerMsg::Flush, Some(timeout)).await {
-                            Ok(CallResult::Success(())) => Ok(()),
-                            Ok(CallResult::Timeout) => {
-                                Err(format!("handler {name}: flush timed out"))
+                            Ok(CallResult::Success(0)) => Ok(()),
+                            Ok(CallResult::Success(records)) => {
+                                Err(FlushError::Unacknowledged { handler, records })
                             }
+                            Ok(CallResult::Timeout) => Err(FlushError::TimedOut { handler }),
                             Ok(CallResult::SenderError) | Err(_) => {
-                                Err(format!("handler {name}: actor stopped during flush"))
+                                Err(FlushError::Stopped { handler })
                             }
                         }
                     });
