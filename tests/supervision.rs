@@ -103,3 +103,69 @@ fn a_handler_that_panics_on_every_event_ends_the_daemon_even_with_a_dead_letter_
         "{dead_lettered} events dead-lettered before the meltdown"
     );
 }
+
+/// A group member fails with one of its partition workers, and ractor kills the
+/// member's other workers without their `post_stop`. Their partitions' series must go
+/// with them: until the member is back this process reads no partition, and a lag or
+/// stall series left behind would name partitions another process may own by then.
+#[test]
+fn a_failed_group_member_leaves_no_series_of_the_partitions_it_read() {
+    let broker = Broker::start(4, &["like"]);
+    // The restart delay is long (default 100 ms) so the test can look at the process
+    // while the member is down; lag_interval is short (default 5 s) only so the series
+    // show sooner. Neither changes what a failed member leaves behind.
+    let eventd = start_eventd_with_env(
+        &broker,
+        r#"
+[supervision]
+backoff = "60s"
+max_backoff = "60s"
+
+[[consumers]]
+name = "main"
+topics = ["like"]
+
+[[handlers]]
+name = "breaker"
+kind = "fault"
+consumer = "main"
+action = "fail_partition"
+offsets = [3]
+lasting = "1s"
+"#,
+        &[("EVENTD__METRICS__LAG_INTERVAL", "200ms".to_owned())],
+    );
+    let lag_series = |eventd: &Eventd| {
+        (0..4)
+            .filter(|partition| {
+                eventd
+                    .metric_if_present(
+                        "eventd_consumer_lag_seconds",
+                        &[("consumer", "main"), ("partition", &partition.to_string())],
+                    )
+                    .is_some()
+            })
+            .count()
+    };
+    assert!(
+        eventd.wait_until(Duration::from_secs(30), |eventd| lag_series(eventd) == 4),
+        "every owned partition shows its lag: {}",
+        eventd.scrape()
+    );
+    broker.produce("like", &events(80, 16));
+    assert!(
+        eventd.wait_until(Duration::from_secs(30), |eventd| eventd
+            .logs()
+            .contains("injected partition worker failure")
+            && eventd.logs().contains("actor failed, restarting")),
+        "{}",
+        eventd.logs()
+    );
+    assert!(
+        eventd.wait_until(Duration::from_secs(10), |eventd| lag_series(eventd) == 0),
+        "the member is down for a minute, yet /metrics shows partitions: {}",
+        eventd.scrape()
+    );
+    let (status, body) = eventd.http_get("/healthz").expect("healthz answers");
+    assert_eq!(status, 200, "{body}");
+}

@@ -486,6 +486,9 @@ pub enum FaultAction {
     ProducerFatal,
     /// Fail with an error marked transient, as a downstream being unavailable would.
     Unavailable,
+    /// Fail the partition worker that sent the event, as a defect in it would: its
+    /// group member fails with it and is restarted.
+    FailPartition,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

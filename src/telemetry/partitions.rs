@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,13 @@ pub const PARTITION_STALLED: &str = "eventd_partition_stalled";
 /// (consumer, topic, partition).
 pub type PartitionKey = (String, String, i32);
 
+/// Names one partition worker on the board: a worker that ends after another took its
+/// partition (a killed worker's state is dropped late) must not clear the other's series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seat(u64);
+
+static NEXT_SEAT: AtomicU64 = AtomicU64::new(1);
+
 #[derive(Default)]
 pub struct PartitionBoard {
     inner: Mutex<Board>,
@@ -27,8 +35,9 @@ struct Board {
     interval: Duration,
     /// Lag in events from librdkafka's statistics, and when it was reported.
     messages: BTreeMap<PartitionKey, (i64, Instant)>,
-    /// Per partition worker: age of its oldest unfinished event, and whether stalled.
-    workers: BTreeMap<PartitionKey, (f64, bool)>,
+    /// Per partition worker: which worker (its seat), the age of its oldest unfinished
+    /// event, and whether stalled.
+    workers: BTreeMap<PartitionKey, (Seat, f64, bool)>,
     /// When a consumer's statistics last showed a broker up.
     broker_up: Option<Instant>,
 }
@@ -60,19 +69,37 @@ impl PartitionBoard {
             .insert(key, (lag, Instant::now()));
     }
 
-    /// What a partition worker measured at its last tick.
-    pub fn set_worker(&self, key: PartitionKey, lag_seconds: f64, stalled: bool) {
-        self.inner
-            .lock()
-            .workers
-            .insert(key, (lag_seconds, stalled));
+    /// A worker took `key`: its series are its own from now on.
+    pub fn claim(&self, key: PartitionKey) -> Seat {
+        let seat = Seat(NEXT_SEAT.fetch_add(1, Ordering::Relaxed));
+        self.inner.lock().workers.insert(key, (seat, 0.0, false));
+        seat
     }
 
-    /// The partition's worker stopped (revoke, shutdown): its series go now.
-    pub fn remove(&self, key: &PartitionKey) {
+    /// What a partition worker measured at its last tick; ignored from a worker whose
+    /// partition another took.
+    pub fn set_worker(&self, key: &PartitionKey, seat: Seat, lag_seconds: f64, stalled: bool) {
+        if let Some(entry) = self.inner.lock().workers.get_mut(key) {
+            if entry.0 == seat {
+                *entry = (seat, lag_seconds, stalled);
+            }
+        }
+    }
+
+    /// The partition's worker ended, whatever ended it (revoke, shutdown, killed with
+    /// its failed group member): its series go now. True when they were its own.
+    pub fn release(&self, key: &PartitionKey, seat: Seat) -> bool {
         let mut board = self.inner.lock();
-        board.workers.remove(key);
-        board.messages.remove(key);
+        if board
+            .workers
+            .get(key)
+            .is_some_and(|(owner, _, _)| *owner == seat)
+        {
+            board.workers.remove(key);
+            board.messages.remove(key);
+            return true;
+        }
+        false
     }
 
     pub fn broker_answered(&self) {
@@ -90,7 +117,7 @@ impl PartitionBoard {
             .lock()
             .workers
             .iter()
-            .filter(|(_, (_, stalled))| *stalled)
+            .filter(|(_, (_, _, stalled))| *stalled)
             .map(|(key, _)| key.clone())
             .collect()
     }
@@ -135,7 +162,7 @@ impl PartitionBoard {
             board
                 .workers
                 .iter()
-                .map(|(key, (seconds, _))| (labels(key), format!("{seconds:.3}")))
+                .map(|(key, (_, seconds, _))| (labels(key), format!("{seconds:.3}")))
                 .collect(),
         );
         series(
@@ -144,7 +171,7 @@ impl PartitionBoard {
             board
                 .workers
                 .iter()
-                .map(|(key, (_, stalled))| (labels(key), u8::from(*stalled).to_string()))
+                .map(|(key, (_, _, stalled))| (labels(key), u8::from(*stalled).to_string()))
                 .collect(),
         );
         out
@@ -172,7 +199,8 @@ mod tests {
         board.set_interval(Duration::from_millis(20));
         board.set_lag_messages(key(0), 7);
         board.set_lag_messages(key(1), 3);
-        board.set_worker(key(0), 1.5, true);
+        let seat = board.claim(key(0));
+        board.set_worker(&key(0), seat, 1.5, true);
         let page = board.render();
         assert!(
             page.contains(
@@ -187,7 +215,7 @@ mod tests {
             "{page}"
         );
         assert_eq!(board.stalled(), [key(0)]);
-        board.remove(&key(0));
+        assert!(board.release(&key(0), seat));
         let page = board.render();
         assert!(!page.contains("partition=\"0\""), "{page}");
         assert!(page.contains("partition=\"1\"} 3"), "{page}");
@@ -195,6 +223,27 @@ mod tests {
         assert!(
             !board.render().contains("partition=\"1\""),
             "not reported for two intervals"
+        );
+    }
+
+    #[test]
+    fn a_worker_ending_after_another_took_its_partition_leaves_the_new_series() {
+        let board = PartitionBoard::default();
+        let old = board.claim(key(0));
+        let new = board.claim(key(0));
+        board.set_worker(&key(0), old, 9.0, true);
+        assert!(
+            board.stalled().is_empty(),
+            "the old worker no longer reports"
+        );
+        board.set_worker(&key(0), new, 0.5, false);
+        assert!(!board.release(&key(0), old));
+        assert!(
+            board
+                .render()
+                .contains("eventd_consumer_lag_seconds{consumer=\"main\",topic=\"like\",partition=\"0\"} 0.500"),
+            "{}",
+            board.render()
         );
     }
 }

@@ -91,6 +91,9 @@ pub trait BatchSource: Send + Sync + 'static {
     fn is_open(&self) -> bool;
     /// Tells sources apart, so a count window remembers each contributor once.
     fn id(&self) -> ActorId;
+    /// Fails the source as a defect in it would (tests drive this through `fault`).
+    #[cfg(feature = "fault-injection")]
+    fn inject_failure(&self, _reason: String) {}
 }
 
 /// A run of events of one partition for one handler actor.

@@ -3,6 +3,15 @@
 
 use crate::telemetry::partitions::{PartitionKey, BOARD};
 
+impl Drop for PartitionWorkerState {
+    /// ractor skips `post_stop` for a worker killed with its failed group member (and
+    /// unlinks it, so no supervisor hears of it): whatever ended the worker, its
+    /// series, tasks and consumer references go with its state.
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
 use super::PartitionWorkerState;
 
 impl PartitionWorkerState {
@@ -12,6 +21,20 @@ impl PartitionWorkerState {
             self.topic.to_string(),
             self.partition,
         )
+    }
+
+    /// Ends what the worker keeps outside itself; done once, at stop or at drop.
+    pub(super) fn release(&mut self) {
+        self.waker.abort();
+        self.measuring.abort();
+        if BOARD.release(&self.board_key(), self.seat) {
+            // The gauge's labels are the partition's: a newer worker of it sets its own.
+            self.in_flight_gauge.set(0.0);
+        }
+        // The queue and the client close the consumer if they are its last references.
+        if let Some(source) = self.source.take() {
+            crate::actors::drop_off_runtime(source);
+        }
     }
 
     /// Age of the oldest unfinished event (its Kafka timestamp to now) and whether the
@@ -42,6 +65,6 @@ impl PartitionWorkerState {
                     "partition no longer stalled");
             }
         }
-        BOARD.set_worker(self.board_key(), lag_seconds, stalled);
+        BOARD.set_worker(&self.board_key(), self.seat, lag_seconds, stalled);
     }
 }

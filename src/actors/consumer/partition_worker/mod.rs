@@ -40,7 +40,7 @@ use crate::event::{Event, Source};
 use crate::telemetry::metrics::{
     EVENTS_CONSUMED, EVENTS_HANDLED, EVENTS_INVALID, PARTITION_IN_FLIGHT, PARTITION_REPEATS,
 };
-use crate::telemetry::partitions::BOARD;
+use crate::telemetry::partitions::{Seat, BOARD};
 
 use decode::{ReadEvent, ReadPlan};
 use offsets::Behind;
@@ -110,6 +110,9 @@ pub enum PartitionWorkerMsg {
     StoreFinal(RpcReplyPort<FinalPosition>),
     /// Every `metrics.lag_interval`: measure lag in seconds and look for a stall.
     Measure,
+    /// Fail now, as a defect would (`fault` handlers with `action = "fail_partition"`).
+    #[cfg(feature = "fault-injection")]
+    InjectedFailure(String),
 }
 
 /// Where a partition stands when it is handed back.
@@ -162,6 +165,8 @@ pub struct PartitionWorkerState {
     stall_timeout: Duration,
     stalled: bool,
     measuring: JoinHandle<()>,
+    /// This worker's claim on the partition's series.
+    seat: Seat,
 }
 
 /// A partition worker as the handlers of its batches see it.
@@ -190,6 +195,13 @@ impl BatchSource for WorkerHandle {
             slot,
             window,
         });
+    }
+
+    #[cfg(feature = "fault-injection")]
+    fn inject_failure(&self, reason: String) {
+        let _ = self
+            .actor
+            .send_message(PartitionWorkerMsg::InjectedFailure(reason));
     }
 
     fn is_open(&self) -> bool {
@@ -448,6 +460,11 @@ impl Actor for PartitionWorker {
             "partition" => args.partition.to_string());
         tracing::info!(consumer = %args.consumer_name, topic = %args.topic, partition = args.partition, "partition worker started");
         let measuring = myself.send_interval(args.lag_interval, || PartitionWorkerMsg::Measure);
+        let seat = BOARD.claim((
+            args.consumer_name.to_string(),
+            args.topic.to_string(),
+            args.partition,
+        ));
         Ok(PartitionWorkerState {
             source_handle: Arc::new(WorkerHandle {
                 actor: myself.clone(),
@@ -484,6 +501,7 @@ impl Actor for PartitionWorker {
             stall_timeout: args.stall_timeout,
             stalled: false,
             measuring,
+            seat,
         })
     }
 
@@ -539,6 +557,8 @@ impl Actor for PartitionWorker {
                 }
             }
             PartitionWorkerMsg::Measure => state.measure(),
+            #[cfg(feature = "fault-injection")]
+            PartitionWorkerMsg::InjectedFailure(reason) => return Err(reason.into()),
             PartitionWorkerMsg::StoreFinal(reply) => {
                 state.store_if_moved();
                 let _ = reply.send(FinalPosition {
@@ -556,14 +576,7 @@ impl Actor for PartitionWorker {
         _myself: ActorRef<PartitionWorkerMsg>,
         state: &mut PartitionWorkerState,
     ) -> Result<(), ActorProcessingErr> {
-        state.waker.abort();
-        state.measuring.abort();
-        BOARD.remove(&state.board_key());
-        // The queue and the client close the consumer if they are its last references.
-        if let Some(source) = state.source.take() {
-            crate::actors::drop_off_runtime(source);
-        }
-        state.in_flight_gauge.set(0.0);
+        state.release();
         tracing::info!(consumer = %state.consumer_name, topic = %state.topic, partition = state.partition,
             stored = state.stored, in_flight = state.inflight.len(), "partition worker stopped");
         Ok(())

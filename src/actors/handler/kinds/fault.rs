@@ -112,6 +112,9 @@ impl Fault {
                     return Err(Transient(format!("injected outage at {at}")).into())
                 }
                 FaultAction::Panic => panic!("injected panic at {at}"),
+                FaultAction::FailPartition => batch
+                    .reply_to
+                    .inject_failure(format!("injected partition worker failure at {at}")),
                 FaultAction::Sleep => {
                     let micros = self.rng.u64(0..=self.sleep.as_micros() as u64);
                     tokio::time::sleep(Duration::from_micros(micros)).await;
