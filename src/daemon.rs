@@ -315,19 +315,33 @@ async fn reload(root: ractor::ActorRef<RootMsg>, path: Option<PathBuf>) {
     for key in &report.applied {
         tracing::info!(key = %key, "config change applied");
     }
+    for (key, why) in &report.partly_applied {
+        tracing::error!(key = %key, error = %why, "config change applied in part");
+    }
+    for key in &report.unconfirmed {
+        tracing::warn!(key = %key,
+            "config change handed to the handlers, which did not confirm it in time; restart to be sure it applies");
+    }
     for key in &report.needs_restart {
         tracing::warn!(key = %key, "config change needs a restart; not applied");
     }
     tracing::info!(
         applied = report.applied.len(),
+        partly_applied = report.partly_applied.len(),
+        unconfirmed = report.unconfirmed.len(),
         needs_restart = report.needs_restart.len(),
         "config reloaded"
     );
-    outcome(if report.needs_restart.is_empty() {
-        "applied"
-    } else {
-        "partial"
-    });
+    outcome(
+        if report.needs_restart.is_empty()
+            && report.partly_applied.is_empty()
+            && report.unconfirmed.is_empty()
+        {
+            "applied"
+        } else {
+            "partial"
+        },
+    );
 }
 
 #[cfg(test)]

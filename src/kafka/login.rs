@@ -105,24 +105,31 @@ impl Logins {
         }
     }
 
-    /// Hands `login` to every live client; the number of clients, or the first error.
-    pub fn rotate(&self, login: Login) -> Result<usize, String> {
+    /// Hands `login` to every live client and keeps it for clients made later. Says
+    /// how many took it and why any refused: those keep their old credentials.
+    pub fn rotate(&self, login: Login) -> Rotation {
         let mut registry = self.inner.lock();
         registry.clients.retain(|client| client.strong_count() > 0);
-        let mut updated = 0;
-        let mut failure = None;
+        let mut rotation = Rotation::default();
         for client in registry.clients.iter().filter_map(Weak::upgrade) {
             match client.set_login(&login) {
-                Ok(()) => updated += 1,
-                Err(error) => failure = failure.or(Some(error)),
+                Ok(()) => rotation.updated += 1,
+                Err(error) => rotation.refused.push(error),
             }
         }
         registry.rotated = Some(login);
-        match failure {
-            Some(error) => Err(error),
-            None => Ok(updated),
-        }
+        rotation
     }
+}
+
+/// What a rotation of the SASL credentials did to the live clients.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Rotation {
+    /// Clients that use the new credentials at their next login.
+    pub updated: usize,
+    /// Why each other client refused them; those log in with the old ones until a
+    /// restart.
+    pub refused: Vec<String>,
 }
 
 #[cfg(test)]
@@ -154,7 +161,13 @@ mod tests {
             username: "a".to_owned(),
             password: "after".to_owned(),
         };
-        assert_eq!(logins.rotate(login.clone()), Ok(1));
+        assert_eq!(
+            logins.rotate(login.clone()),
+            Rotation {
+                updated: 1,
+                refused: Vec::new()
+            }
+        );
 
         let mut settings = ClientConfig::new();
         settings.set("sasl.password", "before");
@@ -164,6 +177,34 @@ mod tests {
 
         let later = client("a");
         logins.register(&later);
-        assert_eq!(logins.rotate(login), Ok(2));
+        assert_eq!(logins.rotate(login).updated, 2);
+    }
+
+    struct Refusing;
+
+    impl LogsIn for Refusing {
+        fn set_login(&self, _: &Login) -> Result<(), String> {
+            Err("refused by this client".to_owned())
+        }
+    }
+
+    #[test]
+    fn a_rotation_one_client_refuses_says_so_and_still_reaches_the_others() {
+        let logins = Logins::default();
+        let taking = client("a");
+        logins.register(&taking);
+        let refusing = Arc::new(Refusing);
+        logins.register(&refusing);
+        let rotation = logins.rotate(Login {
+            username: "a".to_owned(),
+            password: "after".to_owned(),
+        });
+        assert_eq!(
+            rotation,
+            Rotation {
+                updated: 1,
+                refused: vec!["refused by this client".to_owned()]
+            }
+        );
     }
 }

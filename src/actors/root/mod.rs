@@ -63,24 +63,36 @@ pub enum RootMsg {
 pub struct ReloadReport {
     /// Changed and now in effect.
     pub applied: Vec<String>,
+    /// Changed, in effect for some clients only; with why the others refused.
+    pub partly_applied: Vec<(String, String)>,
     /// Changed, but in effect only after a restart.
     pub needs_restart: Vec<String>,
+    /// Handed to the handlers, which did not confirm in time: they may or may not
+    /// run with it; a restart settles it.
+    pub unconfirmed: Vec<String>,
+}
+
+/// The SASL keys a reload rotated, and why some clients refused them, if any did.
+#[derive(Debug, Default)]
+struct Rotated {
+    keys: Vec<String>,
+    refused: Option<String>,
 }
 
 /// When a reload changed only the SASL username or password of `[kafka.security]`
 /// (a rotated `file:` secret, an edited value), every client gets the new ones for its
 /// next login; returns the keys so applied. A changed protocol or mechanism needs new
 /// clients, so it is left to a restart.
-fn rotate_login(running: &Config, new: &Config) -> Vec<String> {
+fn rotate_login(running: &Config, new: &Config) -> Rotated {
     let (before, after) = (&running.kafka.security, &new.kafka.security);
     let (Some(old), Some(login)) = (before.login(), after.login()) else {
-        return Vec::new();
+        return Rotated::default();
     };
     if old == login
         || before.protocol != after.protocol
         || before.sasl_mechanism != after.sasl_mechanism
     {
-        return Vec::new();
+        return Rotated::default();
     }
     let mut keys = Vec::new();
     if old.username != login.username {
@@ -89,18 +101,28 @@ fn rotate_login(running: &Config, new: &Config) -> Vec<String> {
     if old.password != login.password {
         keys.push("kafka.security.password".to_owned());
     }
-    match LOGINS.rotate(login) {
-        Ok(clients) => {
-            tracing::info!(
-                clients,
-                "SASL credentials rotated; each client uses them at its next login"
-            );
-            keys
-        }
-        Err(error) => {
-            tracing::error!(%error, "cannot hand the rotated SASL credentials to every client");
-            Vec::new()
-        }
+    // Kept even when a client refuses: the others and every client made later use it.
+    let rotation = LOGINS.rotate(login);
+    if rotation.refused.is_empty() {
+        tracing::info!(
+            clients = rotation.updated,
+            "SASL credentials rotated; each client uses them at its next login"
+        );
+        return Rotated {
+            keys,
+            refused: None,
+        };
+    }
+    let refused = format!(
+        "{} of {} clients refused the new credentials and log in with the old ones until a restart: {}",
+        rotation.refused.len(),
+        rotation.refused.len() + rotation.updated,
+        rotation.refused.join("; ")
+    );
+    tracing::error!(updated = rotation.updated, error = %refused, "SASL credentials rotated in part");
+    Rotated {
+        keys,
+        refused: Some(refused),
     }
 }
 
@@ -262,12 +284,12 @@ impl Actor for RootSupervisor {
                 // from the new one, and it becomes the baseline of the next reload.
                 let (mut effective, mut not_applied) =
                     state.config.with_live_handler_changes(&config);
-                if !rotated.is_empty() {
+                if !rotated.keys.is_empty() {
                     effective.kafka.security.username = config.kafka.security.username.clone();
                     effective.kafka.security.password = config.kafka.security.password.clone();
                     // A secret read from the same place shows no change in the compared
                     // config: only its value changed.
-                    for key in &rotated {
+                    for key in &rotated.keys {
                         if !changed.contains(key) {
                             changed.push(key.clone());
                         }
@@ -281,24 +303,33 @@ impl Actor for RootSupervisor {
                         Some(RELOAD_ANSWER),
                     )
                     .await;
-                let report = match answered {
+                let handlers_answered = match answered {
                     Ok(ractor::rpc::CallResult::Success(names)) => {
                         not_applied.extend(names);
-                        let (applied, needs_restart) = changed.into_iter().partition(|key| {
-                            rotated.contains(key)
-                                || applies_live(key, &state.config, &config, &not_applied)
-                        });
-                        state.config = effective;
-                        ReloadReport {
-                            applied,
-                            needs_restart,
-                        }
+                        true
                     }
-                    _ => ReloadReport {
-                        applied: Vec::new(),
-                        needs_restart: changed,
-                    },
+                    _ => false,
                 };
+                let mut report = ReloadReport::default();
+                for key in changed {
+                    if rotated.keys.contains(&key) {
+                        match &rotated.refused {
+                            None => report.applied.push(key),
+                            Some(why) => report.partly_applied.push((key, why.clone())),
+                        }
+                    } else if applies_live(&key, &state.config, &config, &not_applied) {
+                        if handlers_answered {
+                            report.applied.push(key);
+                        } else {
+                            report.unconfirmed.push(key);
+                        }
+                    } else {
+                        report.needs_restart.push(key);
+                    }
+                }
+                // What the handlers were handed is the baseline of the next reload,
+                // answered or not: comparing with it names again what did not apply.
+                state.config = effective;
                 let _ = reply.send(report);
             }
             RootMsg::RestartProducer => {
@@ -399,7 +430,7 @@ mod tests {
             secured("sasl_ssl", "SCRAM-SHA-256", "new"),
             secured("sasl_plaintext", "SCRAM-SHA-256", "old"),
         ] {
-            assert_eq!(rotate_login(&running, &new), Vec::<String>::new());
+            assert_eq!(rotate_login(&running, &new).keys, Vec::<String>::new());
         }
     }
 
@@ -410,7 +441,7 @@ mod tests {
         new.kafka.security.ca = Some("/etc/eventd/new-ca.pem".into());
         let changed = running.changed_keys(&new);
         assert_eq!(changed, ["kafka.security.ca"]);
-        assert!(rotate_login(&running, &new).is_empty());
+        assert!(rotate_login(&running, &new).keys.is_empty());
         assert!(!applies_live("kafka.security.ca", &running, &new, &[]));
     }
 }
