@@ -275,6 +275,13 @@ impl ConsumerContext for EventdContext {
         };
         if let Err(error) = assigned {
             tracing::error!(consumer = %self.consumer_name, %error, "cannot take assigned partitions");
+        } else if self.lifecycle.shutting_down() {
+            // Taken only to finish the rebalance (cooperative members must take what
+            // they are given): paused, nothing of them is fetched into a client that is
+            // closing, and the next owner reads them from the committed offset.
+            if let Err(error) = consumer.pause(tpl) {
+                tracing::warn!(consumer = %self.consumer_name, %error, "cannot pause partitions assigned during shutdown");
+            }
         }
         tracing::info!(consumer = %self.consumer_name,
             partitions = ?partitions.iter().map(|p| (p.topic.as_str(), p.partition)).collect::<Vec<_>>(),
@@ -390,6 +397,7 @@ impl ConsumerClient {
             format!("poll-{name}"),
             consumer.clone(),
             stop_polling.clone(),
+            lifecycle.clone(),
             on_event,
         )?;
         Ok(Self {
@@ -486,12 +494,22 @@ fn spawn_poll_loop(
     name: String,
     consumer: Arc<KafkaConsumer>,
     stop: Arc<AtomicBool>,
+    lifecycle: Arc<Lifecycle>,
     on_event: impl Fn(MainQueueEvent) + Send + 'static,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new().name(name).spawn(move || {
         while !stop.load(Ordering::Acquire) {
             match consumer.poll(Duration::from_millis(100)) {
                 None => {}
+                // The owner is busy handing everything back and would only queue it,
+                // unbounded, in its mailbox: its offset is not stored, so the next
+                // owner reads it.
+                Some(Ok(message)) if lifecycle.shutting_down() => tracing::debug!(
+                    topic = message.topic(),
+                    partition = message.partition(),
+                    offset = message.offset(),
+                    "event on the main queue during shutdown, left for the next owner"
+                ),
                 Some(Ok(message)) => {
                     tracing::debug!(
                         topic = message.topic(),
