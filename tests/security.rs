@@ -251,8 +251,13 @@ fn expect_refused(broker: &Broker, eventd: &mut Eventd, group: &str, why: &[&str
 /// SCRAM-SHA-512 user `operator` (the harness's own clients log in as this one), and
 /// the topics `like` and `out`.
 fn scram_broker() -> Broker {
+    scram_broker_with(EVENTD_PASSWORD)
+}
+
+/// As `scram_broker`, with `eventd_password` as the password of the user `eventd`.
+fn scram_broker_with(eventd_password: &str) -> Broker {
     let tansu = Tansu::start();
-    tansu.create_user("eventd", EVENTD_PASSWORD, "scram256");
+    tansu.create_user("eventd", eventd_password, "scram256");
     tansu.create_user("operator", OPERATOR_PASSWORD, "scram512");
     tansu.secure(Secured {
         authentication: true,
@@ -423,6 +428,24 @@ fn eventd_works_over_sasl_scram_on_tansu_and_a_wrong_login_is_refused() {
             assert!(!logs.contains(secret), "a password is in the logs");
         }
     }
+}
+
+#[test]
+fn a_password_from_the_environment_is_taken_as_written_and_logs_in() {
+    // Read as a number, it would be 123; read as a boolean-looking word, lowercased.
+    let password = "0123";
+    let broker = scram_broker_with(password);
+    let total = 20;
+    broker.produce("like", &events(total, 4));
+    let eventd = start_eventd_with_env(
+        &broker,
+        &copy_body(
+            "main",
+            "[kafka.security]\nprotocol = \"sasl_plaintext\"\nsasl_mechanism = \"SCRAM-SHA-256\"\nusername = \"eventd\"\n",
+        ),
+        &[("EVENTD__KAFKA__SECURITY__PASSWORD", password.to_owned())],
+    );
+    expect_pipeline(&broker, &eventd, total);
 }
 
 /// The client key, encrypted with `KEY_PASSWORD` (PKCS#8), beside the others.

