@@ -136,3 +136,50 @@ fn a_reload_with_a_syntax_error_on_a_secret_line_keeps_running_and_logs_no_secre
     broker.expect_every_id("out", 20, Duration::from_secs(60), &eventd);
     assert!(eventd.is_running(), "eventd exited after a refused reload");
 }
+
+#[test]
+fn a_log_filter_that_would_silence_everything_is_refused_at_check_start_and_reload() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(
+        &dir,
+        "eventd.toml",
+        &format!("[log]\nlevel = \"verbose-please\"\n{COPY_LIKE_TO_OUT}"),
+    );
+    let expected = format!("{}: log.level: \"verbose-please\" names no level", path.display());
+    let checked = check_config(&path);
+    let printed = shown(&checked);
+    assert_eq!(checked.status.code(), Some(78), "{printed}");
+    assert!(printed.contains(&expected), "wanted {expected:?} in:\n{printed}");
+    let ran = run_with(&path);
+    let printed = shown(&ran);
+    assert_eq!(ran.status.code(), Some(78), "{printed}");
+    assert!(printed.contains(&expected), "wanted {expected:?} in:\n{printed}");
+
+    let broker = Broker::start(2, &["like", "out"]);
+    let eventd = start_eventd(&broker, COPY_LIKE_TO_OUT);
+    let all = events(20, 4);
+    broker.produce("like", &all[..10]);
+    broker.expect_every_id("out", 10, Duration::from_secs(60), &eventd);
+    let good = std::fs::read_to_string(&eventd.config).expect("read config");
+    let bad = good.replace("level = \"info\"", "level = \"verbose-please\"");
+    assert_ne!(good, bad);
+    std::fs::write(&eventd.config, &bad).expect("write bad config");
+    eventd.signal("HUP");
+    let refused = |e: &Eventd| {
+        e.log_lines("reload refused; keeping the running config")
+            .iter()
+            .any(|line| {
+                line["error"]
+                    .as_str()
+                    .is_some_and(|error| error.contains("log.level: \"verbose-please\""))
+            })
+    };
+    assert!(
+        eventd.wait_until(Duration::from_secs(20), refused),
+        "no refused reload naming log.level:\n{}",
+        eventd.logs()
+    );
+    broker.produce("like", &all[10..]);
+    broker.expect_every_id("out", 20, Duration::from_secs(60), &eventd);
+    assert!(eventd.is_running(), "eventd exited after a refused reload");
+}
