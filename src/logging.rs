@@ -32,7 +32,11 @@ pub fn check_level(filter: &str) -> Result<(), String> {
             || directive
                 .rsplit_once('=')
                 .is_some_and(|(_, level)| level.trim().parse::<LevelFilter>().is_ok());
-        let target = directive.split(['[', '=']).next().unwrap_or_default().trim();
+        let target = directive
+            .split(['[', '='])
+            .next()
+            .unwrap_or_default()
+            .trim();
         let known_target = KNOWN_TARGETS.iter().any(|known| {
             target == *known
                 || target
@@ -130,7 +134,12 @@ mod tests {
         ] {
             assert_eq!(check_level(accepted), Ok(()), "{accepted}");
         }
-        for refused in ["verbose-please", "info,verbose-please", "eventdd", "[consumer]"] {
+        for refused in [
+            "verbose-please",
+            "info,verbose-please",
+            "eventdd",
+            "[consumer]",
+        ] {
             let reason = check_level(refused).expect_err(refused);
             assert!(reason.contains("names no level"), "{refused}: {reason}");
         }

@@ -521,13 +521,17 @@ mod tests {
 
     #[test]
     fn a_syntax_error_names_line_column_and_key_never_the_line() {
-        let lines = load("[kafka.security]\nprotocol = \"sasl_plaintext\"\npassword = \"s3cret\\q\"\n");
+        let lines =
+            load("[kafka.security]\nprotocol = \"sasl_plaintext\"\npassword = \"s3cret\\q\"\n");
         assert_eq!(lines.len(), 1, "{lines:#?}");
         assert!(
             lines[0].starts_with("kafka.security.password: cannot parse (line 3, column "),
             "{lines:#?}"
         );
-        assert!(lines[0].contains("escape"), "the parser's reason is kept: {lines:#?}");
+        assert!(
+            lines[0].contains("escape"),
+            "the parser's reason is kept: {lines:#?}"
+        );
         assert!(!lines[0].contains("s3cret"), "{lines:#?}");
 
         let lines = load(&format!(
@@ -550,7 +554,10 @@ mod tests {
         );
         assert_eq!(issue.key, "password");
         assert!(!issue.message.contains("hunter2"), "{issue}");
-        assert_eq!(parser_reason("expected value at line 1 column 9"), "expected value at line 1 column 9");
+        assert_eq!(
+            parser_reason("expected value at line 1 column 9"),
+            "expected value at line 1 column 9"
+        );
         assert!(holds_secret("\"sasl.password\" = \"x\""));
         assert!(holds_secret("security = { password = \"x\" }"));
         assert!(!holds_secret("client_id = \"x\""));
