@@ -540,6 +540,67 @@ fn eventd_works_over_tls_with_a_client_certificate_and_refuses_an_unknown_broker
 }
 
 #[test]
+fn verify_certificates_false_trusts_an_unknown_broker_in_the_daemon_and_commands_with_a_warning() {
+    let certificates = Certificates::generate();
+    let tansu = Tansu::start();
+    tansu.secure(Secured {
+        authentication: false,
+        tls: Some((&certificates, false)),
+        client: vec![
+            ("security.protocol", "ssl".to_owned()),
+            (
+                "ssl.ca.location",
+                certificates.path("ca.pem").display().to_string(),
+            ),
+        ],
+    });
+    let broker = Broker::from_tansu(tansu, 2, &["like", "out"]);
+    let total = 20;
+    broker.produce("like", &events(total, 4));
+    // No `ca`: the broker's certificate comes from a CA nothing here trusts, which
+    // eventd refuses unless told not to verify (the test above).
+    let unverified = "[kafka.security]\nprotocol = \"ssl\"\nverify_certificates = false\n";
+    let eventd = start_eventd(&broker, &copy_body("main", unverified));
+    expect_pipeline(&broker, &eventd, total);
+    let warning = "TLS certificates and host names of the brokers are NOT verified: any server that answers, an attacker in the middle included, is trusted";
+    assert!(
+        eventd
+            .log_lines(warning)
+            .iter()
+            .any(|line| line["level"] == "WARN"),
+        "no warning that certificates are not verified:\n{}",
+        eventd.logs()
+    );
+    assert_eq!(eventd.metric("eventd_tls_verification_disabled", &[]), 1.0);
+
+    // A command's clients are built the same way.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tail_config = dir.path().join("tail.toml");
+    std::fs::write(
+        &tail_config,
+        format!(
+            "[kafka]\nbrokers = \"{}\"\n\n{unverified}",
+            broker.bootstrap()
+        ),
+    )
+    .expect("tail config");
+    let output = Command::new(env!("CARGO_BIN_EXE_eventd"))
+        .args(["tail", "--config"])
+        .arg(&tail_config)
+        .args(["--topic", "out", "--json"])
+        .output()
+        .expect("eventd tail runs");
+    let printed = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{printed}{stderr}");
+    assert_eq!(printed.lines().count(), total, "{printed}{stderr}");
+    assert!(
+        stderr.contains(warning),
+        "eventd tail did not warn: {stderr}"
+    );
+}
+
+#[test]
 fn eventd_works_over_sasl_ssl_on_tansu() {
     let certificates = Certificates::generate();
     let tansu = Tansu::start();
