@@ -20,7 +20,7 @@ use crate::actors::{Deadline, Fatal};
 use crate::config::{Config, EXIT_CONFIG};
 use crate::embedded::EmbeddedBroker;
 use crate::kafka::{check_written_topics, Brokers};
-use crate::telemetry::metrics::CONFIG_RELOADS;
+use crate::telemetry::metrics::{CONFIG_RELOADS, TLS_VERIFICATION_DISABLED};
 use crate::telemetry::{self, Health};
 
 pub const EXIT_OK: i32 = 0;
@@ -44,6 +44,12 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> i32 {
         }
     };
     let _upkeep = telemetry::metrics::spawn_upkeep(prometheus.clone());
+    config.kafka.security.warn_about_weaknesses();
+    metrics::gauge!(TLS_VERIFICATION_DISABLED).set(if config.kafka.security.verify_certificates {
+        0.0
+    } else {
+        1.0
+    });
     let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(signals) => signals,
         Err(error) => {
@@ -291,7 +297,10 @@ async fn reload(root: ractor::ActorRef<RootMsg>, path: Option<PathBuf>) {
         }
     };
     let config = match loaded {
-        Ok(config) => Arc::new(config),
+        Ok(config) => {
+            config.kafka.security.warn_about_weaknesses();
+            Arc::new(config)
+        }
         Err(error) => {
             for line in error.lines() {
                 tracing::error!(error = %line, "reload refused; keeping the running config");

@@ -214,6 +214,13 @@ fn main() -> ExitCode {
         } => match Config::load(config.or(file).as_deref()) {
             Ok(config) => {
                 println!("ok");
+                let security = &config.kafka.security;
+                if !security.verify_certificates {
+                    eprintln!("eventd check-config: warning: kafka.security.verify_certificates = false: the brokers' TLS certificates and host names are not verified");
+                }
+                for exposed in security.exposed_secret_files() {
+                    eprintln!("eventd check-config: warning: {exposed}");
+                }
                 if topics {
                     return list_topics(&config);
                 }
@@ -271,6 +278,8 @@ fn main() -> ExitCode {
                 keys: command.keys,
                 seed: command.seed,
             };
+            eventd::logging::init_for_command();
+            config.kafka.security.warn_about_weaknesses();
             run_command(eventd::commands::produce::run(config, options))
         }
         Command::Tail(command) => {
@@ -288,6 +297,7 @@ fn main() -> ExitCode {
                 json: command.json,
             };
             eventd::logging::init_for_command();
+            config.kafka.security.warn_about_weaknesses();
             std::process::exit(eventd::commands::tail::run(config, options));
         }
         Command::Offsets(command) => {
@@ -311,6 +321,7 @@ fn main() -> ExitCode {
                 json,
             };
             eventd::logging::init_for_command();
+            config.kafka.security.warn_about_weaknesses();
             std::process::exit(eventd::commands::offsets::run(config, options));
         }
         Command::Replay(command) => {
@@ -327,15 +338,16 @@ fn main() -> ExitCode {
                 group: command.group,
                 timeout: command.timeout,
             };
+            eventd::logging::init_for_command();
+            config.kafka.security.warn_about_weaknesses();
             run_command(eventd::commands::replay::run(config, options))
         }
     }
 }
 
-/// Runs a one-shot command (`produce`, `replay`) with command-line logging and exits
-/// with its code.
+/// Runs a one-shot command (`produce`, `replay`), its logging already set up, and
+/// exits with its code.
 fn run_command(command: impl std::future::Future<Output = i32>) -> ExitCode {
-    eventd::logging::init_for_command();
     let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;
     };

@@ -251,8 +251,13 @@ fn expect_refused(broker: &Broker, eventd: &mut Eventd, group: &str, why: &[&str
 /// SCRAM-SHA-512 user `operator` (the harness's own clients log in as this one), and
 /// the topics `like` and `out`.
 fn scram_broker() -> Broker {
+    scram_broker_with(EVENTD_PASSWORD)
+}
+
+/// As `scram_broker`, with `eventd_password` as the password of the user `eventd`.
+fn scram_broker_with(eventd_password: &str) -> Broker {
     let tansu = Tansu::start();
-    tansu.create_user("eventd", EVENTD_PASSWORD, "scram256");
+    tansu.create_user("eventd", eventd_password, "scram256");
     tansu.create_user("operator", OPERATOR_PASSWORD, "scram512");
     tansu.secure(Secured {
         authentication: true,
@@ -425,6 +430,24 @@ fn eventd_works_over_sasl_scram_on_tansu_and_a_wrong_login_is_refused() {
     }
 }
 
+#[test]
+fn a_password_from_the_environment_is_taken_as_written_and_logs_in() {
+    // Read as a number, it would be 123; read as a boolean-looking word, lowercased.
+    let password = "0123";
+    let broker = scram_broker_with(password);
+    let total = 20;
+    broker.produce("like", &events(total, 4));
+    let eventd = start_eventd_with_env(
+        &broker,
+        &copy_body(
+            "main",
+            "[kafka.security]\nprotocol = \"sasl_plaintext\"\nsasl_mechanism = \"SCRAM-SHA-256\"\nusername = \"eventd\"\n",
+        ),
+        &[("EVENTD__KAFKA__SECURITY__PASSWORD", password.to_owned())],
+    );
+    expect_pipeline(&broker, &eventd, total);
+}
+
 /// The client key, encrypted with `KEY_PASSWORD` (PKCS#8), beside the others.
 fn encrypt_client_key(certificates: &Certificates) -> std::path::PathBuf {
     let pem = std::fs::read(certificates.path("client.key")).expect("client key");
@@ -514,6 +537,67 @@ fn eventd_works_over_tls_with_a_client_certificate_and_refuses_an_unknown_broker
             "the key password is in the logs"
         );
     }
+}
+
+#[test]
+fn verify_certificates_false_trusts_an_unknown_broker_in_the_daemon_and_commands_with_a_warning() {
+    let certificates = Certificates::generate();
+    let tansu = Tansu::start();
+    tansu.secure(Secured {
+        authentication: false,
+        tls: Some((&certificates, false)),
+        client: vec![
+            ("security.protocol", "ssl".to_owned()),
+            (
+                "ssl.ca.location",
+                certificates.path("ca.pem").display().to_string(),
+            ),
+        ],
+    });
+    let broker = Broker::from_tansu(tansu, 2, &["like", "out"]);
+    let total = 20;
+    broker.produce("like", &events(total, 4));
+    // No `ca`: the broker's certificate comes from a CA nothing here trusts, which
+    // eventd refuses unless told not to verify (the test above).
+    let unverified = "[kafka.security]\nprotocol = \"ssl\"\nverify_certificates = false\n";
+    let eventd = start_eventd(&broker, &copy_body("main", unverified));
+    expect_pipeline(&broker, &eventd, total);
+    let warning = "TLS certificates and host names of the brokers are NOT verified: any server that answers, an attacker in the middle included, is trusted";
+    assert!(
+        eventd
+            .log_lines(warning)
+            .iter()
+            .any(|line| line["level"] == "WARN"),
+        "no warning that certificates are not verified:\n{}",
+        eventd.logs()
+    );
+    assert_eq!(eventd.metric("eventd_tls_verification_disabled", &[]), 1.0);
+
+    // A command's clients are built the same way.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tail_config = dir.path().join("tail.toml");
+    std::fs::write(
+        &tail_config,
+        format!(
+            "[kafka]\nbrokers = \"{}\"\n\n{unverified}",
+            broker.bootstrap()
+        ),
+    )
+    .expect("tail config");
+    let output = Command::new(env!("CARGO_BIN_EXE_eventd"))
+        .args(["tail", "--config"])
+        .arg(&tail_config)
+        .args(["--topic", "out", "--json"])
+        .output()
+        .expect("eventd tail runs");
+    let printed = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{printed}{stderr}");
+    assert_eq!(printed.lines().count(), total, "{printed}{stderr}");
+    assert!(
+        stderr.contains(warning),
+        "eventd tail did not warn: {stderr}"
+    );
 }
 
 #[test]

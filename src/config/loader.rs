@@ -52,18 +52,20 @@ fn format_issues(source_name: &str, issues: &[ConfigIssue]) -> String {
 impl Config {
     /// Loads defaults, then `path`, then `EVENTD__*` variables, and validates the result.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
-        Self::load_checked(path, Config::validate)
+        Self::load_checked(path, Config::validate, None)
     }
 
     /// As `load`, checking only what `eventd produce` uses, so a config without
     /// consumers or handlers serves it.
     pub fn load_for_producer(path: Option<&Path>) -> Result<Config, ConfigError> {
-        Self::load_checked(path, Config::validate_producer_side)
+        Self::load_checked(path, Config::validate_producer_side, None)
     }
 
+    /// `vars` stands in for the `EVENTD__*` variables of the process (tests).
     fn load_checked(
         path: Option<&Path>,
         validate: fn(&Config) -> Result<(), Vec<ConfigIssue>>,
+        vars: Option<config::Map<String, String>>,
     ) -> Result<Config, ConfigError> {
         let source_name = path
             .map(|p| p.display().to_string())
@@ -78,16 +80,22 @@ impl Config {
             }
             builder = builder.add_source(config::File::from(PathBuf::from(path)));
         }
-        builder = builder.add_source(
-            config::Environment::with_prefix("EVENTD")
-                .prefix_separator("__")
-                .separator("__")
-                .try_parsing(true),
-        );
-        let layered = builder.build().map_err(|err| ConfigError::Read {
-            source_name: source_name.clone(),
-            message: err.to_string(),
-        })?;
+        builder = builder.add_source(environment(vars));
+        let layered = match builder.build() {
+            Ok(layered) => layered,
+            Err(config::ConfigError::FileParse { cause, .. }) => {
+                return Err(ConfigError::Invalid {
+                    issues: vec![syntax_issue(path, &cause.to_string())],
+                    source_name,
+                })
+            }
+            Err(other) => {
+                return Err(ConfigError::Read {
+                    source_name,
+                    message: other.to_string(),
+                })
+            }
+        };
         let mut config: Config = match serde_path_to_error::deserialize(layered.clone()) {
             Ok(config) => config,
             Err(first) => {
@@ -118,6 +126,172 @@ impl Config {
     }
 }
 
+/// The `EVENTD__SECTION__KEY` variables, each taken as the string it is. A key that
+/// wants a number or a boolean converts the string when it is read; a string key keeps
+/// what was written, where parsing every variable first would turn a password `0123`
+/// into `123` and `True` into `true`. `vars` stands in for the process environment.
+fn environment(vars: Option<config::Map<String, String>>) -> config::Environment {
+    config::Environment::with_prefix("EVENTD")
+        .prefix_separator("__")
+        .separator("__")
+        .try_parsing(false)
+        .source(vars)
+}
+
+/// Keys whose values are secrets, as the last part of their path; a parse error on a
+/// line holding one of them shows nothing of that line.
+fn holds_secret(line: &str) -> bool {
+    const SECURITY_SECRETS: &[&str] = &["password", "key_password", "username"];
+    SECURITY_SECRETS
+        .iter()
+        .chain(super::options::SECRET)
+        .any(|name| line.contains(name))
+}
+
+/// A file the parser could not read, as an issue naming the line, column and key,
+/// never the text of the line: the parser's own message quotes the whole line, and a
+/// secret on it would reach `check-config`'s output and a reload's log.
+fn syntax_issue(path: Option<&Path>, message: &str) -> ConfigIssue {
+    let text = path
+        .and_then(|path| std::fs::read_to_string(path).ok())
+        .unwrap_or_default();
+    let is_toml = path.is_some_and(|path| {
+        path.extension()
+            .is_none_or(|extension| extension.eq_ignore_ascii_case("toml"))
+    });
+    syntax_issue_in(&text, is_toml, message)
+}
+
+/// As `syntax_issue`, for a file whose text is `text`.
+fn syntax_issue_in(text: &str, is_toml: bool, message: &str) -> ConfigIssue {
+    let location = line_and_column(message);
+    let line_text = location
+        .and_then(|(line, _)| text.lines().nth(line.checked_sub(1)?))
+        .unwrap_or_default();
+    let key = location.and_then(|(line, column)| key_at(text, line, column, is_toml));
+    let mut reason = parser_reason(message);
+    if holds_secret(line_text) {
+        let written = line_text
+            .split_once(['=', ':'])
+            .map(|(_, value)| value.trim())
+            .unwrap_or(line_text.trim());
+        let unquoted = written.trim_matches(['"', '\'', ' ']);
+        if [written, unquoted]
+            .iter()
+            .any(|value| !value.is_empty() && reason.contains(value))
+        {
+            reason = "(the parser's reason quotes a secret: not shown)".to_owned();
+        }
+    }
+    let at = match location {
+        Some((line, column)) => format!("line {line}, column {column}"),
+        None => "somewhere in the file".to_owned(),
+    };
+    match key {
+        Some(key) => ConfigIssue {
+            key,
+            message: format!("cannot parse ({at}): {reason}"),
+        },
+        None => ConfigIssue {
+            key: at,
+            message: format!("cannot parse: {reason}"),
+        },
+    }
+}
+
+/// The line and column a parser names (TOML: `at line 8, column 20`; JSON: `at line 8
+/// column 20`; YAML: `line 8 column 20`).
+fn line_and_column(message: &str) -> Option<(usize, usize)> {
+    let words: Vec<&str> = message
+        .split(|c: char| c.is_whitespace() || c == ',')
+        .filter(|word| !word.is_empty())
+        .collect();
+    let number_after = |label: &str| {
+        words
+            .windows(2)
+            .find(|pair| pair[0] == label)
+            .and_then(|pair| pair[1].parse::<usize>().ok())
+    };
+    Some((number_after("line")?, number_after("column")?))
+}
+
+/// What the parser says is wrong, without its header and the source lines it quotes
+/// (`8 | password = "..."` and the caret under it).
+fn parser_reason(message: &str) -> String {
+    let quoted_source = |line: &str| {
+        let trimmed = line.trim_start();
+        trimmed.starts_with('|')
+            || trimmed
+                .split_once('|')
+                .is_some_and(|(number, _)| number.trim().parse::<usize>().is_ok())
+    };
+    let reason: Vec<&str> = message
+        .lines()
+        .filter(|line| !line.starts_with("TOML parse error"))
+        .filter(|line| !quoted_source(line))
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect();
+    if reason.is_empty() {
+        "not valid syntax".to_owned()
+    } else {
+        reason.join("; ")
+    }
+}
+
+/// The key written at `line` and `column` (1-based) of `text`: for TOML the key of the
+/// line with the tables above it (`kafka.security.password`, `consumers[1].topics`);
+/// for YAML and JSON the nearest key before the column, as written.
+fn key_at(text: &str, line: usize, column: usize, is_toml: bool) -> Option<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let written = *lines.get(line.checked_sub(1)?)?;
+    if !is_toml {
+        let before: String = written.chars().take(column.saturating_sub(1)).collect();
+        let (name, _) = before.rsplit_once(':')?;
+        let name = name.trim_end().trim_end_matches('"');
+        let start = name
+            .rfind(|c: char| c == '"' || c == '{' || c == ',' || c.is_whitespace())
+            .map_or(0, |at| at + 1);
+        let name = &name[start..];
+        return (!name.is_empty()).then(|| name.to_owned());
+    }
+    let name = written
+        .trim()
+        .split_once('=')
+        .map(|(name, _)| name.trim())
+        .filter(|name| !name.is_empty() && !name.starts_with('['))?;
+    let mut table = String::new();
+    let mut array_lengths: std::collections::HashMap<String, usize> = Default::default();
+    for header in lines[..line - 1].iter().map(|l| l.trim()) {
+        if let Some(array) = header
+            .strip_prefix("[[")
+            .and_then(|rest| rest.split_once("]]"))
+            .map(|(name, _)| name.trim().to_owned())
+        {
+            let length = array_lengths.entry(array.clone()).or_default();
+            table = format!("{array}[{length}]");
+            *length += 1;
+        } else if let Some(name) = header
+            .strip_prefix('[')
+            .and_then(|rest| rest.split_once(']'))
+            .map(|(name, _)| name.trim())
+        {
+            // `[handlers.retry]` after `[[handlers]]` belongs to its last entry.
+            table = match name.split_once('.') {
+                Some((array, rest)) if array_lengths.contains_key(array) => {
+                    format!("{array}[{}].{rest}", array_lengths[array] - 1)
+                }
+                _ => name.to_owned(),
+            };
+        }
+    }
+    Some(if table.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{table}.{name}")
+    })
+}
+
 /// Parse errors reported at most per load: enough for every mistake of a hand-written
 /// file, bounded for a generated one.
 const MAX_PARSE_ISSUES: usize = 20;
@@ -146,7 +320,12 @@ fn parse_issues(
         return issues;
     }
     while issues.len() < MAX_PARSE_ISSUES {
-        let Err(error) = serde_path_to_error::deserialize::<_, Config>(&values) else {
+        // Read through the config crate again, which converts a string to the number or
+        // boolean a key wants as the first read did (environment values are strings).
+        let Ok(relayered) = config::Config::try_from(&values) else {
+            break;
+        };
+        let Err(error) = serde_path_to_error::deserialize::<_, Config>(relayered) else {
             break;
         };
         let key = error.path().to_string();
@@ -277,6 +456,112 @@ mod tests {
     }
 
     const CONSUMER: &str = "[[consumers]]\nname = \"m\"\ntopics = [\"like\"]\n";
+
+    /// Loads `body` with `vars` as the only `EVENTD__*` variables.
+    fn load_with_environment(body: &str, vars: &[(&str, &str)]) -> Result<Config, Vec<String>> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("eventd.toml");
+        std::fs::write(&path, body).expect("write");
+        let vars = vars
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect();
+        Config::load_checked(Some(&path), Config::validate, Some(vars)).map_err(|error| {
+            error
+                .lines()
+                .into_iter()
+                .map(|line| line.replacen(&format!("{}: ", path.display()), "", 1))
+                .collect()
+        })
+    }
+
+    #[test]
+    fn environment_values_of_string_keys_are_taken_as_written() {
+        let body = format!(
+            "[kafka.security]\nprotocol = \"sasl_plaintext\"\nsasl_mechanism = \"PLAIN\"\n\
+             username = \"u\"\npassword = \"p\"\n{CONSUMER}"
+        );
+        let config = load_with_environment(
+            &body,
+            &[
+                ("EVENTD__KAFKA__SECURITY__PASSWORD", "0123"),
+                ("EVENTD__KAFKA__SECURITY__USERNAME", "True"),
+                ("EVENTD__KAFKA__CLIENT_ID", "007"),
+                // Keys that want numbers and booleans still read them from strings.
+                ("EVENTD__EMBEDDED__PARTITIONS", "8"),
+                ("EVENTD__DEMO__ENABLED", "true"),
+                ("EVENTD__PRODUCER__ACKS", "1"),
+                ("EVENTD__PRODUCER__IDEMPOTENCE", "False"),
+                ("EVENTD__PRODUCER__MAX_BUFFER", "1048576"),
+            ],
+        )
+        .unwrap_or_else(|lines| panic!("{lines:#?}"));
+        let security = &config.kafka.security;
+        assert_eq!(security.password.as_ref().map(|p| p.value()), Some("0123"));
+        assert_eq!(security.username.as_ref().map(|u| u.value()), Some("True"));
+        assert_eq!(config.kafka.client_id, "007");
+        assert_eq!(config.embedded.partitions, 8);
+        assert!(config.demo.enabled);
+        assert_eq!(config.producer.acks, super::super::Acks::Leader);
+        assert!(!config.producer.idempotence);
+        assert_eq!(config.producer.max_buffer.bytes(), 1_048_576);
+    }
+
+    #[test]
+    fn a_number_from_the_environment_is_no_parse_error_beside_real_ones() {
+        let lines = load_with_environment(
+            &format!("[producer]\nlinger = 5\nmax_in_flight = \"many\"\n{CONSUMER}"),
+            &[("EVENTD__PRODUCER__RETRIES", "5")],
+        )
+        .err()
+        .unwrap_or_default();
+        assert_eq!(lines.len(), 2, "{lines:#?}");
+        assert!(lines.iter().all(|l| !l.contains("retries")), "{lines:#?}");
+    }
+
+    #[test]
+    fn a_syntax_error_names_line_column_and_key_never_the_line() {
+        let lines =
+            load("[kafka.security]\nprotocol = \"sasl_plaintext\"\npassword = \"s3cret\\q\"\n");
+        assert_eq!(lines.len(), 1, "{lines:#?}");
+        assert!(
+            lines[0].starts_with("kafka.security.password: cannot parse (line 3, column "),
+            "{lines:#?}"
+        );
+        assert!(
+            lines[0].contains("escape"),
+            "the parser's reason is kept: {lines:#?}"
+        );
+        assert!(!lines[0].contains("s3cret"), "{lines:#?}");
+
+        let lines = load(&format!(
+            "{CONSUMER}[[consumers]]\nname = \"b\"\ntopics = [\"like\" \"x\"]\n"
+        ));
+        assert_eq!(lines.len(), 1, "{lines:#?}");
+        assert!(
+            lines[0].starts_with("consumers[1].topics: cannot parse (line 6, column "),
+            "{lines:#?}"
+        );
+        assert!(!lines[0].contains("\"x\""), "{lines:#?}");
+    }
+
+    #[test]
+    fn a_reason_that_quotes_a_secret_line_is_withheld() {
+        let issue = syntax_issue_in(
+            "password = \"hunter2\"\n",
+            true,
+            "TOML parse error at line 1, column 3\n  |\n1 | x\n  |   ^\nunexpected \"hunter2\"",
+        );
+        assert_eq!(issue.key, "password");
+        assert!(!issue.message.contains("hunter2"), "{issue}");
+        assert_eq!(
+            parser_reason("expected value at line 1 column 9"),
+            "expected value at line 1 column 9"
+        );
+        assert!(holds_secret("\"sasl.password\" = \"x\""));
+        assert!(holds_secret("security = { password = \"x\" }"));
+        assert!(!holds_secret("client_id = \"x\""));
+    }
 
     #[test]
     fn every_parse_error_of_a_file_is_reported_at_once_with_its_key_as_written() {

@@ -196,5 +196,12 @@ mod tests {
             Some("consumers[].commit_interval")
         );
         assert_eq!(owned("socket.keepalive.enable"), None);
+        for verification in [
+            "enable.ssl.certificate.verification",
+            "ssl.endpoint.identification.algorithm",
+        ] {
+            assert!(owned(verification)
+                .is_some_and(|instead| instead.starts_with("kafka.security.verify_certificates")));
+        }
     }
 }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::validate::ConfigIssue;
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SecurityConfig {
     pub protocol: Option<SecurityProtocol>,
@@ -23,6 +23,29 @@ pub struct SecurityConfig {
     pub certificate: Option<PathBuf>,
     pub key: Option<PathBuf>,
     pub key_password: Option<Secret>,
+    /// Whether the brokers' TLS certificates and host names are checked. Off accepts
+    /// any broker that answers, an attacker in the middle included: for a test
+    /// cluster with a self-signed certificate, never for production. Its own key (and
+    /// not the raw librdkafka properties) so that it is warned about at every start
+    /// and shown in /metrics.
+    pub verify_certificates: bool,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        Self {
+            protocol: None,
+            sasl_mechanism: None,
+            username: None,
+            password: None,
+            ca: None,
+            certificate: None,
+            key: None,
+            key_password: None,
+            // librdkafka's default: certificates and host names are verified.
+            verify_certificates: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -146,6 +169,14 @@ pub const PROPERTIES: &[(&str, &str)] = &[
     ("ssl.certificate.location", "kafka.security.certificate"),
     ("ssl.key.location", "kafka.security.key"),
     ("ssl.key.password", "kafka.security.key_password"),
+    (
+        "enable.ssl.certificate.verification",
+        "kafka.security.verify_certificates (false is warned about at every start)",
+    ),
+    (
+        "ssl.endpoint.identification.algorithm",
+        "kafka.security.verify_certificates (false is warned about at every start)",
+    ),
 ];
 
 impl SecurityConfig {
@@ -218,6 +249,7 @@ impl SecurityConfig {
             ("certificate", self.certificate.is_some()),
             ("key", self.key.is_some()),
             ("key_password", self.key_password.is_some()),
+            ("verify_certificates", !self.verify_certificates),
         ] {
             if set && !tls {
                 issues.push(issue(key, "needs protocol = \"ssl\" or \"sasl_ssl\""));
@@ -235,10 +267,10 @@ impl SecurityConfig {
             ("key", &self.key),
         ] {
             if let Some(path) = path {
-                if !path.is_file() {
+                if let Err(reason) = read_a_byte(path) {
                     issues.push(issue(
                         key,
-                        &format!("{} is not a readable file", path.display()),
+                        &format!("{} is not a readable file ({reason})", path.display()),
                     ));
                 }
             }
@@ -246,9 +278,66 @@ impl SecurityConfig {
         issues
     }
 
+    /// Logs a warning for each setting that weakens the connection to the brokers:
+    /// certificates not verified, secret files others can read. Called at every start
+    /// of the daemon and of a command, and at every reload (files are read again).
+    pub fn warn_about_weaknesses(&self) {
+        if !self.verify_certificates {
+            tracing::warn!(
+                key = "kafka.security.verify_certificates",
+                "TLS certificates and host names of the brokers are NOT verified: any server that answers, an attacker in the middle included, is trusted"
+            );
+        }
+        for exposed in self.exposed_secret_files() {
+            tracing::warn!(
+                key = %exposed.key,
+                file = %exposed.path.display(),
+                mode = %format!("{:04o}", exposed.mode),
+                "secret file is readable by group or others"
+            );
+        }
+    }
+
+    /// The files holding secrets (`file:` values and the client's private key) that
+    /// the group or others may read, each with its key and mode. Reported, not
+    /// refused: Kubernetes mounts a Secret 0644 unless its `defaultMode` says otherwise,
+    /// and refusing would break every such deployment.
+    pub fn exposed_secret_files(&self) -> Vec<ExposedFile> {
+        let mut exposed = Vec::new();
+        let mut check = |key: &str, path: &std::path::Path| {
+            if let Some(mode) = mode_beyond_owner(path) {
+                exposed.push(ExposedFile {
+                    key: format!("kafka.security.{key}"),
+                    path: path.to_path_buf(),
+                    mode,
+                });
+            }
+        };
+        for (key, secret) in [
+            ("username", &self.username),
+            ("password", &self.password),
+            ("key_password", &self.key_password),
+        ] {
+            if let Some(path) = secret
+                .as_ref()
+                .and_then(|s| s.written.strip_prefix("file:"))
+            {
+                check(key, std::path::Path::new(path));
+            }
+        }
+        if let Some(path) = &self.key {
+            check("key", path);
+        }
+        exposed
+    }
+
     /// `(librdkafka property, value)` pairs to set on every client.
     pub fn properties(&self) -> Vec<(&'static str, String)> {
         let mut set = Vec::new();
+        if !self.verify_certificates {
+            set.push(("enable.ssl.certificate.verification", "false".to_owned()));
+            set.push(("ssl.endpoint.identification.algorithm", "none".to_owned()));
+        }
         if let Some(protocol) = self.protocol {
             set.push(("security.protocol", protocol.property().to_owned()));
         }
@@ -277,6 +366,52 @@ impl SecurityConfig {
         }
         set
     }
+}
+
+/// A secret file that the group or others may read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExposedFile {
+    pub key: String,
+    pub path: PathBuf,
+    /// Permission bits, e.g. `0o644`.
+    pub mode: u32,
+}
+
+impl fmt::Display for ExposedFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {} is readable by group or others (mode {:04o}); make it readable by eventd's user only (chmod 600, or a Kubernetes secret volume's defaultMode: 0400)",
+            self.key,
+            self.path.display(),
+            self.mode
+        )
+    }
+}
+
+/// The permission bits of `path` (followed through symlinks, as Kubernetes mounts
+/// secrets) when they let the group or others read it.
+fn mode_beyond_owner(path: &std::path::Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o7777;
+    (mode & 0o044 != 0).then_some(mode)
+}
+
+/// Opens `path` and reads from it, as librdkafka will: a file that exists but cannot
+/// be read (its permissions, a directory, a device that fails) is caught here.
+fn read_a_byte(path: &std::path::Path) -> Result<(), String> {
+    use std::io::Read;
+    if !path.is_file() {
+        return Err(if path.exists() {
+            "not a regular file".to_owned()
+        } else {
+            "no such file".to_owned()
+        });
+    }
+    std::fs::File::open(path)
+        .and_then(|mut file| file.read(&mut [0u8; 1]))
+        .map(|_| ())
+        .map_err(|error| error.to_string())
 }
 
 #[cfg(test)]
@@ -320,5 +455,94 @@ mod tests {
             .resolve()
             .unwrap_err()
             .contains("EVENTD_TEST_SECRET_UNSET"));
+    }
+
+    #[test]
+    fn verification_off_sets_both_properties_and_needs_tls() {
+        let verified = SecurityConfig::default();
+        assert!(verified.verify_certificates);
+        assert!(verified
+            .properties()
+            .iter()
+            .all(|(property, _)| !property.contains("ssl")));
+        let unverified = SecurityConfig {
+            protocol: Some(SecurityProtocol::Ssl),
+            verify_certificates: false,
+            ..SecurityConfig::default()
+        };
+        let properties = unverified.properties();
+        for wanted in [
+            ("enable.ssl.certificate.verification", "false"),
+            ("ssl.endpoint.identification.algorithm", "none"),
+        ] {
+            assert!(
+                properties.iter().any(|(p, v)| (*p, v.as_str()) == wanted),
+                "{properties:?}"
+            );
+        }
+        assert!(unverified.validate().is_empty());
+        let plaintext = SecurityConfig {
+            verify_certificates: false,
+            ..SecurityConfig::default()
+        };
+        assert_eq!(
+            plaintext
+                .validate()
+                .iter()
+                .map(|issue| issue.key.as_str())
+                .collect::<Vec<_>>(),
+            ["kafka.security.verify_certificates"]
+        );
+    }
+
+    #[test]
+    fn a_file_is_readable_only_when_it_can_be_read() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let readable = dir.path().join("ca.pem");
+        std::fs::write(&readable, "pem").expect("write");
+        assert_eq!(read_a_byte(&readable), Ok(()));
+        assert!(read_a_byte(dir.path()).is_err());
+        assert!(read_a_byte(&dir.path().join("missing.pem")).is_err());
+        // A regular file whose reads fail, whoever reads it (root reads mode 000).
+        let failing = std::path::Path::new("/proc/self/mem");
+        assert!(failing.is_file());
+        assert!(read_a_byte(failing).is_err());
+
+        let secret = dir.path().join("password");
+        std::fs::write(&secret, "pw").expect("write");
+        let config = SecurityConfig {
+            password: Some(Secret {
+                written: format!("file:{}", secret.display()),
+                value: None,
+            }),
+            key: Some(readable.clone()),
+            ..SecurityConfig::default()
+        };
+        for (mode, exposed) in [
+            (0o644, true),
+            (0o640, true),
+            (0o604, true),
+            (0o600, false),
+            (0o400, false),
+        ] {
+            for path in [&secret, &readable] {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                    .expect("chmod");
+            }
+            let found = config.exposed_secret_files();
+            let keys: Vec<&str> = found.iter().map(|f| f.key.as_str()).collect();
+            if exposed {
+                assert_eq!(
+                    keys,
+                    ["kafka.security.password", "kafka.security.key"],
+                    "{mode:o}"
+                );
+                assert_eq!(found[0].mode, mode);
+                assert!(found[0].to_string().contains(&secret.display().to_string()));
+            } else {
+                assert!(keys.is_empty(), "{mode:o}: {keys:?}");
+            }
+        }
     }
 }

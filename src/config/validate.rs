@@ -233,14 +233,8 @@ impl Config {
                 "\"0\" gives up at-least-once: a write counts as done before any broker has it; use \"1\" or \"all\"",
             );
         }
-        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
-            issues.push(
-                "log.level",
-                format!(
-                    "{:?} is not a filter such as \"info\" or \"eventd=debug,info\"",
-                    self.log.level
-                ),
-            );
+        if let Err(reason) = crate::logging::check_level(&self.log.level) {
+            issues.push("log.level", reason);
         }
         if self.producer.idempotence && self.producer.acks != Acks::All {
             issues.push(

@@ -32,6 +32,7 @@ pub const PRODUCER_DELIVERY: &str = "eventd_producer_delivery_seconds";
 pub const ACTOR_RESTARTS: &str = "eventd_actor_restarts_total";
 pub const COUNT_WINDOWS_EMITTED: &str = "eventd_count_windows_emitted_total";
 pub const BUILD_INFO: &str = "eventd_build_info";
+pub const TLS_VERIFICATION_DISABLED: &str = "eventd_tls_verification_disabled";
 
 /// Handler latency buckets: sub-millisecond log lines up to multi-second broker waits.
 const DURATION_BUCKETS: &[f64] = &[
@@ -204,6 +205,10 @@ fn describe() {
     describe_counter!(
         COUNT_WINDOWS_EMITTED,
         "Count windows emitted, by handler and whether they closed early (partial)"
+    );
+    describe_gauge!(
+        TLS_VERIFICATION_DISABLED,
+        "1 while the brokers' TLS certificates are not verified (kafka.security.verify_certificates = false), else 0"
     );
     describe_gauge!(
         BUILD_INFO,
