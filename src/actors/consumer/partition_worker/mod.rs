@@ -80,6 +80,26 @@ pub struct PartitionWorkerArgs {
     pub lag_interval: Duration,
     /// Unfinished events of which none finished for this long: stalled.
     pub stall_timeout: Duration,
+    /// Set for a `partitions` consumer under `commit_group`, which no group membership
+    /// shows: its commits name this process, and an idle partition recommits.
+    pub heartbeat: Option<CommitHeartbeat>,
+}
+
+/// How a `partitions` consumer keeps its commits showing it runs (`kafka::holder`).
+pub struct CommitHeartbeat {
+    /// `commit_interval`: an idle partition recommits this often.
+    pub every: Duration,
+    /// The offset committed under `commit_group` when the partition was assigned.
+    pub committed_at_start: Option<i64>,
+}
+
+struct HeartbeatState {
+    every: Duration,
+    committed_at_start: Option<i64>,
+    /// What was stored at the previous tick: a partition whose stored offset did not
+    /// move for a whole interval had it committed by auto-commit already.
+    seen_at_last_tick: Option<i64>,
+    timer: JoinHandle<()>,
 }
 
 /// Messages of a PartitionWorker.
@@ -110,6 +130,8 @@ pub enum PartitionWorkerMsg {
     StoreFinal(RpcReplyPort<FinalPosition>),
     /// Every `metrics.lag_interval`: measure lag in seconds and look for a stall.
     Measure,
+    /// Every `commit_interval` with a heartbeat: recommit an idle partition's offset.
+    Heartbeat,
 }
 
 /// Where a partition stands when it is handed back.
@@ -162,6 +184,7 @@ pub struct PartitionWorkerState {
     stall_timeout: Duration,
     stalled: bool,
     measuring: JoinHandle<()>,
+    heartbeat: Option<HeartbeatState>,
 }
 
 /// A partition worker as the handlers of its batches see it.
@@ -448,6 +471,12 @@ impl Actor for PartitionWorker {
             "partition" => args.partition.to_string());
         tracing::info!(consumer = %args.consumer_name, topic = %args.topic, partition = args.partition, "partition worker started");
         let measuring = myself.send_interval(args.lag_interval, || PartitionWorkerMsg::Measure);
+        let heartbeat = args.heartbeat.map(|beat| HeartbeatState {
+            every: beat.every,
+            committed_at_start: beat.committed_at_start,
+            seen_at_last_tick: beat.committed_at_start,
+            timer: myself.send_interval(beat.every, || PartitionWorkerMsg::Heartbeat),
+        });
         Ok(PartitionWorkerState {
             source_handle: Arc::new(WorkerHandle {
                 actor: myself.clone(),
@@ -484,6 +513,7 @@ impl Actor for PartitionWorker {
             stall_timeout: args.stall_timeout,
             stalled: false,
             measuring,
+            heartbeat,
         })
     }
 
@@ -539,6 +569,7 @@ impl Actor for PartitionWorker {
                 }
             }
             PartitionWorkerMsg::Measure => state.measure(),
+            PartitionWorkerMsg::Heartbeat => state.heartbeat(),
             PartitionWorkerMsg::StoreFinal(reply) => {
                 state.store_if_moved();
                 let _ = reply.send(FinalPosition {
@@ -558,6 +589,9 @@ impl Actor for PartitionWorker {
     ) -> Result<(), ActorProcessingErr> {
         state.waker.abort();
         state.measuring.abort();
+        if let Some(heartbeat) = &state.heartbeat {
+            heartbeat.timer.abort();
+        }
         BOARD.remove(&state.board_key());
         // The queue and the client close the consumer if they are its last references.
         if let Some(source) = state.source.take() {
