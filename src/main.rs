@@ -70,16 +70,21 @@ enum OffsetsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Move the group's committed offsets; refused while the group has live members.
+    /// Move the group's committed offsets; refused while the group has live members or
+    /// a partitions consumer's commits say it still runs.
     Reset {
         #[command(flatten)]
         target: OffsetsTarget,
         /// earliest, latest, an offset, or an RFC 3339 time.
         #[arg(long)]
         to: eventd::commands::position::Position,
-        /// Print the new offsets; commit nothing.
+        /// Print the old and new offsets; write nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Reset even though a process's commits say it still runs (it is gone, or its
+        /// commits will be overwritten knowingly).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -286,13 +291,15 @@ fn main() -> ExitCode {
             std::process::exit(eventd::commands::tail::run(config, options));
         }
         Command::Offsets(command) => {
-            let (target, reset_to, dry_run, json) = match command {
-                OffsetsCommand::Show { target, json } => (target, None, false, json),
+            use eventd::commands::offsets::ResetOptions;
+            let (target, reset, json) = match command {
+                OffsetsCommand::Show { target, json } => (target, None, json),
                 OffsetsCommand::Reset {
                     target,
                     to,
                     dry_run,
-                } => (target, Some(to), dry_run, false),
+                    force,
+                } => (target, Some(ResetOptions { to, dry_run, force }), false),
             };
             let config = match Config::load(Some(&target.config)) {
                 Ok(config) => config,
@@ -301,8 +308,7 @@ fn main() -> ExitCode {
             let options = eventd::commands::offsets::OffsetsOptions {
                 consumer: target.consumer,
                 topic: target.topic,
-                reset_to,
-                dry_run,
+                reset,
                 json,
             };
             eventd::logging::init_for_command();

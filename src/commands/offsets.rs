@@ -1,7 +1,8 @@
 //! `eventd offsets show|reset`: a consumer's committed offsets, high watermarks and lag
 //! per partition, and moving the committed offsets of a stopped group, as Kafka's own
-//! `kafka-consumer-groups` does (and, like it, never while the group has members). A
-//! dry run has no path that reaches a commit.
+//! `kafka-consumer-groups` does (and, like it, never while the group has members, nor
+//! while a `partitions` consumer's commits say it still runs). A dry run has no path
+//! that reaches a commit: everything it decides is decided before `commit_reset`.
 
 use std::time::Duration;
 
@@ -13,19 +14,27 @@ use rdkafka::{Offset, TopicPartitionList};
 use crate::commands::position::{partitions_of, resolve, Position};
 use crate::config::{Config, ConsumerMode, EXIT_CONFIG};
 use crate::daemon::EXIT_UNAVAILABLE;
+use crate::kafka::holder::OffsetHolder;
 use crate::kafka::{command_brokers, plain_config, Diagnosis};
 
 const TIMEOUT: Duration = crate::waits::METADATA_TIMEOUT;
-/// `reset` refused: the group has live members.
+/// `reset` refused: the group has live members, or a process still commits under it.
 pub const EXIT_GROUP_ACTIVE: i32 = 1;
 
 pub struct OffsetsOptions {
     pub consumer: String,
     pub topic: Option<String>,
     /// `Some` for `reset`.
-    pub reset_to: Option<Position>,
-    pub dry_run: bool,
+    pub reset: Option<ResetOptions>,
     pub json: bool,
+}
+
+pub struct ResetOptions {
+    pub to: Position,
+    /// Decide and print everything, write nothing.
+    pub dry_run: bool,
+    /// Reset even though a process's commits say it is running.
+    pub force: bool,
 }
 
 /// One partition as `show` prints it.
@@ -42,6 +51,9 @@ struct Row {
     /// `reset`: where the committed offset goes.
     #[serde(skip_serializing_if = "Option::is_none")]
     reset_to: Option<i64>,
+    /// The eventd process the commit's metadata names (a `partitions` consumer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    committed_by: Option<OffsetHolder>,
 }
 
 pub fn run(config: Config, options: OffsetsOptions) -> i32 {
@@ -98,7 +110,7 @@ pub fn run(config: Config, options: OffsetsOptions) -> i32 {
             return EXIT_UNAVAILABLE;
         }
     };
-    let Some(position) = options.reset_to else {
+    let Some(reset) = options.reset else {
         print_rows(&group, &rows, options.json);
         return 0;
     };
@@ -116,7 +128,7 @@ pub fn run(config: Config, options: OffsetsOptions) -> i32 {
             // Brokers without DescribeGroups still refuse a commit from outside a
             // group that has members, as Kafka does: the reset's commit is the check.
             // A dry run commits nothing, so it cannot ask.
-            let then = if options.dry_run {
+            let then = if reset.dry_run {
                 "a real reset relies on it to refuse the commit if the group has members; this dry run cannot tell"
             } else {
                 "relying on it to refuse a commit from outside a group with members, as Kafka does"
@@ -126,13 +138,25 @@ pub fn run(config: Config, options: OffsetsOptions) -> i32 {
             );
         }
     }
+    if let Some(exit) = refuse_running_holders(&group, &rows, reset.force) {
+        return exit;
+    }
+    if consumer_config.mode == ConsumerMode::Partitions
+        && rows
+            .iter()
+            .any(|row| row.committed.is_some() && row.committed_by.is_none())
+    {
+        eprintln!(
+            "eventd offsets: some committed offsets of group {group:?} name no eventd process (committed by another tool or an older eventd, or the broker returns no commit metadata): a running partitions consumer among them cannot be seen"
+        );
+    }
     for row in &mut rows {
         match resolve(
             &client,
             &row.topic,
             row.partition,
             (row.low, row.high),
-            position,
+            reset.to,
             TIMEOUT,
         ) {
             Ok(offset) => row.reset_to = Some(offset),
@@ -142,39 +166,106 @@ pub fn run(config: Config, options: OffsetsOptions) -> i32 {
             }
         }
     }
-    print_rows(&group, &rows, options.json);
-    if options.dry_run {
+    print_rows(&group, &rows, false);
+    if reset.dry_run {
         eprintln!("eventd offsets: dry run, nothing committed");
         return 0;
     }
+    match commit_reset(&client, &rows) {
+        Ok(()) => {
+            eprintln!("eventd offsets: committed for group {group:?}");
+            0
+        }
+        Err(CommitFailure::Refused) => {
+            refuse_live("live members (the broker refused a commit from outside the group)")
+        }
+        Err(CommitFailure::BadOffset(row)) => {
+            eprintln!("eventd offsets: {row}: offset refused");
+            EXIT_CONFIG
+        }
+        Err(CommitFailure::Other(error)) => {
+            eprintln!("eventd offsets: commit for group {group:?} failed: {error}");
+            EXIT_UNAVAILABLE
+        }
+    }
+}
+
+enum CommitFailure {
+    /// The group has members and this client is not one of them.
+    Refused,
+    /// `topic/partition` with an offset librdkafka would not take.
+    BadOffset(String),
+    Other(KafkaError),
+}
+
+/// The one place `reset` writes to Kafka.
+fn commit_reset(client: &BaseConsumer<Diagnosis>, rows: &[Row]) -> Result<(), CommitFailure> {
     let mut list = TopicPartitionList::new();
-    for row in &rows {
+    for row in rows {
         if let Some(offset) = row.reset_to {
             if list
                 .add_partition_offset(&row.topic, row.partition, Offset::Offset(offset))
                 .is_err()
             {
-                eprintln!(
-                    "eventd offsets: {}/{}: offset {offset} refused",
+                return Err(CommitFailure::BadOffset(format!(
+                    "{}/{} at {offset}",
                     row.topic, row.partition
-                );
-                return EXIT_CONFIG;
+                )));
             }
         }
     }
+    if list.count() == 0 {
+        return Ok(());
+    }
     match client.commit(&list, CommitMode::Sync) {
-        Ok(()) => {
-            eprintln!("eventd offsets: committed for group {group:?}");
-            0
-        }
-        Err(error) if is_refused_as_outsider(&error) => {
-            refuse_live("live members (the broker refused a commit from outside the group)")
-        }
-        Err(error) => {
-            eprintln!("eventd offsets: commit for group {group:?} failed: {error}");
-            EXIT_UNAVAILABLE
+        Ok(()) => Ok(()),
+        Err(error) if is_refused_as_outsider(&error) => Err(CommitFailure::Refused),
+        Err(error) => Err(CommitFailure::Other(error)),
+    }
+}
+
+/// Exit 1 (said on stderr) when a committed offset names a process that still runs,
+/// unless `force`; `None` to go on.
+fn refuse_running_holders(group: &str, rows: &[Row], force: bool) -> Option<i32> {
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let mut running: Vec<(&OffsetHolder, Duration, String)> = Vec::new();
+    for row in rows {
+        let Some(holder) = &row.committed_by else {
+            continue;
+        };
+        if let Some(age) = holder.running_at(now_ms) {
+            running.push((holder, age, format!("{}/{}", row.topic, row.partition)));
         }
     }
+    if running.is_empty() {
+        return None;
+    }
+    let mut processes: Vec<String> = Vec::new();
+    for (holder, age, partition) in &running {
+        let process = format!(
+            "pid {} on {} (consumer {:?})",
+            holder.pid, holder.host, holder.consumer
+        );
+        if !processes.iter().any(|p| p.starts_with(&process)) {
+            processes.push(format!(
+                "{process}, which committed {partition} {:.1}s ago and commits at least every {}",
+                age.as_secs_f64(),
+                humantime::format_duration(Duration::from_millis(holder.every_ms))
+            ));
+        }
+    }
+    let processes = processes.join("; ");
+    if force {
+        eprintln!(
+            "eventd offsets: --force: group {group:?} is still committed to by {processes}; if it runs, it commits its own position over this reset"
+        );
+        return None;
+    }
+    eprintln!(
+        "eventd offsets: group {group:?} is held by a running process: {processes}. Stop it first (a clean stop says so in its last commit), or pass --force if it is gone (it counts as running for {} after its last commit)",
+        humantime::format_duration(running[0].0.fresh_for())
+    );
+    Some(EXIT_GROUP_ACTIVE)
 }
 
 fn read_rows(client: &BaseConsumer<Diagnosis>, topics: &[String]) -> Result<Vec<Row>, String> {
@@ -197,6 +288,7 @@ fn read_rows(client: &BaseConsumer<Diagnosis>, topics: &[String]) -> Result<Vec<
             Offset::Offset(offset) => Some(offset),
             _ => None,
         };
+        let committed_by = committed.and_then(|_| OffsetHolder::from_metadata(element.metadata()));
         rows.push(Row {
             lag: (high - committed.unwrap_or(low).max(low)).max(0),
             topic,
@@ -205,6 +297,7 @@ fn read_rows(client: &BaseConsumer<Diagnosis>, topics: &[String]) -> Result<Vec<
             low,
             high,
             reset_to: None,
+            committed_by,
         });
     }
     rows.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
