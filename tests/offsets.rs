@@ -230,12 +230,12 @@ fn partitions_consumer_at_the_end(
 
 /// An idle partitions consumer joins no group and sends no new offsets: only its
 /// heartbeat commits show it runs. `reset` refuses then, naming the process, unless
-/// `--force`; after a clean stop it resets at once. (Mock cluster: tansu 0.6 returns
-/// no commit metadata.)
+/// `--force`; after a clean stop it resets at once, saving what it replaced, and the
+/// saved file puts it back. (Mock cluster: tansu 0.6 returns no commit metadata.)
 #[test]
-fn reset_refuses_while_an_idle_partitions_consumer_runs() {
+fn reset_refuses_while_an_idle_partitions_consumer_runs_and_saves_what_it_replaces() {
     let broker = Broker::start(2, &["like", "out"]);
-    let (mut eventd, _dir, config) = partitions_consumer_at_the_end(&broker, 40);
+    let (mut eventd, dir, config) = partitions_consumer_at_the_end(&broker, 40);
     let idle_since = now_ms();
     let marks = broker.watermarks("like");
 
@@ -314,10 +314,91 @@ fn reset_refuses_while_an_idle_partitions_consumer_runs() {
     for row in partitions_of(&shown_document(&config)) {
         assert_eq!(row["committed_by"]["running"], false, "{row}");
     }
-    let stopped = offsets(&config, &["reset", "--to", "3"]);
-    assert_eq!(stopped.status.code(), Some(0), "{}", text(&stopped));
+    let save = dir.path().join("before-reset.json");
+    let save_arg = save.to_str().expect("utf-8 path");
+    let dry = offsets(
+        &config,
+        &["reset", "--to", "3", "--dry-run", "--save", save_arg],
+    );
+    assert_eq!(dry.status.code(), Some(0), "{}", text(&dry));
+    assert!(!save.exists(), "a dry run writes no file: {}", text(&dry));
+
+    let to_three = offsets(&config, &["reset", "--to", "3", "--save", save_arg]);
+    assert_eq!(to_three.status.code(), Some(0), "{}", text(&to_three));
+    let printed = String::from_utf8_lossy(&to_three.stdout);
+    assert!(
+        printed.contains("COMMITTED") && printed.contains("RESET TO"),
+        "old and new offsets printed: {}",
+        text(&to_three)
+    );
+    assert!(
+        String::from_utf8_lossy(&to_three.stderr).contains("--from-file"),
+        "says how to undo: {}",
+        text(&to_three)
+    );
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&save).expect("saved file")).expect("JSON");
+    assert_eq!(saved["group"], COMMIT_GROUP);
+    let mut saved_offsets: Vec<(i64, Option<i64>)> = saved["partitions"]
+        .as_array()
+        .expect("partitions")
+        .iter()
+        .map(|p| {
+            (
+                p["partition"].as_i64().expect("partition"),
+                p["committed"].as_i64(),
+            )
+        })
+        .collect();
+    saved_offsets.sort();
+    let ends: Vec<(i64, Option<i64>)> = marks
+        .iter()
+        .map(|(p, _, h)| (*p as i64, Some(*h)))
+        .collect();
+    assert_eq!(saved_offsets, ends, "the file holds the offsets replaced");
     for (_, committed, high, _) in shown(&config) {
         assert_eq!(committed, Some(3.min(high)));
+    }
+
+    let again = offsets(&config, &["reset", "--to", "earliest", "--save", save_arg]);
+    assert_eq!(again.status.code(), Some(73), "{}", text(&again));
+    for (_, committed, high, _) in shown(&config) {
+        assert_eq!(
+            committed,
+            Some(3.min(high)),
+            "nothing committed without its save"
+        );
+    }
+
+    let other_group = dir.path().join("other-group.json");
+    std::fs::write(
+        &other_group,
+        r#"{"group":"someone-else","partitions":[{"topic":"like","partition":0,"committed":0}]}"#,
+    )
+    .expect("file");
+    let refused = offsets(
+        &config,
+        &[
+            "reset",
+            "--from-file",
+            other_group.to_str().expect("utf-8 path"),
+        ],
+    );
+    assert_eq!(refused.status.code(), Some(78), "{}", text(&refused));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("\"someone-else\""),
+        "{}",
+        text(&refused)
+    );
+
+    let undo = offsets(&config, &["reset", "--from-file", save_arg]);
+    assert_eq!(undo.status.code(), Some(0), "{}", text(&undo));
+    for (partition, committed, high, _) in shown(&config) {
+        assert_eq!(
+            committed,
+            Some(high),
+            "partition {partition} back where it was"
+        );
     }
 }
 

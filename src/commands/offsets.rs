@@ -4,6 +4,7 @@
 //! while a `partitions` consumer's commits say it still runs). A dry run has no path
 //! that reaches a commit: everything it decides is decided before `commit_reset`.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -12,6 +13,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::commands::position::{partitions_of, resolve, Position};
+use crate::commands::produce::EXIT_NO_INPUT;
 use crate::config::{Config, ConsumerMode, EXIT_CONFIG};
 use crate::daemon::EXIT_UNAVAILABLE;
 use crate::kafka::holder::OffsetHolder;
@@ -20,6 +22,8 @@ use crate::kafka::{command_brokers, plain_config, Diagnosis};
 const TIMEOUT: Duration = crate::waits::METADATA_TIMEOUT;
 /// `reset` refused: the group has live members, or a process still commits under it.
 pub const EXIT_GROUP_ACTIVE: i32 = 1;
+/// `reset --save` could not write its file; nothing was committed.
+pub const EXIT_CANNOT_SAVE: i32 = 73;
 
 pub struct OffsetsOptions {
     pub consumer: String,
@@ -30,11 +34,54 @@ pub struct OffsetsOptions {
 }
 
 pub struct ResetOptions {
-    pub to: Position,
-    /// Decide and print everything, write nothing.
+    pub to: ResetTarget,
+    /// Decide and print everything, write nothing (not even `save`).
     pub dry_run: bool,
     /// Reset even though a process's commits say it is running.
     pub force: bool,
+    /// Where to write the offsets replaced, before committing.
+    pub save: Option<PathBuf>,
+}
+
+pub enum ResetTarget {
+    /// Every partition to this position.
+    Position(Position),
+    /// Each partition a saved file lists back to the offset it holds.
+    File(PathBuf),
+}
+
+/// What `reset --save` writes and `reset --from-file` reads (`show --json` prints
+/// the same fields, so its output is accepted too).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct SavedOffsets {
+    group: String,
+    partitions: Vec<SavedPartition>,
+}
+
+impl SavedOffsets {
+    /// Where the file puts `row` back; `None` (said on stderr where it matters) for a
+    /// partition it leaves as it is.
+    fn offset_of(&self, row: &Row) -> Option<Position> {
+        let entry = self
+            .partitions
+            .iter()
+            .find(|p| p.topic == row.topic && p.partition == row.partition)?;
+        if entry.committed.is_none() {
+            eprintln!(
+                "eventd offsets: {}/{}: the file says nothing was committed, which a commit cannot restore: left as it is",
+                row.topic, row.partition
+            );
+        }
+        entry.committed.map(Position::Offset)
+    }
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct SavedPartition {
+    topic: String,
+    partition: i32,
+    /// `None`: nothing was committed, which a commit cannot restore.
+    committed: Option<i64>,
 }
 
 /// One partition as `show` prints it.
@@ -150,13 +197,28 @@ pub fn run(config: Config, options: OffsetsOptions) -> i32 {
             "eventd offsets: some committed offsets of group {group:?} name no eventd process (committed by another tool or an older eventd, or the broker returns no commit metadata): a running partitions consumer among them cannot be seen"
         );
     }
+    let saved = match &reset.to {
+        ResetTarget::Position(_) => None,
+        ResetTarget::File(path) => match read_saved(path, &group, &rows) {
+            Ok(saved) => Some(saved),
+            Err(exit) => return exit,
+        },
+    };
     for row in &mut rows {
+        let position = match (&reset.to, &saved) {
+            (ResetTarget::Position(position), _) => *position,
+            (ResetTarget::File(_), Some(saved)) => match saved.offset_of(row) {
+                Some(position) => position,
+                None => continue,
+            },
+            (ResetTarget::File(_), None) => continue,
+        };
         match resolve(
             &client,
             &row.topic,
             row.partition,
             (row.low, row.high),
-            reset.to,
+            position,
             TIMEOUT,
         ) {
             Ok(offset) => row.reset_to = Some(offset),
@@ -168,8 +230,25 @@ pub fn run(config: Config, options: OffsetsOptions) -> i32 {
     }
     print_rows(&group, &rows, false);
     if reset.dry_run {
+        if let Some(path) = &reset.save {
+            eprintln!("eventd offsets: dry run, {} not written", path.display());
+        }
         eprintln!("eventd offsets: dry run, nothing committed");
         return 0;
+    }
+    if let Some(path) = &reset.save {
+        if let Err(error) = save_replaced(path, &group, &rows) {
+            eprintln!(
+                "eventd offsets: --save {}: {error}; nothing committed",
+                path.display()
+            );
+            return EXIT_CANNOT_SAVE;
+        }
+        eprintln!(
+            "eventd offsets: the offsets replaced are in {path}; `eventd offsets reset --config CONFIG --consumer {consumer} --from-file {path}` puts them back",
+            path = path.display(),
+            consumer = options.consumer
+        );
     }
     match commit_reset(&client, &rows) {
         Ok(()) => {
@@ -266,6 +345,74 @@ fn refuse_running_holders(group: &str, rows: &[Row], force: bool) -> Option<i32>
         humantime::format_duration(running[0].0.fresh_for())
     );
     Some(EXIT_GROUP_ACTIVE)
+}
+
+/// The saved offsets of `path` for `group`, each naming a partition of `rows`.
+fn read_saved(path: &Path, group: &str, rows: &[Row]) -> Result<SavedOffsets, i32> {
+    let text = std::fs::read_to_string(path).map_err(|error| {
+        eprintln!("eventd offsets: --from-file {}: {error}", path.display());
+        EXIT_NO_INPUT
+    })?;
+    let saved: SavedOffsets = serde_json::from_str(&text).map_err(|error| {
+        eprintln!(
+            "eventd offsets: --from-file {}: not a file of `reset --save` or `show --json`: {error}",
+            path.display()
+        );
+        EXIT_CONFIG
+    })?;
+    if saved.group != group {
+        eprintln!(
+            "eventd offsets: --from-file {} holds offsets of group {:?}, not of this consumer's group {group:?}",
+            path.display(),
+            saved.group
+        );
+        return Err(EXIT_CONFIG);
+    }
+    let topics: Vec<&str> = rows.iter().map(|row| row.topic.as_str()).collect();
+    for entry in &saved.partitions {
+        // A topic left out with --topic is not reset; a partition of a reset topic
+        // that does not exist is an error, not silently skipped.
+        if topics.contains(&entry.topic.as_str())
+            && !rows
+                .iter()
+                .any(|row| row.topic == entry.topic && row.partition == entry.partition)
+        {
+            eprintln!(
+                "eventd offsets: --from-file {}: {}/{} is not a partition of the topic",
+                path.display(),
+                entry.topic,
+                entry.partition
+            );
+            return Err(EXIT_CONFIG);
+        }
+    }
+    Ok(saved)
+}
+
+/// Writes the committed offsets a reset replaces, in the form `--from-file` reads;
+/// never over an existing file, which may hold an earlier reset's way back.
+fn save_replaced(path: &Path, group: &str, rows: &[Row]) -> std::io::Result<()> {
+    use std::io::Write;
+    let saved = SavedOffsets {
+        group: group.to_owned(),
+        partitions: rows
+            .iter()
+            .filter(|row| row.reset_to.is_some())
+            .map(|row| SavedPartition {
+                topic: row.topic.clone(),
+                partition: row.partition,
+                committed: row.committed,
+            })
+            .collect(),
+    };
+    let text = serde_json::to_string_pretty(&saved).map_err(std::io::Error::other)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)?;
+    file.write_all(text.as_bytes())?;
+    file.write_all(b"\n")?;
+    file.sync_all()
 }
 
 fn read_rows(client: &BaseConsumer<Diagnosis>, topics: &[String]) -> Result<Vec<Row>, String> {
