@@ -19,14 +19,14 @@ pub struct OwnedPartition {
 
 /// Hands `partitions` back within `timeout`; what is unfinished then is redelivered
 /// after the rebalance or restart, because its offset was not stored. Returns, in
-/// the order of `partitions`, the offset each stored last (`None` where nothing was
-/// stored or the worker did not answer).
+/// the order of `partitions`, where each worker said it stands (`None` where it did
+/// not answer).
 pub async fn hand_back(
     consumer: &str,
     partitions: Vec<OwnedPartition>,
     router: &Router,
     timeout: Duration,
-) -> Vec<Option<i64>> {
+) -> Vec<Option<FinalPosition>> {
     if partitions.is_empty() {
         return Vec::new();
     }
@@ -53,13 +53,13 @@ pub async fn hand_back(
             Some(left().max(Duration::from_millis(100))),
         )
     });
-    let mut stored_last = Vec::with_capacity(partitions.len());
+    let mut positions = Vec::with_capacity(partitions.len());
     for (p, result) in partitions
         .iter()
         .zip(futures::future::join_all(finals).await)
     {
-        stored_last.push(match &result {
-            Ok(CallResult::Success(position)) => position.stored,
+        positions.push(match &result {
+            Ok(CallResult::Success(position)) => Some(*position),
             _ => None,
         });
         match result {
@@ -87,5 +87,5 @@ pub async fn hand_back(
         .iter()
         .map(|p| p.worker.stop_and_wait(None, Some(stop_wait)));
     futures::future::join_all(stops).await;
-    stored_last
+    positions
 }

@@ -18,7 +18,7 @@ use super::context::{
 };
 use super::handback::{hand_back, OwnedPartition};
 use super::partition_worker::{
-    CommitHeartbeat, PartitionWorker, PartitionWorkerArgs, PartitionWorkerMsg,
+    CommitHeartbeat, FinalPosition, PartitionWorker, PartitionWorkerArgs, PartitionWorkerMsg,
 };
 use super::ConsumerShared;
 use crate::actors::Deadline;
@@ -257,7 +257,7 @@ impl Actor for PartitionConsumer {
                     })
                     .into_iter()
                     .collect();
-                let stored_last = hand_back(
+                let positions = hand_back(
                     &state.name,
                     owned,
                     &state.shared.router,
@@ -267,7 +267,7 @@ impl Actor for PartitionConsumer {
                         .min(deadline.left_before(CLOSE_RESERVE)),
                 )
                 .await;
-                let final_commit = state.final_commit(stored_last.first().copied().flatten());
+                let final_commit = state.final_commit(positions.first().copied().flatten());
                 let closed = state.client.close(final_commit, deadline).await;
                 let _ = reply.send(closed);
                 myself.stop(Some("shutdown".to_owned()));
@@ -292,12 +292,17 @@ impl Actor for PartitionConsumer {
 
 impl PartitionConsumerState {
     /// The last commit: the partition's final position, with the metadata saying this
-    /// process stopped, so `offsets reset` need not wait for it to look gone.
-    fn final_commit(&self, stored_last: Option<i64>) -> FinalCommit {
+    /// process stopped, so `offsets reset` need not wait for it to look gone. Without
+    /// the worker's answer its last store is unknown here, and committing the start
+    /// could move the position back: then only what librdkafka holds as stored.
+    fn final_commit(&self, handed_back: Option<FinalPosition>) -> FinalCommit {
         if self.consumer.commit_group.is_none() {
             return FinalCommit::Nothing;
         }
-        let Some(offset) = stored_last.or(self.committed_at_start) else {
+        let Some(position) = handed_back else {
+            return FinalCommit::Stored;
+        };
+        let Some(offset) = position.stored.or(self.committed_at_start) else {
             return FinalCommit::Stored;
         };
         let mut list = TopicPartitionList::with_capacity(1);
