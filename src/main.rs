@@ -70,16 +70,33 @@ enum OffsetsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Move the group's committed offsets; refused while the group has live members.
+    /// Move the group's committed offsets; refused while the group has live members or
+    /// a partitions consumer's commits say it still runs.
     Reset {
         #[command(flatten)]
         target: OffsetsTarget,
         /// earliest, latest, an offset, or an RFC 3339 time.
-        #[arg(long)]
-        to: eventd::commands::position::Position,
-        /// Print the new offsets; commit nothing.
+        #[arg(
+            long,
+            required_unless_present = "from_file",
+            conflicts_with = "from_file"
+        )]
+        to: Option<eventd::commands::position::Position>,
+        /// Move each partition the file lists back to the offset it holds (a file
+        /// written by --save, or the output of `offsets show --json`).
+        #[arg(long, value_name = "FILE")]
+        from_file: Option<PathBuf>,
+        /// Print the old and new offsets; write nothing, to Kafka or to --save.
         #[arg(long)]
         dry_run: bool,
+        /// Reset even though a process's commits say it still runs (it is gone, or its
+        /// commits will be overwritten knowingly).
+        #[arg(long)]
+        force: bool,
+        /// Before committing, write the offsets replaced to this new file, for
+        /// --from-file to put back.
+        #[arg(long, value_name = "FILE")]
+        save: Option<PathBuf>,
     },
 }
 
@@ -301,13 +318,34 @@ fn main() -> ExitCode {
             std::process::exit(eventd::commands::tail::run(config, options));
         }
         Command::Offsets(command) => {
-            let (target, reset_to, dry_run, json) = match command {
-                OffsetsCommand::Show { target, json } => (target, None, false, json),
+            use eventd::commands::offsets::{ResetOptions, ResetTarget};
+            let (target, reset, json) = match command {
+                OffsetsCommand::Show { target, json } => (target, None, json),
                 OffsetsCommand::Reset {
                     target,
                     to,
+                    from_file,
                     dry_run,
-                } => (target, Some(to), dry_run, false),
+                    force,
+                    save,
+                } => {
+                    // clap requires exactly one of --to and --from-file.
+                    let to = match (to, from_file) {
+                        (Some(position), _) => ResetTarget::Position(position),
+                        (None, Some(file)) => ResetTarget::File(file),
+                        (None, None) => {
+                            eprintln!("eventd offsets reset: pass --to or --from-file");
+                            std::process::exit(2);
+                        }
+                    };
+                    let reset = ResetOptions {
+                        to,
+                        dry_run,
+                        force,
+                        save,
+                    };
+                    (target, Some(reset), false)
+                }
             };
             let config = match Config::load(Some(&target.config)) {
                 Ok(config) => config,
@@ -316,8 +354,7 @@ fn main() -> ExitCode {
             let options = eventd::commands::offsets::OffsetsOptions {
                 consumer: target.consumer,
                 topic: target.topic,
-                reset_to,
-                dry_run,
+                reset,
                 json,
             };
             eventd::logging::init_for_command();

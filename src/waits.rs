@@ -24,6 +24,15 @@ pub const RELOAD_ANSWER: Duration = Duration::from_secs(5);
 /// the worker stopped (librdkafka waits `drain_timeout` plus this in the callback).
 pub const HANDBACK_RESERVE: Duration = Duration::from_secs(2);
 
+/// A `partitions` consumer under `commit_group` commits, with the metadata naming it,
+/// at least every `commit_interval` while it runs, idle or not. `offsets reset` takes
+/// it for running until this many intervals passed without a commit: one late or
+/// failed commit must not make a live process look stopped.
+pub const HOLDER_FRESH_INTERVALS: u32 = 3;
+/// At least this long, whatever the interval: the holder's time comes from its own
+/// host's clock, which may differ from the clock of the host running `reset`.
+pub const HOLDER_FRESH_MIN: Duration = Duration::from_secs(5);
+
 /// Shutdown: what the final commit and close keep after the partitions are handed back.
 pub const CLOSE_RESERVE: Duration = Duration::from_millis(2500);
 /// Shutdown: of the close reserve, what stopping the polling thread (which closes the

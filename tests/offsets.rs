@@ -37,7 +37,10 @@ fn shown(config: &Path) -> Vec<(i64, Option<i64>, i64, i64)> {
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
     let document: serde_json::Value =
         serde_json::from_slice(&output.stdout).expect("one JSON document");
-    assert_eq!(document["group"], GROUP);
+    assert!(
+        document["group"] == GROUP || document["group"] == COMMIT_GROUP,
+        "{document}"
+    );
     document["partitions"]
         .as_array()
         .expect("partitions")
@@ -87,27 +90,26 @@ fn offsets_show_and_reset(broker: Broker, env: &[(&str, String)]) {
     );
 
     if !broker.is_tansu() {
-        // The mock cluster refuses a commit from outside a group it knows, as Kafka
-        // does while the group has members. It keeps every group for its whole life,
-        // though, so a stopped group's offsets cannot be moved there: that half runs
-        // on tansu, which (0.6) neither describes groups nor refuses such commits.
-        for args in [
-            &["reset", "--to", "earliest"][..],
-            &["reset", "--to", "earliest", "--dry-run"],
-        ] {
-            let refused = offsets(&config, args);
-            assert_eq!(
-                refused.status.code(),
-                Some(1),
-                "{args:?}: {}",
-                text(&refused)
-            );
-            assert!(
-                String::from_utf8_lossy(&refused.stderr).contains("live member"),
-                "{}",
-                text(&refused)
-            );
-        }
+        // The mock cluster does not describe groups, but refuses a commit from
+        // outside a group it knows, as Kafka does while the group has members. A dry
+        // run commits nothing, so it cannot ask: it says so and moves nothing. The
+        // mock keeps every group for its whole life, though, so a stopped group's
+        // offsets cannot be moved there: that half runs on tansu, which (0.6) neither
+        // describes groups nor refuses such commits.
+        let refused = offsets(&config, &["reset", "--to", "earliest"]);
+        assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+        assert!(
+            String::from_utf8_lossy(&refused.stderr).contains("live member"),
+            "{}",
+            text(&refused)
+        );
+        let dry = offsets(&config, &["reset", "--to", "earliest", "--dry-run"]);
+        assert_eq!(dry.status.code(), Some(0), "{}", text(&dry));
+        assert!(
+            String::from_utf8_lossy(&dry.stderr).contains("this dry run cannot tell"),
+            "{}",
+            text(&dry)
+        );
         assert!(shown(&config).iter().all(|row| row.3 == 0), "nothing moved");
         return;
     }
@@ -175,4 +177,285 @@ fn offsets_refuses_an_unknown_consumer() {
         .expect("runs");
     assert_eq!(output.status.code(), Some(78), "{}", text(&output));
     assert!(String::from_utf8_lossy(&output.stderr).contains("\"nope\""));
+}
+
+/// A `partitions` consumer of `like` committing under `commit_group`, with the default
+/// `commit_interval`.
+const PARTITIONS_BODY: &str = "[[consumers]]\nname = \"main\"\nmode = \"partitions\"\ntopics = [\"like\"]\nstart = \"earliest\"\ncommit_group = \"audit-commits\"\n\n[[handlers]]\nname = \"copy\"\nkind = \"forward\"\nconsumer = \"main\"\noutput = \"out\"\n";
+const COMMIT_GROUP: &str = "audit-commits";
+
+/// `show --json` of the partitions consumer.
+fn shown_document(config: &Path) -> serde_json::Value {
+    let output = offsets(config, &["show", "--json"]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    serde_json::from_slice(&output.stdout).expect("one JSON document")
+}
+
+fn partitions_of(document: &serde_json::Value) -> Vec<serde_json::Value> {
+    document["partitions"]
+        .as_array()
+        .expect("partitions")
+        .clone()
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as i64
+}
+
+/// A running partitions consumer that handled `total` events and committed them,
+/// with the `offsets` config file for it.
+fn partitions_consumer_at_the_end(
+    broker: &Broker,
+    total: usize,
+) -> (Eventd, tempfile::TempDir, std::path::PathBuf) {
+    broker.produce("like", &events(total, 8));
+    let eventd = start_eventd(broker, PARTITIONS_BODY);
+    broker.expect_every_id("out", total, Duration::from_secs(60), &eventd);
+    broker.expect_committed_to_end(COMMIT_GROUP, "like", Duration::from_secs(30), &eventd);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("eventd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kafka]\nbrokers = \"{}\"\n\n{PARTITIONS_BODY}",
+            broker.bootstrap()
+        ),
+    )
+    .expect("config");
+    (eventd, dir, config)
+}
+
+/// An idle partitions consumer joins no group and sends no new offsets: only its
+/// heartbeat commits show it runs. `reset` refuses then, naming the process, unless
+/// `--force`; after a clean stop it resets at once, saving what it replaced, and the
+/// saved file puts it back. (Mock cluster: tansu 0.6 returns no commit metadata.)
+#[test]
+fn reset_refuses_while_an_idle_partitions_consumer_runs_and_saves_what_it_replaces() {
+    let broker = Broker::start(2, &["like", "out"]);
+    let (mut eventd, dir, config) = partitions_consumer_at_the_end(&broker, 40);
+    let idle_since = now_ms();
+    let marks = broker.watermarks("like");
+
+    // Idle for longer than a stopped process counts as running (5 s at the default
+    // commit_interval): only a commit made while idle can be this recent.
+    let beyond_freshness = idle_since + 6_000;
+    let mut document = shown_document(&config);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !partitions_of(&document).iter().all(|row| {
+        row["committed_by"]["at_ms"]
+            .as_i64()
+            .is_some_and(|at| at > beyond_freshness)
+    }) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "an idle consumer's commits stopped naming it as running: {document}\nlogs:\n{}",
+            eventd.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        document = shown_document(&config);
+    }
+    for row in partitions_of(&document) {
+        let holder = &row["committed_by"];
+        assert_eq!(
+            holder["pid"].as_u64(),
+            Some(eventd.child.id() as u64),
+            "{row}"
+        );
+        assert_eq!(holder["consumer"], "main");
+        assert_eq!(holder["running"], true);
+        let (_, _, high) = marks[row["partition"].as_u64().expect("partition") as usize];
+        assert_eq!(
+            row["committed"].as_i64(),
+            Some(high),
+            "the heartbeat moved nothing"
+        );
+    }
+
+    let pid = format!("pid {}", eventd.child.id());
+    for args in [
+        &["reset", "--to", "earliest"][..],
+        &["reset", "--to", "earliest", "--dry-run"],
+    ] {
+        let refused = offsets(&config, args);
+        assert_eq!(
+            refused.status.code(),
+            Some(1),
+            "{args:?}: {}",
+            text(&refused)
+        );
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            stderr.contains(&pid) && stderr.contains("\"main\"") && stderr.contains("--force"),
+            "{args:?}: {}",
+            text(&refused)
+        );
+    }
+    assert!(
+        shown(&config).iter().all(|row| row.3 == 0),
+        "a refused reset moved nothing"
+    );
+
+    let forced = offsets(&config, &["reset", "--to", "earliest", "--force"]);
+    assert_eq!(forced.status.code(), Some(0), "{}", text(&forced));
+    assert!(
+        String::from_utf8_lossy(&forced.stderr).contains(&pid),
+        "{}",
+        text(&forced)
+    );
+    // The process still runs, so its heartbeat commits its own position over the
+    // reset, as the warning said.
+    broker.expect_committed_to_end(COMMIT_GROUP, "like", Duration::from_secs(30), &eventd);
+
+    // A clean stop says so in its last commit: no waiting, no --force.
+    eventd.terminate(Duration::from_secs(30));
+    for row in partitions_of(&shown_document(&config)) {
+        assert_eq!(row["committed_by"]["running"], false, "{row}");
+    }
+    let save = dir.path().join("before-reset.json");
+    let save_arg = save.to_str().expect("utf-8 path");
+    let dry = offsets(
+        &config,
+        &["reset", "--to", "3", "--dry-run", "--save", save_arg],
+    );
+    assert_eq!(dry.status.code(), Some(0), "{}", text(&dry));
+    assert!(!save.exists(), "a dry run writes no file: {}", text(&dry));
+
+    let to_three = offsets(&config, &["reset", "--to", "3", "--save", save_arg]);
+    assert_eq!(to_three.status.code(), Some(0), "{}", text(&to_three));
+    let printed = String::from_utf8_lossy(&to_three.stdout);
+    assert!(
+        printed.contains("COMMITTED") && printed.contains("RESET TO"),
+        "old and new offsets printed: {}",
+        text(&to_three)
+    );
+    assert!(
+        String::from_utf8_lossy(&to_three.stderr).contains("--from-file"),
+        "says how to undo: {}",
+        text(&to_three)
+    );
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&save).expect("saved file")).expect("JSON");
+    assert_eq!(saved["group"], COMMIT_GROUP);
+    let mut saved_offsets: Vec<(i64, Option<i64>)> = saved["partitions"]
+        .as_array()
+        .expect("partitions")
+        .iter()
+        .map(|p| {
+            (
+                p["partition"].as_i64().expect("partition"),
+                p["committed"].as_i64(),
+            )
+        })
+        .collect();
+    saved_offsets.sort();
+    let ends: Vec<(i64, Option<i64>)> = marks
+        .iter()
+        .map(|(p, _, h)| (*p as i64, Some(*h)))
+        .collect();
+    assert_eq!(saved_offsets, ends, "the file holds the offsets replaced");
+    for (_, committed, high, _) in shown(&config) {
+        assert_eq!(committed, Some(3.min(high)));
+    }
+
+    let again = offsets(&config, &["reset", "--to", "earliest", "--save", save_arg]);
+    assert_eq!(again.status.code(), Some(73), "{}", text(&again));
+    for (_, committed, high, _) in shown(&config) {
+        assert_eq!(
+            committed,
+            Some(3.min(high)),
+            "nothing committed without its save"
+        );
+    }
+
+    let other_group = dir.path().join("other-group.json");
+    std::fs::write(
+        &other_group,
+        r#"{"group":"someone-else","partitions":[{"topic":"like","partition":0,"committed":0}]}"#,
+    )
+    .expect("file");
+    let refused = offsets(
+        &config,
+        &[
+            "reset",
+            "--from-file",
+            other_group.to_str().expect("utf-8 path"),
+        ],
+    );
+    assert_eq!(refused.status.code(), Some(78), "{}", text(&refused));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("\"someone-else\""),
+        "{}",
+        text(&refused)
+    );
+
+    let undo = offsets(&config, &["reset", "--from-file", save_arg]);
+    assert_eq!(undo.status.code(), Some(0), "{}", text(&undo));
+    for (partition, committed, high, _) in shown(&config) {
+        assert_eq!(
+            committed,
+            Some(high),
+            "partition {partition} back where it was"
+        );
+    }
+}
+
+/// A broker that does not describe the group (the mock cluster has no DescribeGroups,
+/// tansu 0.6 drops the connection) leaves a dry run unable to check for members; it
+/// must still write nothing (it used to commit the offsets it had read, as a probe:
+/// with a running group, that moved the group back to where it was when read). The
+/// commit metadata shows any write: a commit from `offsets` carries none.
+#[test]
+fn a_dry_run_writes_nothing_when_the_broker_does_not_describe_the_group() {
+    let broker = Broker::start(2, &["like", "out"]);
+    let (mut eventd, _dir, config) = partitions_consumer_at_the_end(&broker, 20);
+    let logs = eventd.terminate(Duration::from_secs(30));
+    let before = shown_document(&config);
+    assert!(
+        partitions_of(&before)
+            .iter()
+            .all(|row| row["committed_by"]["running"] == false),
+        "{before}\nlogs:\n{logs}"
+    );
+
+    let dry = offsets(&config, &["reset", "--to", "earliest", "--dry-run"]);
+    assert_eq!(dry.status.code(), Some(0), "{}", text(&dry));
+    let stderr = String::from_utf8_lossy(&dry.stderr);
+    assert!(
+        stderr.contains("did not describe group") && stderr.contains("nothing committed"),
+        "{}",
+        text(&dry)
+    );
+    assert_eq!(shown_document(&config), before, "{}", text(&dry));
+}
+
+/// tansu 0.6 keeps no commit metadata it could return (OffsetFetch answers offsets
+/// only), so there a running partitions consumer cannot be seen: `reset` says so
+/// rather than implying the group is free, and its dry run still writes nothing.
+#[test]
+fn on_tansu_reset_says_a_running_partitions_consumer_cannot_be_seen() {
+    let broker = Broker::tansu(2, &["like", "out"]);
+    let (eventd, _dir, config) = partitions_consumer_at_the_end(&broker, 20);
+    let before = shown_document(&config);
+    assert!(
+        partitions_of(&before)
+            .iter()
+            .all(|row| row.get("committed_by").is_none()),
+        "tansu returned commit metadata: the heartbeat test could run on it too: {before}"
+    );
+    let dry = offsets(&config, &["reset", "--to", "earliest", "--dry-run"]);
+    assert_eq!(dry.status.code(), Some(0), "{}", text(&dry));
+    let stderr = String::from_utf8_lossy(&dry.stderr);
+    assert!(
+        stderr.contains("name no eventd process") && stderr.contains("nothing committed"),
+        "{}",
+        text(&dry)
+    );
+    assert!(
+        shown(&config).iter().all(|row| row.3 == 0),
+        "a dry run moves nothing; logs:\n{}",
+        eventd.logs()
+    );
 }

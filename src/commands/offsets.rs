@@ -1,7 +1,10 @@
 //! `eventd offsets show|reset`: a consumer's committed offsets, high watermarks and lag
 //! per partition, and moving the committed offsets of a stopped group, as Kafka's own
-//! `kafka-consumer-groups` does (and, like it, never while the group has members).
+//! `kafka-consumer-groups` does (and, like it, never while the group has members, nor
+//! while a `partitions` consumer's commits say it still runs). A dry run has no path
+//! that reaches a commit: everything it decides is decided before `commit_reset`.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -10,21 +13,75 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::commands::position::{partitions_of, resolve, Position};
+use crate::commands::produce::EXIT_NO_INPUT;
 use crate::config::{Config, ConsumerMode, EXIT_CONFIG};
 use crate::daemon::EXIT_UNAVAILABLE;
+use crate::kafka::holder::OffsetHolder;
 use crate::kafka::{command_brokers, plain_config, Diagnosis};
 
 const TIMEOUT: Duration = crate::waits::METADATA_TIMEOUT;
-/// `reset` refused: the group has live members.
+/// `reset` refused: the group has live members, or a process still commits under it.
 pub const EXIT_GROUP_ACTIVE: i32 = 1;
+/// `reset --save` could not write its file; nothing was committed.
+pub const EXIT_CANNOT_SAVE: i32 = 73;
 
 pub struct OffsetsOptions {
     pub consumer: String,
     pub topic: Option<String>,
     /// `Some` for `reset`.
-    pub reset_to: Option<Position>,
-    pub dry_run: bool,
+    pub reset: Option<ResetOptions>,
     pub json: bool,
+}
+
+pub struct ResetOptions {
+    pub to: ResetTarget,
+    /// Decide and print everything, write nothing (not even `save`).
+    pub dry_run: bool,
+    /// Reset even though a process's commits say it is running.
+    pub force: bool,
+    /// Where to write the offsets replaced, before committing.
+    pub save: Option<PathBuf>,
+}
+
+pub enum ResetTarget {
+    /// Every partition to this position.
+    Position(Position),
+    /// Each partition a saved file lists back to the offset it holds.
+    File(PathBuf),
+}
+
+/// What `reset --save` writes and `reset --from-file` reads (`show --json` prints
+/// the same fields, so its output is accepted too).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct SavedOffsets {
+    group: String,
+    partitions: Vec<SavedPartition>,
+}
+
+impl SavedOffsets {
+    /// Where the file puts `row` back; `None` (said on stderr where it matters) for a
+    /// partition it leaves as it is.
+    fn offset_of(&self, row: &Row) -> Option<Position> {
+        let entry = self
+            .partitions
+            .iter()
+            .find(|p| p.topic == row.topic && p.partition == row.partition)?;
+        if entry.committed.is_none() {
+            eprintln!(
+                "eventd offsets: {}/{}: the file says nothing was committed, which a commit cannot restore: left as it is",
+                row.topic, row.partition
+            );
+        }
+        entry.committed.map(Position::Offset)
+    }
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct SavedPartition {
+    topic: String,
+    partition: i32,
+    /// `None`: nothing was committed, which a commit cannot restore.
+    committed: Option<i64>,
 }
 
 /// One partition as `show` prints it.
@@ -41,6 +98,9 @@ struct Row {
     /// `reset`: where the committed offset goes.
     #[serde(skip_serializing_if = "Option::is_none")]
     reset_to: Option<i64>,
+    /// The eventd process the commit's metadata names (a `partitions` consumer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    committed_by: Option<OffsetHolder>,
 }
 
 pub fn run(config: Config, options: OffsetsOptions) -> i32 {
@@ -97,7 +157,7 @@ pub fn run(config: Config, options: OffsetsOptions) -> i32 {
             return EXIT_UNAVAILABLE;
         }
     };
-    let Some(position) = options.reset_to else {
+    let Some(reset) = options.reset else {
         print_rows(&group, &rows, options.json);
         return 0;
     };
@@ -113,19 +173,46 @@ pub fn run(config: Config, options: OffsetsOptions) -> i32 {
         Ok(members) => return refuse_live(&format!("{members} live member(s)")),
         Err(reason) => {
             // Brokers without DescribeGroups still refuse a commit from outside a
-            // group that has members, as Kafka does: the commit is the check. A dry
-            // run commits the offsets as they are to ask.
+            // group that has members, as Kafka does: the reset's commit is the check.
+            // A dry run commits nothing, so it cannot ask.
+            let then = if reset.dry_run {
+                "a real reset relies on it to refuse the commit if the group has members; this dry run cannot tell"
+            } else {
+                "relying on it to refuse a commit from outside a group with members, as Kafka does"
+            };
             eprintln!(
-                "eventd offsets: the broker did not describe group {group:?} ({reason}); relying on it to refuse a commit from outside a group with members, as Kafka does"
+                "eventd offsets: the broker did not describe group {group:?} ({reason}); {then}"
             );
-            if options.dry_run && !unchanged_commit_allowed(&client, &rows) {
-                return refuse_live(
-                    "live members (the broker refused a commit from outside the group)",
-                );
-            }
         }
     }
+    if let Some(exit) = refuse_running_holders(&group, &rows, reset.force) {
+        return exit;
+    }
+    if consumer_config.mode == ConsumerMode::Partitions
+        && rows
+            .iter()
+            .any(|row| row.committed.is_some() && row.committed_by.is_none())
+    {
+        eprintln!(
+            "eventd offsets: some committed offsets of group {group:?} name no eventd process (committed by another tool or an older eventd, or the broker returns no commit metadata): a running partitions consumer among them cannot be seen"
+        );
+    }
+    let saved = match &reset.to {
+        ResetTarget::Position(_) => None,
+        ResetTarget::File(path) => match read_saved(path, &group, &rows) {
+            Ok(saved) => Some(saved),
+            Err(exit) => return exit,
+        },
+    };
     for row in &mut rows {
+        let position = match (&reset.to, &saved) {
+            (ResetTarget::Position(position), _) => *position,
+            (ResetTarget::File(_), Some(saved)) => match saved.offset_of(row) {
+                Some(position) => position,
+                None => continue,
+            },
+            (ResetTarget::File(_), None) => continue,
+        };
         match resolve(
             &client,
             &row.topic,
@@ -141,39 +228,191 @@ pub fn run(config: Config, options: OffsetsOptions) -> i32 {
             }
         }
     }
-    print_rows(&group, &rows, options.json);
-    if options.dry_run {
+    print_rows(&group, &rows, false);
+    if reset.dry_run {
+        if let Some(path) = &reset.save {
+            eprintln!("eventd offsets: dry run, {} not written", path.display());
+        }
         eprintln!("eventd offsets: dry run, nothing committed");
         return 0;
     }
+    if let Some(path) = &reset.save {
+        if let Err(error) = save_replaced(path, &group, &rows) {
+            eprintln!(
+                "eventd offsets: --save {}: {error}; nothing committed",
+                path.display()
+            );
+            return EXIT_CANNOT_SAVE;
+        }
+        eprintln!(
+            "eventd offsets: the offsets replaced are in {path}; `eventd offsets reset --config CONFIG --consumer {consumer} --from-file {path}` puts them back",
+            path = path.display(),
+            consumer = options.consumer
+        );
+    }
+    match commit_reset(&client, &rows) {
+        Ok(()) => {
+            eprintln!("eventd offsets: committed for group {group:?}");
+            0
+        }
+        Err(CommitFailure::Refused) => {
+            refuse_live("live members (the broker refused a commit from outside the group)")
+        }
+        Err(CommitFailure::BadOffset(row)) => {
+            eprintln!("eventd offsets: {row}: offset refused");
+            EXIT_CONFIG
+        }
+        Err(CommitFailure::Other(error)) => {
+            eprintln!("eventd offsets: commit for group {group:?} failed: {error}");
+            EXIT_UNAVAILABLE
+        }
+    }
+}
+
+enum CommitFailure {
+    /// The group has members and this client is not one of them.
+    Refused,
+    /// `topic/partition` with an offset librdkafka would not take.
+    BadOffset(String),
+    Other(KafkaError),
+}
+
+/// The one place `reset` writes to Kafka.
+fn commit_reset(client: &BaseConsumer<Diagnosis>, rows: &[Row]) -> Result<(), CommitFailure> {
     let mut list = TopicPartitionList::new();
-    for row in &rows {
+    for row in rows {
         if let Some(offset) = row.reset_to {
             if list
                 .add_partition_offset(&row.topic, row.partition, Offset::Offset(offset))
                 .is_err()
             {
-                eprintln!(
-                    "eventd offsets: {}/{}: offset {offset} refused",
+                return Err(CommitFailure::BadOffset(format!(
+                    "{}/{} at {offset}",
                     row.topic, row.partition
-                );
-                return EXIT_CONFIG;
+                )));
             }
         }
     }
+    if list.count() == 0 {
+        return Ok(());
+    }
     match client.commit(&list, CommitMode::Sync) {
-        Ok(()) => {
-            eprintln!("eventd offsets: committed for group {group:?}");
-            0
-        }
-        Err(error) if is_refused_as_outsider(&error) => {
-            refuse_live("live members (the broker refused a commit from outside the group)")
-        }
-        Err(error) => {
-            eprintln!("eventd offsets: commit for group {group:?} failed: {error}");
-            EXIT_UNAVAILABLE
+        Ok(()) => Ok(()),
+        Err(error) if is_refused_as_outsider(&error) => Err(CommitFailure::Refused),
+        Err(error) => Err(CommitFailure::Other(error)),
+    }
+}
+
+/// Exit 1 (said on stderr) when a committed offset names a process that still runs,
+/// unless `force`; `None` to go on.
+fn refuse_running_holders(group: &str, rows: &[Row], force: bool) -> Option<i32> {
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let mut running: Vec<(&OffsetHolder, Duration, String)> = Vec::new();
+    for row in rows {
+        let Some(holder) = &row.committed_by else {
+            continue;
+        };
+        if let Some(age) = holder.running_at(now_ms) {
+            running.push((holder, age, format!("{}/{}", row.topic, row.partition)));
         }
     }
+    if running.is_empty() {
+        return None;
+    }
+    let mut processes: Vec<String> = Vec::new();
+    for (holder, age, partition) in &running {
+        let process = format!(
+            "pid {} on {} (consumer {:?})",
+            holder.pid, holder.host, holder.consumer
+        );
+        if !processes.iter().any(|p| p.starts_with(&process)) {
+            processes.push(format!(
+                "{process}, which committed {partition} {:.1}s ago and commits at least every {}",
+                age.as_secs_f64(),
+                humantime::format_duration(Duration::from_millis(holder.every_ms))
+            ));
+        }
+    }
+    let processes = processes.join("; ");
+    if force {
+        eprintln!(
+            "eventd offsets: --force: group {group:?} is still committed to by {processes}; if it runs, it commits its own position over this reset"
+        );
+        return None;
+    }
+    eprintln!(
+        "eventd offsets: group {group:?} is held by a running process: {processes}. Stop it first (a clean stop says so in its last commit), or pass --force if it is gone (it counts as running for {} after its last commit)",
+        humantime::format_duration(running[0].0.fresh_for())
+    );
+    Some(EXIT_GROUP_ACTIVE)
+}
+
+/// The saved offsets of `path` for `group`, each naming a partition of `rows`.
+fn read_saved(path: &Path, group: &str, rows: &[Row]) -> Result<SavedOffsets, i32> {
+    let text = std::fs::read_to_string(path).map_err(|error| {
+        eprintln!("eventd offsets: --from-file {}: {error}", path.display());
+        EXIT_NO_INPUT
+    })?;
+    let saved: SavedOffsets = serde_json::from_str(&text).map_err(|error| {
+        eprintln!(
+            "eventd offsets: --from-file {}: not a file of `reset --save` or `show --json`: {error}",
+            path.display()
+        );
+        EXIT_CONFIG
+    })?;
+    if saved.group != group {
+        eprintln!(
+            "eventd offsets: --from-file {} holds offsets of group {:?}, not of this consumer's group {group:?}",
+            path.display(),
+            saved.group
+        );
+        return Err(EXIT_CONFIG);
+    }
+    let topics: Vec<&str> = rows.iter().map(|row| row.topic.as_str()).collect();
+    for entry in &saved.partitions {
+        // A topic left out with --topic is not reset; a partition of a reset topic
+        // that does not exist is an error, not silently skipped.
+        if topics.contains(&entry.topic.as_str())
+            && !rows
+                .iter()
+                .any(|row| row.topic == entry.topic && row.partition == entry.partition)
+        {
+            eprintln!(
+                "eventd offsets: --from-file {}: {}/{} is not a partition of the topic",
+                path.display(),
+                entry.topic,
+                entry.partition
+            );
+            return Err(EXIT_CONFIG);
+        }
+    }
+    Ok(saved)
+}
+
+/// Writes the committed offsets a reset replaces, in the form `--from-file` reads;
+/// never over an existing file, which may hold an earlier reset's way back.
+fn save_replaced(path: &Path, group: &str, rows: &[Row]) -> std::io::Result<()> {
+    use std::io::Write;
+    let saved = SavedOffsets {
+        group: group.to_owned(),
+        partitions: rows
+            .iter()
+            .filter(|row| row.reset_to.is_some())
+            .map(|row| SavedPartition {
+                topic: row.topic.clone(),
+                partition: row.partition,
+                committed: row.committed,
+            })
+            .collect(),
+    };
+    let text = serde_json::to_string_pretty(&saved).map_err(std::io::Error::other)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)?;
+    file.write_all(text.as_bytes())?;
+    file.write_all(b"\n")?;
+    file.sync_all()
 }
 
 fn read_rows(client: &BaseConsumer<Diagnosis>, topics: &[String]) -> Result<Vec<Row>, String> {
@@ -196,6 +435,7 @@ fn read_rows(client: &BaseConsumer<Diagnosis>, topics: &[String]) -> Result<Vec<
             Offset::Offset(offset) => Some(offset),
             _ => None,
         };
+        let committed_by = committed.and_then(|_| OffsetHolder::from_metadata(element.metadata()));
         rows.push(Row {
             lag: (high - committed.unwrap_or(low).max(low)).max(0),
             topic,
@@ -204,6 +444,7 @@ fn read_rows(client: &BaseConsumer<Diagnosis>, topics: &[String]) -> Result<Vec<
             low,
             high,
             reset_to: None,
+            committed_by,
         });
     }
     rows.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
@@ -220,26 +461,6 @@ fn is_refused_as_outsider(error: &KafkaError) -> bool {
                 | RDKafkaErrorCode::RebalanceInProgress
         )
     )
-}
-
-/// Commits the committed offsets as they are: false if the broker refused the commit
-/// because the group has members.
-fn unchanged_commit_allowed(client: &BaseConsumer<Diagnosis>, rows: &[Row]) -> bool {
-    let mut list = TopicPartitionList::new();
-    for row in rows {
-        if let Some(committed) = row.committed {
-            if list
-                .add_partition_offset(&row.topic, row.partition, Offset::Offset(committed))
-                .is_err()
-            {
-                return true;
-            }
-        }
-    }
-    if list.count() == 0 {
-        return true;
-    }
-    !matches!(client.commit(&list, CommitMode::Sync), Err(error) if is_refused_as_outsider(&error))
 }
 
 /// Members of `group` the broker knows now (DescribeGroups).

@@ -372,6 +372,18 @@ pub struct ConsumerClient {
     lifecycle: Arc<Lifecycle>,
 }
 
+/// What a consumer commits as it closes.
+pub enum FinalCommit {
+    /// Nothing: it commits nothing at all (a `partitions` consumer without
+    /// `commit_group`).
+    Nothing,
+    /// What was stored since the last commit, if anything.
+    Stored,
+    /// Exactly these offsets, whether they moved or not: a `partitions` consumer's
+    /// final position, with the metadata saying it stopped.
+    Exactly(TopicPartitionList),
+}
+
 /// What the main queue hands a consumer's owner.
 pub enum MainQueueEvent {
     /// An event of an assigned partition that arrived on the main queue.
@@ -420,18 +432,30 @@ impl ConsumerClient {
         self.lifecycle.shutting_down.store(true, Ordering::Release);
     }
 
-    /// Commits what was stored (when `commit`), then closes the client on its polling
+    /// Commits as `final_commit` says, then closes the client on its polling
     /// thread and waits for that, all by `deadline`; false (and logged) if the commit
     /// or the close did not finish by then.
-    pub async fn close(&mut self, commit: bool, deadline: Deadline) -> bool {
+    pub async fn close(&mut self, final_commit: FinalCommit, deadline: Deadline) -> bool {
         let mut in_time = true;
         let name = self.name.as_str();
         if let Some(client) = self.consumer.take() {
-            if commit {
+            if !matches!(final_commit, FinalCommit::Nothing) {
+                let consumer_name = name.to_owned();
                 let committed = tokio::time::timeout(
                     deadline.left_before(POLL_THREAD_RESERVE),
-                    tokio::task::spawn_blocking(move || {
-                        client.commit_consumer_state(CommitMode::Sync)
+                    tokio::task::spawn_blocking(move || match final_commit {
+                        FinalCommit::Nothing | FinalCommit::Stored => {
+                            client.commit_consumer_state(CommitMode::Sync)
+                        }
+                        FinalCommit::Exactly(list) => {
+                            // Closing commits the stored offset with its metadata once
+                            // more (librdkafka's unassign), after this commit: stored
+                            // too, the two say the same.
+                            if let Err(error) = client.store_offsets(&list) {
+                                tracing::debug!(consumer = consumer_name, %error, "final offset not stored before the commit");
+                            }
+                            client.commit(&list, CommitMode::Sync)
+                        }
                     }),
                 )
                 .await;

@@ -18,15 +18,17 @@ pub struct OwnedPartition {
 }
 
 /// Hands `partitions` back within `timeout`; what is unfinished then is redelivered
-/// after the rebalance or restart, because its offset was not stored.
+/// after the rebalance or restart, because its offset was not stored. Returns, in
+/// the order of `partitions`, where each worker said it stands (`None` where it did
+/// not answer).
 pub async fn hand_back(
     consumer: &str,
     partitions: Vec<OwnedPartition>,
     router: &Router,
     timeout: Duration,
-) {
+) -> Vec<Option<FinalPosition>> {
     if partitions.is_empty() {
-        return;
+        return Vec::new();
     }
     let deadline = Instant::now() + timeout;
     let left = || deadline.saturating_duration_since(Instant::now());
@@ -51,10 +53,15 @@ pub async fn hand_back(
             Some(left().max(Duration::from_millis(100))),
         )
     });
+    let mut positions = Vec::with_capacity(partitions.len());
     for (p, result) in partitions
         .iter()
         .zip(futures::future::join_all(finals).await)
     {
+        positions.push(match &result {
+            Ok(CallResult::Success(position)) => Some(*position),
+            _ => None,
+        });
         match result {
             Ok(CallResult::Success(FinalPosition {
                 stored,
@@ -80,4 +87,5 @@ pub async fn hand_back(
         .iter()
         .map(|p| p.worker.stop_and_wait(None, Some(stop_wait)));
     futures::future::join_all(stops).await;
+    positions
 }

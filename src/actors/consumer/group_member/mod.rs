@@ -11,7 +11,8 @@ use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Message, OwnedMessage};
 
 use super::context::{
-    ConsumerClient, EventdContext, KafkaConsumer, KafkaPartitionQueue, Lifecycle, MainQueueEvent,
+    ConsumerClient, EventdContext, FinalCommit, KafkaConsumer, KafkaPartitionQueue, Lifecycle,
+    MainQueueEvent,
 };
 use super::handback::{hand_back, OwnedPartition};
 use super::partition_worker::{PartitionWorker, PartitionWorkerArgs, PartitionWorkerMsg};
@@ -191,6 +192,8 @@ impl Actor for GroupMember {
                             store_offsets: true,
                             lag_interval: state.shared.config.metrics.lag_interval,
                             stall_timeout: state.shared.config.health.stall_timeout,
+                            // The group's membership shows this process.
+                            heartbeat: None,
                         },
                         myself.get_cell(),
                     )
@@ -243,7 +246,7 @@ impl Actor for GroupMember {
                         .min(deadline.left_before(CLOSE_RESERVE)),
                 )
                 .await;
-                let closed = state.client.close(true, deadline).await;
+                let closed = state.client.close(FinalCommit::Stored, deadline).await;
                 let _ = reply.send(closed);
                 myself.stop(Some("shutdown".to_owned()));
             }

@@ -1,7 +1,9 @@
 //! A PartitionConsumer: one per topic partition of a `mode = "partitions"` entry. It
 //! assigns its partition by hand (no group balancing, so every instance of eventd sees
 //! every event) from the configured start, or from the position committed under
-//! `commit_group` when there is one, and runs one PartitionWorker for it.
+//! `commit_group` when there is one, and runs one PartitionWorker for it. No group
+//! membership shows such a consumer, so under `commit_group` its commits name the
+//! process (`kafka::holder`), also while idle, and its last one says it stopped.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,13 +13,18 @@ use rdkafka::consumer::Consumer;
 use rdkafka::message::OwnedMessage;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::context::{ConsumerClient, EventdContext, KafkaConsumer, Lifecycle, MainQueueEvent};
+use super::context::{
+    ConsumerClient, EventdContext, FinalCommit, KafkaConsumer, Lifecycle, MainQueueEvent,
+};
 use super::handback::{hand_back, OwnedPartition};
-use super::partition_worker::{PartitionWorker, PartitionWorkerArgs, PartitionWorkerMsg};
+use super::partition_worker::{
+    CommitHeartbeat, FinalPosition, PartitionWorker, PartitionWorkerArgs, PartitionWorkerMsg,
+};
 use super::ConsumerShared;
 use crate::actors::Deadline;
 use crate::config::{ConsumerConfig, NamedStart, StartPosition};
 use crate::kafka::consumer_config;
+use crate::kafka::holder::OffsetHolder;
 use crate::waits::{CLOSE_RESERVE, METADATA_TIMEOUT};
 
 pub struct PartitionConsumer;
@@ -48,6 +55,9 @@ pub struct PartitionConsumerState {
     partition: i32,
     client: ConsumerClient,
     worker: Option<ActorRef<PartitionWorkerMsg>>,
+    /// The offset committed under `commit_group` when the partition was assigned: the
+    /// final commit's offset if the worker stored none since.
+    committed_at_start: Option<i64>,
 }
 
 /// Runs however the actor ends (ractor skips `post_stop` after a failure).
@@ -59,24 +69,41 @@ impl Drop for PartitionConsumerState {
     }
 }
 
+/// The offset committed under `commit_group`, if any.
+fn committed_offset(
+    client: &KafkaConsumer,
+    consumer: &ConsumerConfig,
+    topic: &str,
+    partition: i32,
+) -> Result<Option<i64>, ActorProcessingErr> {
+    if consumer.commit_group.is_none() {
+        return Ok(None);
+    }
+    let mut list = TopicPartitionList::new();
+    list.add_partition(topic, partition);
+    let committed = client.committed_offsets(list, METADATA_TIMEOUT)?;
+    Ok(
+        match committed
+            .find_partition(topic, partition)
+            .map(|e| e.offset())
+        {
+            Some(Offset::Offset(offset)) => Some(offset),
+            _ => None,
+        },
+    )
+}
+
 /// The offset to start from: the committed one when there is one, else `start`.
 fn start_offset(
     client: &KafkaConsumer,
     consumer: &ConsumerConfig,
     topic: &str,
     partition: i32,
+    committed: Option<i64>,
 ) -> Result<Offset, ActorProcessingErr> {
     let timeout = METADATA_TIMEOUT;
-    if consumer.commit_group.is_some() {
-        let mut list = TopicPartitionList::new();
-        list.add_partition(topic, partition);
-        let committed = client.committed_offsets(list, timeout)?;
-        if let Some(Offset::Offset(offset)) = committed
-            .find_partition(topic, partition)
-            .map(|e| e.offset())
-        {
-            return Ok(Offset::Offset(offset));
-        }
+    if let Some(offset) = committed {
+        return Ok(Offset::Offset(offset));
     }
     Ok(match &consumer.start {
         StartPosition::Named(NamedStart::Earliest) => Offset::Beginning,
@@ -143,10 +170,14 @@ impl Actor for PartitionConsumer {
         let client: KafkaConsumer = settings.create_with_context(context)?;
         let client = Arc::new(client);
         crate::kafka::login::LOGINS.register(&client);
-        let start = {
+        let (start, committed_at_start) = {
             let (client, consumer, topic) = (client.clone(), consumer.clone(), topic.clone());
-            tokio::task::spawn_blocking(move || start_offset(&client, &consumer, &topic, partition))
-                .await??
+            tokio::task::spawn_blocking(move || {
+                let committed = committed_offset(&client, &consumer, &topic, partition)?;
+                start_offset(&client, &consumer, &topic, partition, committed)
+                    .map(|start| (start, committed))
+            })
+            .await??
         };
         // Split before assigning, so no fetched event can land on the main queue first.
         let queue = client
@@ -171,6 +202,10 @@ impl Actor for PartitionConsumer {
                 store_offsets: consumer.commit_group.is_some(),
                 lag_interval: shared.config.metrics.lag_interval,
                 stall_timeout: shared.config.health.stall_timeout,
+                heartbeat: consumer.commit_group.is_some().then_some(CommitHeartbeat {
+                    every: consumer.commit_interval,
+                    committed_at_start,
+                }),
             },
             myself.get_cell(),
         )
@@ -191,6 +226,7 @@ impl Actor for PartitionConsumer {
             partition,
             client,
             worker: Some(worker),
+            committed_at_start,
         })
     }
 
@@ -221,7 +257,7 @@ impl Actor for PartitionConsumer {
                     })
                     .into_iter()
                     .collect();
-                hand_back(
+                let positions = hand_back(
                     &state.name,
                     owned,
                     &state.shared.router,
@@ -231,10 +267,8 @@ impl Actor for PartitionConsumer {
                         .min(deadline.left_before(CLOSE_RESERVE)),
                 )
                 .await;
-                let closed = state
-                    .client
-                    .close(state.consumer.commit_group.is_some(), deadline)
-                    .await;
+                let final_commit = state.final_commit(positions.first().copied().flatten());
+                let closed = state.client.close(final_commit, deadline).await;
                 let _ = reply.send(closed);
                 myself.stop(Some("shutdown".to_owned()));
             }
@@ -253,5 +287,33 @@ impl Actor for PartitionConsumer {
             return Err(format!("partition worker of {} failed: {error}", state.name).into());
         }
         Ok(())
+    }
+}
+
+impl PartitionConsumerState {
+    /// The last commit: the partition's final position, with the metadata saying this
+    /// process stopped, so `offsets reset` need not wait for it to look gone. Without
+    /// the worker's answer its last store is unknown here, and committing the start
+    /// could move the position back: then only what librdkafka holds as stored.
+    fn final_commit(&self, handed_back: Option<FinalPosition>) -> FinalCommit {
+        if self.consumer.commit_group.is_none() {
+            return FinalCommit::Nothing;
+        }
+        let Some(position) = handed_back else {
+            return FinalCommit::Stored;
+        };
+        let Some(offset) = position.stored.or(self.committed_at_start) else {
+            return FinalCommit::Stored;
+        };
+        let mut list = TopicPartitionList::with_capacity(1);
+        let mut element = list.add_partition(&self.topic, self.partition);
+        if element.set_offset(Offset::Offset(offset)).is_err() {
+            return FinalCommit::Stored;
+        }
+        element.set_metadata(
+            OffsetHolder::this_process(&self.consumer.name, self.consumer.commit_interval, false)
+                .to_metadata(),
+        );
+        FinalCommit::Exactly(list)
     }
 }

@@ -27,6 +27,9 @@ impl PartitionWorkerState {
     pub(super) fn release(&mut self) {
         self.waker.abort();
         self.measuring.abort();
+        if let Some(heartbeat) = &self.heartbeat {
+            heartbeat.timer.abort();
+        }
         if BOARD.release(&self.board_key(), self.seat) {
             // The gauge's labels are the partition's: a newer worker of it sets its own.
             self.in_flight_gauge.set(0.0);

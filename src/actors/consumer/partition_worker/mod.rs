@@ -80,6 +80,26 @@ pub struct PartitionWorkerArgs {
     pub lag_interval: Duration,
     /// Unfinished events of which none finished for this long: stalled.
     pub stall_timeout: Duration,
+    /// Set for a `partitions` consumer under `commit_group`, which no group membership
+    /// shows: its commits name this process, and an idle partition recommits.
+    pub heartbeat: Option<CommitHeartbeat>,
+}
+
+/// How a `partitions` consumer keeps its commits showing it runs (`kafka::holder`).
+pub struct CommitHeartbeat {
+    /// `commit_interval`: an idle partition recommits this often.
+    pub every: Duration,
+    /// The offset committed under `commit_group` when the partition was assigned.
+    pub committed_at_start: Option<i64>,
+}
+
+struct HeartbeatState {
+    every: Duration,
+    committed_at_start: Option<i64>,
+    /// What was stored at the previous tick: a partition whose stored offset did not
+    /// move for a whole interval had it committed by auto-commit already.
+    seen_at_last_tick: Option<i64>,
+    timer: JoinHandle<()>,
 }
 
 /// Messages of a PartitionWorker.
@@ -113,6 +133,8 @@ pub enum PartitionWorkerMsg {
     /// Fail now, as a defect would (`fault` handlers with `action = "fail_partition"`).
     #[cfg(feature = "fault-injection")]
     InjectedFailure(String),
+    /// Every `commit_interval` with a heartbeat: recommit an idle partition's offset.
+    Heartbeat,
 }
 
 /// Where a partition stands when it is handed back.
@@ -167,6 +189,7 @@ pub struct PartitionWorkerState {
     measuring: JoinHandle<()>,
     /// This worker's claim on the partition's series.
     seat: Seat,
+    heartbeat: Option<HeartbeatState>,
 }
 
 /// A partition worker as the handlers of its batches see it.
@@ -465,6 +488,12 @@ impl Actor for PartitionWorker {
             args.topic.to_string(),
             args.partition,
         ));
+        let heartbeat = args.heartbeat.map(|beat| HeartbeatState {
+            every: beat.every,
+            committed_at_start: beat.committed_at_start,
+            seen_at_last_tick: beat.committed_at_start,
+            timer: myself.send_interval(beat.every, || PartitionWorkerMsg::Heartbeat),
+        });
         Ok(PartitionWorkerState {
             source_handle: Arc::new(WorkerHandle {
                 actor: myself.clone(),
@@ -502,6 +531,7 @@ impl Actor for PartitionWorker {
             stalled: false,
             measuring,
             seat,
+            heartbeat,
         })
     }
 
@@ -559,6 +589,7 @@ impl Actor for PartitionWorker {
             PartitionWorkerMsg::Measure => state.measure(),
             #[cfg(feature = "fault-injection")]
             PartitionWorkerMsg::InjectedFailure(reason) => return Err(reason.into()),
+            PartitionWorkerMsg::Heartbeat => state.heartbeat(),
             PartitionWorkerMsg::StoreFinal(reply) => {
                 state.store_if_moved();
                 let _ = reply.send(FinalPosition {

@@ -8,6 +8,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::PartitionWorkerState;
+use crate::kafka::holder::OffsetHolder;
 use crate::telemetry::metrics::PARTITION_REWINDS;
 
 /// An event below every offset this worker dispatched.
@@ -68,13 +69,9 @@ impl PartitionWorkerState {
             self.stored = Some(offset);
             return;
         }
-        let mut list = TopicPartitionList::with_capacity(1);
-        if list
-            .add_partition_offset(&self.topic, self.partition, Offset::Offset(offset))
-            .is_err()
-        {
+        let Some(list) = self.offset_list(offset) else {
             return;
-        }
+        };
         let Some((_, client)) = &self.source else {
             return;
         };
@@ -87,6 +84,54 @@ impl PartitionWorkerState {
             Err(error) => {
                 tracing::warn!(consumer = %self.consumer_name, topic = %self.topic, partition = self.partition, offset, %error, "cannot store offset");
             }
+        }
+    }
+
+    /// This partition at `offset`, with the metadata naming this process when the
+    /// consumer has a heartbeat (auto-commit sends a stored offset's metadata along).
+    fn offset_list(&self, offset: i64) -> Option<TopicPartitionList> {
+        let mut list = TopicPartitionList::with_capacity(1);
+        let mut element = list.add_partition(&self.topic, self.partition);
+        element.set_offset(Offset::Offset(offset)).ok()?;
+        if let Some(heartbeat) = &self.heartbeat {
+            element.set_metadata(
+                OffsetHolder::this_process(&self.consumer_name, heartbeat.every, true)
+                    .to_metadata(),
+            );
+        }
+        Some(list)
+    }
+
+    /// Recommits the committed offset of a partition whose stored offset did not move
+    /// for a whole interval, so its commits keep showing that this process runs.
+    /// Auto-commit sends nothing then, and a moving offset needs no help: its stores
+    /// carry fresh metadata. Only an offset stored an interval ago (auto-commit sent
+    /// it) or committed before the partition was assigned is recommitted: never one
+    /// that is not finished, and never one that moves the group's position.
+    pub(super) fn heartbeat(&mut self) {
+        let Some(heartbeat) = &mut self.heartbeat else {
+            return;
+        };
+        let current = self.stored.or(heartbeat.committed_at_start);
+        let moved = current != heartbeat.seen_at_last_tick;
+        heartbeat.seen_at_last_tick = current;
+        if moved || self.draining {
+            return;
+        }
+        let Some(offset) = current else {
+            // Nothing committed yet: there is no position to recommit.
+            return;
+        };
+        let Some(list) = self.offset_list(offset) else {
+            return;
+        };
+        let Some((_, client)) = &self.source else {
+            return;
+        };
+        // Async: librdkafka queues it behind any auto-commit already sent, and the
+        // commit callback reports a failure.
+        if let Err(error) = client.commit(&list, CommitMode::Async) {
+            tracing::debug!(consumer = %self.consumer_name, topic = %self.topic, partition = self.partition, offset, %error, "heartbeat commit not sent");
         }
     }
 }
