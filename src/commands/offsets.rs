@@ -231,6 +231,14 @@ pub fn run(config: Config, options: OffsetsOptions) -> i32 {
     print_rows(&group, &rows, false);
     if reset.dry_run {
         if let Some(path) = &reset.save {
+            // Refused as the real reset would be: it never replaces an existing file.
+            if path.exists() {
+                eprintln!(
+                    "eventd offsets: --save {}: the file exists; a reset would commit nothing",
+                    path.display()
+                );
+                return EXIT_CANNOT_SAVE;
+            }
             eprintln!("eventd offsets: dry run, {} not written", path.display());
         }
         eprintln!("eventd offsets: dry run, nothing committed");

@@ -231,6 +231,8 @@ pub async fn run(config: Config, options: ReplayOptions) -> i32 {
             }
             outcome = replay_one(&message, &options, &names, &mut standalone, &handler.retry, timeout) => outcome,
         };
+        // The wait for the next copy starts once this one is done.
+        last_read = Instant::now();
         // Progress in a partition stops at a copy that failed again or lies after
         // --until: the next run starts there, so nothing after it is handled now.
         match outcome {
@@ -290,15 +292,19 @@ pub async fn run(config: Config, options: ReplayOptions) -> i32 {
     let flushed = if options.dry_run || holds_events && matches!(ended, Ended::Interrupted) {
         Ok(())
     } else {
-        match tokio::time::timeout(timeout, standalone.flush()).await {
-            Ok(flushed) => flushed.map_err(|error| error.to_string()),
-            Err(_) => {
-                standalone.give_up();
-                Err(format!(
+        tokio::select! {
+            biased;
+            _ = &mut interrupted => {
+                ended = Ended::Interrupted;
+                Err("interrupted while writing count windows".to_owned())
+            }
+            flushed = tokio::time::timeout(timeout, standalone.flush()) => match flushed {
+                Ok(flushed) => flushed.map_err(|error| error.to_string()),
+                Err(_) => Err(format!(
                     "count records not acknowledged within --timeout {}",
                     humantime::format_duration(timeout)
-                ))
-            }
+                )),
+            },
         }
     };
     if let Err(error) = &flushed {
@@ -334,7 +340,11 @@ pub async fn run(config: Config, options: ReplayOptions) -> i32 {
     );
     match ended {
         Ended::Interrupted => {
-            eprintln!("eventd replay: interrupted; progress so far is committed");
+            if holds_events {
+                eprintln!("eventd replay: interrupted; nothing committed, as the count windows were not written");
+            } else {
+                eprintln!("eventd replay: interrupted; progress so far is committed");
+            }
             crate::commands::produce::EXIT_INTERRUPTED
         }
         Ended::Internal => EXIT_SOFTWARE,

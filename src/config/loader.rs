@@ -249,9 +249,11 @@ fn key_at(text: &str, line: usize, column: usize, is_toml: bool) -> Option<Strin
         let before: String = written.chars().take(column.saturating_sub(1)).collect();
         let (name, _) = before.rsplit_once(':')?;
         let name = name.trim_end().trim_end_matches('"');
+        // After the separator, counted in its own bytes: a non-ASCII space is wider.
         let start = name
-            .rfind(|c: char| c == '"' || c == '{' || c == ',' || c.is_whitespace())
-            .map_or(0, |at| at + 1);
+            .char_indices()
+            .rfind(|(_, c)| *c == '"' || *c == '{' || *c == ',' || c.is_whitespace())
+            .map_or(0, |(at, c)| at + c.len_utf8());
         let name = &name[start..];
         return (!name.is_empty()).then(|| name.to_owned());
     }

@@ -791,23 +791,42 @@ async fn fetch_partition_count(
     topic: String,
 ) -> Result<i32, MetadataError> {
     tokio::task::spawn_blocking(move || {
-        let metadata = producer
-            .client()
-            .fetch_metadata(Some(&topic), METADATA_TIMEOUT)
-            .map_err(|error| MetadataError::Unanswered(error.to_string()))?;
-        let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else {
-            return Err(MetadataError::NotListed);
-        };
-        if let Some(error) = found.error() {
-            return Err(MetadataError::Refused(RDKafkaErrorCode::from(error)));
-        }
-        match i32::try_from(found.partitions().len()) {
-            Ok(0) | Err(_) => Err(MetadataError::NoPartitions),
-            Ok(count) => Ok(count),
+        let asked_since = Instant::now();
+        loop {
+            let answer = ask_partition_count(&producer, &topic);
+            let unknown = matches!(
+                answer,
+                Err(MetadataError::NotListed
+                    | MetadataError::Refused(
+                        RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic
+                    ))
+            );
+            if !unknown || asked_since.elapsed() >= crate::waits::TOPIC_PROPAGATION {
+                return answer;
+            }
+            std::thread::sleep(crate::waits::TOPIC_PROPAGATION_ASK);
         }
     })
     .await
     .map_err(|error| MetadataError::Unanswered(error.to_string()))?
+}
+
+/// One metadata request for `topic`: its partition count, or why not. Blocking.
+fn ask_partition_count(producer: &KafkaProducer, topic: &str) -> Result<i32, MetadataError> {
+    let metadata = producer
+        .client()
+        .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+        .map_err(|error| MetadataError::Unanswered(error.to_string()))?;
+    let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else {
+        return Err(MetadataError::NotListed);
+    };
+    if let Some(error) = found.error() {
+        return Err(MetadataError::Refused(RDKafkaErrorCode::from(error)));
+    }
+    match i32::try_from(found.partitions().len()) {
+        Ok(0) | Err(_) => Err(MetadataError::NoPartitions),
+        Ok(count) => Ok(count),
+    }
 }
 
 /// Room kept below `producer.max_message_bytes` for the truncation headers and
