@@ -163,9 +163,9 @@ struct ReplayCommand {
     /// Consumer group that keeps the replay's progress [default: eventd-replay-<handler>].
     #[arg(long)]
     group: Option<String>,
-    /// Give up (exit 69) when one copy, reading on, or the final write of count
-    /// windows makes no progress for this long [default: twice producer.message_timeout
-    /// plus the handler's retry.max_backoff].
+    /// Longest wait (then exit 69) for one copy's handling, for the next copy while
+    /// partitions are not read to their end, and for the final write of count
+    /// windows [default: twice producer.message_timeout].
     #[arg(long, value_parser = humantime::parse_duration)]
     timeout: Option<std::time::Duration>,
 }

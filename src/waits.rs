@@ -9,13 +9,12 @@ use std::time::Duration;
 /// assignment's partition lookup, the one-shot commands.
 pub const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long an output topic the brokers call unknown is asked for again before the
-/// producer takes it as missing for good: a broker that just restarted, or a topic
-/// just created, may not know it at once (librdkafka's own wait for this is
-/// `topic.metadata.propagation.max.ms`, 30 s; events wait on this one, so shorter).
+/// How long an output topic the brokers call unknown (or refuse) counts as a failure
+/// that may pass before the producer takes it as missing for good: a broker that just
+/// restarted, or a topic just created, may not know it at once (librdkafka's own wait
+/// for this is `topic.metadata.propagation.max.ms`, 30 s; a key waits on this one, so
+/// shorter).
 pub const TOPIC_PROPAGATION: Duration = Duration::from_secs(5);
-/// Between two such asks.
-pub const TOPIC_PROPAGATION_ASK: Duration = Duration::from_millis(500);
 
 /// How long a partition count the producer learned is trusted before it is asked for
 /// again, so partitions added to a topic are used without a restart.

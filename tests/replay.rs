@@ -11,6 +11,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::*;
+use rdkafka::consumer::Consumer;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer};
 
@@ -398,8 +399,8 @@ fn replay_reports_a_copy_refused_for_good_and_stops_its_partition_there() {
         "a copy that fails again stays where it is, and is not dead-lettered again"
     );
 
-    // An output topic that does not exist refuses the copy for good too: it is not
-    // retried as if the broker were away (the timeout bounds the test if it were).
+    // An output topic that does not exist is neither created nor waited for: the
+    // copy is left for the next run, named, and the replay ends at once.
     let nowhere = config_file(
         dir.path(),
         "nowhere.toml",
@@ -408,9 +409,10 @@ fn replay_reports_a_copy_refused_for_good_and_stops_its_partition_there() {
     );
     let started = std::time::Instant::now();
     let unknown = replay(&nowhere, &["--handler", "x", "--timeout", "20s"]);
-    assert_eq!(unknown.status.code(), Some(1), "{}", text(&unknown));
+    assert_eq!(unknown.status.code(), Some(69), "{}", text(&unknown));
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
     assert!(
-        String::from_utf8_lossy(&unknown.stderr).contains("\"nowhere\""),
+        stderr.contains("dlq/0@0") && stderr.contains("\"nowhere\""),
         "{}",
         text(&unknown)
     );
@@ -418,6 +420,15 @@ fn replay_reports_a_copy_refused_for_good_and_stops_its_partition_there() {
         started.elapsed() < Duration::from_secs(20),
         "{:?}",
         started.elapsed()
+    );
+    let lister: rdkafka::consumer::BaseConsumer =
+        broker.client_config().create().expect("metadata client");
+    let listed = lister
+        .fetch_metadata(None, Duration::from_secs(10))
+        .expect("metadata");
+    assert!(
+        listed.topics().iter().all(|t| t.name() != "nowhere"),
+        "eventd creates no topics"
     );
 
     // Once the limit is raised, the next run handles both, from the failed one on.
@@ -432,9 +443,9 @@ fn replay_reports_a_copy_refused_for_good_and_stops_its_partition_there() {
     assert_eq!(id_list(&broker, "out-x"), vec!["e-0", "e-1"]);
 }
 
-/// Handler x fails with an outage (a transient error) on source offset 1, for
-/// `lasting`; it forwards everything else to out-x.
-fn x_unavailable_at_1(lasting: &str) -> String {
+/// Handler x meets `action` on source offset 1 (`extra` sets it up); it forwards
+/// everything else to out-x.
+fn x_faulting_at_1(action: &str, extra: &str) -> String {
     format!(
         r#"
 [[consumers]]
@@ -445,43 +456,43 @@ topics = ["like"]
 name = "x"
 kind = "fault"
 consumer = "main"
-action = "unavailable"
+action = "{action}"
 offsets = [1]
-lasting = "{lasting}"
+{extra}
 output = "out-x"
 "#
     )
 }
 
 #[test]
-fn replay_retries_an_outage_and_gives_up_at_its_timeout_naming_the_copy() {
+fn replay_leaves_a_copy_an_outage_holds_up_for_the_next_run() {
     let broker = Broker::start(1, TOPICS);
     dead_letter_copy(&broker, 0, "x", 1, 0);
     let dir = tempfile::tempdir().expect("tempdir");
 
-    // An outage longer than --timeout: the replay ends, says on what, commits nothing
-    // past it.
-    let endless = config_file(
+    // An outage: the copy is not retried here (the next run is the retry), it is named,
+    // nothing is committed past it, and the exit code says it may pass.
+    let outage = config_file(
         dir.path(),
-        "endless.toml",
+        "outage.toml",
         &broker,
-        &x_unavailable_at_1("1h"),
+        &x_faulting_at_1("unavailable", ""),
     );
-    let started = std::time::Instant::now();
-    let gave_up = replay(&endless, &["--handler", "x", "--timeout", "3s"]);
-    assert_eq!(gave_up.status.code(), Some(69), "{}", text(&gave_up));
-    let stderr = String::from_utf8_lossy(&gave_up.stderr);
+    let unfinished = replay(&outage, &["--handler", "x"]);
+    assert_eq!(unfinished.status.code(), Some(69), "{}", text(&unfinished));
+    let stderr = String::from_utf8_lossy(&unfinished.stderr);
     assert!(
-        stderr.contains("gave up")
-            && stderr.contains("dlq/0@0")
-            && stderr.contains("injected outage"),
+        stderr.contains("dlq/0@0")
+            && stderr.contains("injected outage")
+            && stderr.contains("next run"),
         "{}",
-        text(&gave_up)
+        text(&unfinished)
     );
     assert!(
-        started.elapsed() < Duration::from_secs(60),
-        "bounded by --timeout: {:?}",
-        started.elapsed()
+        String::from_utf8_lossy(&unfinished.stdout).contains("replayed 0, failed 0")
+            && String::from_utf8_lossy(&unfinished.stdout).contains("not finished 1"),
+        "{}",
+        text(&unfinished)
     );
     assert_eq!(
         broker.committed("eventd-replay-x", "dlq"),
@@ -489,13 +500,29 @@ fn replay_retries_an_outage_and_gives_up_at_its_timeout_naming_the_copy() {
         "nothing committed past a copy not finished"
     );
 
-    // An outage that passes within the default timeout: retried until it does.
-    let passing = config_file(
+    // A handler slower than --timeout: the replay does not wait past it.
+    let slow = config_file(
         dir.path(),
-        "passing.toml",
+        "slow.toml",
         &broker,
-        &x_unavailable_at_1("2s"),
+        &x_faulting_at_1("sleep", "sleep = \"1h\""),
     );
+    let started = std::time::Instant::now();
+    let timed_out = replay(&slow, &["--handler", "x", "--timeout", "2s"]);
+    assert_eq!(timed_out.status.code(), Some(69), "{}", text(&timed_out));
+    assert!(
+        String::from_utf8_lossy(&timed_out.stderr).contains("not finished within --timeout 2s"),
+        "{}",
+        text(&timed_out)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "bounded by --timeout: {:?}",
+        started.elapsed()
+    );
+
+    // Once it can pass, the next run replays it.
+    let passing = config_file(dir.path(), "passing.toml", &broker, &forwarding_x(""));
     let passed = replay(&passing, &["--handler", "x"]);
     assert_eq!(passed.status.code(), Some(0), "{}", text(&passed));
     assert!(
@@ -509,8 +536,8 @@ fn replay_retries_an_outage_and_gives_up_at_its_timeout_naming_the_copy() {
 #[test]
 fn replay_reads_each_partition_only_up_to_where_it_ended_at_the_start() {
     let broker = Broker::start(2, TOPICS);
-    // Partition 0's copy goes through at once; partition 1's waits out a 4 s outage,
-    // long enough for the test to add a copy to partition 0 meanwhile.
+    // Partition 0's copy goes through at once; partition 1's handler sleeps up to 4 s,
+    // which may leave the test time to add a copy to partition 0 meanwhile.
     dead_letter_copy(&broker, 0, "x", 0, 0);
     dead_letter_copy(&broker, 1, "x", 1, 0);
     let dir = tempfile::tempdir().expect("tempdir");
@@ -518,7 +545,7 @@ fn replay_reads_each_partition_only_up_to_where_it_ended_at_the_start() {
         dir.path(),
         "eventd.toml",
         &broker,
-        &x_unavailable_at_1("4s"),
+        &x_faulting_at_1("sleep", "sleep = \"4s\""),
     );
     let mut running = Command::new(env!("CARGO_BIN_EXE_eventd"))
         .arg("replay")

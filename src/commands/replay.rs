@@ -47,6 +47,7 @@ struct Tally {
     replayed: u64,
     would_replay: u64,
     failed: u64,
+    unfinished: u64,
     other_handler: u64,
     truncated: u64,
     outside_range: u64,
@@ -117,9 +118,7 @@ pub async fn run(config: Config, options: ReplayOptions) -> i32 {
         }
     };
 
-    let timeout = options
-        .timeout
-        .unwrap_or_else(|| default_timeout(&config, &handler));
+    let timeout = options.timeout.unwrap_or_else(|| default_timeout(&config));
     let config = Arc::new(config);
     let handle = ProducerActor::handle(&config);
     let producer = if options.dry_run {
@@ -229,7 +228,7 @@ pub async fn run(config: Config, options: ReplayOptions) -> i32 {
                 ended = Ended::Interrupted;
                 break;
             }
-            outcome = replay_one(&message, &options, &names, &mut standalone, &handler.retry, timeout) => outcome,
+            outcome = replay_one(&message, &options, &names, &mut standalone, timeout) => outcome,
         };
         // The wait for the next copy starts once this one is done.
         last_read = Instant::now();
@@ -251,12 +250,14 @@ pub async fn run(config: Config, options: ReplayOptions) -> i32 {
                 stop_reading(&consumer, &options.from, partition).await;
                 continue;
             }
-            Outcome::GaveUp(reason) => {
-                ended = Ended::GaveUp(format!(
-                    "{at} not finished within --timeout {}: {reason}",
-                    humantime::format_duration(timeout)
-                ));
-                break;
+            Outcome::Unfinished(reason) => {
+                tally.unfinished += 1;
+                eprintln!(
+                    "eventd replay: {at}: not finished, for a reason that may pass; left for the next run, partition {partition} stops here: {reason}"
+                );
+                pending.remove(&partition);
+                stop_reading(&consumer, &options.from, partition).await;
+                continue;
             }
             Outcome::OtherHandler => tally.other_handler += 1,
             Outcome::Truncated(source, size) => {
@@ -327,7 +328,7 @@ pub async fn run(config: Config, options: ReplayOptions) -> i32 {
         let _ = task.await;
     }
     println!(
-        "replay of {:?} by handler {:?}{}: replayed {}, failed {}, skipped {} (other handler {}, truncated {}, outside --since/--until {})",
+        "replay of {:?} by handler {:?}{}: replayed {}, failed {}, skipped {} (other handler {}, truncated {}, outside --since/--until {}){}",
         options.from,
         handler.name,
         if options.dry_run { " (dry run)" } else { "" },
@@ -337,6 +338,11 @@ pub async fn run(config: Config, options: ReplayOptions) -> i32 {
         tally.other_handler,
         tally.truncated,
         tally.outside_range,
+        if tally.unfinished > 0 {
+            format!(", not finished {}", tally.unfinished)
+        } else {
+            String::new()
+        },
     );
     match ended {
         Ended::Interrupted => {
@@ -352,7 +358,7 @@ pub async fn run(config: Config, options: ReplayOptions) -> i32 {
             eprintln!("eventd replay: gave up: {what}; progress before it is committed, run again once it can pass");
             EXIT_UNAVAILABLE
         }
-        Ended::Done if flushed.is_err() => EXIT_UNAVAILABLE,
+        Ended::Done if flushed.is_err() || tally.unfinished > 0 => EXIT_UNAVAILABLE,
         Ended::Done if tally.failed > 0 => 1,
         Ended::Done => 0,
     }
@@ -368,11 +374,10 @@ enum Ended {
     GaveUp(String),
 }
 
-/// Long enough for one attempt to be acknowledged or time out, a backoff, and a
-/// second attempt: less gives an outage no chance to pass, more keeps an operator
-/// waiting on one that does not.
-fn default_timeout(config: &Config, handler: &crate::config::HandlerConfig) -> Duration {
-    config.producer.message_timeout * 2 + handler.retry.max_backoff
+/// Long enough for a producer being restarted to take a copy and for the broker to
+/// acknowledge or refuse it: each waits up to `producer.message_timeout`.
+fn default_timeout(config: &Config) -> Duration {
+    config.producer.message_timeout * 2
 }
 
 /// Stops fetching a partition read to its end (or stopped at a failure), so nothing
@@ -394,8 +399,9 @@ enum Outcome {
     WouldReplay(String),
     /// Refused for good, or the handler panicked: reported, and the exit code is 1.
     Failed(String),
-    /// Kept failing for a reason that may pass (an outage) until --timeout.
-    GaveUp(String),
+    /// Failed for a reason that may pass (an outage), or took longer than --timeout:
+    /// the next run tries it again.
+    Unfinished(String),
     OtherHandler,
     Truncated(String, String),
     /// Outside --since/--until; true when after --until.
@@ -407,7 +413,6 @@ async fn replay_one(
     options: &ReplayOptions,
     names: &Arc<crate::event::FieldNames>,
     standalone: &mut Standalone,
-    retry: &crate::config::RetryConfig,
     timeout: Duration,
 ) -> Outcome {
     let found: HashMap<&str, &[u8]> = message
@@ -496,37 +501,18 @@ async fn replay_one(
         timestamp: message.timestamp().to_millis(),
         body,
     });
-    handle_until(standalone, event, retry, timeout).await
-}
-
-/// Gives `event` to the handler, and again after a backoff (under the handler's
-/// `[handlers.retry]`, as the daemon would) while it fails for a reason that may pass,
-/// until `timeout` from the first attempt.
-async fn handle_until(
-    standalone: &mut Standalone,
-    event: Arc<Event>,
-    retry: &crate::config::RetryConfig,
-    timeout: Duration,
-) -> Outcome {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut attempts = 0;
-    loop {
-        attempts += 1;
-        let error = match tokio::time::timeout_at(deadline, standalone.handle(event.clone())).await
-        {
-            Ok(Ok(())) => return Outcome::Replayed,
-            Ok(Err(StandaloneError::Transient(error))) => error,
-            Ok(Err(error @ (StandaloneError::Refused(_) | StandaloneError::Panicked(_)))) => {
-                return Outcome::Failed(error.to_string())
-            }
-            Err(_) => format!("attempt {attempts} still waiting at the deadline"),
-        };
-        let next = tokio::time::Instant::now() + retry.delay_after(attempts);
-        if next >= deadline {
-            return Outcome::GaveUp(format!("{attempts} attempts, the last: {error}"));
+    // One attempt: the replay has no outbox to park the copy in, and a second way of
+    // retrying would be a second failure path. The next run is the retry.
+    match tokio::time::timeout(timeout, standalone.handle(event)).await {
+        Ok(Ok(())) => Outcome::Replayed,
+        Ok(Err(StandaloneError::Transient(error))) => Outcome::Unfinished(error),
+        Ok(Err(error @ (StandaloneError::Refused(_) | StandaloneError::Panicked(_)))) => {
+            Outcome::Failed(error.to_string())
         }
-        eprintln!("eventd replay: attempt {attempts} failed, trying again: {error}");
-        tokio::time::sleep_until(next).await;
+        Err(_) => Outcome::Unfinished(format!(
+            "not finished within --timeout {}",
+            humantime::format_duration(timeout)
+        )),
     }
 }
 

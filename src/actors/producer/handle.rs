@@ -154,6 +154,9 @@ pub enum MetadataError {
     /// No answer in time, a transport error: the broker may come back.
     #[error("{0}")]
     Unanswered(String),
+    /// Unknown or refused, but only for less than `waits::TOPIC_PROPAGATION` so far.
+    #[error("{0} (so far; taken as missing if it lasts)")]
+    NotYetKnown(Box<MetadataError>),
 }
 
 impl MetadataError {
@@ -168,7 +171,9 @@ impl MetadataError {
                     | RDKafkaErrorCode::InvalidTopic
             ),
             MetadataError::NotListed => true,
-            MetadataError::NoPartitions | MetadataError::Unanswered(_) => false,
+            MetadataError::NoPartitions
+            | MetadataError::Unanswered(_)
+            | MetadataError::NotYetKnown(_) => false,
         }
     }
 }
@@ -338,6 +343,9 @@ struct Shared {
     /// a new topic do not each ask the broker, and a slow answer for one topic does
     /// not hold up sends to the others.
     first_fetch: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// When the brokers first called a topic unknown, until they know it: it counts as
+    /// missing for good only after `waits::TOPIC_PROPAGATION`.
+    unknown_since: Mutex<HashMap<String, Instant>>,
     /// Bumped each time a producer is installed, so a sender that met a broken one can
     /// wait for the next without holding on to the broken one.
     generation: AtomicU64,
@@ -375,6 +383,7 @@ impl ProducerHandle {
                 topics: ArcSwap::from_pointee(HashMap::new()),
                 epoch: Instant::now(),
                 first_fetch: Mutex::new(HashMap::new()),
+                unknown_since: Mutex::new(HashMap::new()),
                 generation: AtomicU64::new(0),
             }),
         }
@@ -745,12 +754,18 @@ impl ProducerHandle {
         if let Some(state) = self.shared.topics.load().get(topic) {
             return Ok(state.clone());
         }
-        let count = fetch_partition_count(producer.clone(), topic.to_owned())
-            .await
-            .map_err(|error| ProduceError::Metadata {
-                topic: topic.to_owned(),
-                error,
-            })?;
+        let count = match fetch_partition_count(producer.clone(), topic.to_owned()).await {
+            Ok(count) => {
+                self.shared.unknown_since.lock().remove(topic);
+                count
+            }
+            Err(error) => {
+                return Err(ProduceError::Metadata {
+                    topic: topic.to_owned(),
+                    error: self.unknown_for_now(topic, error),
+                })
+            }
+        };
         let state = Arc::new(TopicState::new(
             topic,
             count,
@@ -762,6 +777,26 @@ impl ProducerHandle {
             topics
         });
         Ok(state)
+    }
+
+    /// A topic the brokers call unknown may be one a restarted broker does not know yet,
+    /// or one just created: until it has been unknown for `waits::TOPIC_PROPAGATION`
+    /// the refusal may pass, and the sender backs off as for any failure that may.
+    fn unknown_for_now(&self, topic: &str, error: MetadataError) -> MetadataError {
+        if !error.is_permanent() {
+            return error;
+        }
+        let since = *self
+            .shared
+            .unknown_since
+            .lock()
+            .entry(topic.to_owned())
+            .or_insert_with(Instant::now);
+        if since.elapsed() < crate::waits::TOPIC_PROPAGATION {
+            MetadataError::NotYetKnown(Box::new(error))
+        } else {
+            error
+        }
     }
 
     /// Triggers a fatal producer error, as a fenced or broken idempotent producer would.
@@ -790,25 +825,9 @@ async fn fetch_partition_count(
     producer: Arc<KafkaProducer>,
     topic: String,
 ) -> Result<i32, MetadataError> {
-    tokio::task::spawn_blocking(move || {
-        let asked_since = Instant::now();
-        loop {
-            let answer = ask_partition_count(&producer, &topic);
-            let unknown = matches!(
-                answer,
-                Err(MetadataError::NotListed
-                    | MetadataError::Refused(
-                        RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic
-                    ))
-            );
-            if !unknown || asked_since.elapsed() >= crate::waits::TOPIC_PROPAGATION {
-                return answer;
-            }
-            std::thread::sleep(crate::waits::TOPIC_PROPAGATION_ASK);
-        }
-    })
-    .await
-    .map_err(|error| MetadataError::Unanswered(error.to_string()))?
+    tokio::task::spawn_blocking(move || ask_partition_count(&producer, &topic))
+        .await
+        .map_err(|error| MetadataError::Unanswered(error.to_string()))?
 }
 
 /// One metadata request for `topic`: its partition count, or why not. Blocking.
@@ -915,5 +934,43 @@ mod truncation_tests {
         let cut = truncated_to_fit(roomy.clone(), size(&roomy), limit);
         assert!(cut.headers.iter().any(|(name, _)| name == "own"));
         assert!(!cut.payload.is_empty() && size(&cut) <= limit);
+    }
+}
+
+#[cfg(test)]
+mod metadata_tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_topic_may_pass_at_first_and_is_missing_for_good_once_it_lasts() {
+        let handle = ProducerHandle::new(&crate::config::ProducerConfig::default());
+        let unknown = || MetadataError::Refused(RDKafkaErrorCode::UnknownTopicOrPartition);
+        assert!(unknown().is_permanent());
+        let first = handle.unknown_for_now("gone", unknown());
+        assert!(
+            matches!(first, MetadataError::NotYetKnown(_)) && !first.is_permanent(),
+            "{first:?}"
+        );
+        let unanswered = handle.unknown_for_now("gone", MetadataError::Unanswered("x".into()));
+        assert!(!unanswered.is_permanent());
+
+        let long_ago = Instant::now()
+            .checked_sub(crate::waits::TOPIC_PROPAGATION)
+            .expect("a clock past the propagation wait");
+        handle
+            .shared
+            .unknown_since
+            .lock()
+            .insert("gone".to_owned(), long_ago);
+        assert!(handle.unknown_for_now("gone", unknown()).is_permanent());
+        assert!(handle
+            .unknown_for_now("gone", MetadataError::NotListed)
+            .is_permanent());
+        assert!(
+            !handle
+                .unknown_for_now("other", MetadataError::NotListed)
+                .is_permanent(),
+            "each topic has its own wait"
+        );
     }
 }
