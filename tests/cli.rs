@@ -4,30 +4,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use common::*;
-
-fn eventd_bin() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_eventd"));
-    // A stray EVENTD__* variable of the caller's shell must not change what is tested.
-    for (key, _) in std::env::vars() {
-        if key.starts_with("EVENTD__") {
-            command.env_remove(key);
-        }
-    }
-    command
-}
-
-fn run_with(config: &Path) -> Output {
-    eventd_bin()
-        .arg("run")
-        .arg("--config")
-        .arg(config)
-        .output()
-        .expect("eventd runs")
-}
 
 fn check_config(config: &Path) -> Output {
     eventd_bin()

@@ -99,6 +99,29 @@ fn text(output: &Output) -> String {
     )
 }
 
+/// Asserts the exit code of a replay and that its stdout and stderr hold these texts.
+fn expect_outcome(output: &Output, code: i32, on_stdout: &[&str], on_stderr: &[&str]) {
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert_eq!(output.status.code(), Some(code), "{}", text(output));
+    for wanted in on_stdout {
+        assert!(
+            stdout.contains(wanted),
+            "wanted {wanted:?} on stdout: {}",
+            text(output)
+        );
+    }
+    for wanted in on_stderr {
+        assert!(
+            stderr.contains(wanted),
+            "wanted {wanted:?} on stderr: {}",
+            text(output)
+        );
+    }
+}
+
 /// Ids (`event_id`) of `topic`'s records, in order.
 fn id_list(broker: &Broker, topic: &str) -> Vec<String> {
     broker
@@ -376,17 +399,11 @@ fn replay_reports_a_copy_refused_for_good_and_stops_its_partition_there() {
     );
 
     let refused = replay(&small, &["--handler", "x"]);
-    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
-    assert!(
-        String::from_utf8_lossy(&refused.stdout).contains("replayed 0, failed 1"),
-        "{}",
-        text(&refused)
-    );
-    let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(
-        stderr.contains("dlq/0@0") && stderr.contains("above producer.max_message_bytes"),
-        "{}",
-        text(&refused)
+    expect_outcome(
+        &refused,
+        1,
+        &["replayed 0, failed 1"],
+        &["dlq/0@0", "above producer.max_message_bytes"],
     );
     assert!(
         id_list(&broker, "out-x").is_empty(),
@@ -409,12 +426,11 @@ fn replay_reports_a_copy_refused_for_good_and_stops_its_partition_there() {
     );
     let started = std::time::Instant::now();
     let unknown = replay(&nowhere, &["--handler", "x", "--timeout", "20s"]);
-    assert_eq!(unknown.status.code(), Some(69), "{}", text(&unknown));
-    let stderr = String::from_utf8_lossy(&unknown.stderr);
-    assert!(
-        stderr.contains("dlq/0@0") && stderr.contains("\"nowhere\""),
-        "{}",
-        text(&unknown)
+    expect_outcome(
+        &unknown,
+        69,
+        &["not finished 1"],
+        &["dlq/0@0", "\"nowhere\""],
     );
     assert!(
         started.elapsed() < Duration::from_secs(20),
@@ -434,12 +450,7 @@ fn replay_reports_a_copy_refused_for_good_and_stops_its_partition_there() {
     // Once the limit is raised, the next run handles both, from the failed one on.
     let large = config_file(dir.path(), "large.toml", &broker, &forwarding_x(""));
     let fixed = replay(&large, &["--handler", "x"]);
-    assert_eq!(fixed.status.code(), Some(0), "{}", text(&fixed));
-    assert!(
-        String::from_utf8_lossy(&fixed.stdout).contains("replayed 2, failed 0"),
-        "{}",
-        text(&fixed)
-    );
+    expect_outcome(&fixed, 0, &["replayed 2, failed 0"], &[]);
     assert_eq!(id_list(&broker, "out-x"), vec!["e-0", "e-1"]);
 }
 
@@ -479,20 +490,11 @@ fn replay_leaves_a_copy_an_outage_holds_up_for_the_next_run() {
         &x_faulting_at_1("unavailable", ""),
     );
     let unfinished = replay(&outage, &["--handler", "x"]);
-    assert_eq!(unfinished.status.code(), Some(69), "{}", text(&unfinished));
-    let stderr = String::from_utf8_lossy(&unfinished.stderr);
-    assert!(
-        stderr.contains("dlq/0@0")
-            && stderr.contains("injected outage")
-            && stderr.contains("next run"),
-        "{}",
-        text(&unfinished)
-    );
-    assert!(
-        String::from_utf8_lossy(&unfinished.stdout).contains("replayed 0, failed 0")
-            && String::from_utf8_lossy(&unfinished.stdout).contains("not finished 1"),
-        "{}",
-        text(&unfinished)
+    expect_outcome(
+        &unfinished,
+        69,
+        &["replayed 0, failed 0", "not finished 1"],
+        &["dlq/0@0", "injected outage", "next run"],
     );
     assert_eq!(
         broker.committed("eventd-replay-x", "dlq"),
@@ -509,12 +511,7 @@ fn replay_leaves_a_copy_an_outage_holds_up_for_the_next_run() {
     );
     let started = std::time::Instant::now();
     let timed_out = replay(&slow, &["--handler", "x", "--timeout", "2s"]);
-    assert_eq!(timed_out.status.code(), Some(69), "{}", text(&timed_out));
-    assert!(
-        String::from_utf8_lossy(&timed_out.stderr).contains("not finished within --timeout 2s"),
-        "{}",
-        text(&timed_out)
-    );
+    expect_outcome(&timed_out, 69, &[], &["not finished within --timeout 2s"]);
     assert!(
         started.elapsed() < Duration::from_secs(30),
         "bounded by --timeout: {:?}",
@@ -524,12 +521,7 @@ fn replay_leaves_a_copy_an_outage_holds_up_for_the_next_run() {
     // Once it can pass, the next run replays it.
     let passing = config_file(dir.path(), "passing.toml", &broker, &forwarding_x(""));
     let passed = replay(&passing, &["--handler", "x"]);
-    assert_eq!(passed.status.code(), Some(0), "{}", text(&passed));
-    assert!(
-        String::from_utf8_lossy(&passed.stdout).contains("replayed 1, failed 0"),
-        "{}",
-        text(&passed)
-    );
+    expect_outcome(&passed, 0, &["replayed 1, failed 0"], &[]);
     assert_eq!(id_list(&broker, "out-x"), vec!["e-1"]);
 }
 
@@ -574,11 +566,6 @@ fn replay_reads_each_partition_only_up_to_where_it_ended_at_the_start() {
         id_list(&broker, "out-x")
     );
     let next = replay(&config, &["--handler", "x"]);
-    assert_eq!(next.status.code(), Some(0), "{}", text(&next));
-    assert!(
-        String::from_utf8_lossy(&next.stdout).contains("replayed 1, failed 0"),
-        "{}",
-        text(&next)
-    );
+    expect_outcome(&next, 0, &["replayed 1, failed 0"], &[]);
     assert!(id_list(&broker, "out-x").contains(&"e-2".to_owned()));
 }

@@ -1006,3 +1006,25 @@ impl Broker {
         records
     }
 }
+
+/// The eventd binary, without any EVENTD__* variable of the caller's shell: a stray one
+/// must not change what is tested.
+pub fn eventd_bin() -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_eventd"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("EVENTD__") {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
+/// `eventd run --config CONFIG` to its end (for configs it refuses).
+pub fn run_with(config: &std::path::Path) -> std::process::Output {
+    eventd_bin()
+        .arg("run")
+        .arg("--config")
+        .arg(config)
+        .output()
+        .expect("eventd runs")
+}
