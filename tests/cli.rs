@@ -4,18 +4,9 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::time::Duration;
 
 use common::*;
-
-fn check_config(config: &Path) -> Output {
-    eventd_bin()
-        .arg("check-config")
-        .arg(config)
-        .output()
-        .expect("eventd check-config runs")
-}
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()

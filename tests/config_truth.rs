@@ -14,14 +14,6 @@ use common::*;
 
 const SECRET: &str = "s3cret-planted-7d21";
 
-fn check_config(config: &Path) -> Output {
-    eventd_bin()
-        .arg("check-config")
-        .arg(config)
-        .output()
-        .expect("eventd check-config runs")
-}
-
 fn shown(output: &Output) -> String {
     format!(
         "{}{}",
@@ -66,29 +58,21 @@ fn a_syntax_error_names_file_line_column_and_key_but_never_the_secret_on_that_li
         path.display()
     );
 
-    let checked = check_config(&path);
-    let printed = shown(&checked);
-    assert!(
-        !printed.contains(SECRET),
-        "check-config printed the secret:\n{printed}"
-    );
-    assert_eq!(checked.status.code(), Some(78), "{printed}");
-    assert!(
-        printed.contains(&expected),
-        "wanted {expected:?} in:\n{printed}"
-    );
-
-    let ran = run_with(&path);
-    let printed = shown(&ran);
-    assert!(
-        !printed.contains(SECRET),
-        "run printed the secret:\n{printed}"
-    );
-    assert_eq!(ran.status.code(), Some(78), "{printed}");
-    assert!(
-        printed.contains(&expected),
-        "wanted {expected:?} in:\n{printed}"
-    );
+    for (command, output) in [
+        ("check-config", check_config(&path)),
+        ("run", run_with(&path)),
+    ] {
+        let printed = shown(&output);
+        assert!(
+            !printed.contains(SECRET),
+            "{command} printed the secret:\n{printed}"
+        );
+        assert_eq!(output.status.code(), Some(78), "{command}: {printed}");
+        assert!(
+            printed.contains(&expected),
+            "{command}: wanted {expected:?} in:\n{printed}"
+        );
+    }
 }
 
 #[test]

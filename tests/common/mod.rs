@@ -1028,3 +1028,12 @@ pub fn run_with(config: &std::path::Path) -> std::process::Output {
         .output()
         .expect("eventd runs")
 }
+
+/// `eventd check-config CONFIG`.
+pub fn check_config(config: &std::path::Path) -> std::process::Output {
+    eventd_bin()
+        .arg("check-config")
+        .arg(config)
+        .output()
+        .expect("eventd check-config runs")
+}
