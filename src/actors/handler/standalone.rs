@@ -11,7 +11,9 @@ use futures::FutureExt;
 
 use super::actor::HandlerArgs;
 use super::kinds::{Behaviour, SlotMemory};
-use super::{Batch, BatchSource, HandlerPool, HandlerSettings, Route, Router, Transient};
+use super::{
+    Batch, BatchSource, FlushError, HandlerPool, HandlerSettings, Route, Router, Transient,
+};
 use crate::actors::producer::dead_letter::Blocked;
 use crate::actors::producer::ProducerHandle;
 use crate::config::{Config, HandlerConfig};
@@ -36,13 +38,6 @@ pub enum StandaloneError {
     Transient(String),
     #[error("handler panicked: {0}")]
     Panicked(String),
-}
-
-/// Records a count handler holds that the broker has not acknowledged.
-#[derive(Debug, thiserror::Error)]
-#[error("{records} count records not acknowledged by the broker")]
-pub struct Unflushed {
-    pub records: usize,
 }
 
 /// Where a standalone handler reports: nobody waits on its offsets. It stays open
@@ -134,13 +129,18 @@ impl Standalone {
     /// Emits what the handler still holds (count windows) and waits until the broker
     /// acknowledged every record, sending again what failed after its backoff. It
     /// ends only when all landed: the caller bounds it, then calls `give_up`.
-    pub async fn flush(&mut self) -> Result<(), Unflushed> {
+    pub async fn flush(&mut self) -> Result<(), FlushError> {
         loop {
             match self.behaviour.flush(&self.pool, 0).await {
                 0 => return Ok(()),
                 // Records in their backoff are sent by the next pass once due.
                 _ if self.source.is_open() => tokio::time::sleep(FLUSH_PASS).await,
-                records => return Err(Unflushed { records }),
+                records => {
+                    return Err(FlushError::Unacknowledged {
+                        handler: self.pool.name.to_string(),
+                        records,
+                    })
+                }
             }
         }
     }
