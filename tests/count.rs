@@ -257,6 +257,42 @@ fn count_recounts_after_sigkill_and_never_loses() {
     }
 }
 
+/// Shutdown inside a broker outage: the open windows cannot be written, and the log
+/// says so, with how many records the broker did not acknowledge, rather than taking
+/// the hand-back's flush for done.
+#[test]
+fn count_records_the_broker_did_not_take_at_shutdown_are_named_in_the_log() {
+    let broker = Broker::start(4, &[INPUT, OUTPUT]);
+    let (input, _) = known_input();
+    broker.produce(INPUT, &input);
+    // message_timeout is 2 s (default 30 s) so the handler gives its records up inside
+    // the hand-back's wait; with the default the hand-back stops waiting first, and the
+    // log names a flush not answered instead.
+    // The forward handler makes the producer learn the output topic before the outage,
+    // so the count records are queued, not held up asking for metadata.
+    let config = format!(
+        "[producer]\nmessage_timeout = \"2s\"\n{}\n[[handlers]]\nname = \"warm\"\nkind = \"forward\"\nconsumer = \"analytics\"\noutput = \"{OUTPUT}\"\n",
+        config("1h")
+    );
+    let mut eventd = start_eventd(&broker, &config);
+    wait_handled(&eventd, input.len());
+    broker
+        .embedded()
+        .set_available(false)
+        .expect("take the broker down");
+    eventd.signal("TERM");
+    let status = eventd.wait_exit(Duration::from_secs(40));
+    let logs = eventd.logs();
+    assert!(status.is_some(), "eventd did not stop; logs:\n{logs}");
+    let said = eventd.log_lines("count windows not emitted; their events will be recounted");
+    assert!(
+        said.iter().any(|line| line["error"]
+            .as_str()
+            .is_some_and(|error| error.contains("count records not acknowledged by the broker"))),
+        "no log line names the records the broker did not take; logs:\n{logs}"
+    );
+}
+
 #[test]
 fn partial_windows_are_emitted_on_shutdown() {
     let broker = Broker::start(4, &[INPUT, OUTPUT]);
