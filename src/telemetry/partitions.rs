@@ -87,8 +87,10 @@ impl PartitionBoard {
     }
 
     /// The partition's worker ended, whatever ended it (revoke, shutdown, killed with
-    /// its failed group member): its series go now. True when they were its own.
-    pub fn release(&self, key: &PartitionKey, seat: Seat) -> bool {
+    /// its failed group member): its series go now, and `also` clears what it keeps
+    /// elsewhere, under the same lock so a successor claiming the partition meanwhile
+    /// keeps its own. True when they were its own.
+    pub fn release(&self, key: &PartitionKey, seat: Seat, also: impl FnOnce()) -> bool {
         let mut board = self.inner.lock();
         if board
             .workers
@@ -97,6 +99,7 @@ impl PartitionBoard {
         {
             board.workers.remove(key);
             board.messages.remove(key);
+            also();
             return true;
         }
         false
@@ -215,7 +218,7 @@ mod tests {
             "{page}"
         );
         assert_eq!(board.stalled(), [key(0)]);
-        assert!(board.release(&key(0), seat));
+        assert!(board.release(&key(0), seat, || {}));
         let page = board.render();
         assert!(!page.contains("partition=\"0\""), "{page}");
         assert!(page.contains("partition=\"1\"} 3"), "{page}");
@@ -237,7 +240,7 @@ mod tests {
             "the old worker no longer reports"
         );
         board.set_worker(&key(0), new, 0.5, false);
-        assert!(!board.release(&key(0), old));
+        assert!(!board.release(&key(0), old, || panic!("not the old worker's to clear")));
         assert!(
             board
                 .render()

@@ -30,10 +30,9 @@ impl PartitionWorkerState {
         if let Some(heartbeat) = &self.heartbeat {
             heartbeat.timer.abort();
         }
-        if BOARD.release(&self.board_key(), self.seat) {
-            // The gauge's labels are the partition's: a newer worker of it sets its own.
-            self.in_flight_gauge.set(0.0);
-        }
+        // The gauge's labels are the partition's: a newer worker of it sets its own.
+        let gauge = &self.in_flight_gauge;
+        BOARD.release(&self.board_key(), self.seat, || gauge.set(0.0));
         // The queue and the client close the consumer if they are its last references.
         if let Some(source) = self.source.take() {
             crate::actors::drop_off_runtime(source);
