@@ -290,3 +290,66 @@ fn a_secret_file_others_can_read_is_warned_about_and_an_unreadable_file_is_refus
         "{printed}"
     );
 }
+
+/// A secret file holding a NUL byte (a binary file mounted by mistake) cannot be a
+/// librdkafka credential: `check-config` and `run` refuse it naming the key, and a
+/// reload that brings it is refused while the running config keeps working (before, the
+/// start failed naming `kafka.options`, and a reload's rotation was refused by every
+/// client).
+#[test]
+fn a_secret_with_a_nul_byte_is_refused_naming_its_key_at_check_start_and_reload() {
+    let broker = Broker::start(2, &["like", "out"]);
+    let secrets = tempfile::tempdir().expect("tempdir");
+    let password_file = secrets.path().join("kafka-password");
+    std::fs::write(&password_file, b"pass\0word\n").expect("password file");
+    let section = format!(
+        "\n[kafka.security]\nprotocol = \"sasl_plaintext\"\nsasl_mechanism = \"PLAIN\"\nusername = \"reader\"\npassword = \"file:{}\"\n",
+        password_file.display()
+    );
+    let expected = "kafka.security.password: contains a NUL byte";
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(
+        &dir,
+        "eventd.toml",
+        &format!(
+            "[kafka]\nbrokers = \"{}\"\n{section}{COPY_LIKE_TO_OUT}",
+            broker.bootstrap()
+        ),
+    );
+    for (command, output) in [
+        ("check-config", check_config(&path)),
+        ("run", run_with(&path)),
+    ] {
+        let printed = shown(&output);
+        assert_eq!(output.status.code(), Some(78), "{command}: {printed}");
+        assert!(
+            printed.contains(expected) && !printed.contains("kafka.options"),
+            "{command}: wanted {expected:?} in:\n{printed}"
+        );
+    }
+
+    let eventd = start_eventd(&broker, COPY_LIKE_TO_OUT);
+    let all = events(20, 4);
+    broker.produce("like", &all[..10]);
+    broker.expect_every_id("out", 10, Duration::from_secs(60), &eventd);
+    let good = std::fs::read_to_string(&eventd.config).expect("read config");
+    std::fs::write(&eventd.config, good + &section).expect("write bad config");
+    eventd.signal("HUP");
+    assert!(
+        eventd.wait_until(Duration::from_secs(20), |e| {
+            e.log_lines("reload refused; keeping the running config")
+                .iter()
+                .any(|line| {
+                    line["error"]
+                        .as_str()
+                        .is_some_and(|error| error.contains(expected))
+                })
+        }),
+        "no refused reload naming kafka.security.password:\n{}",
+        eventd.logs()
+    );
+    broker.produce("like", &all[10..]);
+    broker.expect_every_id("out", 20, Duration::from_secs(60), &eventd);
+    assert!(eventd.is_running(), "eventd exited after a refused reload");
+}

@@ -243,6 +243,21 @@ impl SecurityConfig {
                 }
             }
         }
+        // librdkafka takes C strings: a NUL byte (a binary file mounted as a secret)
+        // would otherwise surface as an unnamed FFI error at start, or as a credential
+        // rotation every client refuses at a reload.
+        for (key, secret) in [
+            ("username", &self.username),
+            ("password", &self.password),
+            ("key_password", &self.key_password),
+        ] {
+            if secret.as_ref().is_some_and(|s| s.value().contains('\0')) {
+                issues.push(issue(
+                    key,
+                    "contains a NUL byte, which librdkafka cannot take",
+                ));
+            }
+        }
         let tls = matches!(protocol, SecurityProtocol::Ssl | SecurityProtocol::SaslSsl);
         for (key, set) in [
             ("ca", self.ca.is_some()),

@@ -109,7 +109,13 @@ impl Config {
                 );
             }
         }
-        if !owned_set {
+        // The clients are built from [kafka.security] too: a value refused there would
+        // come back from librdkafka as a second, vaguer error.
+        let security_refused = issues
+            .0
+            .iter()
+            .any(|issue| issue.key.starts_with("kafka.security."));
+        if !owned_set && !security_refused {
             issues.0.extend(crate::kafka::check_client_configs(self));
         }
     }
