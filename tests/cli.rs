@@ -734,3 +734,96 @@ output = "like_counts"
         .expect("eventd runs");
     assert_eq!(output.status.code(), Some(0), "{}", text(&output.stdout));
 }
+
+/// A reload that reaches the handlers while their supervisor is busy (restarting a
+/// handler whose start is slow) cannot be confirmed in time. Its live change is
+/// reported as handed over and unconfirmed, not as needing a restart: the supervisor
+/// applies it once free, and the log handler then stops logging without a restart.
+#[test]
+fn a_reload_the_handlers_cannot_confirm_in_time_is_reported_as_unconfirmed() {
+    let broker = Broker::start(1, &["like"]);
+    let eventd = start_eventd(
+        &broker,
+        r#"
+[[consumers]]
+name = "main"
+topics = ["like"]
+
+[[handlers]]
+name = "shown"
+kind = "log"
+consumer = "main"
+sample = 1.0
+
+[[handlers]]
+name = "crashing"
+kind = "fault"
+consumer = "main"
+action = "panic"
+offsets = [0]
+once = true
+restart_delay = "12s"
+"#,
+    );
+    broker.produce("like", &events(1, 1));
+    assert!(
+        eventd.wait_until(Duration::from_secs(30), |e| e
+            .logs()
+            .contains("fault: slow restart")),
+        "the crashing handler was not restarted; logs:\n{}",
+        eventd.logs()
+    );
+    let good = std::fs::read_to_string(&eventd.config).expect("read config");
+    std::fs::write(&eventd.config, good.replace("sample = 1.0", "sample = 0.0"))
+        .expect("write config");
+    eventd.signal("HUP");
+    assert!(
+        eventd.wait_until(Duration::from_secs(20), |e| e
+            .logs()
+            .contains("config reloaded")),
+        "no reload reported; logs:\n{}",
+        eventd.logs()
+    );
+    let unconfirmed = eventd.log_lines(
+        "config change handed to the handlers, which did not confirm it in time; restart to be sure it applies",
+    );
+    assert!(
+        unconfirmed
+            .iter()
+            .any(|line| line["key"] == "handlers[0].sample"),
+        "handlers[0].sample not reported as unconfirmed; logs:\n{}",
+        eventd.logs()
+    );
+    assert!(
+        eventd
+            .log_lines("config change needs a restart; not applied")
+            .is_empty(),
+        "a live change was reported as needing a restart; logs:\n{}",
+        eventd.logs()
+    );
+    assert_eq!(
+        eventd.metric("eventd_config_reloads_total", &[("outcome", "partial")]),
+        1.0
+    );
+    // Once the restart is over the supervisor applies the change: later events are
+    // skipped, not logged.
+    let skipped = |e: &Eventd| {
+        e.metric_if_present(
+            "eventd_events_handled_total",
+            &[("handler", "shown"), ("outcome", "skipped")],
+        )
+        .unwrap_or(0.0)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    let mut id = 1;
+    while skipped(&eventd) < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the unconfirmed sample = 0.0 never applied; logs:\n{}",
+            eventd.logs()
+        );
+        broker.produce("like", &[("item-1".to_owned(), event(id, "item-1"))]);
+        id += 1;
+        eventd.wait_until(Duration::from_millis(500), |e| skipped(e) >= 1.0);
+    }
+}

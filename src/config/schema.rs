@@ -535,6 +535,10 @@ pub struct HandlerConfig {
     /// `fault` with `action = "sleep"`: sleep a random time up to this.
     #[serde(default, with = "humantime_serde")]
     pub sleep: Option<Duration>,
+    /// `fault`: a restarted actor of this handler takes this long to start, and its
+    /// supervisor waits on it (a handler whose start is slow).
+    #[serde(default, with = "humantime_serde")]
+    pub restart_delay: Option<Duration>,
     /// How an event the handler fails on is tried again.
     #[serde(default)]
     pub retry: RetryConfig,

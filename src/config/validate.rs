@@ -534,7 +534,15 @@ fn kind_keys(kind: HandlerKind) -> (&'static [&'static str], &'static [&'static 
         HandlerKind::Fault => (
             &["action"],
             &[
-                "action", "every", "offsets", "once", "times", "lasting", "sleep", "output",
+                "action",
+                "every",
+                "offsets",
+                "once",
+                "times",
+                "lasting",
+                "sleep",
+                "restart_delay",
+                "output",
             ],
         ),
     }
@@ -575,6 +583,7 @@ fn validate_kind_fields(
         ("times", handler.times.is_some()),
         ("lasting", handler.lasting.is_some()),
         ("sleep", handler.sleep.is_some()),
+        ("restart_delay", handler.restart_delay.is_some()),
     ];
     let (required, allowed) = kind_keys(kind);
     for (field, is_set) in set {

@@ -114,6 +114,10 @@ impl Actor for HandlerActor {
         args: HandlerArgs,
     ) -> Result<HandlerState, ActorProcessingErr> {
         let behaviour = Behaviour::new(&args);
+        if let Some(delay) = behaviour.start_delay() {
+            tracing::warn!(handler = %args.pool.name, slot = args.slot, delay = ?delay, "fault: slow restart");
+            tokio::time::sleep(delay).await;
+        }
         let ticker = behaviour
             .tick_period()
             .map(|period| myself.send_interval(period, || HandlerMsg::Tick));

@@ -24,6 +24,8 @@ pub struct FaultMemory {
     seen: AtomicU64,
     fired: Mutex<HashMap<(String, i32, i64), u32>>,
     first_action: Mutex<Option<Instant>>,
+    /// Slots whose actor started once: a later start is a restart.
+    started: Mutex<HashSet<usize>>,
 }
 
 pub struct Fault {
@@ -38,6 +40,8 @@ pub struct Fault {
     rng: fastrand::Rng,
     forward: Option<Forward>,
     producer: ProducerHandle,
+    /// How long this actor takes to start: `restart_delay` when it is a restart.
+    start_delay: Option<Duration>,
 }
 
 impl Fault {
@@ -48,7 +52,9 @@ impl Fault {
         forward: Forward,
         producer: ProducerHandle,
     ) -> Self {
+        let restarted = !memory.started.lock().insert(slot);
         Self {
+            start_delay: config.restart_delay.filter(|_| restarted),
             action: config.action.unwrap_or(FaultAction::Fail),
             every: config.every,
             offsets: config.offsets.iter().flatten().copied().collect(),
@@ -60,6 +66,10 @@ impl Fault {
             forward: config.output.is_some().then_some(forward),
             producer,
         }
+    }
+
+    pub fn start_delay(&self) -> Option<Duration> {
+        self.start_delay
     }
 
     fn chosen(&self, event: &Event) -> bool {

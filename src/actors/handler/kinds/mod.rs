@@ -84,6 +84,15 @@ impl Behaviour {
         }
     }
 
+    /// How long the actor takes to start (tests drive a slow start through `fault`).
+    pub fn start_delay(&self) -> Option<Duration> {
+        match self {
+            #[cfg(feature = "fault-injection")]
+            Behaviour::Fault(fault) => fault.start_delay(),
+            _ => None,
+        }
+    }
+
     pub fn tick_period(&self) -> Option<Duration> {
         match self {
             Behaviour::Count(count) => Some(tick_period_for(count.window())),
