@@ -459,3 +459,48 @@ fn on_tansu_reset_says_a_running_partitions_consumer_cannot_be_seen() {
         eventd.logs()
     );
 }
+
+/// A partitions consumer shows that it runs from its start, not one `commit_interval`
+/// later: its workers recommit the committed offset with fresh metadata at once, so a
+/// `reset` right after a restart is refused instead of rewinding a running process.
+/// (A 60 s interval makes the gap wide enough to see.)
+#[test]
+fn a_restarted_partitions_consumer_is_seen_running_before_its_first_interval() {
+    let broker = Broker::start(2, &["like", "out"]);
+    let (mut first, dir, config) = partitions_consumer_at_the_end(&broker, 20);
+    first.terminate(Duration::from_secs(30));
+    for row in partitions_of(&shown_document(&config)) {
+        assert_eq!(row["committed_by"]["running"], false, "{row}");
+    }
+
+    let slow_body = PARTITIONS_BODY.replace(
+        "commit_group = ",
+        "commit_interval = \"60s\"\ncommit_group = ",
+    );
+    let second = start_eventd(&broker, &slow_body);
+    let pid = second.child.id() as u64;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let document = shown_document(&config);
+        if partitions_of(&document).iter().all(|row| {
+            row["committed_by"]["pid"].as_u64() == Some(pid)
+                && row["committed_by"]["running"] == true
+        }) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "20 s after its start the restarted consumer is not seen running: {document}\nlogs:\n{}",
+            second.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let refused = offsets(&config, &["reset", "--to", "earliest", "--dry-run"]);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains(&format!("pid {pid}")),
+        "{}",
+        text(&refused)
+    );
+    drop(dir);
+}

@@ -494,6 +494,11 @@ impl Actor for PartitionWorker {
             seen_at_last_tick: beat.committed_at_start,
             timer: myself.send_interval(beat.every, || PartitionWorkerMsg::Heartbeat),
         });
+        if heartbeat.is_some() {
+            // The last commit may be a stopped process's: show this one runs now, not
+            // an interval from now, or a reset meanwhile would rewind a running process.
+            let _ = myself.send_message(PartitionWorkerMsg::Heartbeat);
+        }
         Ok(PartitionWorkerState {
             source_handle: Arc::new(WorkerHandle {
                 actor: myself.clone(),
