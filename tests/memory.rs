@@ -25,6 +25,28 @@ fn large_event(id: usize, item: &str) -> String {
     body.to_string()
 }
 
+/// Writes `per_topic` events made by `make` to each topic, with ids from `first` on;
+/// returns the next id.
+fn produce_to_each_topic(
+    broker: &Broker,
+    first: usize,
+    per_topic: usize,
+    make: fn(usize, &str) -> String,
+) -> usize {
+    let mut next = first;
+    for topic in TOPICS {
+        let batch: Vec<(String, String)> = (next..next + per_topic)
+            .map(|id| {
+                let item = format!("item-{}", id % 64);
+                (item.clone(), make(id, &item))
+            })
+            .collect();
+        broker.produce(topic, &batch);
+        next += per_topic;
+    }
+    next
+}
+
 /// With a slow handler and a backlog of ~50 MiB over 16 partitions, the peak resident
 /// memory grows by no more than twice the README's budget for these settings
 /// (16 x (2 x fetch_buffer x (1 + 200 B / 1100 B) + max_in_flight x 4 KiB) = 5.5 MiB).
@@ -68,17 +90,7 @@ concurrency = 8
     let (idle, _) = eventd.memory();
 
     let per_topic = EVENTS_PER_PARTITION * PARTITIONS as usize;
-    let mut total = 0;
-    for topic in TOPICS {
-        let batch: Vec<(String, String)> = (total..total + per_topic)
-            .map(|id| {
-                let item = format!("item-{}", id % 64);
-                (item.clone(), large_event(id, &item))
-            })
-            .collect();
-        broker.produce(topic, &batch);
-        total += per_topic;
-    }
+    let total = produce_to_each_topic(&broker, 0, per_topic, large_event);
     assert!(
         eventd.wait_until(Duration::from_secs(120), |e| e.metric_reaches(
             "eventd_events_handled_total",
@@ -187,32 +199,14 @@ every = 1
             "A has no event in its handler; logs:\n{}",
             draining.logs()
         );
-        for topic in TOPICS {
-            let batch: Vec<(String, String)> = (total..total + 16)
-                .map(|id| {
-                    let item = format!("item-{}", id % 64);
-                    (item.clone(), event(id, &item))
-                })
-                .collect();
-            broker.produce(topic, &batch);
-            total += batch.len();
-        }
+        total = produce_to_each_topic(&broker, total, 16, event);
         draining.wait_until(Duration::from_secs(2), |e| {
             e.metric_if_present("eventd_partition_in_flight", &[])
                 .is_some_and(|in_flight| in_flight >= 1.0)
         });
     }
     let per_topic = 16_000;
-    for topic in TOPICS {
-        let batch: Vec<(String, String)> = (total..total + per_topic)
-            .map(|id| {
-                let item = format!("item-{}", id % 64);
-                (item.clone(), large_event(id, &item))
-            })
-            .collect();
-        broker.produce(topic, &batch);
-        total += per_topic;
-    }
+    produce_to_each_topic(&broker, total, per_topic, large_event);
     draining.signal("TERM");
     assert!(
         draining.wait_until(Duration::from_secs(10), |e| e
