@@ -1671,7 +1671,9 @@ fn check_targets(rows: &[Row], latency_rate: f64) -> usize {
                 phase.name(),
                 size_label(*size)
             );
-            let before = phase.before().and_then(|before| find(rows, before, *size, *partitions));
+            let before = phase
+                .before()
+                .and_then(|before| find(rows, before, *size, *partitions));
             let now = find(rows, phase, *size, *partitions);
             lines.push(
                 match (
@@ -1683,11 +1685,7 @@ fn check_targets(rows: &[Row], latency_rate: f64) -> usize {
                         format!("{now:.2} / {before:.2} = {:.2}", now / before),
                         Some(now <= 1.05 * before),
                     ),
-                    _ => (
-                        name,
-                        "not run (EVENTD_BENCH_BEFORE)".to_owned(),
-                        None,
-                    ),
+                    _ => (name, "not run (EVENTD_BENCH_BEFORE)".to_owned(), None),
                 },
             );
         }
@@ -1788,9 +1786,13 @@ fn check_targets(rows: &[Row], latency_rate: f64) -> usize {
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 enum Job {
-    Consume { decode: bool },
+    Consume {
+        decode: bool,
+    },
     /// Without `headers`, the copies carry no source headers (A-fwd-plain).
-    Forward { headers: bool },
+    Forward {
+        headers: bool,
+    },
     Produce,
     Idle,
 }

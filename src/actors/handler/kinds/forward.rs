@@ -70,7 +70,11 @@ impl Forward {
         // actor sends them again, after any of those that fail).
         let generation = self.producer.generation();
         // The producer and the output topic are looked up once for the whole batch.
-        let mut sender = match self.producer.batch(&self.output, &group, Some(generation)).await {
+        let mut sender = match self
+            .producer
+            .batch(&self.output, &group, Some(generation))
+            .await
+        {
             Ok(sender) => Some(sender),
             Err(ProduceError::Replaced) => {
                 refused.extend((0..batch.events.len()).map(|i| (i, ProduceError::Replaced)));
