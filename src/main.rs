@@ -10,7 +10,11 @@ use eventd::config::{Config, ConfigError, EXIT_CONFIG};
 
 // glibc malloc took a third of the event path's CPU (one allocation per payload, key
 // and batch slot, freed on another worker thread); mimalloc's per-thread free lists
-// make those cheap.
+// make those cheap. The `override` feature gives librdkafka mimalloc too: each copy
+// it queues (message, header list, one block per header) is allocated on the sending
+// thread and freed on the broker or report thread, the pattern that kept glibc's arena
+// locks contended (a fifth of a forwarding daemon's CPU). `no_thp`: without it mimalloc
+// asks for transparent huge pages, which cost forward about 40% more peak RSS.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -137,7 +137,7 @@ fn describe() {
     describe_histogram!(
         HANDLER_DURATION,
         Unit::Seconds,
-        "Time from a batch reaching its handler actor until it is finished (including the broker's acknowledgement of what it wrote), per event, averaged over the batch"
+        "Time from a batch reaching its handler actor until it is finished (including the broker's acknowledgement of what it wrote), per event, averaged over the batch; one observation per batch"
     );
     describe_histogram!(
         HANDLER_BATCH_SIZE,
@@ -196,7 +196,7 @@ fn describe() {
     describe_histogram!(
         PRODUCER_DELIVERY,
         Unit::Seconds,
-        "Time from handing an event to the producer to its delivery report"
+        "Time from handing an event to the producer to its delivery report; of a batch sent together, its first event only"
     );
     describe_counter!(
         ACTOR_RESTARTS,

@@ -10,7 +10,7 @@ pub mod tls;
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -668,6 +668,23 @@ pub fn start_with(
     metrics_port: u16,
     env: &[(&str, String)],
 ) -> Eventd {
+    start_bin_with(
+        Path::new(env!("CARGO_BIN_EXE_eventd")),
+        dir,
+        config,
+        metrics_port,
+        env,
+    )
+}
+
+/// `start_with` for another build of eventd (the bench's side-by-side runs).
+pub fn start_bin_with(
+    bin: &Path,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    metrics_port: u16,
+    env: &[(&str, String)],
+) -> Eventd {
     let log = dir.path().join(format!(
         "eventd-{}.log",
         Instant::now().elapsed().as_nanos()
@@ -675,7 +692,7 @@ pub fn start_with(
     let log = unique(log);
     let out = std::fs::File::create(&log).expect("log file");
     let err = out.try_clone().expect("log file");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_eventd"));
+    let mut command = Command::new(bin);
     command
         .arg("run")
         .arg("--config")

@@ -244,7 +244,9 @@ impl Drop for InFlightPermit {
 /// What travels with one event through librdkafka and comes back in its report.
 pub struct Ticket {
     pub reply: Reply,
-    pub enqueued: Instant,
+    /// When it was sent, for `eventd_producer_delivery_seconds`: set on a batch's
+    /// first record only, so a report reads the clock once per batch, not per event.
+    pub enqueued: Option<Instant>,
     pub permit: InFlightPermit,
     /// The topic's delivery counters, found when the event was sent.
     pub topic: Arc<TopicState>,
@@ -281,8 +283,10 @@ impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = Box<Ticket>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, ticket: Self::DeliveryOpaque) {
-        self.delivery_seconds
-            .record(ticket.enqueued.elapsed().as_secs_f64());
+        if let Some(enqueued) = ticket.enqueued {
+            self.delivery_seconds
+                .record(enqueued.elapsed().as_secs_f64());
+        }
         let report = match result {
             Ok(message) => {
                 ticket.topic.delivered.increment(1);

@@ -302,6 +302,67 @@ impl Drop for ProducerInUse {
     }
 }
 
+/// Where the records of one send or one batch go, looked up once for all of them.
+struct Target {
+    producer: ProducerInUse,
+    generation: u64,
+    /// Pinned to `generation`: a fatal error fails the rest with `Replaced` rather
+    /// than moving on to the next producer.
+    pinned: bool,
+    topic: Arc<TopicState>,
+    /// When the batch began; taken by its first record.
+    enqueued: Option<Instant>,
+}
+
+/// Records of one group sent to one topic (a forward handler's batch): see
+/// `ProducerHandle::batch`.
+pub struct BatchSend<'h> {
+    handle: &'h ProducerHandle,
+    group: Arc<DeliveryGroup>,
+    target: Target,
+}
+
+impl BatchSend<'_> {
+    /// Queues `record` (to the batch's topic) as the group's `token`. As `enqueue`:
+    /// waits while `producer.max_in_flight` events are unacknowledged, and in sync
+    /// mode until every event of the group is reported.
+    pub async fn enqueue(&mut self, record: Record<'_>, token: u64) -> Result<(), ProduceError> {
+        // A caller may drop this future at any await before the send: the group must
+        // not then wait for a report that never comes.
+        struct Unsent<'a>(Option<&'a DeliveryGroup>);
+        impl Drop for Unsent<'_> {
+            fn drop(&mut self) {
+                if let Some(group) = self.0 {
+                    group.not_sent();
+                }
+            }
+        }
+        self.group.sending();
+        let mut unsent = Unsent(Some(&self.group));
+        let sent = self
+            .handle
+            .send_to(
+                &mut self.target,
+                record,
+                Reply::Group(self.group.clone(), token),
+            )
+            .await;
+        if sent.is_ok() {
+            unsent.0 = None;
+        }
+        drop(unsent);
+        if let Err(error) = &sent {
+            self.handle.count_refused(error);
+            return sent;
+        }
+        if self.handle.shared.mode == ProducerMode::Sync {
+            // The report itself is the group's to read; a lost one is the waiter's to see.
+            let _ = tokio::time::timeout(self.handle.patience(), self.group.settled()).await;
+        }
+        Ok(())
+    }
+}
+
 /// What the handle knows of one topic, shared lock-free by every send to it.
 pub struct TopicState {
     pub name: Arc<str>,
@@ -472,37 +533,40 @@ impl ProducerHandle {
         token: u64,
         generation: Option<u64>,
     ) -> Result<(), ProduceError> {
-        // A caller may drop this future at any await before the send: the group must
-        // not then wait for a report that never comes.
-        struct Unsent<'a>(Option<&'a DeliveryGroup>);
-        impl Drop for Unsent<'_> {
-            fn drop(&mut self) {
-                if let Some(group) = self.0 {
-                    group.not_sent();
-                }
+        let mut batch = match self.batch(record.topic, group, generation).await {
+            Ok(batch) => batch,
+            Err(error) => {
+                self.count_refused(&error);
+                return Err(error);
             }
+        };
+        batch.enqueue(record, token).await
+    }
+
+    /// Starts sending many records to `topic` as members of `group`: the producer,
+    /// the topic's partition count and the clock are read once for all of them rather
+    /// than per record. With `generation`, every record goes only to that producer:
+    /// `Replaced` once the ProducerActor installed another.
+    pub async fn batch(
+        &self,
+        topic: &str,
+        group: &Arc<DeliveryGroup>,
+        generation: Option<u64>,
+    ) -> Result<BatchSend<'_>, ProduceError> {
+        let target = self.target(topic, generation).await?;
+        Ok(BatchSend {
+            handle: self,
+            group: group.clone(),
+            target,
+        })
+    }
+
+    fn count_refused(&self, error: &ProduceError) {
+        // NotRunning knows no topic; its senders retry once the producer is back.
+        if !matches!(error, ProduceError::NotRunning | ProduceError::Replaced) {
+            metrics::counter!(PRODUCER_MESSAGES, "topic" => error.topic().to_owned(), "outcome" => "refused")
+                .increment(1);
         }
-        group.sending();
-        let mut unsent = Unsent(Some(group));
-        let sent = self
-            .send_record(record, Reply::Group(group.clone(), token), generation)
-            .await;
-        if sent.is_ok() {
-            unsent.0 = None;
-        }
-        drop(unsent);
-        if let Err(error) = &sent {
-            if !matches!(error, ProduceError::NotRunning | ProduceError::Replaced) {
-                metrics::counter!(PRODUCER_MESSAGES, "topic" => error.topic().to_owned(), "outcome" => "refused")
-                    .increment(1);
-            }
-            return sent;
-        }
-        if self.shared.mode == ProducerMode::Sync {
-            // The report itself is the group's to read; a lost one is the waiter's to see.
-            let _ = tokio::time::timeout(self.patience(), group.settled()).await;
-        }
-        Ok(())
     }
 
     /// How long a waiter gives a report that is due within `message_timeout`.
@@ -517,12 +581,42 @@ impl ProducerHandle {
         self.shared.message_timeout
     }
 
+    /// The running producer (or `generation`'s) and what is known of `topic`.
+    async fn target(&self, topic: &str, pinned: Option<u64>) -> Result<Target, ProduceError> {
+        let (producer, generation) = self.running_producer().await?;
+        if pinned.is_some_and(|pinned| pinned != generation) {
+            return Err(ProduceError::Replaced);
+        }
+        let producer = ProducerInUse(Some(producer));
+        let now = Instant::now();
+        let topic = self.topic_state(producer.get()?, topic, now).await?;
+        Ok(Target {
+            producer,
+            generation,
+            pinned: pinned.is_some(),
+            topic,
+            enqueued: Some(now),
+        })
+    }
+
     async fn send_record(
         &self,
         event: Record<'_>,
         reply: Reply,
         pinned: Option<u64>,
     ) -> Result<(), ProduceError> {
+        let mut target = self.target(event.topic, pinned).await?;
+        self.send_to(&mut target, event, reply).await
+    }
+
+    /// Queues `event` with `target`'s producer and topic.
+    async fn send_to(
+        &self,
+        target: &mut Target,
+        event: Record<'_>,
+        reply: Reply,
+    ) -> Result<(), ProduceError> {
+        debug_assert_eq!(&*target.topic.name, event.topic);
         let size = event.payload.len()
             + event.key.map_or(0, <[u8]>::len)
             + event
@@ -545,14 +639,7 @@ impl ProducerHandle {
             return Err(too_large(event.topic));
         }
         let permit = self.shared.in_flight.acquire().await;
-        let (producer, mut generation) = self.running_producer().await?;
-        if pinned.is_some_and(|pinned| pinned != generation) {
-            return Err(ProduceError::Replaced);
-        }
-        let mut producer = ProducerInUse(Some(producer));
-        let now = Instant::now();
-        let topic = self.topic_state(producer.get()?, event.topic, now).await?;
-        let count = topic.count.load(Ordering::Relaxed);
+        let count = target.topic.count.load(Ordering::Relaxed);
         let partition = self
             .shared
             .partitioners
@@ -563,9 +650,11 @@ impl ProducerHandle {
             })?;
         let ticket = Box::new(Ticket {
             reply,
-            enqueued: now,
+            // Only the first record of a batch is timed: its delivery time stands for
+            // the batch's, and the others read no clock.
+            enqueued: target.enqueued.take(),
             permit,
-            topic,
+            topic: target.topic.clone(),
         });
         let mut record: BaseRecord<'_, [u8], [u8], Box<Ticket>> =
             BaseRecord::with_opaque_to(event.topic, ticket)
@@ -593,50 +682,42 @@ impl ProducerHandle {
             record = record.headers(headers);
         }
         let mut backoff = Duration::from_millis(1);
-        let sent = loop {
-            let Ok(current) = producer.get() else {
-                break Err(ProduceError::NotRunning);
+        loop {
+            let Ok(current) = target.producer.get() else {
+                return Err(ProduceError::NotRunning);
             };
             match current.send(record) {
-                Ok(()) => break Ok(()),
+                Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     record = back;
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_millis(100));
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::Fatal), _))
-                    if pinned.is_some() =>
+                    if target.pinned =>
                 {
-                    break Err(ProduceError::Replaced);
+                    return Err(ProduceError::Replaced);
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::Fatal), back)) => {
                     // The ProducerActor is replacing this producer; send with the next.
                     record = back;
-                    drop(producer);
-                    match self.producer_after(generation).await {
-                        Ok((next, next_generation)) => {
-                            producer = ProducerInUse(Some(next));
-                            generation = next_generation;
-                        }
-                        Err(error) => return Err(error),
-                    }
+                    target.producer = ProducerInUse(None);
+                    let (next, next_generation) = self.producer_after(target.generation).await?;
+                    target.producer = ProducerInUse(Some(next));
+                    target.generation = next_generation;
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _)) => {
-                    break Err(too_large(event.topic))
+                    return Err(too_large(event.topic))
                 }
                 Err((error, _)) => {
-                    break Err(ProduceError::Enqueue {
+                    return Err(ProduceError::Enqueue {
                         topic: event.topic.to_owned(),
                         reason: error.to_string(),
                         code: error.rdkafka_error_code(),
                     })
                 }
             }
-        };
-        // The ProducerActor alone may keep a producer alive, so it can retire a broken
-        // one off the async threads.
-        drop(producer);
-        sent
+        }
     }
 
     /// Queues a dead-letter copy. A copy too large to send goes with its value cut to

@@ -22,8 +22,8 @@ use crate::kafka::{producer_config, Brokers};
 
 pub use delivery::{Delivery, DeliveryContext, DeliveryFailure, DeliveryGroup};
 pub use handle::{
-    is_permanent_rejection, MetadataError, Outgoing, PendingDelivery, ProduceError, ProducerHandle,
-    Record,
+    is_permanent_rejection, BatchSend, MetadataError, Outgoing, PendingDelivery, ProduceError,
+    ProducerHandle, Record,
 };
 pub use supervisor::ProducerSupervisor;
 

@@ -69,8 +69,30 @@ impl Forward {
         // the rest are not sent to the new one before the old one's copies settle (the
         // actor sends them again, after any of those that fail).
         let generation = self.producer.generation();
+        // The producer and the output topic are looked up once for the whole batch.
+        let mut sender = match self
+            .producer
+            .batch(&self.output, &group, Some(generation))
+            .await
+        {
+            Ok(sender) => Some(sender),
+            Err(ProduceError::Replaced) => {
+                refused.extend((0..batch.events.len()).map(|i| (i, ProduceError::Replaced)));
+                None
+            }
+            Err(error) if error.is_permanent() => {
+                refused.extend((0..batch.events.len()).map(|i| (i, error.clone())));
+                None
+            }
+            // The producer is restarting or the topic's partitions are not known yet:
+            // it may pass.
+            Err(error) => return Err(Transient(error.to_string()).into()),
+        };
         let mut source_text = headers::SourceText::default();
         for (index, event) in batch.events.iter().enumerate() {
+            let Some(sender) = sender.as_mut() else {
+                break;
+            };
             let reduced_payload = fields.as_deref().map(|fields| reduced(event, fields));
             let record = Record {
                 topic: &self.output,
@@ -82,11 +104,7 @@ impl Forward {
                 headers: &event.headers,
                 more_headers: &source_text.headers(&event.source),
             };
-            match self
-                .producer
-                .enqueue_in(record, &group, index as u64, Some(generation))
-                .await
-            {
+            match sender.enqueue(record, index as u64).await {
                 Ok(()) => {}
                 Err(ProduceError::Replaced) => {
                     refused
@@ -98,6 +116,7 @@ impl Forward {
                 Err(error) => return Err(Transient(error.to_string()).into()),
             }
         }
+        drop(sender);
         let settle = Settle {
             output: self.output.clone(),
             deadline: self.producer.deadline(),
