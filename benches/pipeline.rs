@@ -1,4 +1,4 @@
-//! The event path against the bare library (issue 11): what eventd's layer costs per
+//! The event path against the bare library: what eventd's layer costs per
 //! event next to rdkafka doing the same job with the same librdkafka properties. Each
 //! phase runs in a process of its own, so its CPU time and peak memory are its alone.
 //!
@@ -22,7 +22,7 @@
 //!   for C. Its producer is warmed up (one acknowledged record) before it subscribes,
 //!   as eventd's is before it reads;
 //! - `A-fwd-plain`: A-fwd with no headers on the copies, so the difference is what
-//!   the three provenance headers cost a forwarder (issue 23);
+//!   the three provenance headers cost a forwarder;
 //! - `B`: `eventd run` with one `count` handler (`group_by = "item_id"`, 10 s window);
 //! - `C`: `eventd run` with one `forward` handler (whole events);
 //! - `B4`: `eventd run` with four handlers on the same events: count by `item_id`,
@@ -89,7 +89,7 @@
 //! watermarks, because tansu's memory storage reports wrong ones. A bare consumer
 //! counts each offset once per partition.
 //!
-//! **Targets** (issues 11 and 23), ratios of events per CPU-second from this run:
+//! **Targets**, ratios of events per CPU-second from this run:
 //! - C/A-fwd ≥ 0.9 per layout;
 //! - B, C and B4 at most 5% more µs CPU per event than `EVENTD_BENCH_BEFORE`'s build
 //!   in the same run, per layout ("not run" without it). Issue 23 retired the old
