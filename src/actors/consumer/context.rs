@@ -241,18 +241,21 @@ impl ConsumerContext for EventdContext {
             };
             self.pre_rebalance(consumer, &rebalance);
             let protocol = consumer.rebalance_protocol();
+            if self.lifecycle.shutting_down() && !matches!(protocol, RebalanceProtocol::Cooperative)
+            {
+                // An eager revoke leaves the member nothing, and it is closing: leaving
+                // spares the close a rejoin whose answer (held by the coordinator until
+                // the rebalance ends) its LeaveGroup would queue behind. Before the
+                // unassign: once that is done librdkafka rejoins at once, and an
+                // unsubscribe after it waits for that rejoin to finish.
+                consumer.unsubscribe();
+            }
             let unassigned = match protocol {
                 RebalanceProtocol::Cooperative => consumer.incremental_unassign(tpl),
                 _ => consumer.unassign(),
             };
             if let Err(error) = unassigned {
                 tracing::error!(consumer = %self.consumer_name, %error, "cannot give partitions back");
-            }
-            if self.lifecycle.shutting_down() && !matches!(protocol, RebalanceProtocol::Cooperative)
-            {
-                // An eager revoke leaves the member nothing, and it is closing: leaving
-                // now spares the close a rejoin whose answer it would have to wait for.
-                consumer.unsubscribe();
             }
             self.post_rebalance(consumer, &rebalance);
             return;
