@@ -263,24 +263,24 @@ pub fn value_text(raw: &str) -> Option<Cow<'_, str>> {
 /// Checks that `payload` is one JSON object, reading it once, and returns the JSON text
 /// of the values of `names` (in that order; `None` when absent). No event fields are
 /// required: this is for input that is not yet an event.
-pub fn object_fields<'p>(
+/// An array, not a `Vec`: `eventd produce` calls this once per input line.
+pub fn object_fields<'p, const N: usize>(
     payload: &'p [u8],
-    names: &[&str],
-) -> Result<Vec<Option<&'p str>>, DecodeError> {
+    names: &[&str; N],
+) -> Result<[Option<&'p str>; N], DecodeError> {
     let mut required = [Span::ABSENT; 3];
-    let mut recorded: SmallVec<[Span; 2]> = SmallVec::from_elem(Span::ABSENT, names.len());
+    let mut recorded = [Span::ABSENT; N];
     scan(payload, names, &mut required, &mut recorded)?;
-    Ok(names
-        .iter()
-        .map(|name| match REQUIRED.iter().position(|r| r == name) {
+    Ok(
+        names.map(|name| match REQUIRED.iter().position(|r| *r == name) {
             Some(r) => text_of(payload, required[r]),
             // The first of repeated names is the one the scan records.
             None => text_of(
                 payload,
                 position(names, name).map_or(Span::ABSENT, |i| recorded[i]),
             ),
-        })
-        .collect())
+        }),
+    )
 }
 
 fn text_of(payload: &[u8], span: Span) -> Option<&str> {

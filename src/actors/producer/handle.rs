@@ -323,6 +323,18 @@ pub struct BatchSend<'h> {
 }
 
 impl BatchSend<'_> {
+    /// The topic every record of this batch goes to.
+    pub fn topic(&self) -> &str {
+        &self.target.topic.name
+    }
+
+    /// False once the ProducerActor installed another producer (or none) since the
+    /// batch began: a sender that keeps a batch across many records starts a new one
+    /// then, as a record of its own would have looked the producer up again.
+    pub fn is_current(&self) -> bool {
+        self.target.generation == self.handle.generation()
+    }
+
     /// Queues `record` (to the batch's topic) as the group's `token`. As `enqueue`:
     /// waits while `producer.max_in_flight` events are unacknowledged, and in sync
     /// mode until every event of the group is reported.
@@ -561,7 +573,9 @@ impl ProducerHandle {
         })
     }
 
-    fn count_refused(&self, error: &ProduceError) {
+    /// Counts `error` as a refused send in `eventd_producer_messages_total`: for a
+    /// sender whose `batch` itself failed.
+    pub fn count_refused(&self, error: &ProduceError) {
         // NotRunning knows no topic; its senders retry once the producer is back.
         if !matches!(error, ProduceError::NotRunning | ProduceError::Replaced) {
             metrics::counter!(PRODUCER_MESSAGES, "topic" => error.topic().to_owned(), "outcome" => "refused")
