@@ -18,6 +18,33 @@ use eventd::config::{Config, ConfigError, EXIT_CONFIG};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+// From mimalloc's `mimalloc.h`, which keeps the enum's numbering across versions (it
+// fills retired options with placeholders); the `mimalloc` crate does not export it.
+extern "C" {
+    fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+    fn mi_collect(force: bool);
+    #[cfg(test)]
+    fn mi_option_get(option: std::ffi::c_int) -> std::ffi::c_long;
+}
+const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
+
+/// `eventd produce` allocates each queued record (librdkafka's copy and its delivery
+/// ticket) on the sending thread and frees it on the report thread, about a million a
+/// second. mimalloc keeps freed pages resident for its default purge delay of 1 s
+/// before giving them back, long enough at that rate for the held pages to cost 8-10
+/// MiB of peak RSS (29-33 MiB against a budget of 28.4 for 100 B lines, 21-22 with
+/// 10 ms). 10 ms is mimalloc 2's default; it costs a few hundredths of a second of
+/// system time per million lines.
+fn purge_freed_memory_soon() {
+    // SAFETY: sets a plain integer option; mimalloc reads it at its next purge. The
+    // forced collection purges now what start-up freed: a purge already scheduled
+    // keeps its 1 s deadline, and later ones are not scheduled before it.
+    unsafe {
+        mi_option_set(MI_OPTION_PURGE_DELAY, 10);
+        mi_collect(true);
+    }
+}
+
 #[derive(Parser)]
 #[command(
     name = "eventd",
@@ -284,6 +311,7 @@ fn main() -> ExitCode {
             std::process::exit(code);
         }
         Command::Produce(command) => {
+            purge_freed_memory_soon();
             let config = match Config::load_for_producer(command.config.as_deref()) {
                 Ok(config) => config,
                 Err(error) => return refuse_config(&error),
@@ -455,5 +483,21 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
             eprintln!("eventd: cannot start the async runtime: {error}");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_purge_delay_option_is_the_one_set() {
+        // 1000 ms is mimalloc 3's default purge delay and no other option's at this
+        // index: a renumbered enum would set some other option.
+        // SAFETY: reads a plain integer option.
+        assert_eq!(unsafe { mi_option_get(MI_OPTION_PURGE_DELAY) }, 1000);
+        purge_freed_memory_soon();
+        // SAFETY: as above.
+        assert_eq!(unsafe { mi_option_get(MI_OPTION_PURGE_DELAY) }, 10);
     }
 }

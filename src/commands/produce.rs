@@ -14,8 +14,8 @@ use rdkafka::producer::{BaseProducer, Producer};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 
 use crate::actors::producer::{
-    Delivery, DeliveryGroup, Outgoing, ProduceError, ProducerActor, ProducerArgs,
-    ProducerSupervisor,
+    BatchSend, Delivery, DeliveryGroup, Outgoing, ProduceError, ProducerActor, ProducerArgs,
+    ProducerHandle, ProducerSupervisor, Record,
 };
 use crate::config::{Config, DemoConfig, ProducerMode, EXIT_CONFIG};
 use crate::demo::synthetic_event;
@@ -107,12 +107,24 @@ impl Input {
         }
     }
 
+    /// Whether the next event is there without waiting for input. Never waits: a
+    /// read it starts is picked up by the next `next`.
+    fn ready(&mut self) -> bool {
+        match self {
+            Input::Synthetic { .. } => true,
+            Input::Lines { reader, .. } => {
+                let mut cx = std::task::Context::from_waker(futures::task::noop_waker_ref());
+                std::pin::Pin::new(reader).poll_fill_buf(&mut cx).is_ready()
+            }
+        }
+    }
+
     /// The next event with the place it came from, an error naming that place, or
-    /// `None` at the end.
-    async fn next(
-        &mut self,
-        options: &ProduceOptions,
-    ) -> Option<(Place, Result<Outgoing, String>)> {
+    /// `None` at the end. A line's event borrows the line.
+    async fn next<'a>(
+        &'a mut self,
+        options: &'a ProduceOptions,
+    ) -> Option<(Place, Result<Next<'a>, String>)> {
         match self {
             Input::Synthetic {
                 demo,
@@ -135,34 +147,90 @@ impl Input {
                         .and_then(|fields| fields[0].and_then(value_text))
                         .map(|key| key.into_owned().into_bytes());
                 }
-                Some((Place::Event(n), Ok(event)))
+                Some((Place::Event(n), Ok(Next::Synthetic(event))))
             }
             Input::Lines {
                 reader,
                 line_number,
                 line,
-            } => loop {
-                line.clear();
-                match reader.read_line(line).await {
-                    Ok(0) => return None,
-                    Ok(_) => {
-                        *line_number += 1;
-                        let place = Place::Line(*line_number);
-                        let line = line.trim_end_matches(['\n', '\r']);
-                        if line.trim().is_empty() {
-                            continue;
+            } => {
+                // The loop yields the length of the line's text, not the text: a borrow
+                // of `line` returned from inside it would outlive the next `clear`.
+                let length = loop {
+                    line.clear();
+                    match reader.read_line(line).await {
+                        Ok(0) => return None,
+                        Ok(_) => {
+                            *line_number += 1;
+                            let text = line.trim_end_matches(['\n', '\r']);
+                            if text.trim().is_empty() {
+                                continue;
+                            }
+                            break text.len();
                         }
-                        return Some((place, event_from_line(line, options)));
+                        Err(error) => {
+                            *line_number += 1;
+                            return Some((
+                                Place::Line(*line_number),
+                                Err(format!("cannot read: {error}")),
+                            ));
+                        }
                     }
-                    Err(error) => {
-                        *line_number += 1;
-                        return Some((
-                            Place::Line(*line_number),
-                            Err(format!("cannot read: {error}")),
-                        ));
-                    }
-                }
+                };
+                Some((
+                    Place::Line(*line_number),
+                    event_from_line(&line[..length], options).map(Next::Line),
+                ))
+            }
+        }
+    }
+}
+
+/// An event from the input.
+enum Next<'a> {
+    Line(LineEvent<'a>),
+    Synthetic(Outgoing),
+}
+
+impl Next<'_> {
+    fn record(&self) -> Record<'_> {
+        match self {
+            Next::Line(event) => event.record(),
+            Next::Synthetic(event) => event.record(),
+        }
+    }
+
+    fn into_outgoing(self) -> Outgoing {
+        match self {
+            Next::Line(event) => Outgoing {
+                topic: event.topic.into_owned(),
+                key: event.key.map(|key| key.into_owned().into_bytes()),
+                payload: event.payload.to_vec(),
+                headers: Vec::new(),
             },
+            Next::Synthetic(event) => event,
+        }
+    }
+}
+
+/// One input line as an event, borrowing the line (and `--topic`): librdkafka copies
+/// what it queues, so a line needs no copy of its own on the way.
+#[derive(Debug)]
+pub struct LineEvent<'a> {
+    pub topic: Cow<'a, str>,
+    pub key: Option<Cow<'a, str>>,
+    /// The line's bytes unchanged.
+    pub payload: &'a [u8],
+}
+
+impl LineEvent<'_> {
+    pub fn record(&self) -> Record<'_> {
+        Record {
+            topic: &self.topic,
+            key: self.key.as_deref().map(str::as_bytes),
+            payload: self.payload,
+            headers: &[],
+            more_headers: &[],
         }
     }
 }
@@ -172,28 +240,26 @@ impl Input {
 /// The line is read once, into nothing: only the key field and `topic` are looked at.
 /// The key: strings as they are, numbers and booleans as written in JSON; a missing or
 /// null field gives a keyless event.
-pub fn event_from_line(line: &str, options: &ProduceOptions) -> Result<Outgoing, String> {
-    let fields = object_fields(line.as_bytes(), &[options.key_field.as_str(), "topic"]).map_err(
-        |error| match error {
+pub fn event_from_line<'a>(
+    line: &'a str,
+    options: &'a ProduceOptions,
+) -> Result<LineEvent<'a>, String> {
+    let [key, topic] = object_fields(line.as_bytes(), &[options.key_field.as_str(), "topic"])
+        .map_err(|error| match error {
             DecodeError::NotJson(reason) => format!("not valid JSON: {reason}"),
             other => other.to_string(),
-        },
-    )?;
+        })?;
     let topic = match &options.topic {
-        Some(topic) => topic.clone(),
-        None => fields[1]
+        Some(topic) => Cow::Borrowed(topic.as_str()),
+        None => topic
             .filter(|raw| raw.starts_with('"'))
             .and_then(value_text)
-            .map(Cow::into_owned)
             .ok_or("no topic: pass --topic or give the event a \"topic\" field")?,
     };
-    Ok(Outgoing {
+    Ok(LineEvent {
         topic,
-        key: fields[0]
-            .and_then(value_text)
-            .map(|key| key.into_owned().into_bytes()),
-        payload: line.as_bytes().to_vec(),
-        headers: Vec::new(),
+        key: key.and_then(value_text),
+        payload: line.as_bytes(),
     })
 }
 
@@ -266,7 +332,15 @@ pub async fn run(mut config: Config, options: ProduceOptions) -> i32 {
     let mut pacing = options.rate.map(Pacing::new);
     let mut ended = Ended::InputDone;
     let mut read: u64 = 0;
+    // Async mode: consecutive lines to one topic share a batch, so a line looks up
+    // neither the producer nor its topic and reads no clock.
+    let mut batch: Option<Batch<'_>> = None;
     loop {
+        // A batch is not kept across a wait for input: it holds the producer, and its
+        // topic's partition count would age unrefreshed.
+        if batch.is_some() && (!input.ready() || pacing.as_ref().is_some_and(Pacing::will_wait)) {
+            batch = None;
+        }
         // The signal is polled first only every so often: the branches below poll it
         // whenever they have to wait, and an input that never waits is read on.
         read += 1;
@@ -298,6 +372,7 @@ pub async fn run(mut config: Config, options: ProduceOptions) -> i32 {
         let settled = if options.sync {
             // Not cut short by Ctrl-C: the event may already be at the broker, and its
             // line must be printed. The interrupt is seen right after.
+            let event = event.into_outgoing();
             let topic = event.topic.clone();
             match handle.enqueue(event).await {
                 Ok(delivery) => {
@@ -309,9 +384,16 @@ pub async fn run(mut config: Config, options: ProduceOptions) -> i32 {
         } else {
             // Cut short only before the event reaches librdkafka: after that, async
             // enqueue returns without waiting.
+            let record = event.record();
+            if batch
+                .as_ref()
+                .is_some_and(|batch| !batch.fits(record.topic))
+            {
+                batch = None;
+            }
             tokio::select! {
                 biased;
-                enqueued = handle.enqueue_in(event.record(), &group, place.number(), None) => enqueued,
+                enqueued = send_in(&handle, &mut batch, &group, record, place.number()) => enqueued,
                 _ = &mut interrupted => {
                     ended = Ended::Interrupted;
                     break;
@@ -339,6 +421,8 @@ pub async fn run(mut config: Config, options: ProduceOptions) -> i32 {
             report_delivery_failures(&mut tally, &group, &input);
         }
     }
+    // It holds the producer, which the supervisor must be the last to hold.
+    drop(batch);
     match ended {
         Ended::InputDone => {}
         Ended::Interrupted => {
@@ -387,6 +471,50 @@ pub async fn run(mut config: Config, options: ProduceOptions) -> i32 {
     }
 }
 
+/// The batch that async-mode lines to one topic go in, and how many went in so far.
+struct Batch<'h> {
+    send: BatchSend<'h>,
+    sent: u32,
+}
+
+/// Lines per batch at most: a new batch looks the producer and the topic up again,
+/// so a long run of lines still sees a refreshed partition count.
+const LINES_PER_BATCH: u32 = 1024;
+
+impl Batch<'_> {
+    /// Whether a record to `topic` may go in this batch.
+    fn fits(&self, topic: &str) -> bool {
+        self.sent < LINES_PER_BATCH && self.send.topic() == topic && self.send.is_current()
+    }
+}
+
+/// Queues `record` as `group`'s `token` in `batch`, starting one for its topic if
+/// there is none. A failed send ends the batch, so the next line looks up afresh.
+async fn send_in<'h>(
+    handle: &'h ProducerHandle,
+    batch: &mut Option<Batch<'h>>,
+    group: &Arc<DeliveryGroup>,
+    record: Record<'_>,
+    token: u64,
+) -> Result<(), ProduceError> {
+    let current = match batch {
+        Some(current) => current,
+        None => match handle.batch(record.topic, group, None).await {
+            Ok(send) => batch.insert(Batch { send, sent: 0 }),
+            Err(error) => {
+                handle.count_refused(&error);
+                return Err(error);
+            }
+        },
+    };
+    current.sent += 1;
+    let sent = current.send.enqueue(record, token).await;
+    if sent.is_err() {
+        *batch = None;
+    }
+    sent
+}
+
 /// Why the command stopped reading input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ended {
@@ -411,6 +539,11 @@ impl Pacing {
             period: Duration::from_secs_f64(1.0 / rate),
             due: tokio::time::Instant::now(),
         }
+    }
+
+    /// Whether the next `wait` sleeps.
+    fn will_wait(&self) -> bool {
+        tokio::time::Instant::now() < self.due
     }
 
     async fn wait(&mut self) {
@@ -528,9 +661,10 @@ mod tests {
     #[test]
     fn a_line_keeps_its_bytes_and_takes_key_and_topic_from_fields() {
         let line = r#"{"topic":"like","item_id":"item-7","user_id":3}"#;
-        let event = event_from_line(line, &options(None)).expect("event");
+        let options = options(None);
+        let event = event_from_line(line, &options).expect("event");
         assert_eq!(event.topic, "like");
-        assert_eq!(event.key.as_deref(), Some(&b"item-7"[..]));
+        assert_eq!(event.key.as_deref(), Some("item-7"));
         assert_eq!(event.payload, line.as_bytes());
     }
 
@@ -540,16 +674,17 @@ mod tests {
         options.key_field = "user_id".to_owned();
         let event = event_from_line(r#"{"topic":"like","user_id":3}"#, &options).expect("event");
         assert_eq!(event.topic, "replay");
-        assert_eq!(event.key.as_deref(), Some(&b"3"[..]));
+        assert_eq!(event.key.as_deref(), Some("3"));
     }
 
     #[test]
     fn bad_lines_say_what_is_wrong() {
-        let no_topic = event_from_line(r#"{"item_id":"a"}"#, &options(None));
+        let (untargeted, targeted) = (options(None), options(Some("t")));
+        let no_topic = event_from_line(r#"{"item_id":"a"}"#, &untargeted);
         assert!(no_topic.is_err_and(|e| e.contains("--topic")));
-        let not_json = event_from_line("{item_id", &options(Some("t")));
+        let not_json = event_from_line("{item_id", &targeted);
         assert!(not_json.is_err_and(|e| e.starts_with("not valid JSON")));
-        let keyless = event_from_line(r#"{"item_id":null}"#, &options(Some("t"))).expect("event");
+        let keyless = event_from_line(r#"{"item_id":null}"#, &targeted).expect("event");
         assert_eq!(keyless.key, None);
     }
 }

@@ -17,7 +17,9 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer};
 use tokio::sync::oneshot;
 
-use super::delivery::{Delivery, DeliveryFailure, DeliveryGroup, InFlightLimit, Reply, Ticket};
+use super::delivery::{
+    Delivery, DeliveryFailure, DeliveryGroup, InFlightLimit, Reply, Sender, Ticket,
+};
 use super::partitioner::{PartitionError, Partitioners};
 use super::KafkaProducer;
 use crate::config::{ProducerConfig, ProducerMode};
@@ -309,7 +311,8 @@ struct Target {
     /// Pinned to `generation`: a fatal error fails the rest with `Replaced` rather
     /// than moving on to the next producer.
     pinned: bool,
-    topic: Arc<TopicState>,
+    /// The topic's state, the in-flight bound and the group, shared by the records.
+    sender: Arc<Sender>,
     /// When the batch began; taken by its first record.
     enqueued: Option<Instant>,
 }
@@ -323,6 +326,18 @@ pub struct BatchSend<'h> {
 }
 
 impl BatchSend<'_> {
+    /// The topic every record of this batch goes to.
+    pub fn topic(&self) -> &str {
+        &self.target.sender.topic.name
+    }
+
+    /// False once the ProducerActor installed another producer (or none) since the
+    /// batch began: a sender that keeps a batch across many records starts a new one
+    /// then, as a record of its own would have looked the producer up again.
+    pub fn is_current(&self) -> bool {
+        self.target.generation == self.handle.generation()
+    }
+
     /// Queues `record` (to the batch's topic) as the group's `token`. As `enqueue`:
     /// waits while `producer.max_in_flight` events are unacknowledged, and in sync
     /// mode until every event of the group is reported.
@@ -341,11 +356,7 @@ impl BatchSend<'_> {
         let mut unsent = Unsent(Some(&self.group));
         let sent = self
             .handle
-            .send_to(
-                &mut self.target,
-                record,
-                Reply::Group(self.group.clone(), token),
-            )
+            .send_to(&mut self.target, record, Reply::Group(token))
             .await;
         if sent.is_ok() {
             unsent.0 = None;
@@ -553,7 +564,7 @@ impl ProducerHandle {
         group: &Arc<DeliveryGroup>,
         generation: Option<u64>,
     ) -> Result<BatchSend<'_>, ProduceError> {
-        let target = self.target(topic, generation).await?;
+        let target = self.target(topic, Some(group), generation).await?;
         Ok(BatchSend {
             handle: self,
             group: group.clone(),
@@ -561,7 +572,9 @@ impl ProducerHandle {
         })
     }
 
-    fn count_refused(&self, error: &ProduceError) {
+    /// Counts `error` as a refused send in `eventd_producer_messages_total`: for a
+    /// sender whose `batch` itself failed.
+    pub fn count_refused(&self, error: &ProduceError) {
         // NotRunning knows no topic; its senders retry once the producer is back.
         if !matches!(error, ProduceError::NotRunning | ProduceError::Replaced) {
             metrics::counter!(PRODUCER_MESSAGES, "topic" => error.topic().to_owned(), "outcome" => "refused")
@@ -581,8 +594,14 @@ impl ProducerHandle {
         self.shared.message_timeout
     }
 
-    /// The running producer (or `generation`'s) and what is known of `topic`.
-    async fn target(&self, topic: &str, pinned: Option<u64>) -> Result<Target, ProduceError> {
+    /// The running producer (or `generation`'s) and what is known of `topic`; `group`
+    /// hears of the reports of records sent `Reply::Group`.
+    async fn target(
+        &self,
+        topic: &str,
+        group: Option<&Arc<DeliveryGroup>>,
+        pinned: Option<u64>,
+    ) -> Result<Target, ProduceError> {
         let (producer, generation) = self.running_producer().await?;
         if pinned.is_some_and(|pinned| pinned != generation) {
             return Err(ProduceError::Replaced);
@@ -594,7 +613,11 @@ impl ProducerHandle {
             producer,
             generation,
             pinned: pinned.is_some(),
-            topic,
+            sender: Arc::new(Sender {
+                limit: self.shared.in_flight.clone(),
+                topic,
+                group: group.cloned(),
+            }),
             enqueued: Some(now),
         })
     }
@@ -605,7 +628,7 @@ impl ProducerHandle {
         reply: Reply,
         pinned: Option<u64>,
     ) -> Result<(), ProduceError> {
-        let mut target = self.target(event.topic, pinned).await?;
+        let mut target = self.target(event.topic, None, pinned).await?;
         self.send_to(&mut target, event, reply).await
     }
 
@@ -616,7 +639,7 @@ impl ProducerHandle {
         event: Record<'_>,
         reply: Reply,
     ) -> Result<(), ProduceError> {
-        debug_assert_eq!(&*target.topic.name, event.topic);
+        debug_assert_eq!(&*target.sender.topic.name, event.topic);
         let size = event.payload.len()
             + event.key.map_or(0, <[u8]>::len)
             + event
@@ -638,8 +661,8 @@ impl ProducerHandle {
         if size > self.shared.max_message_bytes as usize {
             return Err(too_large(event.topic));
         }
-        let permit = self.shared.in_flight.acquire().await;
-        let count = target.topic.count.load(Ordering::Relaxed);
+        let permit = target.sender.acquire().await;
+        let count = target.sender.topic.count.load(Ordering::Relaxed);
         let partition = self
             .shared
             .partitioners
@@ -654,7 +677,6 @@ impl ProducerHandle {
             // the batch's, and the others read no clock.
             enqueued: target.enqueued.take(),
             permit,
-            topic: target.topic.clone(),
         });
         let mut record: BaseRecord<'_, [u8], [u8], Box<Ticket>> =
             BaseRecord::with_opaque_to(event.topic, ticket)
