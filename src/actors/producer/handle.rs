@@ -532,28 +532,6 @@ impl ProducerHandle {
         })
     }
 
-    /// Queues `record` as one of `group`, whose failures name it by `token`. As
-    /// `enqueue`: waits while `producer.max_in_flight` events are unacknowledged, and
-    /// in sync mode until every event of the group is reported.
-    /// With `generation`, the record goes only to that producer: `Replaced` once the
-    /// ProducerActor installed another.
-    pub async fn enqueue_in(
-        &self,
-        record: Record<'_>,
-        group: &Arc<DeliveryGroup>,
-        token: u64,
-        generation: Option<u64>,
-    ) -> Result<(), ProduceError> {
-        let mut batch = match self.batch(record.topic, group, generation).await {
-            Ok(batch) => batch,
-            Err(error) => {
-                self.count_refused(&error);
-                return Err(error);
-            }
-        };
-        batch.enqueue(record, token).await
-    }
-
     /// Starts sending many records to `topic` as members of `group`: the producer,
     /// the topic's partition count and the clock are read once for all of them rather
     /// than per record. With `generation`, every record goes only to that producer:
