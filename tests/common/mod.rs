@@ -418,9 +418,21 @@ impl Broker {
     }
 
     /// Every record of `topic` from the beginning, in order per partition.
+    /// Everything in `topic`, read to the end of every partition. Panics when a
+    /// partition's end is not reached within a minute: a partial read would look like
+    /// lost events to the caller.
     pub fn read_all(&self, topic: &str) -> Vec<Record> {
         let mut reader = TopicReader::new(self, topic);
-        reader.catch_up(Instant::now() + Duration::from_secs(10));
+        let patience = Duration::from_secs(60);
+        if !reader.catch_up(Instant::now() + patience) {
+            let mut ended: Vec<i32> = reader.at_end.iter().copied().collect();
+            ended.sort_unstable();
+            panic!(
+                "read_all({topic}): only partitions {ended:?} of {} reached their end within {patience:?} ({} records read)",
+                reader.partitions,
+                reader.records.len()
+            );
+        }
         reader.records
     }
 
@@ -509,8 +521,8 @@ impl TopicReader {
     }
 
     /// Reads until every partition reported its end (again, if anything arrived since
-    /// the last call) or `deadline` passes.
-    fn catch_up(&mut self, deadline: Instant) {
+    /// the last call) or `deadline` passes; true when every partition reached its end.
+    fn catch_up(&mut self, deadline: Instant) -> bool {
         // What arrived since the last round is only seen after polling at least once.
         let mut polled = false;
         while (!polled || self.at_end.len() < self.partitions) && Instant::now() < deadline {
@@ -526,6 +538,7 @@ impl TopicReader {
             }
             polled = true;
         }
+        polled && self.at_end.len() == self.partitions
     }
 }
 
