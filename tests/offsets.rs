@@ -275,24 +275,30 @@ fn reset_refuses_while_an_idle_partitions_consumer_runs_and_saves_what_it_replac
     }
 
     let pid = format!("pid {}", eventd.child.id());
-    for args in [
-        &["reset", "--to", "earliest"][..],
-        &["reset", "--to", "earliest", "--dry-run"],
-    ] {
-        let refused = offsets(&config, args);
-        assert_eq!(
-            refused.status.code(),
-            Some(1),
-            "{args:?}: {}",
-            text(&refused)
-        );
-        let stderr = String::from_utf8_lossy(&refused.stderr);
-        assert!(
-            stderr.contains(&pid) && stderr.contains("\"main\"") && stderr.contains("--force"),
-            "{args:?}: {}",
-            text(&refused)
-        );
-    }
+    let refused = offsets(&config, &["reset", "--to", "earliest"]);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains(&pid) && stderr.contains("\"main\"") && stderr.contains("--force"),
+        "{}",
+        text(&refused)
+    );
+    // A dry run is a preview: it shows the reset, marked as one the live group refuses.
+    let preview = offsets(&config, &["reset", "--to", "earliest", "--dry-run"]);
+    assert_eq!(preview.status.code(), Some(0), "{}", text(&preview));
+    let stderr = String::from_utf8_lossy(&preview.stderr);
+    assert!(
+        stderr.contains("DRY RUN OF A LIVE GROUP")
+            && stderr.contains(&pid)
+            && stderr.contains("the real reset would be refused"),
+        "{}",
+        text(&preview)
+    );
+    assert!(
+        String::from_utf8_lossy(&preview.stdout).contains("RESET TO"),
+        "{}",
+        text(&preview)
+    );
     assert!(
         shown(&config).iter().all(|row| row.3 == 0),
         "a refused reset moved nothing"
@@ -495,7 +501,7 @@ fn a_restarted_partitions_consumer_is_seen_running_before_its_first_interval() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let refused = offsets(&config, &["reset", "--to", "earliest", "--dry-run"]);
+    let refused = offsets(&config, &["reset", "--to", "earliest"]);
     assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
     assert!(
         String::from_utf8_lossy(&refused.stderr).contains(&format!("pid {pid}")),

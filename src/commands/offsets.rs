@@ -168,8 +168,12 @@ pub fn run(config: Config, options: OffsetsOptions) -> i32 {
         );
         EXIT_GROUP_ACTIVE
     };
+    // A dry run is a preview: against a live group it goes on, saying the real reset
+    // would be refused and why.
+    let mut live_reason: Option<String> = None;
     match live_members(&client, &group) {
         Ok(0) => {}
+        Ok(members) if reset.dry_run => live_reason = Some(format!("{members} live member(s)")),
         Ok(members) => return refuse_live(&format!("{members} live member(s)")),
         Err(reason) => {
             // Brokers without DescribeGroups still refuse a commit from outside a
@@ -185,8 +189,24 @@ pub fn run(config: Config, options: OffsetsOptions) -> i32 {
             );
         }
     }
-    if let Some(exit) = refuse_running_holders(&group, &rows, reset.force) {
-        return exit;
+    match running_holders(&rows) {
+        Some((processes, _)) if reset.dry_run && !reset.force => {
+            live_reason.get_or_insert(format!(
+                "a running process: {processes} (--force overrides this for a process that is gone)"
+            ));
+        }
+        Some(holders) => {
+            if let Some(exit) = refuse_running_holders(&group, &holders, reset.force) {
+                return exit;
+            }
+        }
+        None => {}
+    }
+    if let Some(reason) = &live_reason {
+        eprintln!(
+            "eventd offsets: DRY RUN OF A LIVE GROUP: group {group:?} has {reason}; the real reset is refused until every process of consumer {:?} stops",
+            options.consumer
+        );
     }
     if consumer_config.mode == ConsumerMode::Partitions
         && rows
@@ -241,7 +261,12 @@ pub fn run(config: Config, options: OffsetsOptions) -> i32 {
             }
             eprintln!("eventd offsets: dry run, {} not written", path.display());
         }
-        eprintln!("eventd offsets: dry run, nothing committed");
+        match &live_reason {
+            Some(_) => eprintln!(
+                "eventd offsets: dry run of a live group, nothing committed; the real reset would be refused (exit {EXIT_GROUP_ACTIVE})"
+            ),
+            None => eprintln!("eventd offsets: dry run, nothing committed"),
+        }
         return 0;
     }
     if let Some(path) = &reset.save {
@@ -313,7 +338,9 @@ fn commit_reset(client: &BaseConsumer<Diagnosis>, rows: &[Row]) -> Result<(), Co
 
 /// Exit 1 (said on stderr) when a committed offset names a process that still runs,
 /// unless `force`; `None` to go on.
-fn refuse_running_holders(group: &str, rows: &[Row], force: bool) -> Option<i32> {
+/// The processes whose fresh commits say they still read the group, one line for all,
+/// and how long after its last commit a process counts as running.
+fn running_holders(rows: &[Row]) -> Option<(String, Duration)> {
     let now_ms = chrono::Utc::now().timestamp_millis();
     let mut running: Vec<(&OffsetHolder, Duration, String)> = Vec::new();
     for row in rows {
@@ -341,7 +368,15 @@ fn refuse_running_holders(group: &str, rows: &[Row], force: bool) -> Option<i32>
             ));
         }
     }
-    let processes = processes.join("; ");
+    Some((processes.join("; "), running[0].0.fresh_for()))
+}
+
+/// Refuses a reset while `processes` (of `running_holders`) commit, unless `force`.
+fn refuse_running_holders(
+    group: &str,
+    (processes, fresh_for): &(String, Duration),
+    force: bool,
+) -> Option<i32> {
     if force {
         eprintln!(
             "eventd offsets: --force: group {group:?} is still committed to by {processes}; if it runs, it commits its own position over this reset"
@@ -350,7 +385,7 @@ fn refuse_running_holders(group: &str, rows: &[Row], force: bool) -> Option<i32>
     }
     eprintln!(
         "eventd offsets: group {group:?} is held by a running process: {processes}. Stop it first (a clean stop says so in its last commit), or pass --force if it is gone (it counts as running for {} after its last commit)",
-        humantime::format_duration(running[0].0.fresh_for())
+        humantime::format_duration(*fresh_for)
     );
     Some(EXIT_GROUP_ACTIVE)
 }
