@@ -586,6 +586,54 @@ output = "item_stats"
     );
 }
 
+/// JSON logs carry lists and events as JSON values, not as strings of Rust debug text,
+/// so a log pipeline can index a rebalance's partitions or a logged event's fields.
+#[test]
+fn json_logs_hold_partitions_and_logged_events_as_json_values() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    // The embedded default, whose demo feeds a `log` handler, with JSON logs.
+    let eventd = start_with(
+        dir,
+        manifest_path("config/eventd.toml"),
+        port,
+        &[
+            ("EVENTD__METRICS__LISTEN", format!("127.0.0.1:{port}")),
+            ("EVENTD__LOG__FORMAT", "json".to_owned()),
+        ],
+    );
+    let logged = eventd.wait_until(Duration::from_secs(60), |e| {
+        !e.log_lines("partitions assigned").is_empty() && !e.log_lines("event").is_empty()
+    });
+    assert!(
+        logged,
+        "no `partitions assigned` and `event` JSON lines within 60 s:\n{}",
+        eventd.logs()
+    );
+    let assigned = &eventd.log_lines("partitions assigned")[0];
+    let partitions = assigned["partitions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("partitions is not a JSON array: {assigned}"));
+    assert!(!partitions.is_empty(), "{assigned}");
+    for partition in partitions {
+        assert!(
+            partition["topic"].is_string() && partition["partition"].is_i64(),
+            "{assigned}"
+        );
+    }
+    let logged_event = &eventd.log_lines("event")[0];
+    let event = &logged_event["event"];
+    assert!(
+        event.is_object() && event["item_id"].is_string() && !event["ts"].is_null(),
+        "the logged event is not a JSON object: {logged_event}"
+    );
+    let started = eventd.log_lines("group member started");
+    assert!(
+        started.iter().all(|line| line["topics"].is_array()) && !started.is_empty(),
+        "{started:?}"
+    );
+}
+
 #[test]
 fn log_format_on_the_command_line_overrides_the_config() {
     let dir = tempfile::tempdir().expect("tempdir");

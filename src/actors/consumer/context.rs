@@ -287,7 +287,7 @@ impl ConsumerContext for EventdContext {
             }
         }
         tracing::info!(consumer = %self.consumer_name,
-            partitions = ?partitions.iter().map(|p| (p.topic.as_str(), p.partition)).collect::<Vec<_>>(),
+            partitions = %crate::logging::partition_list(partitions.iter().map(|p| (p.topic.as_str(), p.partition))),
             "partitions assigned");
         if let Some(member) = &self.member {
             let _ = member.send_message(GroupMemberMsg::Assigned(partitions));
@@ -300,7 +300,9 @@ impl ConsumerContext for EventdContext {
         };
         self.count("revoke");
         let partitions = partitions_of(list);
-        tracing::info!(consumer = %self.consumer_name, ?partitions, "partitions revoked");
+        tracing::info!(consumer = %self.consumer_name,
+            partitions = %crate::logging::partition_list(partitions.iter().map(|(topic, p)| (topic.as_str(), *p))),
+            "partitions revoked");
         if self.lifecycle.closing() {
             return;
         }

@@ -69,10 +69,10 @@ pub async fn hand_back(
                 held_windows,
             })) => {
                 if in_flight > 0 || held_windows > 0 {
-                    tracing::warn!(consumer, topic = %p.topic, partition = p.partition, ?stored, in_flight, held_windows,
+                    tracing::warn!(consumer, topic = %p.topic, partition = p.partition, stored, in_flight, held_windows,
                         "partition handed back unfinished; events from the stored offset on will be redelivered");
                 } else {
-                    tracing::debug!(consumer, topic = %p.topic, partition = p.partition, ?stored, "partition handed back");
+                    tracing::debug!(consumer, topic = %p.topic, partition = p.partition, stored, "partition handed back");
                 }
             }
             _ => {
