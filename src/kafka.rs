@@ -2,7 +2,7 @@
 //! config so each client differs only where its role needs it.
 
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
@@ -323,16 +323,27 @@ pub fn explain_failure(client: &BaseConsumer<Diagnosis>, error: &dyn std::fmt::D
     }
 }
 
-/// How loud a librdkafka log line is here: its own level, except for what a healthy
-/// cluster says on its way up, which librdkafka retries by itself and which an
-/// operator need not act on (a coordinator still loading its state after a start).
-pub fn log_level(level: RDKafkaLogLevel, message: &str) -> tracing::Level {
+/// What a healthy cluster says on its way up, which librdkafka retries by itself: a
+/// coordinator still loading its state after a broker start.
+fn is_start_up_noise(message: &str) -> bool {
+    message.contains("Coordinator load in progress")
+}
+
+/// How long start-up noise may go on before it is a warning again: a coordinator
+/// loads in seconds; one still loading after this needs an operator's look.
+pub const START_UP_NOISE_PATIENCE: Duration = Duration::from_secs(30);
+
+/// How loud a librdkafka log line is here: its own level, except for start-up noise,
+/// which is information until it has lasted `START_UP_NOISE_PATIENCE` (`lasted`).
+pub fn log_level(level: RDKafkaLogLevel, message: &str, lasted: Duration) -> tracing::Level {
     match level {
         RDKafkaLogLevel::Emerg
         | RDKafkaLogLevel::Alert
         | RDKafkaLogLevel::Critical
         | RDKafkaLogLevel::Error => tracing::Level::ERROR,
-        RDKafkaLogLevel::Warning if message.contains("Coordinator load in progress") => {
+        RDKafkaLogLevel::Warning
+            if is_start_up_noise(message) && lasted < START_UP_NOISE_PATIENCE =>
+        {
             tracing::Level::INFO
         }
         RDKafkaLogLevel::Warning => tracing::Level::WARN,
@@ -341,11 +352,54 @@ pub fn log_level(level: RDKafkaLogLevel, message: &str) -> tracing::Level {
     }
 }
 
+/// One run of repeated lines: when the first and the latest arrived. Lines further
+/// apart than `START_UP_NOISE_PATIENCE` start a new run.
+#[derive(Default)]
+pub struct Repeats {
+    run: Mutex<Option<(Instant, Instant)>>,
+}
+
+impl Repeats {
+    /// Notes a line at `now`; how long its run has lasted.
+    pub fn lasted(&self, now: Instant) -> Duration {
+        let mut run = self
+            .run
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let first = match *run {
+            Some((first, latest))
+                if now.saturating_duration_since(latest) < START_UP_NOISE_PATIENCE =>
+            {
+                first
+            }
+            _ => now,
+        };
+        *run = Some((first, now));
+        now.saturating_duration_since(first)
+    }
+}
+
+/// Start-up noise of every client of this process: one cluster coming up.
+static START_UP_NOISE: std::sync::LazyLock<Repeats> = std::sync::LazyLock::new(Repeats::default);
+
 /// Logs a librdkafka line at the level `log_level` gives it, with `fac` and `message`
-/// as fields and the consumer it belongs to, if any.
+/// as fields and the consumer it belongs to, if any. Start-up noise that is a warning
+/// again says for how long it has gone on.
 pub fn log_librdkafka(level: RDKafkaLogLevel, fac: &str, message: &str, consumer: Option<&str>) {
-    match log_level(level, message) {
+    let lasted = if is_start_up_noise(message) {
+        START_UP_NOISE.lasted(Instant::now())
+    } else {
+        Duration::ZERO
+    };
+    match log_level(level, message, lasted) {
         tracing::Level::ERROR => tracing::error!(consumer, fac, message, "librdkafka"),
+        tracing::Level::WARN if lasted > Duration::ZERO => tracing::warn!(
+            consumer,
+            fac,
+            message,
+            lasting = %humantime::format_duration(Duration::from_secs(lasted.as_secs())),
+            "librdkafka"
+        ),
         tracing::Level::WARN => tracing::warn!(consumer, fac, message, "librdkafka"),
         tracing::Level::INFO => tracing::info!(consumer, fac, message, "librdkafka"),
         _ => tracing::debug!(consumer, fac, message, "librdkafka"),
@@ -518,17 +572,21 @@ pub fn check_written_topics(config: &Config, brokers: &Brokers) -> Vec<TopicChec
 mod tests {
     use super::*;
 
+    const LOADING: &str =
+        "Failed to acquire idempotence PID from broker: Coordinator load in progress: retrying";
+
     #[test]
     fn a_healthy_cluster_on_its_way_up_is_not_a_warning() {
         assert_eq!(
-            log_level(
-                RDKafkaLogLevel::Warning,
-                "Failed to acquire idempotence PID from broker: Coordinator load in progress: retrying"
-            ),
+            log_level(RDKafkaLogLevel::Warning, LOADING, Duration::ZERO),
             tracing::Level::INFO
         );
         assert_eq!(
-            log_level(RDKafkaLogLevel::Warning, "Connection refused"),
+            log_level(
+                RDKafkaLogLevel::Warning,
+                "Connection refused",
+                Duration::ZERO
+            ),
             tracing::Level::WARN
         );
         assert!(!is_worth_a_warning(&KafkaError::Global(
@@ -537,6 +595,38 @@ mod tests {
         assert!(is_worth_a_warning(&KafkaError::Global(
             RDKafkaErrorCode::AllBrokersDown
         )));
+    }
+
+    #[test]
+    fn start_up_noise_that_lasts_is_a_warning_again() {
+        let repeats = Repeats::default();
+        let start = Instant::now();
+        let second = Duration::from_secs(1);
+        // A coordinator retried every few seconds for longer than the patience.
+        let mut level = tracing::Level::INFO;
+        for at in (0..=40).step_by(5) {
+            let lasted = repeats.lasted(start + at * second);
+            assert_eq!(lasted, at * second);
+            level = log_level(RDKafkaLogLevel::Warning, LOADING, lasted);
+            let expected = if lasted < START_UP_NOISE_PATIENCE {
+                tracing::Level::INFO
+            } else {
+                tracing::Level::WARN
+            };
+            assert_eq!(level, expected, "after {lasted:?}");
+        }
+        assert_eq!(level, tracing::Level::WARN);
+        // Quiet for longer than the patience: the next line starts a new run.
+        let later = start + 40 * second + START_UP_NOISE_PATIENCE;
+        assert_eq!(repeats.lasted(later), Duration::ZERO);
+        assert_eq!(
+            log_level(
+                RDKafkaLogLevel::Warning,
+                LOADING,
+                repeats.lasted(later + second)
+            ),
+            tracing::Level::INFO
+        );
     }
     use rdkafka::types::RDKafkaConfRes;
 
