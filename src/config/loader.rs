@@ -362,6 +362,15 @@ fn parse_issue(key: String, message: &str, values: Option<&serde_json::Value>) -
             .unwrap_or_default();
         format!("expects a duration as a quoted string with its unit, such as \"10s\", \"500ms\" or \"2m\"{got}")
     } else if let Some(field) = unknown_field(message) {
+        if key.starts_with("handlers[") && key.contains("].filter.") {
+            return ConfigIssue {
+                message: format!(
+                    "{field:?} is not a filter operator; the operators are {}",
+                    super::filter::OPERATORS.join(", ")
+                ),
+                key,
+            };
+        }
         match handler_kind_at(&key, values) {
             Some(kind) => format!(
                 "{field:?} is not a key of a handler of kind = \"{kind}\"; its keys are {}",

@@ -10,6 +10,7 @@
 //! `crate::config::X` whichever file `X` lives in.
 
 mod bytes;
+mod filter;
 mod loader;
 pub mod options;
 mod placeholders;
@@ -19,12 +20,13 @@ pub mod security;
 mod validate;
 
 pub use bytes::ByteSize;
+pub use filter::{Condition, Filter, Subject};
 pub use loader::{ConfigError, EXIT_CONFIG};
 pub use schema::{
     Acks, Assignment, Compression, Config, ConsumerConfig, ConsumerMode, DeadLetterConfig,
-    DemoConfig, DemoTopics, EmbeddedConfig, FaultAction, FieldCondition, HandlerConfig,
-    HandlerKind, HealthConfig, KafkaConfig, LogConfig, LogFormat, MetricsConfig, NamedStart,
-    PartitionerConfig, PartitionerKind, ProducerConfig, ProducerMode, RetryConfig, ShutdownConfig,
-    StartPosition, SupervisionConfig, TransientRetries,
+    DemoConfig, DemoTopics, EmbeddedConfig, FaultAction, HandlerConfig, HandlerKind, HealthConfig,
+    KafkaConfig, LogConfig, LogFormat, MetricsConfig, NamedStart, PartitionerConfig,
+    PartitionerKind, ProducerConfig, ProducerMode, RetryConfig, ShutdownConfig, StartPosition,
+    SupervisionConfig, TransientRetries,
 };
 pub use validate::ConfigIssue;

@@ -440,42 +440,6 @@ impl fmt::Display for HandlerKind {
     }
 }
 
-/// One condition on an event field, e.g. `action = { equals = "add" }`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum FieldCondition {
-    Equals(serde_json::Value),
-    In(Vec<serde_json::Value>),
-    Exists(bool),
-}
-
-impl FieldCondition {
-    /// Whether a field whose value is the JSON text `raw` (`None`: absent) passes.
-    /// Strings without escapes are compared as written; anything else as parsed, so
-    /// `"\u0061"` equals `"a"` and `1.0` is not `1`, as with `serde_json::Value`.
-    pub fn matches(&self, raw: Option<&str>) -> bool {
-        let equals = |expected: &serde_json::Value, raw: &str| match (expected, plain_string(raw)) {
-            (serde_json::Value::String(expected), Some(text)) => expected == text,
-            (_, Some(_)) => false,
-            _ => serde_json::from_str::<serde_json::Value>(raw).is_ok_and(|v| v == *expected),
-        };
-        match self {
-            FieldCondition::Equals(expected) => raw.is_some_and(|raw| equals(expected, raw)),
-            FieldCondition::In(allowed) => {
-                raw.is_some_and(|raw| allowed.iter().any(|expected| equals(expected, raw)))
-            }
-            FieldCondition::Exists(wanted) => raw.is_some() == *wanted,
-        }
-    }
-}
-
-/// The contents of a JSON string literal that has no escapes.
-fn plain_string(raw: &str) -> Option<&str> {
-    raw.strip_prefix('"')?
-        .strip_suffix('"')
-        .filter(|text| !text.contains('\\'))
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FaultAction {
@@ -503,7 +467,7 @@ pub struct HandlerConfig {
     pub topics: Vec<String>,
     /// Every condition must hold for an event to reach the handler.
     #[serde(default)]
-    pub filter: BTreeMap<String, FieldCondition>,
+    pub filter: super::filter::Filter,
     /// Handler actors in the pool; events with the same key go to the same actor.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,

@@ -456,6 +456,9 @@ impl Config {
                     format!("{:?} is used by another handler", handler.name),
                 );
             }
+            for (below, reason) in handler.filter.problems() {
+                issues.push(key(&format!("filter.{below}")), reason);
+            }
             match self.consumer(&handler.consumer) {
                 None => issues.push(
                     key("consumer"),
@@ -639,7 +642,7 @@ fn validate_kind_fields(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::TransientRetries;
+    use crate::config::{Subject, TransientRetries};
     use std::time::Duration;
 
     fn parse(toml: &str) -> Config {
@@ -885,29 +888,44 @@ mod tests {
         let config = parse(&format!(
             "{BASE}\n[handlers.filter]\naction = {{ equals = \"add\" }}\nkind = {{ in = [\"a\", \"b\"] }}\n"
         ));
-        let filter = &config.handlers[0].filter;
-        assert!(filter["action"].matches(Some(r#""add""#)));
+        let filter = &config.handlers[0].filter.fields;
+        let json = |raw| Some(Subject::Json(raw));
+        assert!(filter["action"].matches(json(r#""add""#)));
         assert!(
-            filter["action"].matches(Some(r#""\u0061dd""#)),
+            filter["action"].matches(json(r#""\u0061dd""#)),
             "escapes are read"
         );
-        assert!(!filter["action"].matches(Some(r#""added""#)));
-        assert!(!filter["action"].matches(Some(r#"["add"]"#)));
+        assert!(!filter["action"].matches(json(r#""added""#)));
+        assert!(!filter["action"].matches(json(r#"["add"]"#)));
         assert!(!filter["action"].matches(None));
-        assert!(filter["kind"].matches(Some(r#""b""#)));
-        assert!(!filter["kind"].matches(Some(r#""c""#)));
+        assert!(filter["kind"].matches(json(r#""b""#)));
+        assert!(!filter["kind"].matches(json(r#""c""#)));
         let numbers = parse(&format!(
             "{BASE}\n[handlers.filter]\nn = {{ equals = 1 }}\nseen = {{ exists = true }}\n"
         ));
-        let filter = &numbers.handlers[0].filter;
-        assert!(filter["n"].matches(Some("1")));
+        let filter = &numbers.handlers[0].filter.fields;
+        assert!(filter["n"].matches(json("1")));
         assert!(
-            !filter["n"].matches(Some("1.0")),
+            !filter["n"].matches(json("1.0")),
             "as serde_json compares numbers"
         );
-        assert!(!filter["n"].matches(Some(r#""1""#)));
-        assert!(filter["seen"].matches(Some("null")), "a null field exists");
+        assert!(!filter["n"].matches(json(r#""1""#)));
+        assert!(filter["seen"].matches(json("null")), "a null field exists");
         assert!(!filter["seen"].matches(None));
+    }
+
+    #[test]
+    fn a_filter_condition_that_cannot_decide_is_refused_naming_its_key() {
+        let config = parse(&format!(
+            "{BASE}\n[handlers.filter]\naction = {{}}\nheaders = {{ source = {{ any = [] }} }}\n"
+        ));
+        assert_eq!(
+            keys(&config),
+            vec![
+                "handlers[0].filter.action",
+                "handlers[0].filter.headers.source.any"
+            ]
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! is one actor position in it, whose actor is replaced on restart. The router decides
 //! which slots see an event.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -12,14 +12,14 @@ use ractor::ActorRef;
 
 use super::outbox::ParkedShown;
 use super::{FlushError, HandlerMsg};
-use crate::config::{Config, FieldCondition, HandlerConfig, HandlerKind};
+use crate::config::{Config, Filter, HandlerConfig, HandlerKind, Subject};
 use crate::event::{slot_for, Event, FieldNames};
 
 /// What of a handler can change on reload without restarting it.
 #[derive(Debug, Clone)]
 pub struct HandlerSettings {
     pub topics: HashSet<String>,
-    pub filter: BTreeMap<String, FieldCondition>,
+    pub filter: Filter,
     pub sample: f64,
     pub fields: Option<Vec<String>>,
 }
@@ -36,8 +36,20 @@ impl HandlerSettings {
 
     fn matches(&self, event: &Event) -> bool {
         self.filter
+            .fields
             .iter()
-            .all(|(field, condition)| condition.matches(event.body.raw(field)))
+            .all(|(field, condition)| condition.matches(event.body.raw(field).map(Subject::Json)))
+            && self.filter.headers.iter().all(|(name, condition)| {
+                // The last of repeated headers, as a reader of one value sees it; a value
+                // that is not UTF-8 text is no text a condition could match.
+                let value = event
+                    .headers
+                    .iter()
+                    .rev()
+                    .find(|(header, _)| header == name)
+                    .map(|(_, value)| std::str::from_utf8(value).unwrap_or("\u{fffd}"));
+                condition.matches(value.map(Subject::Text))
+            })
     }
 }
 
@@ -173,19 +185,21 @@ impl Router {
             let Some(settings) = settings else {
                 continue;
             };
-            names.extend(settings.filter.keys().map(String::as_str));
+            names.extend(settings.filter.fields.keys().map(String::as_str));
             names.extend(settings.fields.iter().flatten().map(String::as_str));
             names.extend(route.pool.group_by.as_deref());
         }
         FieldNames::new(names)
     }
 
-    /// Whether a handler these settings route to passes Kafka headers on, or may fail
-    /// on an event, whose dead-letter copy then keeps them.
+    /// Whether a handler these settings route to passes Kafka headers on, filters on
+    /// them, or may fail on an event, whose dead-letter copy then keeps them.
     pub fn reads_headers(&self, settings: &[Option<Arc<HandlerSettings>>]) -> bool {
         self.routes.iter().zip(settings).any(|(route, settings)| {
-            settings.is_some()
-                && matches!(route.pool.kind, HandlerKind::Forward | HandlerKind::Fault)
+            settings.as_ref().is_some_and(|settings| {
+                !settings.filter.headers.is_empty()
+                    || matches!(route.pool.kind, HandlerKind::Forward | HandlerKind::Fault)
+            })
         })
     }
 

@@ -1,0 +1,207 @@
+//! `[handlers.filter]`: each operator lets through what it should and nothing else,
+//! headers included, with the README's own example; conditions that cannot be
+//! evaluated are refused by `check-config` and `run`, naming their keys.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::*;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, Producer};
+use serde_json::json;
+
+/// The README's `[handlers.filter]` example, as written there.
+fn readme_filter() -> String {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
+    let start = readme
+        .find("```toml\n[handlers.filter]")
+        .expect("the README has a [handlers.filter] example");
+    let example = &readme[start + "```toml\n".len()..];
+    example[..example.find("```").expect("the example ends")].to_owned()
+}
+
+/// An event of `like` with `fields` over the required ones.
+fn event(id: usize, fields: serde_json::Value) -> String {
+    let mut event = json!({
+        "event_id": format!("e-{id}"),
+        "user_id": "u-1",
+        "item_id": format!("item-{id}"),
+        "ts": 1_764_000_000_000i64,
+        "action": "add",
+        "dwell_ms": 5000,
+        "source": "web",
+    });
+    for (name, value) in fields.as_object().expect("fields") {
+        match value {
+            serde_json::Value::Null => event.as_object_mut().expect("event").remove(name),
+            value => event
+                .as_object_mut()
+                .expect("event")
+                .insert(name.clone(), value.clone()),
+        };
+    }
+    event.to_string()
+}
+
+#[test]
+fn the_readme_filter_lets_through_exactly_what_each_operator_allows() {
+    let broker = Broker::start(1, &["like", "out"]);
+    // (fields over a passing event, the x-tenant header, whether it passes)
+    let cases: Vec<(serde_json::Value, Option<&str>, bool)> = vec![
+        (json!({}), Some("eu"), true),
+        (json!({"action": "remove"}), Some("eu"), false),
+        (json!({"dwell_ms": 999}), Some("eu"), false),
+        (json!({"dwell_ms": 1000}), Some("us"), true),
+        (json!({"dwell_ms": 599_999.5}), Some("eu"), true),
+        (json!({"dwell_ms": 600_000}), Some("eu"), false),
+        (json!({"dwell_ms": "5000"}), Some("eu"), false),
+        (json!({"dwell_ms": null}), Some("eu"), false),
+        (json!({"item_id": "test-9"}), Some("eu"), false),
+        (json!({"item_id": "item-test-9"}), Some("eu"), true),
+        (json!({"source": "app-ios"}), Some("eu"), true),
+        (json!({"source": "email"}), Some("eu"), false),
+        (json!({"source": null}), Some("eu"), false),
+        (json!({}), Some("ap"), false),
+        (json!({}), None, false),
+    ];
+    let producer = broker.producer();
+    for (id, (fields, tenant, _)) in cases.iter().enumerate() {
+        let payload = event(id, fields.clone());
+        let key = format!("k-{id}");
+        let mut record = BaseRecord::to("like").key(&key).payload(&payload);
+        if let Some(tenant) = tenant {
+            record = record.headers(OwnedHeaders::new().insert(Header {
+                key: "x-tenant",
+                value: Some(*tenant),
+            }));
+        }
+        producer.send(record).map_err(|(e, _)| e).expect("send");
+    }
+    producer.flush(Duration::from_secs(10)).expect("flush");
+
+    let eventd = start_eventd(
+        &broker,
+        &format!(
+            r#"
+[[consumers]]
+name = "main"
+topics = ["like"]
+
+[[handlers]]
+name = "picked"
+kind = "forward"
+consumer = "main"
+output = "out"
+{}"#,
+            readme_filter()
+        ),
+    );
+    let passing: BTreeSet<String> = cases
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, _, passes))| *passes)
+        .map(|(id, _)| format!("e-{id}"))
+        .collect();
+    let filtered = (cases.len() - passing.len()) as f64;
+    let labels = |outcome| {
+        [
+            ("handler", "picked"),
+            ("topic", "like"),
+            ("outcome", outcome),
+        ]
+    };
+    assert!(
+        eventd.wait_until(Duration::from_secs(30), |e| {
+            e.metric_reaches("eventd_events_handled_total", &labels("filtered"), filtered)
+                && e.metric_reaches(
+                    "eventd_events_handled_total",
+                    &labels("ok"),
+                    passing.len() as f64,
+                )
+        }),
+        "filtered {:?} of {filtered}, handled {:?} of {}\nlogs:\n{}",
+        eventd.metric_if_present("eventd_events_handled_total", &labels("filtered")),
+        eventd.metric_if_present("eventd_events_handled_total", &labels("ok")),
+        passing.len(),
+        eventd.logs()
+    );
+    broker.expect_committed_to_end("eventd-main", "like", Duration::from_secs(20), &eventd);
+    let copied: BTreeSet<String> = broker
+        .read_all("out")
+        .iter()
+        .map(|record| record.field("event_id").expect("event_id"))
+        .collect();
+    assert_eq!(copied, passing, "the events the filter let through");
+}
+
+#[test]
+fn conditions_that_cannot_be_evaluated_are_refused_naming_their_keys() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("filters.toml");
+    std::fs::write(
+        &path,
+        r#"
+[[consumers]]
+name = "main"
+topics = ["like"]
+
+[[handlers]]
+name = "picked"
+kind = "log"
+consumer = "main"
+[handlers.filter]
+dwell_ms = { gt = "5" }
+kind = { above = 5 }
+action = {}
+headers = { "x-tenant" = { any = [] } }
+"#,
+    )
+    .expect("config");
+    let check = check_config(&path);
+    let report = String::from_utf8_lossy(&check.stdout).into_owned();
+    assert_eq!(check.status.code(), Some(78), "{report}");
+    for key in [
+        "handlers[0].filter.dwell_ms.gt: invalid type: string \"5\", expected a JSON number",
+        "handlers[0].filter.kind.above: \"above\" is not a filter operator",
+    ] {
+        assert!(report.contains(key), "{key} not named:\n{report}");
+    }
+    let run = run_with(&path);
+    assert_eq!(run.status.code(), Some(78));
+    assert!(
+        String::from_utf8_lossy(&run.stderr).contains("handlers[0].filter.dwell_ms.gt"),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+
+    // With the type errors fixed, the conditions that cannot decide are named.
+    std::fs::write(
+        &path,
+        r#"
+[[consumers]]
+name = "main"
+topics = ["like"]
+
+[[handlers]]
+name = "picked"
+kind = "log"
+consumer = "main"
+[handlers.filter]
+action = {}
+headers = { "x-tenant" = { any = [] } }
+"#,
+    )
+    .expect("config");
+    let check = check_config(&path);
+    let report = String::from_utf8_lossy(&check.stdout).into_owned();
+    assert_eq!(check.status.code(), Some(78), "{report}");
+    for key in [
+        "handlers[0].filter.action:",
+        "handlers[0].filter.headers.x-tenant.any:",
+    ] {
+        assert!(report.contains(key), "{key} not named:\n{report}");
+    }
+}
