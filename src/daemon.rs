@@ -4,7 +4,7 @@
 //! writes to is missing (or no broker answered the check), 70 supervision meltdown, 78
 //! bad configuration, 130 second signal during shutdown.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use futures::StreamExt;
@@ -161,20 +161,56 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> i32 {
         .enabled
         .then(|| crate::demo::spawn(config.demo.clone(), producer.clone(), demo_stopped));
 
+    // `reload.watch_config`: a change of the files asks for a reload as SIGHUP does.
+    let (file_changed, mut changes) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let _watch = match (&config_path, config.reload.watch_config) {
+        (Some(path), true) => {
+            let mut files = vec![path.clone()];
+            files.extend(
+                config
+                    .kafka
+                    .security
+                    .files()
+                    .into_iter()
+                    .map(Path::to_path_buf),
+            );
+            match crate::watch::spawn(files, file_changed) {
+                Ok(watcher) => Some(watcher),
+                Err(error) => {
+                    tracing::error!(%error, "reload.watch_config: not watching; SIGHUP still reloads");
+                    None
+                }
+            }
+        }
+        (None, true) => {
+            tracing::warn!(
+                "reload.watch_config: no config file was given, so there is none to watch"
+            );
+            None
+        }
+        (_, false) => None,
+    };
+
     // A reload runs beside this loop, so a shutdown signal or a meltdown is never
-    // held up by one; a SIGHUP while one runs starts the next once it is done.
+    // held up by one; a SIGHUP (or a file change) while one runs starts the next once
+    // it is done.
     let mut reloading: Option<tokio::task::JoinHandle<()>> = None;
     let mut reload_again = false;
+    let start_reload = |reloading: &mut Option<tokio::task::JoinHandle<()>>, again: &mut bool| {
+        if reloading.is_some() {
+            *again = true;
+        } else {
+            *reloading = Some(tokio::spawn(reload(root.clone(), config_path.clone())));
+        }
+    };
     loop {
         tokio::select! {
+            Some(()) = changes.recv() => {
+                tracing::info!("the config or a file it names changed");
+                start_reload(&mut reloading, &mut reload_again);
+            }
             signal = signals.next() => match signal {
-                Some(SIGHUP) => {
-                    if reloading.is_some() {
-                        reload_again = true;
-                    } else {
-                        reloading = Some(tokio::spawn(reload(root.clone(), config_path.clone())));
-                    }
-                }
+                Some(SIGHUP) => start_reload(&mut reloading, &mut reload_again),
                 Some(signal) => {
                     tracing::info!(signal, "shutdown requested");
                     break;

@@ -42,3 +42,4 @@ pub mod kafka;
 pub mod logging;
 pub mod telemetry;
 pub mod waits;
+pub mod watch;

@@ -28,6 +28,7 @@ pub struct Config {
     pub health: HealthConfig,
     pub shutdown: ShutdownConfig,
     pub log: LogConfig,
+    pub reload: ReloadConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -670,6 +671,14 @@ impl Default for HealthConfig {
             broker_timeout: Duration::from_secs(30),
         }
     }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReloadConfig {
+    /// Reload, as SIGHUP does, when the config file or a file it names (`file:`
+    /// secrets, TLS files) changes its contents.
+    pub watch_config: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -4,7 +4,7 @@
 //! never shown: not in logs, errors, `check-config` output or a panic.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -29,6 +29,21 @@ pub struct SecurityConfig {
     /// not the raw librdkafka properties) so that it is warned about at every start
     /// and shown in /metrics.
     pub verify_certificates: bool,
+}
+
+impl SecurityConfig {
+    /// Every file these settings read: `file:` secrets and the TLS files.
+    pub fn files(&self) -> Vec<&Path> {
+        let secrets = [&self.username, &self.password, &self.key_password]
+            .into_iter()
+            .flatten()
+            .filter_map(Secret::file);
+        let tls = [&self.ca, &self.certificate, &self.key]
+            .into_iter()
+            .flatten()
+            .map(PathBuf::as_path);
+        secrets.chain(tls).collect()
+    }
 }
 
 impl Default for SecurityConfig {
@@ -104,6 +119,11 @@ pub struct Secret {
 }
 
 impl Secret {
+    /// The file the value is read from, when it is written `file:PATH`.
+    pub fn file(&self) -> Option<&Path> {
+        self.written.strip_prefix("file:").map(Path::new)
+    }
+
     pub fn value(&self) -> &str {
         self.value.as_deref().unwrap_or("")
     }
@@ -432,6 +452,32 @@ fn read_a_byte(path: &std::path::Path) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_files_of_the_settings_are_the_file_secrets_and_the_tls_files() {
+        let secret = |written: &str| {
+            Some(Secret {
+                written: written.to_owned(),
+                value: None,
+            })
+        };
+        let security = SecurityConfig {
+            username: secret("svc-eventd"),
+            password: secret("file:/run/secrets/password"),
+            key_password: secret("env:KEY_PASSWORD"),
+            ca: Some(PathBuf::from("/etc/eventd/ca.pem")),
+            key: Some(PathBuf::from("/etc/eventd/client.key")),
+            ..SecurityConfig::default()
+        };
+        assert_eq!(
+            security.files(),
+            [
+                Path::new("/run/secrets/password"),
+                Path::new("/etc/eventd/ca.pem"),
+                Path::new("/etc/eventd/client.key")
+            ]
+        );
+    }
 
     #[test]
     fn a_secret_shows_where_it_comes_from_never_its_value() {
