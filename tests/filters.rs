@@ -137,32 +137,30 @@ output = "out"
     assert_eq!(copied, passing, "the events the filter let through");
 }
 
-#[test]
-fn conditions_that_cannot_be_evaluated_are_refused_naming_their_keys() {
-    let dir = tempfile::tempdir().expect("tempdir");
+/// `check-config`'s report on a log handler with these `[handlers.filter]` lines,
+/// which must refuse them (exit 78), and the config file.
+fn refused_filter(dir: &tempfile::TempDir, filter_lines: &str) -> (String, std::path::PathBuf) {
     let path = dir.path().join("filters.toml");
     std::fs::write(
         &path,
-        r#"
-[[consumers]]
-name = "main"
-topics = ["like"]
-
-[[handlers]]
-name = "picked"
-kind = "log"
-consumer = "main"
-[handlers.filter]
-dwell_ms = { gt = "5" }
-kind = { above = 5 }
-action = {}
-headers = { "x-tenant" = { any = [] } }
-"#,
+        format!(
+            "[[consumers]]\nname = \"main\"\ntopics = [\"like\"]\n\n[[handlers]]\nname = \"picked\"\nkind = \"log\"\nconsumer = \"main\"\n[handlers.filter]\n{filter_lines}"
+        ),
     )
     .expect("config");
     let check = check_config(&path);
     let report = String::from_utf8_lossy(&check.stdout).into_owned();
     assert_eq!(check.status.code(), Some(78), "{report}");
+    (report, path)
+}
+
+#[test]
+fn conditions_that_cannot_be_evaluated_are_refused_naming_their_keys() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (report, path) = refused_filter(
+        &dir,
+        "dwell_ms = { gt = \"5\" }\nkind = { above = 5 }\naction = {}\nheaders = { \"x-tenant\" = { any = [] } }\n",
+    );
     for key in [
         "handlers[0].filter.dwell_ms.gt: invalid type: string \"5\", expected a JSON number",
         "handlers[0].filter.kind.above: \"above\" is not a filter operator",
@@ -178,26 +176,10 @@ headers = { "x-tenant" = { any = [] } }
     );
 
     // With the type errors fixed, the conditions that cannot decide are named.
-    std::fs::write(
-        &path,
-        r#"
-[[consumers]]
-name = "main"
-topics = ["like"]
-
-[[handlers]]
-name = "picked"
-kind = "log"
-consumer = "main"
-[handlers.filter]
-action = {}
-headers = { "x-tenant" = { any = [] } }
-"#,
-    )
-    .expect("config");
-    let check = check_config(&path);
-    let report = String::from_utf8_lossy(&check.stdout).into_owned();
-    assert_eq!(check.status.code(), Some(78), "{report}");
+    let (report, _) = refused_filter(
+        &dir,
+        "action = {}\nheaders = { \"x-tenant\" = { any = [] } }\n",
+    );
     for key in [
         "handlers[0].filter.action:",
         "handlers[0].filter.headers.x-tenant.any:",
