@@ -26,12 +26,30 @@ pub fn spawn(
     files: Vec<PathBuf>,
     reload: mpsc::UnboundedSender<()>,
 ) -> Result<RecommendedWatcher, String> {
+    // Absolute, so they compare with the paths of the events (the watched directory
+    // joined with an entry's name); symlinks are left as they are, since they are
+    // what changes.
+    let files: Vec<PathBuf> = files
+        .iter()
+        .map(|file| std::path::absolute(file).unwrap_or_else(|_| file.clone()))
+        .collect();
+    let entries = entries_of(&files);
     let (events, mut seen) = mpsc::unbounded_channel::<()>();
-    // Any event but a read may stand for a change, an error of the watch itself (an
-    // overflowed queue) included: each one means look again. Reads are left out, or
-    // the look itself, opening the files, would ask for the next one.
+    // An event on an entry of the files (the file, or the symlink it goes through)
+    // may be a change, and so may an error of the watch itself (an overflowed queue):
+    // each means look again. Reads are no change, and neither is anything else in
+    // those directories (eventd's own log file, say, whose every line would otherwise
+    // ask for the next look).
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if !event.is_ok_and(|event| event.kind.is_access()) {
+        let worth_a_look = match event {
+            Ok(event) => {
+                !event.kind.is_access()
+                    && (event.paths.is_empty()
+                        || event.paths.iter().any(|path| entries.contains(path)))
+            }
+            Err(_) => true,
+        };
+        if worth_a_look {
             let _ = events.send(());
         }
     })
@@ -66,6 +84,22 @@ pub fn spawn(
         }
     });
     Ok(watcher)
+}
+
+/// The directory entries a change of `files` shows on: each file, and for a file that
+/// is a symlink the entry its relative target starts with (Kubernetes mounts
+/// `eventd.toml -> ..data/eventd.toml` and swaps `..data`).
+fn entries_of(files: &[PathBuf]) -> BTreeSet<PathBuf> {
+    let mut entries = BTreeSet::new();
+    for file in files {
+        entries.insert(file.clone());
+        if let Ok(target) = std::fs::read_link(file) {
+            if let Some(std::path::Component::Normal(first)) = target.components().next() {
+                entries.insert(directory_of(file).join(first));
+            }
+        }
+    }
+    entries
 }
 
 /// The directory to watch for `file`: its parent, or the working directory.

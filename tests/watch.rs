@@ -168,3 +168,47 @@ fn a_config_swapped_in_as_kubernetes_does_is_reloaded_and_a_bad_one_refused() {
         eventd.logs()
     );
 }
+
+/// A plain config file saved in place and then replaced by rename, as editors do:
+/// the same contents are looked at once and reload nothing (the watch's own reads are
+/// no change to look at again), a changed file replaced by rename is reloaded.
+#[test]
+fn a_config_saved_in_place_or_renamed_over_is_looked_at_once_per_change() {
+    let broker = Broker::start(1, &["like", "out"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let path = dir.path().join("eventd.toml");
+    std::fs::write(&path, config_text(&broker, port, "add")).expect("config");
+    let eventd = start_with(dir, path.clone(), port, &[]);
+    broker.produce("like", &events(4, 2));
+    broker.expect_every_id("out", 4, Duration::from_secs(30), &eventd);
+
+    std::fs::write(&path, config_text(&broker, port, "add")).expect("saved in place");
+    let looked = "the watched files hold what they held; nothing to reload";
+    assert!(
+        eventd.wait_until(Duration::from_secs(20), |e| !e.log_lines(looked).is_empty()),
+        "the saved file was not looked at; logs:\n{}",
+        eventd.logs()
+    );
+    // Events flowing through and a commit past them take well over the 300 ms in
+    // which a look taken for a change would be followed by the next.
+    broker.produce("like", &events(8, 2)[4..]);
+    broker.expect_every_id("out", 8, Duration::from_secs(30), &eventd);
+    broker.expect_committed_to_end("eventd-main", "like", Duration::from_secs(30), &eventd);
+    assert_eq!(
+        eventd.log_lines(looked).len(),
+        1,
+        "one save, one look; logs:\n{}",
+        eventd.logs()
+    );
+
+    let staged = path.with_extension("toml.new");
+    std::fs::write(&staged, config_text(&broker, port, "remove")).expect("staged");
+    std::fs::rename(&staged, &path).expect("renamed over");
+    assert!(
+        eventd.wait_until(Duration::from_secs(20), |e| reloads(e, "applied") >= 1.0),
+        "the renamed-over config was not reloaded; logs:\n{}",
+        eventd.logs()
+    );
+    assert_eq!(reloads(&eventd, "refused"), 0.0);
+}
