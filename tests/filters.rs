@@ -49,34 +49,40 @@ fn event(id: usize, fields: serde_json::Value) -> String {
 #[test]
 fn the_readme_filter_lets_through_exactly_what_each_operator_allows() {
     let broker = Broker::start(1, &["like", "out"]);
-    // (fields over a passing event, the x-tenant header, whether it passes)
-    let cases: Vec<(serde_json::Value, Option<&str>, bool)> = vec![
-        (json!({}), Some("eu"), true),
-        (json!({"action": "remove"}), Some("eu"), false),
-        (json!({"dwell_ms": 999}), Some("eu"), false),
-        (json!({"dwell_ms": 1000}), Some("us"), true),
-        (json!({"dwell_ms": 599_999.5}), Some("eu"), true),
-        (json!({"dwell_ms": 600_000}), Some("eu"), false),
-        (json!({"dwell_ms": "5000"}), Some("eu"), false),
-        (json!({"dwell_ms": null}), Some("eu"), false),
-        (json!({"item_id": "test-9"}), Some("eu"), false),
-        (json!({"item_id": "item-test-9"}), Some("eu"), true),
-        (json!({"source": "app-ios"}), Some("eu"), true),
-        (json!({"source": "email"}), Some("eu"), false),
-        (json!({"source": null}), Some("eu"), false),
-        (json!({}), Some("ap"), false),
-        (json!({}), None, false),
+    // (fields over a passing event, its x-tenant headers, whether it passes)
+    let cases: Vec<(serde_json::Value, &[&str], bool)> = vec![
+        (json!({}), &["eu"], true),
+        (json!({"action": "remove"}), &["eu"], false),
+        (json!({"dwell_ms": 999}), &["eu"], false),
+        (json!({"dwell_ms": 1000}), &["us"], true),
+        (json!({"dwell_ms": 599_999.5}), &["eu"], true),
+        (json!({"dwell_ms": 600_000}), &["eu"], false),
+        (json!({"dwell_ms": "5000"}), &["eu"], false),
+        (json!({"dwell_ms": null}), &["eu"], false),
+        (json!({"item_id": "test-9"}), &["eu"], false),
+        (json!({"item_id": "item-test-9"}), &["eu"], true),
+        (json!({"source": "app-ios"}), &["eu"], true),
+        (json!({"source": "email"}), &["eu"], false),
+        (json!({"source": null}), &["eu"], false),
+        (json!({}), &["ap"], false),
+        (json!({}), &[], false),
+        // Of repeated headers the last counts.
+        (json!({}), &["ap", "eu"], true),
+        (json!({}), &["eu", "ap"], false),
     ];
     let producer = broker.producer();
     for (id, (fields, tenant, _)) in cases.iter().enumerate() {
         let payload = event(id, fields.clone());
         let key = format!("k-{id}");
         let mut record = BaseRecord::to("like").key(&key).payload(&payload);
-        if let Some(tenant) = tenant {
-            record = record.headers(OwnedHeaders::new().insert(Header {
-                key: "x-tenant",
-                value: Some(*tenant),
-            }));
+        if !tenant.is_empty() {
+            let headers = tenant.iter().fold(OwnedHeaders::new(), |headers, tenant| {
+                headers.insert(Header {
+                    key: "x-tenant",
+                    value: Some(*tenant),
+                })
+            });
+            record = record.headers(headers);
         }
         producer.send(record).map_err(|(e, _)| e).expect("send");
     }
