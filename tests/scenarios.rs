@@ -822,6 +822,18 @@ output = "counts"
         e.metric_if_present("eventd_events_handled_total", &[("handler", "tally")])
             .unwrap_or(0.0)
     };
+    // Both must own partitions before the first half is produced: a member that joins
+    // after the other has read the whole first half has nothing to count before the kill.
+    let owns_partitions = |e: &Eventd| {
+        e.log_lines("partition worker started").len() > e.log_lines("partition worker stopped").len()
+    };
+    assert!(
+        first.wait_until(Duration::from_secs(120), owns_partitions)
+            && second.wait_until(Duration::from_secs(120), owns_partitions),
+        "both processes must own partitions before the first half; logs:\n{}\n{}",
+        first.logs(),
+        second.logs()
+    );
     let backlog = events(total, 20);
     broker.produce("like", &backlog[..total / 2]);
     assert!(
