@@ -111,7 +111,10 @@ impl Config {
                 source_name: source_name.clone(),
                 issues,
             })?;
-        let unreadable = config.kafka.security.resolve();
+        let mut unreadable = config.kafka.security.resolve();
+        for (i, handler) in config.handlers.iter_mut().enumerate() {
+            unreadable.extend(handler.resolve_headers(&|field| format!("handlers[{i}].{field}")));
+        }
         if !unreadable.is_empty() {
             return Err(ConfigError::Invalid {
                 source_name,

@@ -421,6 +421,7 @@ pub enum HandlerKind {
     Log,
     Forward,
     Count,
+    Webhook,
     Fault,
 }
 
@@ -430,6 +431,7 @@ impl HandlerKind {
             HandlerKind::Log => "log",
             HandlerKind::Forward => "forward",
             HandlerKind::Count => "count",
+            HandlerKind::Webhook => "webhook",
             HandlerKind::Fault => "fault",
         }
     }
@@ -483,6 +485,18 @@ pub struct HandlerConfig {
     /// `count`: tumbling window length, aligned to the wall clock.
     #[serde(default, with = "humantime_serde")]
     pub window: Option<Duration>,
+    /// `webhook`: where batches of events are POSTed.
+    pub url: Option<String>,
+    /// `webhook`: most events in one request.
+    pub batch: Option<usize>,
+    /// `webhook`: longest an event waits for its request to fill.
+    #[serde(default, with = "humantime_serde")]
+    pub max_wait: Option<Duration>,
+    /// `webhook`: longest a request may take, answer included.
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// `webhook`: headers of every request; values may be `env:NAME` or `file:PATH`.
+    pub headers: Option<std::collections::BTreeMap<String, super::security::Secret>>,
     /// `fault`: what to do.
     pub action: Option<FaultAction>,
     /// `fault`: act on every Nth event the pool sees.
@@ -596,6 +610,38 @@ impl<'de> Deserialize<'de> for TransientRetries {
 
 const fn default_concurrency() -> usize {
     1
+}
+
+impl HandlerConfig {
+    /// `webhook`: events per request unless `batch` is set.
+    pub fn webhook_batch(&self) -> usize {
+        self.batch.unwrap_or(100)
+    }
+
+    /// `webhook`: how long a request waits to fill unless `max_wait` is set.
+    pub fn webhook_max_wait(&self) -> Duration {
+        self.max_wait.unwrap_or(Duration::from_millis(100))
+    }
+
+    /// `webhook`: a request's time limit unless `timeout` is set.
+    pub fn webhook_timeout(&self) -> Duration {
+        self.timeout.unwrap_or(Duration::from_secs(10))
+    }
+
+    /// Reads every `env:` and `file:` header value; an issue per one that cannot be
+    /// read, named by `key`.
+    pub fn resolve_headers(&mut self, key: &dyn Fn(&str) -> String) -> Vec<super::ConfigIssue> {
+        let mut issues = Vec::new();
+        for (name, secret) in self.headers.iter_mut().flatten() {
+            if let Err(message) = secret.resolve() {
+                issues.push(super::ConfigIssue {
+                    key: key(&format!("headers.{name}")),
+                    message,
+                });
+            }
+        }
+        issues
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

@@ -139,7 +139,7 @@ impl Secret {
     }
 
     /// Reads the value from where it is written.
-    fn resolve(&mut self) -> Result<(), String> {
+    pub(crate) fn resolve(&mut self) -> Result<(), String> {
         let value = if let Some(name) = self.written.strip_prefix("env:") {
             std::env::var(name).map_err(|_| format!("environment variable {name:?} is not set"))?
         } else if let Some(path) = self.written.strip_prefix("file:") {

@@ -534,6 +534,10 @@ fn kind_keys(kind: HandlerKind) -> (&'static [&'static str], &'static [&'static 
             &["output", "group_by", "window"],
             &["output", "group_by", "window"],
         ),
+        HandlerKind::Webhook => (
+            &["url"],
+            &["url", "batch", "max_wait", "timeout", "headers"],
+        ),
         HandlerKind::Fault => (
             &["action"],
             &[
@@ -558,6 +562,7 @@ pub fn handler_keys(kind: &str) -> Vec<&'static str> {
         "log" => kind_keys(HandlerKind::Log).1,
         "forward" => kind_keys(HandlerKind::Forward).1,
         "count" => kind_keys(HandlerKind::Count).1,
+        "webhook" => kind_keys(HandlerKind::Webhook).1,
         #[cfg(feature = "fault-injection")]
         "fault" => kind_keys(HandlerKind::Fault).1,
         _ => &[],
@@ -587,6 +592,11 @@ fn validate_kind_fields(
         ("lasting", handler.lasting.is_some()),
         ("sleep", handler.sleep.is_some()),
         ("restart_delay", handler.restart_delay.is_some()),
+        ("url", handler.url.is_some()),
+        ("batch", handler.batch.is_some()),
+        ("max_wait", handler.max_wait.is_some()),
+        ("timeout", handler.timeout.is_some()),
+        ("headers", handler.headers.is_some()),
     ];
     let (required, allowed) = kind_keys(kind);
     for (field, is_set) in set {
@@ -614,6 +624,9 @@ fn validate_kind_fields(
             issues.push(key("window"), "must be at least 10ms");
         }
     }
+    if kind == HandlerKind::Webhook {
+        validate_webhook(handler, key, issues);
+    }
     if kind == HandlerKind::Fault {
         if !cfg!(feature = "fault-injection") {
             issues.push(
@@ -635,6 +648,46 @@ fn validate_kind_fields(
         }
         if handler.action == Some(FaultAction::Sleep) && handler.sleep.is_none() {
             issues.push(key("sleep"), "is required for action = \"sleep\"");
+        }
+    }
+}
+
+/// Headers eventd sets itself on every webhook request.
+const WEBHOOK_OWN_HEADERS: &[&str] = &["content-type", "content-length", "host", "idempotency-key"];
+
+fn validate_webhook(handler: &HandlerConfig, key: &dyn Fn(&str) -> String, issues: &mut Issues) {
+    if let Some(url) = &handler.url {
+        match reqwest::Url::parse(url) {
+            Ok(parsed) if matches!(parsed.scheme(), "http" | "https") && parsed.has_host() => {
+                if !parsed.username().is_empty() || parsed.password().is_some() {
+                    issues.push(
+                        key("url"),
+                        "must not hold credentials: set them in headers (env: or file:)",
+                    );
+                }
+            }
+            Ok(_) => issues.push(key("url"), "must be an http:// or https:// address"),
+            Err(error) => issues.push(key("url"), format!("is not an address: {error}")),
+        }
+    }
+    if handler.batch == Some(0) {
+        issues.push(key("batch"), "must be at least 1");
+    }
+    if handler.timeout.is_some_and(|timeout| timeout.as_millis() < 1) {
+        issues.push(key("timeout"), "must be at least 1ms");
+    }
+    for (name, value) in handler.headers.iter().flatten() {
+        let header_key = key(&format!("headers.{name}"));
+        if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            issues.push(header_key, "is not a valid HTTP header name");
+        } else if WEBHOOK_OWN_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+            issues.push(header_key, "is set by eventd on every request");
+        } else if reqwest::header::HeaderValue::from_str(value.value()).is_err() {
+            // The value is a secret: only where it comes from is named.
+            issues.push(
+                header_key,
+                "holds a character an HTTP header cannot carry (a line break, a control character)",
+            );
         }
     }
 }

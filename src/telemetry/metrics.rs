@@ -31,6 +31,8 @@ pub const PRODUCER_QUEUE_DEPTH: &str = "eventd_producer_queue_depth";
 pub const PRODUCER_DELIVERY: &str = "eventd_producer_delivery_seconds";
 pub const ACTOR_RESTARTS: &str = "eventd_actor_restarts_total";
 pub const COUNT_WINDOWS_EMITTED: &str = "eventd_count_windows_emitted_total";
+pub const WEBHOOK_DURATION: &str = "eventd_webhook_request_duration_seconds";
+pub const WEBHOOK_RESPONSES: &str = "eventd_webhook_responses_total";
 pub const BUILD_INFO: &str = "eventd_build_info";
 pub const TLS_VERIFICATION_DISABLED: &str = "eventd_tls_verification_disabled";
 
@@ -95,6 +97,7 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
             Matcher::Full(PRODUCER_DELIVERY.to_owned()),
             DELIVERY_BUCKETS,
         )?
+        .set_buckets_for_metric(Matcher::Full(WEBHOOK_DURATION.to_owned()), DELIVERY_BUCKETS)?
         .install_recorder()?;
     describe();
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
@@ -209,6 +212,15 @@ fn describe() {
     describe_gauge!(
         TLS_VERIFICATION_DISABLED,
         "1 while the brokers' TLS certificates are not verified (kafka.security.verify_certificates = false), else 0"
+    );
+    describe_histogram!(
+        WEBHOOK_DURATION,
+        Unit::Seconds,
+        "Time from sending a webhook request to its answer (or its failure), by handler"
+    );
+    describe_counter!(
+        WEBHOOK_RESPONSES,
+        "Webhook requests by handler and answer: class 2xx, 3xx, 4xx, 5xx, or error (no answer: connection refused, timeout)"
     );
     describe_gauge!(
         BUILD_INFO,

@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 use super::failures::{Failed, Failure, Failures};
 use super::kinds::{Behaviour, SlotMemory};
 use super::outbox::{batch_of_one, park_key, LetterState, Outbox, Parked, Work};
-use super::{Batch, BatchSource, HandlerMsg, HandlerPool, Transient};
+use super::{Batch, BatchSource, Disposition, HandlerMsg, HandlerPool, Transient, WriteFailure};
 use crate::actors::producer::dead_letter::{dead_letter_copy, BlockedMark, Provenance, Reason};
 use crate::actors::producer::{ProduceError, ProducerHandle};
 use crate::config::RetryConfig;
@@ -629,38 +629,51 @@ impl HandlerState {
                 continue;
             }
             let key = park_key(&batch, &event);
-            if matches!(error, ProduceError::Replaced) {
-                // Not sent at all, the producer being replaced: no fault of the event's,
-                // so no attempt is charged. It waits its turn like any parked key.
-                self.outbox
-                    .park(myself, key, Parked::new(one), self.retry.backoff);
-                continue;
-            }
             let message = error.to_string();
-            if error.is_permanent() {
-                let reason = match error {
-                    ProduceError::TooLarge { .. } => Reason::TooLarge,
-                    _ => Reason::ProduceRejected,
-                };
-                if self.dead_letter.is_some() {
+            let retry_after = match error.disposition() {
+                Disposition::NotCharged => {
+                    // No fault of the event's, so no attempt is charged. It waits its
+                    // turn like any parked key.
+                    self.outbox
+                        .park(myself, key, Parked::new(one), self.retry.backoff);
+                    continue;
+                }
+                Disposition::Misconfigured => {
+                    tracing::error!(handler = %self.pool.name, consumer = %self.pool.consumer, topic = %event.source.topic,
+                        partition = event.source.partition, offset = event.source.offset, error = %message,
+                        retry_in_ms = self.retry.max_backoff.as_millis() as u64,
+                        "the handler's own settings are refused (not the event); retrying it, the partition cannot move past it until they are fixed");
+                    let blocked = Some(one.blocked.hold());
+                    let parked = Parked {
+                        batch: one,
+                        blocked,
+                        work: Work::Handle,
+                    };
+                    self.outbox.park(myself, key, parked, self.retry.max_backoff);
+                    continue;
+                }
+                Disposition::Permanent(reason) if self.dead_letter.is_some() => {
                     self.give_up(myself, one, reason, &message, None, None);
                     continue;
                 }
-            }
+                Disposition::Permanent(_) => None,
+                Disposition::Transient { retry_after } => Some(retry_after),
+            };
+            let permanent = retry_after.is_none();
             let failure = self.failures.failed(
                 &event,
                 &one.reply_to,
                 Failed::Error {
                     message: &message,
-                    transient: !error.is_permanent(),
+                    transient: !permanent,
                     own: true,
                 },
             );
-            let parked = if error.is_permanent() {
+            let parked = if permanent {
                 // No dead-letter topic: retried at the longest backoff, shown blocked.
                 tracing::error!(handler = %self.pool.name, consumer = %self.pool.consumer, topic = %event.source.topic,
                     partition = event.source.partition, offset = event.source.offset, error = %message,
-                    "write refused by the broker for good and no dead-letter topic is set; retrying it, the partition cannot move past it");
+                    "write refused for good and no dead-letter topic is set; retrying it, the partition cannot move past it");
                 let blocked = Some(one.blocked.hold());
                 Some((
                     Parked {
@@ -672,11 +685,17 @@ impl HandlerState {
                 ))
             } else {
                 self.after_failure(myself, one, &failure, &message, true, None)
+                    .map(|(parked, delay)| {
+                        // The service said when to come back (`Retry-After`).
+                        (parked, delay.max(retry_after.flatten().unwrap_or_default()))
+                    })
             };
             if let Some((parked, delay)) = parked {
                 self.outbox.park(myself, key, parked, delay);
             }
         }
+        // The writer held later work back until these failures were parked.
+        self.behaviour.failures_parked();
         if let Some(generation) = counted {
             self.writes.settled(generation);
         }
@@ -709,7 +728,7 @@ impl HandlerState {
             report.send();
             return;
         };
-        if !self.producer.keeps_partition_order() {
+        if !self.producer.keeps_partition_order() && self.behaviour.writes_to_kafka() {
             // Without idempotence librdkafka's own retries may reorder a key's copies:
             // the next batch is sent only once this one's are settled.
             let failed = settling.await;
@@ -761,7 +780,7 @@ pub struct Unsettled {
     report: FinishedReport,
     batch: Batch,
     /// By index in the batch, in batch order.
-    failed: Vec<(usize, ProduceError)>,
+    failed: Vec<(usize, WriteFailure)>,
     /// The producer generation under which the batch is counted unsettled, if it is.
     counted: Option<u64>,
 }
@@ -869,7 +888,7 @@ pub struct BatchOutcome {
 
 /// Resolves once every write of a batch is settled, to the writes that failed, by
 /// index in the batch.
-pub type Settling = Pin<Box<dyn Future<Output = Vec<(usize, ProduceError)>> + Send>>;
+pub type Settling = Pin<Box<dyn Future<Output = Vec<(usize, WriteFailure)>> + Send>>;
 
 /// How often `count` checks for windows to close.
 pub fn tick_period_for(window: Duration) -> Duration {

@@ -72,6 +72,48 @@ pub enum FlushError {
     Stopped { handler: String },
 }
 
+/// Why one write of a batch (a copy to Kafka, a delivery to a webhook) did not land.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WriteFailure {
+    #[error(transparent)]
+    Produce(#[from] crate::actors::producer::ProduceError),
+    #[error(transparent)]
+    Webhook(#[from] kinds::WebhookFailure),
+}
+
+/// What the failure path does with a write that failed.
+pub(crate) enum Disposition {
+    /// Not the event's fault and nothing was attempted (a producer being replaced, a
+    /// delivery held behind an earlier failure): tried again after the first backoff,
+    /// no attempt charged.
+    NotCharged,
+    /// Refused for good: dead-lettered for this reason.
+    Permanent(crate::actors::producer::dead_letter::Reason),
+    /// eventd's own config is at fault (a webhook answering 401 or 403): the partition
+    /// is shown blocked and the event retried at the longest backoff, never
+    /// dead-lettered, since every other event would fail the same way.
+    Misconfigured,
+    /// May pass: charged under `retry.transient`, waiting at least `retry_after`.
+    Transient { retry_after: Option<std::time::Duration> },
+}
+
+impl WriteFailure {
+    pub(crate) fn disposition(&self) -> Disposition {
+        use crate::actors::producer::{dead_letter::Reason, ProduceError};
+        match self {
+            WriteFailure::Produce(ProduceError::Replaced) => Disposition::NotCharged,
+            WriteFailure::Produce(ProduceError::TooLarge { .. }) => {
+                Disposition::Permanent(Reason::TooLarge)
+            }
+            WriteFailure::Produce(error) if error.is_permanent() => {
+                Disposition::Permanent(Reason::ProduceRejected)
+            }
+            WriteFailure::Produce(_) => Disposition::Transient { retry_after: None },
+            WriteFailure::Webhook(failure) => failure.disposition(),
+        }
+    }
+}
+
 /// An error a handler marks as one that may pass (a downstream unavailable, a
 /// timeout): retried under `retry.transient` instead of `retry.max_attempts`.
 #[derive(Debug, thiserror::Error)]

@@ -12,7 +12,8 @@ use futures::FutureExt;
 use super::actor::HandlerArgs;
 use super::kinds::{Behaviour, SlotMemory};
 use super::{
-    Batch, BatchSource, FlushError, HandlerPool, HandlerSettings, Route, Router, Transient,
+    Batch, BatchSource, Disposition, FlushError, HandlerPool, HandlerSettings, Route, Router,
+    Transient,
 };
 use crate::actors::producer::dead_letter::Blocked;
 use crate::actors::producer::ProducerHandle;
@@ -61,7 +62,7 @@ impl BatchSource for NoPartition {
 impl Standalone {
     pub fn new(config: &Config, handler: &HandlerConfig, producer: ProducerHandle) -> Self {
         let pool = Arc::new(HandlerPool::new(0, config, handler));
-        let memory = SlotMemory::for_slot(pool.kind, &SlotMemory::for_pool(pool.kind));
+        let memory = SlotMemory::for_slot(pool.kind, &SlotMemory::for_pool(&pool));
         let behaviour = Behaviour::new(&HandlerArgs {
             pool: pool.clone(),
             slot: 0,
@@ -116,10 +117,14 @@ impl Standalone {
         })?;
         if let Some(settling) = outcome.settling {
             if let Some((_, error)) = settling.await.into_iter().next() {
-                return Err(if error.is_permanent() {
-                    StandaloneError::Refused(error.to_string())
-                } else {
-                    StandaloneError::Transient(error.to_string())
+                // The writer holds later events back until a failure is taken in.
+                self.behaviour.failures_parked();
+                return Err(match error.disposition() {
+                    Disposition::Permanent(_) => StandaloneError::Refused(error.to_string()),
+                    // Settings eventd must be given anew, or an outage: a later run may pass.
+                    Disposition::Misconfigured
+                    | Disposition::NotCharged
+                    | Disposition::Transient { .. } => StandaloneError::Transient(error.to_string()),
                 });
             }
         }

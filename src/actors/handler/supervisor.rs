@@ -185,7 +185,7 @@ impl Actor for HandlerSupervisor {
     ) -> Result<HandlerSupervisorState, ActorProcessingErr> {
         let mut memories = HashMap::new();
         for pool in &args.pools {
-            let shared = SlotMemory::for_pool(pool.kind);
+            let shared = SlotMemory::for_pool(pool);
             for slot in 0..pool.slots.len() {
                 memories.insert(
                     Role {

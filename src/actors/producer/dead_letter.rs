@@ -30,6 +30,8 @@ pub enum Reason {
     HandlerPanic,
     ProduceRejected,
     TooLarge,
+    /// A webhook refused the event (a 4xx for it alone).
+    WebhookRejected,
 }
 
 impl Reason {
@@ -40,6 +42,7 @@ impl Reason {
             Reason::HandlerPanic => "handler_panic",
             Reason::ProduceRejected => "produce_rejected",
             Reason::TooLarge => "too_large",
+            Reason::WebhookRejected => "webhook_rejected",
         }
     }
 }

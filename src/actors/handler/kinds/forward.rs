@@ -13,7 +13,7 @@ use std::sync::Arc;
 use ractor::ActorProcessingErr;
 
 use super::super::actor::{BatchOutcome, Settling};
-use super::super::{Batch, HandlerPool, Transient};
+use super::super::{Batch, HandlerPool, Transient, WriteFailure};
 use crate::actors::producer::{
     DeliveryFailure, DeliveryGroup, ProduceError, ProducerHandle, Record,
 };
@@ -133,7 +133,7 @@ impl Settle {
     /// deadline every copy not yet acknowledged counts as failed: sent again behind
     /// the original, which librdkafka still holds, it may land twice, which
     /// at-least-once allows.
-    async fn run(self) -> Vec<(usize, ProduceError)> {
+    async fn run(self) -> Vec<(usize, WriteFailure)> {
         let settled = tokio::time::timeout(self.deadline, self.group.settled())
             .await
             .is_ok();
@@ -168,6 +168,9 @@ impl Settle {
         }
         failed.sort_by_key(|(index, _)| *index);
         failed
+            .into_iter()
+            .map(|(index, error)| (index, WriteFailure::Produce(error)))
+            .collect()
     }
 }
 

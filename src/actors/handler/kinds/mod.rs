@@ -6,6 +6,7 @@ mod count;
 mod fault;
 mod forward;
 mod log;
+mod webhook;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +18,7 @@ use super::{Batch, HandlerPool};
 use crate::config::HandlerKind;
 
 pub use count::CountWindows;
+pub use webhook::{WebhookFailure, WebhookTarget};
 #[cfg(feature = "fault-injection")]
 pub use fault::FaultMemory;
 
@@ -25,6 +27,8 @@ pub use fault::FaultMemory;
 pub enum SlotMemory {
     None,
     Count(Arc<parking_lot::Mutex<CountWindows>>),
+    /// The webhook's client (its connections) and settings, shared by every slot.
+    Webhook(Arc<WebhookTarget>),
     #[cfg(feature = "fault-injection")]
     Fault(Arc<FaultMemory>),
 }
@@ -39,8 +43,11 @@ impl SlotMemory {
     }
 
     /// Memory shared by every slot of a pool.
-    pub fn for_pool(kind: HandlerKind) -> SlotMemory {
-        match kind {
+    pub fn for_pool(pool: &HandlerPool) -> SlotMemory {
+        match pool.kind {
+            HandlerKind::Webhook => {
+                SlotMemory::Webhook(Arc::new(WebhookTarget::new(&pool.name, &pool.config)))
+            }
             #[cfg(feature = "fault-injection")]
             HandlerKind::Fault => SlotMemory::Fault(Arc::default()),
             _ => SlotMemory::None,
@@ -52,6 +59,7 @@ pub enum Behaviour {
     Log(log::Log),
     Forward(forward::Forward),
     Count(count::Count),
+    Webhook(webhook::Webhook),
     #[cfg(feature = "fault-injection")]
     Fault(fault::Fault),
 }
@@ -76,6 +84,9 @@ impl Behaviour {
                 forward::Forward::new(config, args.producer.clone()),
                 args.producer.clone(),
             )),
+            (HandlerKind::Webhook, SlotMemory::Webhook(target)) => {
+                Behaviour::Webhook(webhook::Webhook::new(target.clone()))
+            }
             (HandlerKind::Forward, _) => {
                 Behaviour::Forward(forward::Forward::new(config, args.producer.clone()))
             }
@@ -90,6 +101,20 @@ impl Behaviour {
             #[cfg(feature = "fault-injection")]
             Behaviour::Fault(fault) => fault.start_delay(),
             _ => None,
+        }
+    }
+
+    /// Whether its writes go to Kafka, whose producer keeps their order only when
+    /// idempotent.
+    pub fn writes_to_kafka(&self) -> bool {
+        !matches!(self, Behaviour::Webhook(_))
+    }
+
+    /// The failures of one settled batch were parked (or given up): a writer that
+    /// holds later work behind them may go on.
+    pub fn failures_parked(&self) {
+        if let Behaviour::Webhook(webhook) = self {
+            webhook.failures_parked();
         }
     }
 
@@ -109,6 +134,7 @@ impl Behaviour {
             Behaviour::Log(log) => Ok(log.handle(pool, batch)),
             Behaviour::Forward(forward) => forward.handle(pool, batch).await,
             Behaviour::Count(count) => count.handle(batch),
+            Behaviour::Webhook(webhook) => Ok(webhook.handle(batch)),
             #[cfg(feature = "fault-injection")]
             Behaviour::Fault(fault) => fault.handle(pool, batch).await,
         }
