@@ -595,3 +595,35 @@ fn a_failed_request_holds_back_later_events_of_its_keys() {
     }
     broker.expect_committed_to_end("eventd-main", "comment", Duration::from_secs(60), &eventd);
 }
+
+/// The README's webhook example is a valid handler as written (its secret file and
+/// variable supplied), and the events it is sent reach the service.
+#[test]
+fn the_readme_webhook_example_runs_as_written() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
+    let start = readme
+        .find("```toml\n[[handlers]]\nname = \"notify-authors\"")
+        .expect("the README has a webhook example");
+    let example = &readme[start + "```toml\n".len()..];
+    let example = &example[..example.find("```").expect("the example ends")];
+    let broker = Broker::start(1, &["comment", "dlq"]);
+    let service = Service::start(|_| (200, vec![], "ok".to_owned()));
+    let tenant = tempfile::NamedTempFile::new().expect("a file");
+    std::fs::write(tenant.path(), "eu-1").expect("write");
+    let handler = example
+        .replace("https://notifier.internal/comments", &service.url)
+        .replace("/run/secrets/tenant", &tenant.path().display().to_string());
+    assert_ne!(handler, example, "the example's url or secret file changed: update this test");
+    let config = format!(
+        "[[consumers]]\nname = \"analytics\"\ntopics = [\"comment\"]\n\n{handler}\n[dead_letter]\ntopic = \"dlq\"\n"
+    );
+    let backlog = comments(0, 20, 4, |id| format!("comment {id}"));
+    broker.produce("comment", &backlog);
+    let eventd = start_eventd_with_env(&broker, &config, &[("NOTIFIER_TOKEN", TOKEN.to_owned())]);
+    let delivered = wait_delivered(&service, &ids(&backlog), |r| r.status == 200, &eventd);
+    assert!(delivered
+        .iter()
+        .all(|r| r.header("authorization") == Some(TOKEN) && r.header("x-tenant") == Some("eu-1")));
+    broker.expect_committed_to_end("eventd-analytics", "comment", Duration::from_secs(60), &eventd);
+}
