@@ -224,8 +224,14 @@ fn events_reach_the_service_batched_with_their_source_and_headers_and_no_secret_
     );
     let backlog = comments(0, 300, 12, |id| format!("comment {id}"));
     broker.produce("comment", &backlog);
-    let eventd = start_eventd_with_env(&broker, &config, &[("NOTIFIER_TOKEN", TOKEN.to_owned())]);
+    // At trace level, so no client or connection log line may show a header either.
+    let eventd = start_eventd_with_env(
+        &broker,
+        &config,
+        &[("NOTIFIER_TOKEN", TOKEN.to_owned()), ("RUST_LOG", "trace".to_owned())],
+    );
     let delivered = wait_delivered(&service, &ids(&backlog), |r| r.status == 200, &eventd);
+    assert!(eventd.logs().contains("\"level\":\"TRACE\""), "trace level was not on");
     let all_ids = service.ids_in(&delivered);
     assert_eq!(all_ids.len(), 300, "each event once when every request succeeds");
     assert!(
@@ -311,19 +317,21 @@ fn events_reach_the_service_batched_with_their_source_and_headers_and_no_secret_
     assert!(!shown.contains("s3cr3t") && !shown.contains("moderation"), "check-config shows a header value: {shown}");
 }
 
-/// 503s, then a 429 asking for 2 s, then 200: every event arrives, nothing is
-/// dead-lettered, the offset waits for the outage (its lag shows it), the retry after
-/// the 429 comes no sooner than asked, and a request sent again carries the same key.
+/// 503 for 10 s, then a 429 asking for 2 s, then 200: every event arrives, nothing is
+/// dead-lettered, the offset waits for the outage (lag rises, then falls to 0), the
+/// retry after the 429 comes no sooner than asked, and a request sent again carries the
+/// same key.
 #[test]
 fn an_outage_backs_off_honours_retry_after_and_loses_nothing() {
     let broker = Broker::start(1, &["comment", "dlq"]);
-    let outage = Arc::new(AtomicBool::new(true));
+    let outage_began: Arc<Mutex<Option<Instant>>> = Arc::default();
     let after_outage = Arc::new(AtomicUsize::new(0));
     let service = {
-        let outage = outage.clone();
+        let outage_began = outage_began.clone();
         let after_outage = after_outage.clone();
         Service::start(move |_| {
-            if outage.load(Ordering::Relaxed) {
+            let began = *outage_began.lock().expect("lock").get_or_insert_with(Instant::now);
+            if began.elapsed() < Duration::from_secs(10) {
                 return (503, vec![], "down for maintenance".to_owned());
             }
             match after_outage.fetch_add(1, Ordering::Relaxed) {
@@ -336,10 +344,15 @@ fn an_outage_backs_off_honours_retry_after_and_loses_nothing() {
     let backlog = comments(0, 5, 1, |id| format!("comment {id}"));
     broker.produce("comment", &backlog);
     let eventd = start_eventd(&broker, &webhook_config(&service.url, ""));
+    let lag = [("consumer", "main"), ("topic", "comment"), ("partition", "0")];
     assert!(
-        eventd.wait_until(Duration::from_secs(60), |_| service.requests().len() >= 4),
-        "the webhook was not tried again during the outage; logs:\n{}",
+        eventd.wait_until(Duration::from_secs(30), |e| e.metric_reaches("eventd_consumer_lag_messages", &lag, 5.0)),
+        "the lag did not show the outage; logs:\n{}",
         eventd.logs()
+    );
+    assert!(
+        service.requests().iter().all(|r| r.status == 503),
+        "the outage ended before its lag was seen"
     );
     assert_eq!(
         broker.committed("eventd-main", "comment")[0].1.unwrap_or(0),
@@ -347,9 +360,12 @@ fn an_outage_backs_off_honours_retry_after_and_loses_nothing() {
         "the offset moved during the outage"
     );
     assert!(eventd.metric_reaches("eventd_handler_retries_total", &[("handler", "notify")], 1.0));
-    outage.store(false, Ordering::Relaxed);
     wait_delivered(&service, &ids(&backlog), |r| r.status == 200, &eventd);
     broker.expect_committed_to_end("eventd-main", "comment", Duration::from_secs(60), &eventd);
+    assert!(
+        eventd.wait_until(Duration::from_secs(30), |e| e.metric("eventd_consumer_lag_messages", &lag) == 0.0),
+        "the lag did not fall after the outage"
+    );
     let requests = service.requests();
     let answered_429 = requests
         .iter()
@@ -378,7 +394,7 @@ fn an_outage_backs_off_honours_retry_after_and_loses_nothing() {
     assert!(eventd.metric_reaches("eventd_webhook_responses_total", &[("handler", "notify"), ("class", "4xx")], 1.0));
 }
 
-/// The service refuses any request holding a "poison" comment with 422: the batch is
+/// The service refuses any request holding a "poison" comment with 400: the batch is
 /// tried one event at a time, the others are delivered, and the poison one goes to the
 /// dead-letter topic with the status and the start of the answer in `eventd.error`.
 #[test]
@@ -386,7 +402,7 @@ fn an_event_the_service_refuses_is_dead_lettered_with_its_answer_and_the_rest_de
     let broker = Broker::start(1, &["comment", "dlq"]);
     let service = Service::start(|request| {
         if request.events().iter().any(|e| e["event"]["text"] == "poison") {
-            (422, vec![], format!("bad comment: {}", "x".repeat(400)))
+            (400, vec![], format!("bad comment: {}", "x".repeat(400)))
         } else {
             (200, vec![], "ok".to_owned())
         }
@@ -404,7 +420,7 @@ fn an_event_the_service_refuses_is_dead_lettered_with_its_answer_and_the_rest_de
     assert_eq!(letter.field("event_id").as_deref(), Some("c-7"));
     let error = letter.headers.get("eventd.error").expect("eventd.error");
     assert!(
-        error.starts_with("webhook answered 422 Unprocessable Entity: bad comment: xxx"),
+        error.starts_with("webhook answered 400 Bad Request: bad comment: xxx"),
         "eventd.error: {error}"
     );
     assert!(error.len() < 256 + 80, "the answer was not cut at 256 bytes: {} bytes", error.len());
