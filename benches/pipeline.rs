@@ -25,6 +25,9 @@
 //!   the three provenance headers cost a forwarder;
 //! - `B`: `eventd run` with one `count` handler (`group_by = "item_id"`, 10 s window);
 //! - `C`: `eventd run` with one `forward` handler (whole events);
+//! - `webhook`: `eventd run` with one `webhook` handler (defaults: batch 100, one
+//!   request at a time) posting to an HTTP server in this process that answers 200 at
+//!   once; its µs CPU per event is shown beside C's (its ratio is to A-fwd, as C's);
 //! - `B4`: `eventd run` with four handlers on the same events: count by `item_id`,
 //!   count by `user_id`, count by `item_id` over 1 min behind the filter
 //!   `action = { equals = "add" }` (every valid event matches), and `log` with
@@ -113,7 +116,7 @@
 //!   pair;
 //! - `EVENTD_BENCH_LARGE_EVENTS` (1500000): events of the 1 KiB layout;
 //! - `EVENTD_BENCH_PHASES` (all): a comma-separated subset of `A`, `A'`, `A-fwd`,
-//!   `A-fwd-plain`, `B`, `C`, `B4`, `produce`, `idle`, `latency`;
+//!   `A-fwd-plain`, `B`, `C`, `webhook`, `B4`, `produce`, `idle`, `latency`;
 //! - `EVENTD_BENCH_BEFORE` (unset): an earlier eventd binary for the side-by-side
 //!   phases, e.g. one built from `main` with
 //!   `git archive main | tar -x -C /tmp/before && cargo build --release` there;
@@ -190,6 +193,7 @@ enum Phase {
     AFwdPlain,
     B,
     C,
+    Webhook,
     B4,
     /// B, C and B4 run by the build named in `EVENTD_BENCH_BEFORE`, side by side.
     BBefore,
@@ -211,6 +215,7 @@ impl Phase {
             Phase::AFwdPlain => "A-fwd-plain",
             Phase::B => "B",
             Phase::C => "C",
+            Phase::Webhook => "webhook",
             Phase::B4 => "B4",
             Phase::BBefore => "B@before",
             Phase::CBefore => "C@before",
@@ -227,7 +232,7 @@ impl Phase {
     fn baseline(self) -> Option<Phase> {
         match self {
             Phase::ADecode | Phase::AFwd | Phase::B | Phase::B4 => Some(Phase::A),
-            Phase::C | Phase::AFwdPlain => Some(Phase::AFwd),
+            Phase::C | Phase::AFwdPlain | Phase::Webhook => Some(Phase::AFwd),
             Phase::ProduceEventd => Some(Phase::ProduceBare),
             _ => None,
         }
@@ -253,13 +258,14 @@ impl Phase {
         }
     }
 
-    const CONSUMING: [Phase; 7] = [
+    const CONSUMING: [Phase; 8] = [
         Phase::A,
         Phase::ADecode,
         Phase::AFwd,
         Phase::AFwdPlain,
         Phase::B,
         Phase::C,
+        Phase::Webhook,
         Phase::B4,
     ];
 }
@@ -300,13 +306,14 @@ struct Settings {
     latency_rate: f64,
 }
 
-const PHASE_NAMES: [&str; 10] = [
+const PHASE_NAMES: [&str; 11] = [
     "A",
     "A'",
     "A-fwd",
     "A-fwd-plain",
     "B",
     "C",
+    "webhook",
     "B4",
     "produce",
     "idle",
@@ -649,6 +656,13 @@ fn handlers(phase: Phase, layout_name: &str) -> (String, Vec<&'static str>) {
             ),
             vec!["copy"],
         ),
+        Phase::Webhook => (
+            format!(
+                "[[handlers]]\nname = \"notify\"\nkind = \"webhook\"\nconsumer = \"bench\"\nurl = \"{}\"\n",
+                webhook_sink()
+            ),
+            vec!["notify"],
+        ),
         Phase::B4 => (
             format!(
                 r#"[[handlers]]
@@ -693,6 +707,27 @@ sample = 0.01
             vec!["per-item"],
         ),
     }
+}
+
+/// The address of an HTTP server in this process answering 200 at once, started on
+/// first use; it reads every body, as a real service does.
+fn webhook_sink() -> &'static str {
+    static URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    URL.get_or_init(|| {
+        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("the sink listens"));
+        let port = server.server_addr().to_ip().expect("an IP address").port();
+        for _ in 0..2 {
+            let server = server.clone();
+            std::thread::spawn(move || {
+                for mut request in server.incoming_requests() {
+                    let mut body = Vec::new();
+                    let _ = std::io::Read::read_to_end(request.as_reader(), &mut body);
+                    let _ = request.respond(tiny_http::Response::empty(200));
+                }
+            });
+        }
+        format!("http://127.0.0.1:{port}/events")
+    })
 }
 
 /// An eventd config file for `topics` read by consumer `bench` in `group`.

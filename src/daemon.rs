@@ -174,6 +174,15 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> i32 {
                     .into_iter()
                     .map(Path::to_path_buf),
             );
+            // A webhook's `file:` headers (a rotated token) reload as the config does.
+            files.extend(
+                config
+                    .handlers
+                    .iter()
+                    .flat_map(|handler| handler.headers.iter().flatten())
+                    .filter_map(|(_, secret)| secret.file())
+                    .map(Path::to_path_buf),
+            );
             match crate::watch::spawn(files, file_changed) {
                 Ok(watcher) => Some(watcher),
                 Err(error) => {

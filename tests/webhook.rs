@@ -643,3 +643,73 @@ fn the_readme_webhook_example_runs_as_written() {
         .all(|r| r.header("authorization") == Some(TOKEN) && r.header("x-tenant") == Some("eu-1")));
     broker.expect_committed_to_end("eventd-analytics", "comment", Duration::from_secs(60), &eventd);
 }
+
+/// A token rotated in its `file:` and a new `url` apply on reload, the daemon running
+/// on: the blocked partition goes on with the new token, then events go to the new
+/// address and no longer to the old one.
+#[test]
+fn a_rotated_header_file_and_a_new_url_apply_on_reload() {
+    let broker = Broker::start(1, &["comment", "dlq"]);
+    let old_service = Service::start(|request| {
+        if request.header("authorization") == Some("Bearer new") {
+            (200, vec![], "ok".to_owned())
+        } else {
+            (401, vec![], "token expired".to_owned())
+        }
+    });
+    let new_service = Service::start(|_| (200, vec![], "ok".to_owned()));
+    let token = tempfile::NamedTempFile::new().expect("a file");
+    std::fs::write(token.path(), "Bearer old\n").expect("write");
+    let config = format!(
+        "[reload]\nwatch_config = true\n{}",
+        webhook_config(
+            &old_service.url,
+            &format!("headers = {{ Authorization = \"file:{}\" }}", token.path().display())
+        )
+    );
+    let first = comments(0, 5, 5, |id| format!("comment {id}"));
+    broker.produce("comment", &first);
+    let eventd = start_eventd(&broker, &config);
+    let blocked = [("topic", "comment"), ("partition", "0")];
+    assert!(
+        eventd.wait_until(Duration::from_secs(60), |e| e.metric_reaches("eventd_partition_blocked", &blocked, 1.0)),
+        "the old token did not block the partition; logs:\n{}",
+        eventd.logs()
+    );
+    std::fs::write(token.path(), "Bearer new\n").expect("rotate");
+    assert!(
+        eventd.wait_until(Duration::from_secs(30), |e| e
+            .log_lines("config change applied")
+            .iter()
+            .any(|line| line["key"] == "handlers[0].headers.Authorization")),
+        "the rotated token was not applied; logs:\n{}",
+        eventd.logs()
+    );
+    wait_delivered(&old_service, &ids(&first), |r| r.status == 200, &eventd);
+    assert!(
+        eventd.wait_until(Duration::from_secs(30), |e| e.metric("eventd_partition_blocked", &blocked) == 0.0),
+        "the partition stayed blocked after the rotation"
+    );
+
+    let text = std::fs::read_to_string(&eventd.config).expect("config");
+    std::fs::write(&eventd.config, text.replace(&old_service.url, &new_service.url)).expect("edit");
+    assert!(
+        eventd.wait_until(Duration::from_secs(30), |e| e
+            .log_lines("config change applied")
+            .iter()
+            .any(|line| line["key"] == "handlers[0].url")),
+        "the new url was not applied; logs:\n{}",
+        eventd.logs()
+    );
+    let second = comments(100, 5, 5, |id| format!("comment {id}"));
+    broker.produce("comment", &second);
+    wait_delivered(&new_service, &ids(&second), |r| r.status == 200, &eventd);
+    let to_old: BTreeSet<String> = old_service.ids_in(&old_service.requests()).into_iter().collect();
+    assert!(to_old.is_disjoint(&ids(&second)), "events went to the old url after the reload");
+    assert!(eventd.is_running());
+    assert_eq!(
+        eventd.metric_if_present("eventd_actor_restarts_total", &[("actor", "handler/notify")]),
+        None,
+        "the handler was restarted to take the change"
+    );
+}

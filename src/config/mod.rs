@@ -29,4 +29,5 @@ pub use schema::{
     PartitionerKind, ProducerConfig, ProducerMode, RetryConfig, ShutdownConfig, StartPosition,
     SupervisionConfig, TransientRetries,
 };
+pub use reload::reread_headers;
 pub use validate::ConfigIssue;

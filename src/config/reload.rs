@@ -17,7 +17,8 @@ impl Config {
     }
 
     /// `self` with the live keys of `new`'s handlers taken in (`topics`, `filter`,
-    /// `sample`, `fields`), for each handler that is the same one in both: same name and
+    /// `sample`, `fields`, and a webhook's `url`, `batch`, `max_wait`, `timeout` and
+    /// `headers`, values read anew), for each handler that is the same one in both: same name and
     /// nothing else of it changed. Everything else stays as it runs, so a handler whose
     /// topics come from its consumer keeps following the running consumer until a
     /// restart. Returns the names of the handlers whose live keys were not taken.
@@ -33,6 +34,11 @@ impl Config {
             rest_of_it.filter = running.filter.clone();
             rest_of_it.sample = running.sample;
             rest_of_it.fields = running.fields.clone();
+            rest_of_it.url = running.url.clone();
+            rest_of_it.batch = running.batch;
+            rest_of_it.max_wait = running.max_wait;
+            rest_of_it.timeout = running.timeout;
+            rest_of_it.headers = running.headers.clone();
             let same_handler = matches!(
                 (serde_json::to_value(&rest_of_it), serde_json::to_value(&*running)),
                 (Ok(a), Ok(b)) if a == b
@@ -42,12 +48,38 @@ impl Config {
                 running.filter = wanted.filter.clone();
                 running.sample = wanted.sample;
                 running.fields = wanted.fields.clone();
+                running.url = wanted.url.clone();
+                running.batch = wanted.batch;
+                running.max_wait = wanted.max_wait;
+                running.timeout = wanted.timeout;
+                running.headers = wanted.headers.clone();
             } else {
                 not_applied.push(running.name.clone());
             }
         }
         (effective, not_applied)
     }
+}
+
+/// The `headers` of each handler of `new` whose value changed while where it is read
+/// from did not (a `file:` rewritten): the compared config shows only the source.
+pub fn reread_headers(running: &Config, new: &Config) -> Vec<String> {
+    let mut changed = Vec::new();
+    for (index, after) in new.handlers.iter().enumerate() {
+        let Some(before) = running.handlers.iter().find(|h| h.name == after.name) else {
+            continue;
+        };
+        for (name, value) in after.headers.iter().flatten() {
+            let old = before.headers.as_ref().and_then(|headers| headers.get(name));
+            if old.is_some_and(|old| old == &*value) {
+                continue;
+            }
+            if old.is_some_and(|old| old.source() == value.source()) {
+                changed.push(format!("handlers[{index}].headers.{name}"));
+            }
+        }
+    }
+    changed
 }
 
 /// Appends to `changed` the dotted paths below `path` where `before` and `after` differ.

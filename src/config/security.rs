@@ -130,7 +130,7 @@ impl Secret {
 
     /// Where the value comes from, as safe to show: `env:NAME`, `file:PATH`, or that
     /// it is written in the config.
-    fn source(&self) -> &str {
+    pub fn source(&self) -> &str {
         if self.written.starts_with("env:") || self.written.starts_with("file:") {
             &self.written
         } else {

@@ -252,7 +252,7 @@ impl Actor for HandlerSupervisor {
                 }
             }
             HandlerSupervisorMsg::Reload(config, reply) => {
-                let _ = reply.send(apply_reload(&state.pools, &config));
+                let _ = reply.send(apply_reload(&state.pools, &state.memories, &config));
             }
             HandlerSupervisorMsg::Shutdown(deadline, reply) => {
                 state.stopping = true;
@@ -289,9 +289,14 @@ impl Actor for HandlerSupervisor {
 }
 
 /// Applies to running handlers what can change live (`topics`, `filter`, `sample`,
-/// `fields`) where nothing else of the handler changed; returns the names of the
-/// handlers it could not apply to.
-fn apply_reload(pools: &[Arc<HandlerPool>], config: &Config) -> Vec<String> {
+/// `fields`, and a webhook's `url`, `batch`, `max_wait`, `timeout` and `headers`)
+/// where nothing else of the handler changed; returns the names of the handlers it
+/// could not apply to.
+fn apply_reload(
+    pools: &[Arc<HandlerPool>],
+    memories: &HashMap<Role, SlotMemory>,
+    config: &Config,
+) -> Vec<String> {
     let mut not_applied = Vec::new();
     for pool in pools {
         match config.handlers.iter().find(|h| *h.name == *pool.name) {
@@ -305,6 +310,14 @@ fn apply_reload(pools: &[Arc<HandlerPool>], config: &Config) -> Vec<String> {
             {
                 pool.settings
                     .store(Arc::new(HandlerSettings::from_config(config, handler)));
+                // Every slot of a pool shares one target.
+                let role = Role {
+                    handler: pool.index,
+                    slot: 0,
+                };
+                if let Some(SlotMemory::Webhook(target)) = memories.get(&role) {
+                    target.reconfigure(handler);
+                }
             }
             _ => not_applied.push(pool.name.to_string()),
         }

@@ -143,7 +143,10 @@ fn applies_live(key: &str, running: &Config, new: &Config, not_applied: &[String
     let (Some(before), Some(after)) = (running.handlers.get(index), new.handlers.get(index)) else {
         return false;
     };
-    matches!(field, "topics" | "filter" | "sample" | "fields")
+    matches!(
+        field,
+        "topics" | "filter" | "sample" | "fields" | "url" | "batch" | "max_wait" | "timeout" | "headers"
+    )
         && before.name == after.name
         && !not_applied.contains(&after.name)
 }
@@ -279,6 +282,11 @@ impl Actor for RootSupervisor {
             }
             RootMsg::Reload(config, reply) => {
                 let mut changed = state.config.changed_keys(&config);
+                for key in crate::config::reread_headers(&state.config, &config) {
+                    if !changed.contains(&key) {
+                        changed.push(key);
+                    }
+                }
                 let rotated = rotate_login(&state.config, &config);
                 // The handlers get the running config with only their live keys taken
                 // from the new one, and it becomes the baseline of the next reload.

@@ -26,6 +26,7 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use metrics::{Counter, Histogram};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::StatusCode;
@@ -91,8 +92,15 @@ impl WebhookFailure {
 }
 
 /// The service and the client every slot of a webhook handler shares, so connections
-/// are reused across slots.
+/// are reused across slots. A reload swaps the endpoint; requests under way finish on
+/// the one they started with.
 pub struct WebhookTarget {
+    endpoint: ArcSwap<Endpoint>,
+    metrics: WebhookMetrics,
+}
+
+/// Where and how requests go, as the config last loaded says.
+struct Endpoint {
     url: String,
     client: Result<reqwest::Client, String>,
     headers: HeaderMap,
@@ -101,7 +109,6 @@ pub struct WebhookTarget {
     follows_redirects: bool,
     batch: usize,
     max_wait: Duration,
-    metrics: WebhookMetrics,
 }
 
 struct WebhookMetrics {
@@ -135,9 +142,9 @@ impl WebhookMetrics {
     }
 }
 
-impl WebhookTarget {
+impl Endpoint {
     /// Header names and values were checked when the config was loaded.
-    pub fn new(handler: &str, config: &HandlerConfig) -> Self {
+    fn new(config: &HandlerConfig) -> Self {
         let mut headers = HeaderMap::new();
         for (name, value) in config.headers.iter().flatten() {
             if let (Ok(name), Ok(mut value)) = (
@@ -167,18 +174,40 @@ impl WebhookTarget {
             follows_redirects,
             batch: config.webhook_batch(),
             max_wait: config.webhook_max_wait(),
+        }
+    }
+}
+
+impl WebhookTarget {
+    pub fn new(handler: &str, config: &HandlerConfig) -> Self {
+        Self {
+            endpoint: ArcSwap::from_pointee(Endpoint::new(config)),
             metrics: WebhookMetrics::new(handler),
         }
+    }
+
+    /// Most events per request, and how long a request waits to fill.
+    fn batching(&self) -> (usize, Duration) {
+        let endpoint = self.endpoint.load();
+        (endpoint.batch, endpoint.max_wait)
+    }
+
+    /// Takes in a reloaded `url`, `batch`, `max_wait`, `timeout` and `headers`, for the
+    /// next request.
+    pub fn reconfigure(&self, config: &HandlerConfig) {
+        self.endpoint.store(Arc::new(Endpoint::new(config)));
     }
 
     /// Delivers `events` (one request, split as the answers ask); the failed ones by
     /// index, in order.
     async fn deliver(&self, events: &[Arc<Event>]) -> Vec<(usize, WebhookFailure)> {
+        // One endpoint for every request of these events.
+        let endpoint = self.endpoint.load_full();
         let mut failures = Vec::new();
         let mut todo: VecDeque<Range<usize>> = VecDeque::new();
         todo.push_back(0..events.len());
         while let Some(range) = todo.pop_front() {
-            match self.post(&events[range.clone()]).await {
+            match self.post(&endpoint, &events[range.clone()]).await {
                 Answer::Delivered => {}
                 Answer::TooLarge(_) if range.len() > 1 => {
                     let middle = range.start + range.len() / 2;
@@ -219,8 +248,8 @@ impl WebhookTarget {
         failures
     }
 
-    async fn post(&self, events: &[Arc<Event>]) -> Answer {
-        let client = match &self.client {
+    async fn post(&self, endpoint: &Endpoint, events: &[Arc<Event>]) -> Answer {
+        let client = match &endpoint.client {
             Ok(client) => client,
             Err(error) => {
                 return Answer::Failed(WebhookFailure::Transient {
@@ -231,8 +260,8 @@ impl WebhookTarget {
         };
         let started = Instant::now();
         let sent = client
-            .post(&self.url)
-            .headers(self.headers.clone())
+            .post(&endpoint.url)
+            .headers(endpoint.headers.clone())
             .header(CONTENT_TYPE, "application/json")
             .header("idempotency-key", idempotency_key(events))
             .body(body_of(events))
@@ -287,7 +316,7 @@ impl WebhookTarget {
                 })
             }
             status if status.is_redirection() => {
-                let why = if self.follows_redirects {
+                let why = if endpoint.follows_redirects {
                     format!("more than {MAX_REDIRECTS} redirects")
                 } else {
                     "redirects are not followed while headers are set; point url at the final address".to_owned()
@@ -520,8 +549,9 @@ impl Writer {
             let Some(oldest) = self.given.front().map(|given| given.arrived) else {
                 continue;
             };
-            let deadline = oldest + self.target.max_wait;
-            while self.waiting < self.target.batch {
+            let (batch, max_wait) = self.target.batching();
+            let deadline = oldest + max_wait;
+            while self.waiting < batch {
                 tokio::select! {
                     message = inbox.recv() => match message {
                         Some(message) => self.take(message),
@@ -530,7 +560,7 @@ impl Writer {
                     _ = tokio::time::sleep_until(deadline) => break,
                 }
             }
-            self.send_one_request().await;
+            self.send_one_request(batch).await;
         }
     }
 
@@ -553,17 +583,17 @@ impl Writer {
 
     /// Sends up to `batch` of the waiting events, oldest first, and reports each batch
     /// whose events are all answered.
-    async fn send_one_request(&mut self) {
-        let mut events = Vec::with_capacity(self.waiting.min(self.target.batch));
+    async fn send_one_request(&mut self, batch: usize) {
+        let mut events = Vec::with_capacity(self.waiting.min(batch));
         // (position in `given`, index in that batch) of each event of the request.
         let mut origins = Vec::with_capacity(events.capacity());
         for (position, given) in self.given.iter_mut().enumerate() {
-            while given.next < given.events.len() && events.len() < self.target.batch {
+            while given.next < given.events.len() && events.len() < batch {
                 events.push(given.events[given.next].clone());
                 origins.push((position, given.next));
                 given.next += 1;
             }
-            if events.len() == self.target.batch {
+            if events.len() == batch {
                 break;
             }
         }
