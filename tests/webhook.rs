@@ -361,6 +361,9 @@ fn an_outage_backs_off_honours_retry_after_and_loses_nothing() {
     );
     assert!(eventd.metric_reaches("eventd_handler_retries_total", &[("handler", "notify")], 1.0));
     wait_delivered(&service, &ids(&backlog), |r| r.status == 200, &eventd);
+    // The backoff doubles from 100 ms: a handful of tries in 10 s, not one every 100 ms.
+    let refused = service.requests().iter().filter(|r| r.status == 503).count();
+    assert!(refused <= 12, "{refused} requests during a 10 s outage: the backoff did not grow");
     broker.expect_committed_to_end("eventd-main", "comment", Duration::from_secs(60), &eventd);
     assert!(
         eventd.wait_until(Duration::from_secs(30), |e| e.metric("eventd_consumer_lag_messages", &lag) == 0.0),
@@ -408,7 +411,17 @@ fn an_event_the_service_refuses_is_dead_lettered_with_its_answer_and_the_rest_de
         }
     });
     let backlog = comments(0, 30, 30, |id| if id == 7 { "poison".to_owned() } else { format!("comment {id}") });
-    broker.produce("comment", &backlog);
+    let producer = broker.producer();
+    for (key, payload) in &backlog {
+        let headers = rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
+            key: "x-trace",
+            value: Some(key.as_str()),
+        });
+        producer
+            .send(BaseRecord::to("comment").key(key).payload(payload).headers(headers))
+            .expect("queued");
+    }
+    producer.flush(Duration::from_secs(10)).expect("flushed");
     let eventd = start_eventd(&broker, &webhook_config(&service.url, ""));
     let mut wanted = ids(&backlog);
     wanted.remove("c-7");
@@ -425,6 +438,11 @@ fn an_event_the_service_refuses_is_dead_lettered_with_its_answer_and_the_rest_de
     );
     assert!(error.len() < 256 + 80, "the answer was not cut at 256 bytes: {} bytes", error.len());
     assert_eq!(letter.headers.get("eventd.handler").map(String::as_str), Some("notify"));
+    assert_eq!(
+        letter.headers.get("x-trace").map(String::as_str),
+        Some("item-7"),
+        "the dead-letter copy lost the event's own headers"
+    );
     broker.expect_committed_to_end("eventd-main", "comment", Duration::from_secs(60), &eventd);
     assert_eq!(
         eventd.metric(
@@ -506,7 +524,9 @@ fn a_request_too_large_is_split_and_an_event_too_large_alone_is_dead_lettered() 
 }
 
 /// With a header set, a redirect could hand its credential to another host: it is not
-/// followed, the other service gets nothing, and the partition shows blocked.
+/// followed, the other service gets nothing, and the partition shows blocked. Without
+/// headers a 307 is followed with the events; a 302 is not, since the client would
+/// turn the POST into a GET without them and take its 200 for a delivery.
 #[test]
 fn a_redirect_is_not_followed_while_headers_are_set() {
     let broker = Broker::start(1, &["comment", "dlq"]);
@@ -712,4 +732,46 @@ fn a_rotated_header_file_and_a_new_url_apply_on_reload() {
         None,
         "the handler was restarted to take the change"
     );
+}
+
+#[test]
+fn without_headers_only_redirects_that_keep_the_post_are_followed() {
+    let broker = Broker::start(2, &["comment", "dlq"]);
+    let elsewhere = Service::start(|request| {
+        if request.body.is_empty() {
+            (200, vec![], "a GET".to_owned())
+        } else {
+            (200, vec![], "ok".to_owned())
+        }
+    });
+    let target = elsewhere.url.clone();
+    // Partition 0's events get a 307, partition 1's a 302.
+    let service = Service::start(move |request| {
+        let partition = request.events()[0]["partition"].as_i64().expect("partition");
+        let status = if partition == 0 { 307 } else { 302 };
+        (status, vec![("Location", target.clone())], String::new())
+    });
+    let backlog = comments(0, 20, 20, |id| format!("comment {id}"));
+    broker.produce("comment", &backlog);
+    let eventd = start_eventd(&broker, &webhook_config(&service.url, "batch = 1"));
+    let on_one = [("topic", "comment"), ("partition", "1")];
+    assert!(
+        eventd.wait_until(Duration::from_secs(60), |e| e.metric_reaches("eventd_partition_blocked", &on_one, 1.0)),
+        "a 302 did not block its partition; logs:\n{}",
+        eventd.logs()
+    );
+    let expected: BTreeSet<String> = broker
+        .read_all("comment")
+        .iter()
+        .filter(|record| record.partition == 0)
+        .filter_map(|record| record.field("event_id"))
+        .collect();
+    assert!(!expected.is_empty());
+    wait_delivered(&elsewhere, &expected, |r| r.status == 200, &eventd);
+    assert!(
+        elsewhere.requests().iter().all(|r| !r.body.is_empty()),
+        "a redirect reached the other service as a GET without the events"
+    );
+    assert!(eventd.logs().contains("only 307 and 308 keep the events' POST"));
+    assert!(broker.read_all("dlq").is_empty());
 }

@@ -653,7 +653,17 @@ fn validate_kind_fields(
 }
 
 /// Headers eventd sets itself on every webhook request.
-const WEBHOOK_OWN_HEADERS: &[&str] = &["content-type", "content-length", "host", "idempotency-key"];
+const WEBHOOK_OWN_HEADERS: &[&str] = &[
+    "content-type",
+    "content-length",
+    "host",
+    "idempotency-key",
+    "transfer-encoding",
+    "connection",
+];
+
+/// Longest a webhook request may wait to fill.
+const WEBHOOK_MAX_WAIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn validate_webhook(handler: &HandlerConfig, key: &dyn Fn(&str) -> String, issues: &mut Issues) {
     if let Some(url) = &handler.url {
@@ -676,9 +686,15 @@ fn validate_webhook(handler: &HandlerConfig, key: &dyn Fn(&str) -> String, issue
     if handler.timeout.is_some_and(|timeout| timeout.as_millis() < 1) {
         issues.push(key("timeout"), "must be at least 1ms");
     }
+    if handler.max_wait.is_some_and(|wait| wait > WEBHOOK_MAX_WAIT_LIMIT) {
+        issues.push(key("max_wait"), "must be at most 60s");
+    }
+    let mut seen = std::collections::HashSet::new();
     for (name, value) in handler.headers.iter().flatten() {
         let header_key = key(&format!("headers.{name}"));
-        if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+        if !seen.insert(name.to_ascii_lowercase()) {
+            issues.push(header_key, "is set twice (header names ignore case)");
+        } else if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
             issues.push(header_key, "is not a valid HTTP header name");
         } else if WEBHOOK_OWN_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
             issues.push(header_key, "is set by eventd on every request");

@@ -208,7 +208,7 @@ async fn handle_batch(myself: &ActorRef<HandlerMsg>, state: &mut HandlerState, b
         match result {
             Ok(outcome) => {
                 state
-                    .complete(myself, &batch, outcome, (started, generation), false)
+                    .complete(myself, &batch, outcome, (started, generation), false, None)
                     .await;
                 return;
             }
@@ -382,6 +382,27 @@ impl HandlerState {
         let error = match result {
             Ok(outcome) => {
                 if let Some(failure) = &known {
+                    if outcome.settling.is_some() {
+                        // Its writes are not settled yet: should they fail, the attempts
+                        // made so far still count, for its backoff and its limit.
+                        let retry = SettledRetry {
+                            failures: self.failures.clone(),
+                            event: event.clone(),
+                            attempts: retried.then(|| failure.total() + 1),
+                            handler: self.pool.name.clone(),
+                        };
+                        drop(blocked);
+                        self.complete(
+                            myself,
+                            &one,
+                            outcome,
+                            (started, generation),
+                            retried,
+                            Some(retry),
+                        )
+                        .await;
+                        return None;
+                    }
                     self.failures.forget(&event, &one.reply_to);
                     if retried {
                         tracing::info!(handler = %self.pool.name, consumer = %self.pool.consumer, topic = %event.source.topic,
@@ -390,7 +411,7 @@ impl HandlerState {
                     }
                 }
                 drop(blocked);
-                self.complete(myself, &one, outcome, (started, generation), retried)
+                self.complete(myself, &one, outcome, (started, generation), retried, None)
                     .await;
                 return None;
             }
@@ -710,8 +731,10 @@ impl HandlerState {
         outcome: BatchOutcome,
         (started, generation): (Instant, u64),
         retried: bool,
+        retry: Option<SettledRetry>,
     ) {
         let report = FinishedReport {
+            retry,
             handled: self.metrics.handled(&batch.events[0].source.topic),
             duration: self.metrics.duration.clone(),
             started,
@@ -850,10 +873,31 @@ struct FinishedReport {
     slot: usize,
     offsets: Vec<i64>,
     holds: Vec<(i64, i64)>,
+    /// A retried event whose writes were pending: its failures are forgotten once they
+    /// are settled.
+    retry: Option<SettledRetry>,
+}
+
+/// A retried event handled alone, whose failure record is kept until its writes land.
+struct SettledRetry {
+    failures: Arc<Failures>,
+    event: Arc<crate::event::Event>,
+    /// Attempts in all, when it had failed on its own before (logged).
+    attempts: Option<u32>,
+    handler: Arc<str>,
 }
 
 impl FinishedReport {
     fn send(self) {
+        if let Some(retry) = &self.retry {
+            retry.failures.forget(&retry.event, &self.reply_to);
+            if let Some(attempts) = retry.attempts {
+                let source = &retry.event.source;
+                tracing::info!(handler = %retry.handler, topic = %source.topic,
+                    partition = source.partition, offset = source.offset,
+                    attempts, "event handled after retries");
+            }
+        }
         // One observation per batch: the exporter stores each observation with a clock
         // reading until its next upkeep, which per event cost more than the handling.
         let average = self.started.elapsed().as_secs_f64() / self.count as f64;

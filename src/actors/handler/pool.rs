@@ -198,7 +198,10 @@ impl Router {
         self.routes.iter().zip(settings).any(|(route, settings)| {
             settings.as_ref().is_some_and(|settings| {
                 !settings.filter.headers.is_empty()
-                    || matches!(route.pool.kind, HandlerKind::Forward | HandlerKind::Fault)
+                    || matches!(
+                        route.pool.kind,
+                        HandlerKind::Forward | HandlerKind::Webhook | HandlerKind::Fault
+                    )
             })
         })
     }

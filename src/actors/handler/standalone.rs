@@ -17,7 +17,7 @@ use super::{
 };
 use crate::actors::producer::dead_letter::Blocked;
 use crate::actors::producer::ProducerHandle;
-use crate::config::{Config, HandlerConfig};
+use crate::config::{Config, HandlerConfig, HandlerKind};
 use crate::event::{Event, FieldNames};
 
 pub struct Standalone {
@@ -61,6 +61,13 @@ impl BatchSource for NoPartition {
 
 impl Standalone {
     pub fn new(config: &Config, handler: &HandlerConfig, producer: ProducerHandle) -> Self {
+        let mut handler = handler.clone();
+        if handler.kind == HandlerKind::Webhook {
+            // Events come one at a time, each awaited: a request waiting to fill would
+            // only wait.
+            handler.max_wait = Some(Duration::ZERO);
+        }
+        let handler = &handler;
         let pool = Arc::new(HandlerPool::new(0, config, handler));
         let memory = SlotMemory::for_slot(pool.kind, &SlotMemory::for_pool(&pool));
         let behaviour = Behaviour::new(&HandlerArgs {

@@ -48,7 +48,7 @@ const ANSWER_EXCERPT: usize = 256;
 /// Bytes of a successful answer read so its connection can be reused; a longer answer
 /// closes the connection instead.
 const ANSWER_READ_LIMIT: usize = 64 * 1024;
-/// Redirects followed when no header is set.
+/// Redirects (307, 308) followed when no header is set.
 const MAX_REDIRECTS: usize = 5;
 /// Longest `Retry-After` taken as given.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
@@ -95,6 +95,7 @@ impl WebhookFailure {
 /// are reused across slots. A reload swaps the endpoint; requests under way finish on
 /// the one they started with.
 pub struct WebhookTarget {
+    handler: Arc<str>,
     endpoint: ArcSwap<Endpoint>,
     metrics: WebhookMetrics,
 }
@@ -160,7 +161,7 @@ impl Endpoint {
         let client = reqwest::Client::builder()
             .timeout(config.webhook_timeout())
             .redirect(if follows_redirects {
-                reqwest::redirect::Policy::limited(MAX_REDIRECTS)
+                reqwest::redirect::Policy::custom(keeping_the_post)
             } else {
                 reqwest::redirect::Policy::none()
             })
@@ -181,6 +182,7 @@ impl Endpoint {
 impl WebhookTarget {
     pub fn new(handler: &str, config: &HandlerConfig) -> Self {
         Self {
+            handler: Arc::from(handler),
             endpoint: ArcSwap::from_pointee(Endpoint::new(config)),
             metrics: WebhookMetrics::new(handler),
         }
@@ -207,33 +209,29 @@ impl WebhookTarget {
         let mut todo: VecDeque<Range<usize>> = VecDeque::new();
         todo.push_back(0..events.len());
         while let Some(range) = todo.pop_front() {
-            match self.post(&endpoint, &events[range.clone()]).await {
-                Answer::Delivered => {}
+            let rejected = match self.post(&endpoint, &events[range.clone()]).await {
+                Answer::Delivered => continue,
                 Answer::TooLarge(_) if range.len() > 1 => {
                     let middle = range.start + range.len() / 2;
                     todo.push_front(middle..range.end);
                     todo.push_front(range.start..middle);
+                    continue;
                 }
                 Answer::Refused(_) if range.len() > 1 => {
                     // Which events the service refuses is known only one at a time.
                     for index in range.rev() {
                         todo.push_front(index..index + 1);
                     }
+                    continue;
                 }
-                Answer::TooLarge(message) => failures.push((
-                    range.start,
-                    WebhookFailure::Rejected {
-                        message,
-                        too_large: true,
-                    },
-                )),
-                Answer::Refused(message) => failures.push((
-                    range.start,
-                    WebhookFailure::Rejected {
-                        message,
-                        too_large: false,
-                    },
-                )),
+                Answer::TooLarge(message) => WebhookFailure::Rejected {
+                    message,
+                    too_large: true,
+                },
+                Answer::Refused(message) => WebhookFailure::Rejected {
+                    message,
+                    too_large: false,
+                },
                 Answer::Failed(failure) => {
                     failures.extend(range.map(|index| (index, failure.clone())));
                     // The rest was not tried: it goes after these, in order.
@@ -242,8 +240,17 @@ impl WebhookTarget {
                             .flatten()
                             .map(|index| (index, WebhookFailure::Behind)),
                     );
+                    continue;
                 }
-            }
+            };
+            // A single event refused. Without a dead-letter topic it is retried, and no
+            // later event of its key may go first: the rest waits behind it.
+            failures.push((range.start, rejected));
+            failures.extend(
+                todo.drain(..)
+                    .flatten()
+                    .map(|index| (index, WebhookFailure::Behind)),
+            );
         }
         failures
     }
@@ -316,10 +323,15 @@ impl WebhookTarget {
                 })
             }
             status if status.is_redirection() => {
-                let why = if endpoint.follows_redirects {
-                    format!("more than {MAX_REDIRECTS} redirects")
+                let why = if !endpoint.follows_redirects {
+                    "redirects are not followed while headers are set; point url at the final address"
+                } else if matches!(
+                    status,
+                    StatusCode::TEMPORARY_REDIRECT | StatusCode::PERMANENT_REDIRECT
+                ) {
+                    "too many redirects; point url at the final address"
                 } else {
-                    "redirects are not followed while headers are set; point url at the final address".to_owned()
+                    "only 307 and 308 keep the events' POST; point url at the final address"
                 };
                 Answer::Failed(WebhookFailure::Misconfigured {
                     message: format!("webhook answered {status}: {why}"),
@@ -342,6 +354,22 @@ enum Answer {
     Refused(String),
     /// Every event of the request failed alike.
     Failed(WebhookFailure),
+}
+
+/// Follows only redirects that keep the method and the body (307, 308), up to
+/// `MAX_REDIRECTS`: after a 301, 302 or 303 the client would send a GET without the
+/// events, and a 200 to it would pass for a delivery. The 3xx not followed comes back
+/// as the answer.
+fn keeping_the_post(attempt: reqwest::redirect::Attempt) -> reqwest::redirect::Action {
+    let keeps_the_post = matches!(
+        attempt.status(),
+        StatusCode::TEMPORARY_REDIRECT | StatusCode::PERMANENT_REDIRECT
+    );
+    if keeps_the_post && attempt.previous().len() <= MAX_REDIRECTS {
+        attempt.follow()
+    } else {
+        attempt.stop()
+    }
 }
 
 /// `Retry-After` as seconds or an HTTP date.
@@ -435,6 +463,7 @@ fn body_of(events: &[Arc<Event>]) -> Vec<u8> {
 
 /// One slot's webhook: hands batches to its writer task.
 pub struct Webhook {
+    target: Arc<WebhookTarget>,
     to_writer: mpsc::UnboundedSender<ToWriter>,
     writer: JoinHandle<()>,
 }
@@ -468,11 +497,21 @@ impl Drop for Webhook {
 impl Webhook {
     pub fn new(target: Arc<WebhookTarget>) -> Self {
         let (to_writer, inbox) = mpsc::unbounded_channel();
-        let writer = tokio::spawn(Writer::new(target).run(inbox));
-        Self { to_writer, writer }
+        let writer = tokio::spawn(Writer::new(target.clone()).run(inbox));
+        Self {
+            target,
+            to_writer,
+            writer,
+        }
     }
 
     pub fn handle(&mut self, batch: &Batch) -> BatchOutcome {
+        if self.writer.is_finished() {
+            // A defect stopped it; what it held comes back as not sent, and a new one
+            // takes over.
+            tracing::error!(handler = %self.target.handler, "webhook writer stopped; starting a new one");
+            *self = Webhook::new(self.target.clone());
+        }
         let (report, reported) = oneshot::channel();
         let events = batch.events.len();
         let _ = self.to_writer.send(ToWriter::Batch(Given {
@@ -520,13 +559,36 @@ impl Writer {
         }
     }
 
+    /// Takes in one message, in the order the actor sent them: a batch given while a
+    /// failure is not yet parked goes back at once, held behind it, since the actor sent
+    /// it before parking the failed keys.
     fn take(&mut self, message: ToWriter) {
         match message {
+            ToWriter::Batch(given) if self.failures_out > 0 => {
+                let failures = (0..given.events.len())
+                    .map(|index| (index, WriteFailure::Webhook(WebhookFailure::Behind)))
+                    .collect();
+                self.report(given.report, failures);
+            }
             ToWriter::Batch(given) => {
                 self.waiting += given.events.len();
                 self.given.push_back(given);
             }
             ToWriter::FailuresParked => self.failures_out = self.failures_out.saturating_sub(1),
+        }
+    }
+
+    /// Reports a batch's failures; one the actor received counts as out until the actor
+    /// says it parked them (nobody waits on a batch whose receiver is gone: a replay
+    /// that gave up on it).
+    fn report(
+        &mut self,
+        report: oneshot::Sender<Vec<(usize, WriteFailure)>>,
+        failures: Vec<(usize, WriteFailure)>,
+    ) {
+        let failed = !failures.is_empty();
+        if report.send(failures).is_ok() && failed {
+            self.failures_out += 1;
         }
     }
 
@@ -541,10 +603,6 @@ impl Writer {
             }
             while let Ok(message) = inbox.try_recv() {
                 self.take(message);
-            }
-            if self.failures_out > 0 {
-                self.hold_back_everything();
-                continue;
             }
             let Some(oldest) = self.given.front().map(|given| given.arrived) else {
                 continue;
@@ -568,15 +626,13 @@ impl Writer {
     /// not yet sent goes back as held behind it, so no later event of a failed key
     /// overtakes its retry. Each batch is reported, with whatever failed in it.
     fn hold_back_everything(&mut self) {
-        for mut given in self.given.drain(..) {
+        let given: Vec<Given> = self.given.drain(..).collect();
+        for mut given in given {
             given.failures.extend(
                 (given.next..given.events.len())
                     .map(|index| (index, WriteFailure::Webhook(WebhookFailure::Behind))),
             );
-            if !given.failures.is_empty() {
-                self.failures_out += 1;
-            }
-            let _ = given.report.send(given.failures);
+            self.report(given.report, given.failures);
         }
         self.waiting = 0;
     }
@@ -619,10 +675,7 @@ impl Writer {
             let Some(given) = self.given.pop_front() else {
                 break;
             };
-            if !given.failures.is_empty() {
-                self.failures_out += 1;
-            }
-            let _ = given.report.send(given.failures);
+            self.report(given.report, given.failures);
         }
     }
 }
