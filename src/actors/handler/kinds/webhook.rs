@@ -14,12 +14,13 @@
 //!   too large is dead-lettered.
 //! - another 4xx: each event is sent alone; one still refused is dead-lettered with the
 //!   status and the start of the answer.
-//! - 401, 403, and a redirect not followed: the handler's own settings are wrong, not the
+//! - 401, 403, and a redirect not followed (only 307 and 308 keep the POST, and none is
+//!   followed while headers are set): the handler's own settings are wrong, not the
 //!   events; the partition is shown blocked until they are fixed, nothing dead-lettered.
 //!
-//! After a request failed, the writer holds back everything it was given until the actor
-//! has parked the failed events' keys: a later event of such a key must not reach the
-//! service before the earlier one's retry.
+//! After a request failed (or an event was refused alone), the writer holds back what it
+//! is given until the actor has parked the failed events' keys: a later event of such a
+//! key must not reach the service before the earlier one's retry.
 
 use std::collections::VecDeque;
 use std::ops::Range;
