@@ -111,6 +111,36 @@ struct Endpoint {
     follows_redirects: bool,
     batch: usize,
     max_wait: Duration,
+    /// What it was built from, so a reload that changed none of it keeps the client
+    /// and its open connections.
+    settings: EndpointSettings,
+}
+
+#[derive(PartialEq)]
+struct EndpointSettings {
+    url: Option<String>,
+    batch: usize,
+    max_wait: Duration,
+    timeout: Duration,
+    /// Names and values as read.
+    headers: Vec<(String, String)>,
+}
+
+impl EndpointSettings {
+    fn of(config: &HandlerConfig) -> Self {
+        Self {
+            url: config.url.clone(),
+            batch: config.webhook_batch(),
+            max_wait: config.webhook_max_wait(),
+            timeout: config.webhook_timeout(),
+            headers: config
+                .headers
+                .iter()
+                .flatten()
+                .map(|(name, value)| (name.clone(), value.value().to_owned()))
+                .collect(),
+        }
+    }
 }
 
 struct WebhookMetrics {
@@ -176,6 +206,7 @@ impl Endpoint {
             follows_redirects,
             batch: config.webhook_batch(),
             max_wait: config.webhook_max_wait(),
+            settings: EndpointSettings::of(config),
         }
     }
 }
@@ -198,7 +229,9 @@ impl WebhookTarget {
     /// Takes in a reloaded `url`, `batch`, `max_wait`, `timeout` and `headers`, for the
     /// next request.
     pub fn reconfigure(&self, config: &HandlerConfig) {
-        self.endpoint.store(Arc::new(Endpoint::new(config)));
+        if self.endpoint.load().settings != EndpointSettings::of(config) {
+            self.endpoint.store(Arc::new(Endpoint::new(config)));
+        }
     }
 
     /// Delivers `events` (one request, split as the answers ask); the failed ones by
@@ -726,6 +759,23 @@ mod tests {
         assert_eq!(key.len(), 32);
         assert_ne!(key, idempotency_key(&[b.clone(), a.clone()]));
         assert_ne!(key, idempotency_key(&[a, event("comment", 1, 2)]));
+    }
+
+    fn handler(url: &str) -> HandlerConfig {
+        serde_json::from_value(serde_json::json!({
+            "name": "notify", "kind": "webhook", "consumer": "main", "url": url,
+        }))
+        .expect("a webhook handler")
+    }
+
+    #[test]
+    fn a_reload_that_changes_nothing_keeps_the_client_and_a_change_replaces_it() {
+        let target = WebhookTarget::new("notify", &handler("http://a.example/x"));
+        let before = target.endpoint.load_full();
+        target.reconfigure(&handler("http://a.example/x"));
+        assert!(Arc::ptr_eq(&before, &target.endpoint.load_full()));
+        target.reconfigure(&handler("http://b.example/x"));
+        assert_eq!(target.endpoint.load().url, "http://b.example/x");
     }
 
     #[test]
