@@ -514,8 +514,11 @@ consumer = "main"
         first.scrape()
     );
     let second = start_eventd(&broker, config);
+    // The rebalance waits for the first member's revoke, whose drain waits out
+    // `drain_timeout` (10 s) on its blocked partitions, and the lag series of a new
+    // owner come with the next lag interval: 24 s to the assignment was seen.
     assert!(
-        second.wait_until(Duration::from_secs(30), |second| {
+        second.wait_until(Duration::from_secs(60), |second| {
             let (mine, theirs) = (owned(second), owned(&first));
             mine.len() == 1 && theirs.len() == 1 && mine != theirs
         }),
