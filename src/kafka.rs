@@ -391,6 +391,17 @@ pub fn log_librdkafka(level: RDKafkaLogLevel, fac: &str, message: &str, consumer
     } else {
         Duration::ZERO
     };
+    log_lasted(level, fac, message, consumer, lasted);
+}
+
+/// `log_librdkafka` for a line whose run of start-up noise has `lasted` so long.
+fn log_lasted(
+    level: RDKafkaLogLevel,
+    fac: &str,
+    message: &str,
+    consumer: Option<&str>,
+    lasted: Duration,
+) {
     match log_level(level, message, lasted) {
         tracing::Level::ERROR => tracing::error!(consumer, fac, message, "librdkafka"),
         tracing::Level::WARN if lasted > Duration::ZERO => tracing::warn!(
@@ -628,6 +639,45 @@ mod tests {
             tracing::Level::INFO
         );
     }
+
+    /// What `write` receives, for reading log lines back.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<parking_lot::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn start_up_noise_that_lasts_says_for_how_long() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            log_lasted(RDKafkaLogLevel::Warning, "FAIL", LOADING, None, Duration::from_millis(35_400));
+            log_lasted(RDKafkaLogLevel::Warning, "FAIL", LOADING, None, Duration::from_secs(3));
+        });
+        let text = String::from_utf8(captured.0.lock().clone()).expect("UTF-8");
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("a JSON line"))
+            .collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert_eq!(lines[0]["level"], "WARN");
+        assert_eq!(lines[0]["fields"]["lasting"], "35s", "{text}");
+        assert_eq!(lines[1]["level"], "INFO");
+        assert!(lines[1]["fields"].get("lasting").is_none(), "{text}");
+    }
+
     use rdkafka::types::RDKafkaConfRes;
 
     #[test]
