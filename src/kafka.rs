@@ -663,8 +663,20 @@ mod tests {
             .with_writer(move || writer.clone())
             .finish();
         tracing::subscriber::with_default(subscriber, || {
-            log_lasted(RDKafkaLogLevel::Warning, "FAIL", LOADING, None, Duration::from_millis(35_400));
-            log_lasted(RDKafkaLogLevel::Warning, "FAIL", LOADING, None, Duration::from_secs(3));
+            log_lasted(
+                RDKafkaLogLevel::Warning,
+                "FAIL",
+                LOADING,
+                None,
+                Duration::from_millis(35_400),
+            );
+            log_lasted(
+                RDKafkaLogLevel::Warning,
+                "FAIL",
+                LOADING,
+                None,
+                Duration::from_secs(3),
+            );
         });
         let text = String::from_utf8(captured.0.lock().clone()).expect("UTF-8");
         let lines: Vec<serde_json::Value> = text

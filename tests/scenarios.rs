@@ -825,7 +825,8 @@ output = "counts"
     // Both must own partitions before the first half is produced: a member that joins
     // after the other has read the whole first half has nothing to count before the kill.
     let owns_partitions = |e: &Eventd| {
-        e.log_lines("partition worker started").len() > e.log_lines("partition worker stopped").len()
+        e.log_lines("partition worker started").len()
+            > e.log_lines("partition worker stopped").len()
     };
     assert!(
         first.wait_until(Duration::from_secs(120), owns_partitions)

@@ -47,7 +47,9 @@ impl Request {
     }
 
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(&name.to_ascii_lowercase()).map(String::as_str)
+        self.headers
+            .get(&name.to_ascii_lowercase())
+            .map(String::as_str)
     }
 }
 
@@ -86,7 +88,12 @@ impl Service {
                         headers: incoming
                             .headers()
                             .iter()
-                            .map(|h| (h.field.as_str().as_str().to_ascii_lowercase(), h.value.to_string()))
+                            .map(|h| {
+                                (
+                                    h.field.as_str().as_str().to_ascii_lowercase(),
+                                    h.value.to_string(),
+                                )
+                            })
                             .collect(),
                         body,
                     };
@@ -154,7 +161,12 @@ topic = "dlq"
 }
 
 /// `n` comment events, ids `c-<first>`…, keyed by `keys` items; `text` per id.
-fn comments(first: usize, n: usize, keys: usize, text: impl Fn(usize) -> String) -> Vec<(String, String)> {
+fn comments(
+    first: usize,
+    n: usize,
+    keys: usize,
+    text: impl Fn(usize) -> String,
+) -> Vec<(String, String)> {
     (first..first + n)
         .map(|id| {
             let item = format!("item-{}", id % keys);
@@ -192,7 +204,11 @@ fn wait_delivered(
 ) -> Vec<Request> {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let ok: Vec<Request> = service.requests().into_iter().filter(|r| delivered(r)).collect();
+        let ok: Vec<Request> = service
+            .requests()
+            .into_iter()
+            .filter(|r| delivered(r))
+            .collect();
         let got: BTreeSet<String> = service.ids_in(&ok).into_iter().collect();
         if expected.is_subset(&got) {
             return ok;
@@ -228,12 +244,22 @@ fn events_reach_the_service_batched_with_their_source_and_headers_and_no_secret_
     let eventd = start_eventd_with_env(
         &broker,
         &config,
-        &[("NOTIFIER_TOKEN", TOKEN.to_owned()), ("RUST_LOG", "trace".to_owned())],
+        &[
+            ("NOTIFIER_TOKEN", TOKEN.to_owned()),
+            ("RUST_LOG", "trace".to_owned()),
+        ],
     );
     let delivered = wait_delivered(&service, &ids(&backlog), |r| r.status == 200, &eventd);
-    assert!(eventd.logs().contains("\"level\":\"TRACE\""), "trace level was not on");
+    assert!(
+        eventd.logs().contains("\"level\":\"TRACE\""),
+        "trace level was not on"
+    );
     let all_ids = service.ids_in(&delivered);
-    assert_eq!(all_ids.len(), 300, "each event once when every request succeeds");
+    assert_eq!(
+        all_ids.len(),
+        300,
+        "each event once when every request succeeds"
+    );
     assert!(
         delivered.iter().all(|r| r.events().len() <= 50),
         "a request carried more than batch = 50 events"
@@ -248,8 +274,13 @@ fn events_reach_the_service_batched_with_their_source_and_headers_and_no_secret_
         assert_eq!(request.header("authorization"), Some(TOKEN));
         assert_eq!(request.header("x-team"), Some("moderation"));
         assert_eq!(request.header("content-type"), Some("application/json"));
-        let key = request.header("idempotency-key").expect("an Idempotency-Key");
-        assert!(key.len() == 32 && key.chars().all(|c| c.is_ascii_hexdigit()), "key {key:?}");
+        let key = request
+            .header("idempotency-key")
+            .expect("an Idempotency-Key");
+        assert!(
+            key.len() == 32 && key.chars().all(|c| c.is_ascii_hexdigit()),
+            "key {key:?}"
+        );
         for event in request.events() {
             assert_eq!(event["topic"], "comment");
             let partition = event["partition"].as_i64().expect("partition");
@@ -257,7 +288,10 @@ fn events_reach_the_service_batched_with_their_source_and_headers_and_no_secret_
             let item = event["key"].as_str().expect("key").to_owned();
             assert_eq!(event["event"]["item_id"].as_str(), Some(item.as_str()));
             if let Some(previous) = last_offset.insert((partition, item.clone()), offset) {
-                assert!(previous < offset, "{item} on {partition}: {offset} after {previous}");
+                assert!(
+                    previous < offset,
+                    "{item} on {partition}: {offset} after {previous}"
+                );
             }
         }
     }
@@ -265,7 +299,11 @@ fn events_reach_the_service_batched_with_their_source_and_headers_and_no_secret_
         .iter()
         .filter_map(|r| r.header("idempotency-key"))
         .collect();
-    assert_eq!(idempotency_keys.len(), delivered.len(), "different batches share a key");
+    assert_eq!(
+        idempotency_keys.len(),
+        delivered.len(),
+        "different batches share a key"
+    );
     broker.expect_committed_to_end("eventd-main", "comment", Duration::from_secs(60), &eventd);
 
     // A trickle is gathered for up to max_wait rather than posted one event at a time.
@@ -292,16 +330,26 @@ fn events_reach_the_service_batched_with_their_source_and_headers_and_no_secret_
     );
 
     assert!(
-        eventd.metric("eventd_webhook_responses_total", &[("handler", "notify"), ("class", "2xx")])
-            >= delivered.len() as f64
+        eventd.metric(
+            "eventd_webhook_responses_total",
+            &[("handler", "notify"), ("class", "2xx")]
+        ) >= delivered.len() as f64
     );
     assert!(
-        eventd.metric("eventd_webhook_request_duration_seconds_count", &[("handler", "notify")])
-            >= delivered.len() as f64
+        eventd.metric(
+            "eventd_webhook_request_duration_seconds_count",
+            &[("handler", "notify")]
+        ) >= delivered.len() as f64
     );
     let scrape = eventd.scrape();
-    assert!(!scrape.contains("s3cr3t") && !scrape.contains("moderation"), "a header value in /metrics");
-    assert!(!eventd.logs().contains("s3cr3t") && !eventd.logs().contains("moderation"), "a header value in the logs");
+    assert!(
+        !scrape.contains("s3cr3t") && !scrape.contains("moderation"),
+        "a header value in /metrics"
+    );
+    assert!(
+        !eventd.logs().contains("s3cr3t") && !eventd.logs().contains("moderation"),
+        "a header value in the logs"
+    );
     let checked = eventd_bin()
         .arg("check-config")
         .arg(&eventd.config)
@@ -314,7 +362,10 @@ fn events_reach_the_service_batched_with_their_source_and_headers_and_no_secret_
         String::from_utf8_lossy(&checked.stderr)
     );
     assert!(checked.status.success(), "check-config refused: {shown}");
-    assert!(!shown.contains("s3cr3t") && !shown.contains("moderation"), "check-config shows a header value: {shown}");
+    assert!(
+        !shown.contains("s3cr3t") && !shown.contains("moderation"),
+        "check-config shows a header value: {shown}"
+    );
 }
 
 /// 503 for 10 s, then a 429 asking for 2 s, then 200: every event arrives, nothing is
@@ -330,12 +381,19 @@ fn an_outage_backs_off_honours_retry_after_and_loses_nothing() {
         let outage_began = outage_began.clone();
         let after_outage = after_outage.clone();
         Service::start(move |_| {
-            let began = *outage_began.lock().expect("lock").get_or_insert_with(Instant::now);
+            let began = *outage_began
+                .lock()
+                .expect("lock")
+                .get_or_insert_with(Instant::now);
             if began.elapsed() < Duration::from_secs(10) {
                 return (503, vec![], "down for maintenance".to_owned());
             }
             match after_outage.fetch_add(1, Ordering::Relaxed) {
-                0 => (429, vec![("Retry-After", "2".to_owned())], "slow down".to_owned()),
+                0 => (
+                    429,
+                    vec![("Retry-After", "2".to_owned())],
+                    "slow down".to_owned(),
+                ),
                 _ => (200, vec![], "ok".to_owned()),
             }
         })
@@ -344,9 +402,17 @@ fn an_outage_backs_off_honours_retry_after_and_loses_nothing() {
     let backlog = comments(0, 5, 1, |id| format!("comment {id}"));
     broker.produce("comment", &backlog);
     let eventd = start_eventd(&broker, &webhook_config(&service.url, ""));
-    let lag = [("consumer", "main"), ("topic", "comment"), ("partition", "0")];
+    let lag = [
+        ("consumer", "main"),
+        ("topic", "comment"),
+        ("partition", "0"),
+    ];
     assert!(
-        eventd.wait_until(Duration::from_secs(30), |e| e.metric_reaches("eventd_consumer_lag_messages", &lag, 5.0)),
+        eventd.wait_until(Duration::from_secs(30), |e| e.metric_reaches(
+            "eventd_consumer_lag_messages",
+            &lag,
+            5.0
+        )),
         "the lag did not show the outage; logs:\n{}",
         eventd.logs()
     );
@@ -359,14 +425,27 @@ fn an_outage_backs_off_honours_retry_after_and_loses_nothing() {
         0,
         "the offset moved during the outage"
     );
-    assert!(eventd.metric_reaches("eventd_handler_retries_total", &[("handler", "notify")], 1.0));
+    assert!(eventd.metric_reaches(
+        "eventd_handler_retries_total",
+        &[("handler", "notify")],
+        1.0
+    ));
     wait_delivered(&service, &ids(&backlog), |r| r.status == 200, &eventd);
     // The backoff doubles from 100 ms: a handful of tries in 10 s, not one every 100 ms.
-    let refused = service.requests().iter().filter(|r| r.status == 503).count();
-    assert!(refused <= 12, "{refused} requests during a 10 s outage: the backoff did not grow");
+    let refused = service
+        .requests()
+        .iter()
+        .filter(|r| r.status == 503)
+        .count();
+    assert!(
+        refused <= 12,
+        "{refused} requests during a 10 s outage: the backoff did not grow"
+    );
     broker.expect_committed_to_end("eventd-main", "comment", Duration::from_secs(60), &eventd);
     assert!(
-        eventd.wait_until(Duration::from_secs(30), |e| e.metric("eventd_consumer_lag_messages", &lag) == 0.0),
+        eventd.wait_until(Duration::from_secs(30), |e| e
+            .metric("eventd_consumer_lag_messages", &lag)
+            == 0.0),
         "the lag did not fall after the outage"
     );
     let requests = service.requests();
@@ -387,14 +466,29 @@ fn an_outage_backs_off_honours_retry_after_and_loses_nothing() {
         assert_eq!(previous, key, "one batch sent again under another key");
     }
     let distinct: BTreeSet<&str> = key_of.values().copied().collect();
-    assert_eq!(distinct.len(), key_of.len(), "two different batches share a key");
+    assert_eq!(
+        distinct.len(),
+        key_of.len(),
+        "two different batches share a key"
+    );
     assert!(
         requests.len() > key_of.len(),
         "no batch was sent again, so the key was not checked"
     );
-    assert!(broker.read_all("dlq").is_empty(), "an outage dead-lettered events");
-    assert!(eventd.metric_reaches("eventd_webhook_responses_total", &[("handler", "notify"), ("class", "5xx")], 3.0));
-    assert!(eventd.metric_reaches("eventd_webhook_responses_total", &[("handler", "notify"), ("class", "4xx")], 1.0));
+    assert!(
+        broker.read_all("dlq").is_empty(),
+        "an outage dead-lettered events"
+    );
+    assert!(eventd.metric_reaches(
+        "eventd_webhook_responses_total",
+        &[("handler", "notify"), ("class", "5xx")],
+        3.0
+    ));
+    assert!(eventd.metric_reaches(
+        "eventd_webhook_responses_total",
+        &[("handler", "notify"), ("class", "4xx")],
+        1.0
+    ));
 }
 
 /// The service refuses any request holding a "poison" comment with 400: the batch is
@@ -404,13 +498,23 @@ fn an_outage_backs_off_honours_retry_after_and_loses_nothing() {
 fn an_event_the_service_refuses_is_dead_lettered_with_its_answer_and_the_rest_delivered() {
     let broker = Broker::start(1, &["comment", "dlq"]);
     let service = Service::start(|request| {
-        if request.events().iter().any(|e| e["event"]["text"] == "poison") {
+        if request
+            .events()
+            .iter()
+            .any(|e| e["event"]["text"] == "poison")
+        {
             (400, vec![], format!("bad comment: {}", "x".repeat(400)))
         } else {
             (200, vec![], "ok".to_owned())
         }
     });
-    let backlog = comments(0, 30, 30, |id| if id == 7 { "poison".to_owned() } else { format!("comment {id}") });
+    let backlog = comments(0, 30, 30, |id| {
+        if id == 7 {
+            "poison".to_owned()
+        } else {
+            format!("comment {id}")
+        }
+    });
     let producer = broker.producer();
     for (key, payload) in &backlog {
         let headers = rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
@@ -418,7 +522,12 @@ fn an_event_the_service_refuses_is_dead_lettered_with_its_answer_and_the_rest_de
             value: Some(key.as_str()),
         });
         producer
-            .send(BaseRecord::to("comment").key(key).payload(payload).headers(headers))
+            .send(
+                BaseRecord::to("comment")
+                    .key(key)
+                    .payload(payload)
+                    .headers(headers),
+            )
             .expect("queued");
     }
     producer.flush(Duration::from_secs(10)).expect("flushed");
@@ -427,8 +536,14 @@ fn an_event_the_service_refuses_is_dead_lettered_with_its_answer_and_the_rest_de
     wanted.remove("c-7");
     let delivered = wait_delivered(&service, &wanted, |r| r.status == 200, &eventd);
     assert!(!service.ids_in(&delivered).contains(&"c-7".to_owned()));
-    let letters = broker.wait_for("dlq", Duration::from_secs(60), |records| !records.is_empty());
-    assert_eq!(letters.len(), 1, "only the refused event is dead-lettered: {letters:?}");
+    let letters = broker.wait_for("dlq", Duration::from_secs(60), |records| {
+        !records.is_empty()
+    });
+    assert_eq!(
+        letters.len(),
+        1,
+        "only the refused event is dead-lettered: {letters:?}"
+    );
     let letter = &letters[0];
     assert_eq!(letter.field("event_id").as_deref(), Some("c-7"));
     let error = letter.headers.get("eventd.error").expect("eventd.error");
@@ -436,8 +551,15 @@ fn an_event_the_service_refuses_is_dead_lettered_with_its_answer_and_the_rest_de
         error.starts_with("webhook answered 400 Bad Request: bad comment: xxx"),
         "eventd.error: {error}"
     );
-    assert!(error.len() < 256 + 80, "the answer was not cut at 256 bytes: {} bytes", error.len());
-    assert_eq!(letter.headers.get("eventd.handler").map(String::as_str), Some("notify"));
+    assert!(
+        error.len() < 256 + 80,
+        "the answer was not cut at 256 bytes: {} bytes",
+        error.len()
+    );
+    assert_eq!(
+        letter.headers.get("eventd.handler").map(String::as_str),
+        Some("notify")
+    );
     assert_eq!(
         letter.headers.get("x-trace").map(String::as_str),
         Some("item-7"),
@@ -472,10 +594,20 @@ fn unauthorized_blocks_the_partition_and_dead_letters_nothing_until_accepted() {
     };
     let backlog = comments(0, 10, 3, |id| format!("comment {id}"));
     broker.produce("comment", &backlog);
-    let eventd = start_eventd(&broker, &webhook_config(&service.url, "headers = { Authorization = \"Bearer wrong\" }"));
+    let eventd = start_eventd(
+        &broker,
+        &webhook_config(
+            &service.url,
+            "headers = { Authorization = \"Bearer wrong\" }",
+        ),
+    );
     let blocked = [("topic", "comment"), ("partition", "0")];
     assert!(
-        eventd.wait_until(Duration::from_secs(60), |e| e.metric_reaches("eventd_partition_blocked", &blocked, 1.0)),
+        eventd.wait_until(Duration::from_secs(60), |e| e.metric_reaches(
+            "eventd_partition_blocked",
+            &blocked,
+            1.0
+        )),
         "a 401 did not show the partition blocked; logs:\n{}",
         eventd.logs()
     );
@@ -486,10 +618,15 @@ fn unauthorized_blocks_the_partition_and_dead_letters_nothing_until_accepted() {
     wait_delivered(&service, &ids(&backlog), |r| r.status == 200, &eventd);
     broker.expect_committed_to_end("eventd-main", "comment", Duration::from_secs(60), &eventd);
     assert!(
-        eventd.wait_until(Duration::from_secs(30), |e| e.metric("eventd_partition_blocked", &blocked) == 0.0),
+        eventd.wait_until(Duration::from_secs(30), |e| e
+            .metric("eventd_partition_blocked", &blocked)
+            == 0.0),
         "the partition stayed blocked after delivery"
     );
-    assert!(broker.read_all("dlq").is_empty(), "a 401 dead-lettered events");
+    assert!(
+        broker.read_all("dlq").is_empty(),
+        "a 401 dead-lettered events"
+    );
 }
 
 /// 413 for bodies over 2000 bytes: requests are halved until they fit, and an event
@@ -504,15 +641,31 @@ fn a_request_too_large_is_split_and_an_event_too_large_alone_is_dead_lettered() 
             (200, vec![], "ok".to_owned())
         }
     });
-    let backlog = comments(0, 40, 40, |id| if id == 13 { "y".repeat(3000) } else { format!("comment {id}") });
+    let backlog = comments(0, 40, 40, |id| {
+        if id == 13 {
+            "y".repeat(3000)
+        } else {
+            format!("comment {id}")
+        }
+    });
     broker.produce("comment", &backlog);
-    let eventd = start_eventd(&broker, &webhook_config(&service.url, "batch = 40\nmax_wait = \"1s\""));
+    let eventd = start_eventd(
+        &broker,
+        &webhook_config(&service.url, "batch = 40\nmax_wait = \"1s\""),
+    );
     let mut wanted = ids(&backlog);
     wanted.remove("c-13");
     wait_delivered(&service, &wanted, |r| r.status == 200, &eventd);
     let requests = service.requests();
-    assert!(requests.iter().any(|r| r.status == 413 && r.events().len() > 1), "nothing was split");
-    let letters = broker.wait_for("dlq", Duration::from_secs(60), |records| !records.is_empty());
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.status == 413 && r.events().len() > 1),
+        "nothing was split"
+    );
+    let letters = broker.wait_for("dlq", Duration::from_secs(60), |records| {
+        !records.is_empty()
+    });
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].field("event_id").as_deref(), Some("c-13"));
     assert!(eventd.metric_reaches(
@@ -540,13 +693,19 @@ fn a_redirect_is_not_followed_while_headers_are_set() {
     );
     let blocked = [("topic", "comment"), ("partition", "0")];
     assert!(
-        eventd.wait_until(Duration::from_secs(60), |e| e.metric_reaches("eventd_partition_blocked", &blocked, 1.0)),
+        eventd.wait_until(Duration::from_secs(60), |e| e.metric_reaches(
+            "eventd_partition_blocked",
+            &blocked,
+            1.0
+        )),
         "a redirect did not show the partition blocked; logs:\n{}",
         eventd.logs()
     );
     assert!(!service.requests().is_empty());
     assert!(elsewhere.requests().is_empty(), "the redirect was followed");
-    assert!(eventd.logs().contains("redirects are not followed while headers are set"));
+    assert!(eventd
+        .logs()
+        .contains("redirects are not followed while headers are set"));
     assert!(broker.read_all("dlq").is_empty());
 }
 
@@ -589,12 +748,19 @@ fn check_config_names_what_is_wrong_in_a_webhook_handler() {
         let checked = check_config(&path);
         let shown = String::from_utf8_lossy(&checked.stderr).to_string()
             + &String::from_utf8_lossy(&checked.stdout);
-        assert_eq!(checked.status.code(), Some(78), "case {i} ({keys}) accepted: {shown}");
+        assert_eq!(
+            checked.status.code(),
+            Some(78),
+            "case {i} ({keys}) accepted: {shown}"
+        );
         assert!(
             shown.contains(key) && shown.contains(message),
             "case {i}: expected {key}: {message}, got: {shown}"
         );
-        assert!(!shown.contains("s3cr3t"), "case {i} shows a header value: {shown}");
+        assert!(
+            !shown.contains("s3cr3t"),
+            "case {i} shows a header value: {shown}"
+        );
     }
 }
 
@@ -650,7 +816,10 @@ fn the_readme_webhook_example_runs_as_written() {
     let handler = example
         .replace("https://notifier.internal/comments", &service.url)
         .replace("/run/secrets/tenant", &tenant.path().display().to_string());
-    assert_ne!(handler, example, "the example's url or secret file changed: update this test");
+    assert_ne!(
+        handler, example,
+        "the example's url or secret file changed: update this test"
+    );
     let config = format!(
         "[[consumers]]\nname = \"analytics\"\ntopics = [\"comment\"]\n\n{handler}\n[dead_letter]\ntopic = \"dlq\"\n"
     );
@@ -661,7 +830,12 @@ fn the_readme_webhook_example_runs_as_written() {
     assert!(delivered
         .iter()
         .all(|r| r.header("authorization") == Some(TOKEN) && r.header("x-tenant") == Some("eu-1")));
-    broker.expect_committed_to_end("eventd-analytics", "comment", Duration::from_secs(60), &eventd);
+    broker.expect_committed_to_end(
+        "eventd-analytics",
+        "comment",
+        Duration::from_secs(60),
+        &eventd,
+    );
 }
 
 /// A token rotated in its `file:` and a new `url` apply on reload, the daemon running
@@ -684,7 +858,10 @@ fn a_rotated_header_file_and_a_new_url_apply_on_reload() {
         "[reload]\nwatch_config = true\n{}",
         webhook_config(
             &old_service.url,
-            &format!("headers = {{ Authorization = \"file:{}\" }}", token.path().display())
+            &format!(
+                "headers = {{ Authorization = \"file:{}\" }}",
+                token.path().display()
+            )
         )
     );
     let first = comments(0, 5, 5, |id| format!("comment {id}"));
@@ -692,7 +869,11 @@ fn a_rotated_header_file_and_a_new_url_apply_on_reload() {
     let eventd = start_eventd(&broker, &config);
     let blocked = [("topic", "comment"), ("partition", "0")];
     assert!(
-        eventd.wait_until(Duration::from_secs(60), |e| e.metric_reaches("eventd_partition_blocked", &blocked, 1.0)),
+        eventd.wait_until(Duration::from_secs(60), |e| e.metric_reaches(
+            "eventd_partition_blocked",
+            &blocked,
+            1.0
+        )),
         "the old token did not block the partition; logs:\n{}",
         eventd.logs()
     );
@@ -707,12 +888,18 @@ fn a_rotated_header_file_and_a_new_url_apply_on_reload() {
     );
     wait_delivered(&old_service, &ids(&first), |r| r.status == 200, &eventd);
     assert!(
-        eventd.wait_until(Duration::from_secs(30), |e| e.metric("eventd_partition_blocked", &blocked) == 0.0),
+        eventd.wait_until(Duration::from_secs(30), |e| e
+            .metric("eventd_partition_blocked", &blocked)
+            == 0.0),
         "the partition stayed blocked after the rotation"
     );
 
     let text = std::fs::read_to_string(&eventd.config).expect("config");
-    std::fs::write(&eventd.config, text.replace(&old_service.url, &new_service.url)).expect("edit");
+    std::fs::write(
+        &eventd.config,
+        text.replace(&old_service.url, &new_service.url),
+    )
+    .expect("edit");
     assert!(
         eventd.wait_until(Duration::from_secs(30), |e| e
             .log_lines("config change applied")
@@ -724,11 +911,20 @@ fn a_rotated_header_file_and_a_new_url_apply_on_reload() {
     let second = comments(100, 5, 5, |id| format!("comment {id}"));
     broker.produce("comment", &second);
     wait_delivered(&new_service, &ids(&second), |r| r.status == 200, &eventd);
-    let to_old: BTreeSet<String> = old_service.ids_in(&old_service.requests()).into_iter().collect();
-    assert!(to_old.is_disjoint(&ids(&second)), "events went to the old url after the reload");
+    let to_old: BTreeSet<String> = old_service
+        .ids_in(&old_service.requests())
+        .into_iter()
+        .collect();
+    assert!(
+        to_old.is_disjoint(&ids(&second)),
+        "events went to the old url after the reload"
+    );
     assert!(eventd.is_running());
     assert_eq!(
-        eventd.metric_if_present("eventd_actor_restarts_total", &[("actor", "handler/notify")]),
+        eventd.metric_if_present(
+            "eventd_actor_restarts_total",
+            &[("actor", "handler/notify")]
+        ),
         None,
         "the handler was restarted to take the change"
     );
@@ -747,7 +943,9 @@ fn without_headers_only_redirects_that_keep_the_post_are_followed() {
     let target = elsewhere.url.clone();
     // Partition 0's events get a 307, partition 1's a 302.
     let service = Service::start(move |request| {
-        let partition = request.events()[0]["partition"].as_i64().expect("partition");
+        let partition = request.events()[0]["partition"]
+            .as_i64()
+            .expect("partition");
         let status = if partition == 0 { 307 } else { 302 };
         (status, vec![("Location", target.clone())], String::new())
     });
@@ -756,7 +954,11 @@ fn without_headers_only_redirects_that_keep_the_post_are_followed() {
     let eventd = start_eventd(&broker, &webhook_config(&service.url, "batch = 1"));
     let on_one = [("topic", "comment"), ("partition", "1")];
     assert!(
-        eventd.wait_until(Duration::from_secs(60), |e| e.metric_reaches("eventd_partition_blocked", &on_one, 1.0)),
+        eventd.wait_until(Duration::from_secs(60), |e| e.metric_reaches(
+            "eventd_partition_blocked",
+            &on_one,
+            1.0
+        )),
         "a 302 did not block its partition; logs:\n{}",
         eventd.logs()
     );
@@ -772,6 +974,8 @@ fn without_headers_only_redirects_that_keep_the_post_are_followed() {
         elsewhere.requests().iter().all(|r| !r.body.is_empty()),
         "a redirect reached the other service as a GET without the events"
     );
-    assert!(eventd.logs().contains("only 307 and 308 keep the events' POST"));
+    assert!(eventd
+        .logs()
+        .contains("only 307 and 308 keep the events' POST"));
     assert!(broker.read_all("dlq").is_empty());
 }

@@ -22,6 +22,7 @@ mod validate;
 pub use bytes::ByteSize;
 pub use filter::{Condition, Filter, Subject};
 pub use loader::{ConfigError, EXIT_CONFIG};
+pub use reload::reread_headers;
 pub use schema::{
     Acks, Assignment, Compression, Config, ConsumerConfig, ConsumerMode, DeadLetterConfig,
     DemoConfig, DemoTopics, EmbeddedConfig, FaultAction, HandlerConfig, HandlerKind, HealthConfig,
@@ -29,5 +30,4 @@ pub use schema::{
     PartitionerKind, ProducerConfig, ProducerMode, RetryConfig, ShutdownConfig, StartPosition,
     SupervisionConfig, TransientRetries,
 };
-pub use reload::reread_headers;
 pub use validate::ConfigIssue;

@@ -70,7 +70,10 @@ pub fn reread_headers(running: &Config, new: &Config) -> Vec<String> {
             continue;
         };
         for (name, value) in after.headers.iter().flatten() {
-            let old = before.headers.as_ref().and_then(|headers| headers.get(name));
+            let old = before
+                .headers
+                .as_ref()
+                .and_then(|headers| headers.get(name));
             if old.is_some_and(|old| old == &*value) {
                 continue;
             }

@@ -683,10 +683,16 @@ fn validate_webhook(handler: &HandlerConfig, key: &dyn Fn(&str) -> String, issue
     if handler.batch == Some(0) {
         issues.push(key("batch"), "must be at least 1");
     }
-    if handler.timeout.is_some_and(|timeout| timeout.as_millis() < 1) {
+    if handler
+        .timeout
+        .is_some_and(|timeout| timeout.as_millis() < 1)
+    {
         issues.push(key("timeout"), "must be at least 1ms");
     }
-    if handler.max_wait.is_some_and(|wait| wait > WEBHOOK_MAX_WAIT_LIMIT) {
+    if handler
+        .max_wait
+        .is_some_and(|wait| wait > WEBHOOK_MAX_WAIT_LIMIT)
+    {
         issues.push(key("max_wait"), "must be at most 60s");
     }
     let mut seen = std::collections::HashSet::new();

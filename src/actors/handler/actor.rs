@@ -670,7 +670,8 @@ impl HandlerState {
                         blocked,
                         work: Work::Handle,
                     };
-                    self.outbox.park(myself, key, parked, self.retry.max_backoff);
+                    self.outbox
+                        .park(myself, key, parked, self.retry.max_backoff);
                     continue;
                 }
                 Disposition::Permanent(reason) if self.dead_letter.is_some() => {

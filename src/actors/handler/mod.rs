@@ -94,7 +94,9 @@ pub(crate) enum Disposition {
     /// dead-lettered, since every other event would fail the same way.
     Misconfigured,
     /// May pass: charged under `retry.transient`, waiting at least `retry_after`.
-    Transient { retry_after: Option<std::time::Duration> },
+    Transient {
+        retry_after: Option<std::time::Duration>,
+    },
 }
 
 impl WriteFailure {

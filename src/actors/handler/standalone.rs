@@ -131,7 +131,9 @@ impl Standalone {
                     // Settings eventd must be given anew, or an outage: a later run may pass.
                     Disposition::Misconfigured
                     | Disposition::NotCharged
-                    | Disposition::Transient { .. } => StandaloneError::Transient(error.to_string()),
+                    | Disposition::Transient { .. } => {
+                        StandaloneError::Transient(error.to_string())
+                    }
                 });
             }
         }

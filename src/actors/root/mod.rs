@@ -145,9 +145,16 @@ fn applies_live(key: &str, running: &Config, new: &Config, not_applied: &[String
     };
     matches!(
         field,
-        "topics" | "filter" | "sample" | "fields" | "url" | "batch" | "max_wait" | "timeout" | "headers"
-    )
-        && before.name == after.name
+        "topics"
+            | "filter"
+            | "sample"
+            | "fields"
+            | "url"
+            | "batch"
+            | "max_wait"
+            | "timeout"
+            | "headers"
+    ) && before.name == after.name
         && !not_applied.contains(&after.name)
 }
 

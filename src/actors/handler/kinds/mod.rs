@@ -18,9 +18,9 @@ use super::{Batch, HandlerPool};
 use crate::config::HandlerKind;
 
 pub use count::CountWindows;
-pub use webhook::{WebhookFailure, WebhookTarget};
 #[cfg(feature = "fault-injection")]
 pub use fault::FaultMemory;
+pub use webhook::{WebhookFailure, WebhookTarget};
 
 /// State of a slot that must survive its actor's restarts.
 #[derive(Clone)]
