@@ -640,54 +640,19 @@ mod tests {
         );
     }
 
-    /// What `write` receives, for reading log lines back.
-    #[derive(Clone, Default)]
-    struct Captured(std::sync::Arc<parking_lot::Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Captured {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
     #[test]
     fn start_up_noise_that_lasts_says_for_how_long() {
-        let captured = Captured::default();
-        let writer = captured.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .json()
-            .with_writer(move || writer.clone())
-            .finish();
-        tracing::subscriber::with_default(subscriber, || {
-            log_lasted(
-                RDKafkaLogLevel::Warning,
-                "FAIL",
-                LOADING,
-                None,
-                Duration::from_millis(35_400),
-            );
-            log_lasted(
-                RDKafkaLogLevel::Warning,
-                "FAIL",
-                LOADING,
-                None,
-                Duration::from_secs(3),
-            );
+        let lines = crate::logging::tests::json_lines(|| {
+            let long = Duration::from_millis(35_400);
+            log_lasted(RDKafkaLogLevel::Warning, "FAIL", LOADING, None, long);
+            let short = Duration::from_secs(3);
+            log_lasted(RDKafkaLogLevel::Warning, "FAIL", LOADING, None, short);
         });
-        let text = String::from_utf8(captured.0.lock().clone()).expect("UTF-8");
-        let lines: Vec<serde_json::Value> = text
-            .lines()
-            .map(|line| serde_json::from_str(line).expect("a JSON line"))
-            .collect();
-        assert_eq!(lines.len(), 2, "{text}");
+        assert_eq!(lines.len(), 2, "{lines:?}");
         assert_eq!(lines[0]["level"], "WARN");
-        assert_eq!(lines[0]["fields"]["lasting"], "35s", "{text}");
+        assert_eq!(lines[0]["lasting"], "35s", "{lines:?}");
         assert_eq!(lines[1]["level"], "INFO");
-        assert!(lines[1]["fields"].get("lasting").is_none(), "{text}");
+        assert!(lines[1].get("lasting").is_none(), "{lines:?}");
     }
 
     use rdkafka::types::RDKafkaConfRes;

@@ -243,13 +243,13 @@ pub fn init_for_command() {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::{check_level, partition_list, JsonLines};
 
     /// What `JsonLines` writes for the events `log` emits, one JSON value per line.
-    fn json_lines(log: impl FnOnce()) -> Vec<serde_json::Value> {
+    pub(crate) fn json_lines(log: impl FnOnce()) -> Vec<serde_json::Value> {
         #[derive(Clone, Default)]
         struct Captured(Arc<Mutex<Vec<u8>>>);
         impl std::io::Write for Captured {
