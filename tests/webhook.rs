@@ -56,6 +56,39 @@ impl Request {
 /// What the service answers: status, extra headers, body.
 type Answer = (u16, Vec<(&'static str, String)>, String);
 
+/// 200 with a body of `ok`.
+fn ok() -> Answer {
+    (200, vec![], "ok".to_owned())
+}
+
+/// Whether `eventd` shows `partition` of `comment` blocked.
+fn blocked(eventd: &Eventd, partition: &str) -> Option<f64> {
+    eventd.metric_if_present(
+        "eventd_partition_blocked",
+        &[("topic", "comment"), ("partition", partition)],
+    )
+}
+
+/// Waits up to 60 s for `partition` of `comment` to show blocked; `why` names the cause
+/// in the failure.
+fn expect_blocked(eventd: &Eventd, partition: &str, why: &str) {
+    assert!(
+        eventd.wait_until(Duration::from_secs(60), |e| blocked(e, partition)
+            == Some(1.0)),
+        "{why} did not show partition {partition} blocked; logs:\n{}",
+        eventd.logs()
+    );
+}
+
+/// Waits up to 30 s for `partition` of `comment` to no longer show blocked.
+fn expect_unblocked(eventd: &Eventd, partition: &str) {
+    assert!(
+        eventd.wait_until(Duration::from_secs(30), |e| blocked(e, partition)
+            == Some(0.0)),
+        "partition {partition} stayed blocked after delivery"
+    );
+}
+
 /// A local HTTP service that records every request and answers as `answer` says.
 struct Service {
     url: String,
@@ -228,7 +261,7 @@ fn wait_delivered(
 #[test]
 fn events_reach_the_service_batched_with_their_source_and_headers_and_no_secret_leaks() {
     let broker = Broker::start(2, &["comment", "dlq"]);
-    let service = Service::start(|_| (200, vec![], "ok".to_owned()));
+    let service = Service::start(|_| ok());
     let team_file = tempfile::NamedTempFile::new().expect("a file");
     std::fs::write(team_file.path(), "moderation\n").expect("write");
     let config = webhook_config(
@@ -394,7 +427,7 @@ fn an_outage_backs_off_honours_retry_after_and_loses_nothing() {
                     vec![("Retry-After", "2".to_owned())],
                     "slow down".to_owned(),
                 ),
-                _ => (200, vec![], "ok".to_owned()),
+                _ => ok(),
             }
         })
     };
@@ -505,7 +538,7 @@ fn an_event_the_service_refuses_is_dead_lettered_with_its_answer_and_the_rest_de
         {
             (400, vec![], format!("bad comment: {}", "x".repeat(400)))
         } else {
-            (200, vec![], "ok".to_owned())
+            ok()
         }
     });
     let backlog = comments(0, 30, 30, |id| {
@@ -588,7 +621,7 @@ fn unauthorized_blocks_the_partition_and_dead_letters_nothing_until_accepted() {
             if refusing.load(Ordering::Relaxed) {
                 (401, vec![], "invalid token".to_owned())
             } else {
-                (200, vec![], "ok".to_owned())
+                ok()
             }
         })
     };
@@ -601,28 +634,14 @@ fn unauthorized_blocks_the_partition_and_dead_letters_nothing_until_accepted() {
             "headers = { Authorization = \"Bearer wrong\" }",
         ),
     );
-    let blocked = [("topic", "comment"), ("partition", "0")];
-    assert!(
-        eventd.wait_until(Duration::from_secs(60), |e| e.metric_reaches(
-            "eventd_partition_blocked",
-            &blocked,
-            1.0
-        )),
-        "a 401 did not show the partition blocked; logs:\n{}",
-        eventd.logs()
-    );
+    expect_blocked(&eventd, "0", "a 401");
     assert!(
         !eventd.log_lines("the handler's own settings are refused (not the event); retrying it, the partition cannot move past it until they are fixed").is_empty()
     );
     refusing.store(false, Ordering::Relaxed);
     wait_delivered(&service, &ids(&backlog), |r| r.status == 200, &eventd);
     broker.expect_committed_to_end("eventd-main", "comment", Duration::from_secs(60), &eventd);
-    assert!(
-        eventd.wait_until(Duration::from_secs(30), |e| e
-            .metric("eventd_partition_blocked", &blocked)
-            == 0.0),
-        "the partition stayed blocked after delivery"
-    );
+    expect_unblocked(&eventd, "0");
     assert!(
         broker.read_all("dlq").is_empty(),
         "a 401 dead-lettered events"
@@ -638,7 +657,7 @@ fn a_request_too_large_is_split_and_an_event_too_large_alone_is_dead_lettered() 
         if request.body.len() > 2000 {
             (413, vec![], "too large".to_owned())
         } else {
-            (200, vec![], "ok".to_owned())
+            ok()
         }
     });
     let backlog = comments(0, 40, 40, |id| {
@@ -683,7 +702,7 @@ fn a_request_too_large_is_split_and_an_event_too_large_alone_is_dead_lettered() 
 #[test]
 fn a_redirect_is_not_followed_while_headers_are_set() {
     let broker = Broker::start(1, &["comment", "dlq"]);
-    let elsewhere = Service::start(|_| (200, vec![], "ok".to_owned()));
+    let elsewhere = Service::start(|_| ok());
     let target = elsewhere.url.clone();
     let service = Service::start(move |_| (307, vec![("Location", target.clone())], String::new()));
     broker.produce("comment", &comments(0, 3, 3, |id| format!("comment {id}")));
@@ -691,16 +710,7 @@ fn a_redirect_is_not_followed_while_headers_are_set() {
         &broker,
         &webhook_config(&service.url, "headers = { Authorization = \"Bearer x\" }"),
     );
-    let blocked = [("topic", "comment"), ("partition", "0")];
-    assert!(
-        eventd.wait_until(Duration::from_secs(60), |e| e.metric_reaches(
-            "eventd_partition_blocked",
-            &blocked,
-            1.0
-        )),
-        "a redirect did not show the partition blocked; logs:\n{}",
-        eventd.logs()
-    );
+    expect_blocked(&eventd, "0", "a redirect");
     assert!(!service.requests().is_empty());
     assert!(elsewhere.requests().is_empty(), "the redirect was followed");
     assert!(eventd
@@ -719,6 +729,16 @@ fn check_config_names_what_is_wrong_in_a_webhook_handler() {
         ("url = \"ftp://example.com/x\"", "handlers[0].url", "must be an http:// or https:// address"),
         ("url = \"http://user:pw@example.com/x\"", "handlers[0].url", "must not hold credentials"),
         ("url = \"http://example.com\"\nbatch = 0", "handlers[0].batch", "must be at least 1"),
+        (
+            "url = \"http://example.com\"\nmax_wait = \"61s\"",
+            "handlers[0].max_wait",
+            "must be at most 60s",
+        ),
+        (
+            "url = \"http://example.com\"\nheaders = { Authorization = \"a\", authorization = \"b\" }",
+            "handlers[0].headers.authorization",
+            "is set twice (header names ignore case)",
+        ),
         (
             "url = \"http://example.com\"\nheaders = { Authorization = \"env:EVENTD_TEST_UNSET_TOKEN\" }",
             "handlers[0].headers.Authorization",
@@ -775,7 +795,7 @@ fn a_failed_request_holds_back_later_events_of_its_keys() {
         let answered = answered.clone();
         Service::start(move |_| match answered.fetch_add(1, Ordering::Relaxed) {
             0 => (503, vec![], "warming up".to_owned()),
-            _ => (200, vec![], "ok".to_owned()),
+            _ => ok(),
         })
     };
     // Read in one go before the first request fails, in more than one request's worth.
@@ -810,7 +830,7 @@ fn the_readme_webhook_example_runs_as_written() {
     let example = &readme[start + "```toml\n".len()..];
     let example = &example[..example.find("```").expect("the example ends")];
     let broker = Broker::start(1, &["comment", "dlq"]);
-    let service = Service::start(|_| (200, vec![], "ok".to_owned()));
+    let service = Service::start(|_| ok());
     let tenant = tempfile::NamedTempFile::new().expect("a file");
     std::fs::write(tenant.path(), "eu-1").expect("write");
     let handler = example
@@ -846,12 +866,12 @@ fn a_rotated_header_file_and_a_new_url_apply_on_reload() {
     let broker = Broker::start(1, &["comment", "dlq"]);
     let old_service = Service::start(|request| {
         if request.header("authorization") == Some("Bearer new") {
-            (200, vec![], "ok".to_owned())
+            ok()
         } else {
             (401, vec![], "token expired".to_owned())
         }
     });
-    let new_service = Service::start(|_| (200, vec![], "ok".to_owned()));
+    let new_service = Service::start(|_| ok());
     let token = tempfile::NamedTempFile::new().expect("a file");
     std::fs::write(token.path(), "Bearer old\n").expect("write");
     let config = format!(
@@ -867,16 +887,7 @@ fn a_rotated_header_file_and_a_new_url_apply_on_reload() {
     let first = comments(0, 5, 5, |id| format!("comment {id}"));
     broker.produce("comment", &first);
     let eventd = start_eventd(&broker, &config);
-    let blocked = [("topic", "comment"), ("partition", "0")];
-    assert!(
-        eventd.wait_until(Duration::from_secs(60), |e| e.metric_reaches(
-            "eventd_partition_blocked",
-            &blocked,
-            1.0
-        )),
-        "the old token did not block the partition; logs:\n{}",
-        eventd.logs()
-    );
+    expect_blocked(&eventd, "0", "the old token");
     std::fs::write(token.path(), "Bearer new\n").expect("rotate");
     assert!(
         eventd.wait_until(Duration::from_secs(30), |e| e
@@ -887,12 +898,7 @@ fn a_rotated_header_file_and_a_new_url_apply_on_reload() {
         eventd.logs()
     );
     wait_delivered(&old_service, &ids(&first), |r| r.status == 200, &eventd);
-    assert!(
-        eventd.wait_until(Duration::from_secs(30), |e| e
-            .metric("eventd_partition_blocked", &blocked)
-            == 0.0),
-        "the partition stayed blocked after the rotation"
-    );
+    expect_unblocked(&eventd, "0");
 
     let text = std::fs::read_to_string(&eventd.config).expect("config");
     std::fs::write(
@@ -937,7 +943,7 @@ fn without_headers_only_redirects_that_keep_the_post_are_followed() {
         if request.body.is_empty() {
             (200, vec![], "a GET".to_owned())
         } else {
-            (200, vec![], "ok".to_owned())
+            ok()
         }
     });
     let target = elsewhere.url.clone();
@@ -952,16 +958,7 @@ fn without_headers_only_redirects_that_keep_the_post_are_followed() {
     let backlog = comments(0, 20, 20, |id| format!("comment {id}"));
     broker.produce("comment", &backlog);
     let eventd = start_eventd(&broker, &webhook_config(&service.url, "batch = 1"));
-    let on_one = [("topic", "comment"), ("partition", "1")];
-    assert!(
-        eventd.wait_until(Duration::from_secs(60), |e| e.metric_reaches(
-            "eventd_partition_blocked",
-            &on_one,
-            1.0
-        )),
-        "a 302 did not block its partition; logs:\n{}",
-        eventd.logs()
-    );
+    expect_blocked(&eventd, "1", "a 302");
     let expected: BTreeSet<String> = broker
         .read_all("comment")
         .iter()

@@ -23,6 +23,7 @@
 //! key must not reach the service before the earlier one's retry.
 
 use std::collections::VecDeque;
+use std::io::Write as _;
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
@@ -103,22 +104,16 @@ pub struct WebhookTarget {
 
 /// Where and how requests go, as the config last loaded says.
 struct Endpoint {
-    url: String,
-    client: Result<reqwest::Client, String>,
-    headers: HeaderMap,
-    /// Whether redirects are followed (only while no header is set: a header may carry
-    /// a credential the redirect's target must not see).
-    follows_redirects: bool,
-    batch: usize,
-    max_wait: Duration,
     /// What it was built from, so a reload that changed none of it keeps the client
     /// and its open connections.
     settings: EndpointSettings,
+    client: Result<reqwest::Client, String>,
+    headers: HeaderMap,
 }
 
 #[derive(PartialEq)]
 struct EndpointSettings {
-    url: Option<String>,
+    url: String,
     batch: usize,
     max_wait: Duration,
     timeout: Duration,
@@ -129,7 +124,7 @@ struct EndpointSettings {
 impl EndpointSettings {
     fn of(config: &HandlerConfig) -> Self {
         Self {
-            url: config.url.clone(),
+            url: config.url.clone().unwrap_or_default(),
             batch: config.webhook_batch(),
             max_wait: config.webhook_max_wait(),
             timeout: config.webhook_timeout(),
@@ -176,22 +171,21 @@ impl WebhookMetrics {
 
 impl Endpoint {
     /// Header names and values were checked when the config was loaded.
-    fn new(config: &HandlerConfig) -> Self {
+    fn new(settings: EndpointSettings) -> Self {
         let mut headers = HeaderMap::new();
-        for (name, value) in config.headers.iter().flatten() {
+        for (name, value) in &settings.headers {
             if let (Ok(name), Ok(mut value)) = (
                 HeaderName::from_bytes(name.as_bytes()),
-                HeaderValue::from_str(value.value()),
+                HeaderValue::from_str(value),
             ) {
                 // Kept out of the client's own debug output.
                 value.set_sensitive(true);
                 headers.insert(name, value);
             }
         }
-        let follows_redirects = headers.is_empty();
         let client = reqwest::Client::builder()
-            .timeout(config.webhook_timeout())
-            .redirect(if follows_redirects {
+            .timeout(settings.timeout)
+            .redirect(if headers.is_empty() {
                 reqwest::redirect::Policy::custom(keeping_the_post)
             } else {
                 reqwest::redirect::Policy::none()
@@ -200,14 +194,16 @@ impl Endpoint {
             .build()
             .map_err(|error| error_chain(&error));
         Self {
-            url: config.url.clone().unwrap_or_default(),
+            settings,
             client,
             headers,
-            follows_redirects,
-            batch: config.webhook_batch(),
-            max_wait: config.webhook_max_wait(),
-            settings: EndpointSettings::of(config),
         }
+    }
+
+    /// Redirects are followed only while no header is set: a header may carry a
+    /// credential the redirect's target must not see.
+    fn follows_redirects(&self) -> bool {
+        self.headers.is_empty()
     }
 }
 
@@ -215,22 +211,23 @@ impl WebhookTarget {
     pub fn new(handler: &str, config: &HandlerConfig) -> Self {
         Self {
             handler: Arc::from(handler),
-            endpoint: ArcSwap::from_pointee(Endpoint::new(config)),
+            endpoint: ArcSwap::from_pointee(Endpoint::new(EndpointSettings::of(config))),
             metrics: WebhookMetrics::new(handler),
         }
     }
 
     /// Most events per request, and how long a request waits to fill.
     fn batching(&self) -> (usize, Duration) {
-        let endpoint = self.endpoint.load();
-        (endpoint.batch, endpoint.max_wait)
+        let settings = &self.endpoint.load().settings;
+        (settings.batch, settings.max_wait)
     }
 
     /// Takes in a reloaded `url`, `batch`, `max_wait`, `timeout` and `headers`, for the
     /// next request.
     pub fn reconfigure(&self, config: &HandlerConfig) {
-        if self.endpoint.load().settings != EndpointSettings::of(config) {
-            self.endpoint.store(Arc::new(Endpoint::new(config)));
+        let wanted = EndpointSettings::of(config);
+        if self.endpoint.load().settings != wanted {
+            self.endpoint.store(Arc::new(Endpoint::new(wanted)));
         }
     }
 
@@ -301,7 +298,7 @@ impl WebhookTarget {
         };
         let started = Instant::now();
         let sent = client
-            .post(&endpoint.url)
+            .post(&endpoint.settings.url)
             .headers(endpoint.headers.clone())
             .header(CONTENT_TYPE, "application/json")
             .header("idempotency-key", idempotency_key(events))
@@ -357,7 +354,7 @@ impl WebhookTarget {
                 })
             }
             status if status.is_redirection() => {
-                let why = if !endpoint.follows_redirects {
+                let why = if !endpoint.follows_redirects() {
                     "redirects are not followed while headers are set; point url at the final address"
                 } else if matches!(
                     status,
@@ -468,15 +465,16 @@ fn body_of(events: &[Arc<Event>]) -> Vec<u8> {
         body.extend_from_slice(b"{\"topic\":");
         // Writing to a Vec cannot fail.
         let _ = serde_json::to_writer(&mut body, &*event.source.topic);
-        body.extend_from_slice(
-            format!(
-                ",\"partition\":{},\"offset\":{},\"timestamp\":",
-                event.source.partition, event.source.offset
-            )
-            .as_bytes(),
+        // Writing to a Vec cannot fail.
+        let _ = write!(
+            body,
+            ",\"partition\":{},\"offset\":{},\"timestamp\":",
+            event.source.partition, event.source.offset
         );
         match event.timestamp {
-            Some(timestamp) => body.extend_from_slice(timestamp.to_string().as_bytes()),
+            Some(timestamp) => {
+                let _ = write!(body, "{timestamp}");
+            }
             None => body.extend_from_slice(b"null"),
         }
         body.extend_from_slice(b",\"key\":");
@@ -775,7 +773,7 @@ mod tests {
         target.reconfigure(&handler("http://a.example/x"));
         assert!(Arc::ptr_eq(&before, &target.endpoint.load_full()));
         target.reconfigure(&handler("http://b.example/x"));
-        assert_eq!(target.endpoint.load().url, "http://b.example/x");
+        assert_eq!(target.endpoint.load().settings.url, "http://b.example/x");
     }
 
     #[test]
