@@ -92,6 +92,7 @@ fn expect_unblocked(eventd: &Eventd, partition: &str) {
 /// A local HTTP service that records every request and answers as `answer` says.
 struct Service {
     url: String,
+    address: std::net::SocketAddr,
     requests: Arc<Mutex<Vec<Request>>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -147,6 +148,7 @@ impl Service {
         };
         Service {
             url: format!("http://127.0.0.1:{port}/hook"),
+            address: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
             requests,
             stop,
             thread: Some(thread),
@@ -974,5 +976,44 @@ fn without_headers_only_redirects_that_keep_the_post_are_followed() {
     assert!(eventd
         .logs()
         .contains("only 307 and 308 keep the events' POST"));
+    assert!(broker.read_all("dlq").is_empty());
+}
+
+/// TLS certificates are verified: a service whose certificate no trusted root signed
+/// (here a test CA's, which names `localhost` correctly) gets nothing, the events wait
+/// as in an outage, and the error says why.
+#[test]
+fn a_certificate_no_trusted_root_signed_is_refused() {
+    let broker = Broker::start(1, &["comment", "dlq"]);
+    let service = Service::start(|_| ok());
+    let certificates = tls::Certificates::generate();
+    let front = tls::TlsFront::start(0, service.address, &certificates, false);
+    let url = format!("https://localhost:{}/hook", front.address().port());
+    let backlog = comments(0, 3, 3, |id| format!("comment {id}"));
+    broker.produce("comment", &backlog);
+    let eventd = start_eventd(&broker, &webhook_config(&url, ""));
+    let refused_for_its_certificate = |e: &Eventd| {
+        e.log_lines("handler failed on an event; retrying it")
+            .iter()
+            .any(|line| {
+                line["error"]
+                    .as_str()
+                    .is_some_and(|error| error.contains("certificate"))
+            })
+    };
+    assert!(
+        eventd.wait_until(Duration::from_secs(60), refused_for_its_certificate),
+        "no failure naming the certificate; logs:\n{}",
+        eventd.logs()
+    );
+    assert!(
+        service.requests().is_empty(),
+        "a request went through an unverified certificate"
+    );
+    assert!(!front.refused().is_empty(), "no handshake was refused");
+    assert_eq!(
+        broker.committed("eventd-main", "comment")[0].1.unwrap_or(0),
+        0
+    );
     assert!(broker.read_all("dlq").is_empty());
 }
